@@ -1,0 +1,182 @@
+"""The ``executor`` command: kaniko's flags, names and defaults, mapped onto BuildOptions.
+
+A kaniko user swaps the image and keeps the flags, so every flag here has kaniko's name, default
+and meaning. The command only maps flags; the build lives in ``executor.build``. Heavy modules
+are imported inside the command so ``executor version`` and ``--help`` start quickly.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from executor import __version__
+
+log = logging.getLogger("kiln")
+
+_VERBOSITY = click.Choice(["panic", "fatal", "error", "warn", "info", "debug", "trace"])
+
+
+@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-c", "--context", default="/workspace/", show_default=True,
+              help="Path to the build context directory.")
+@click.option("-f", "--dockerfile", default="Dockerfile", show_default=True,
+              help="Path to the Dockerfile (relative paths are looked up in the context).")
+@click.option("-d", "--destination", "destinations", multiple=True,
+              help="Registry and tag to push to; repeat for several.")
+@click.option("--no-push", is_flag=True, help="Build the image without pushing it.")
+@click.option("--tar-path", type=click.Path(path_type=Path),
+              help="Also save the image as a docker-save tarball at this path.")
+@click.option("--oci-layout-path", type=click.Path(path_type=Path),
+              help="Also save the image as an OCI image layout at this path.")
+@click.option("--digest-file", type=click.Path(path_type=Path),
+              help="Write the image's digest to this file.")
+@click.option("--image-name-with-digest-file", type=click.Path(path_type=Path),
+              help="Write each destination as name@digest to this file.")
+@click.option("--image-name-tag-with-digest-file", type=click.Path(path_type=Path),
+              help="Write each destination as name:tag@digest to this file.")
+@click.option("--build-arg", "build_args", multiple=True,
+              help="ARG value as KEY=VALUE; a bare KEY takes the value of $KEY.")
+@click.option("--label", "labels", multiple=True, help="Set a label on the image: KEY=VALUE.")
+@click.option("--target", help="Build this stage, not the last one.")
+@click.option("--insecure", is_flag=True, help="Push to insecure registries over plain HTTP.")
+@click.option("--insecure-pull", is_flag=True, help="Pull from insecure registries over HTTP.")
+@click.option("--insecure-registry", "insecure_registries", multiple=True,
+              help="Registry to reach over plain HTTP; repeatable.")
+@click.option("--skip-tls-verify", is_flag=True, help="Push without verifying TLS certificates.")
+@click.option("--skip-tls-verify-pull", is_flag=True,
+              help="Pull without verifying TLS certificates.")
+@click.option("--skip-tls-verify-registry", "skip_tls_verify_registries", multiple=True,
+              help="Registry whose TLS certificate is not verified; repeatable.")
+@click.option("--custom-platform", help="Platform of the image to build, as os/arch[/variant].")
+@click.option("-v", "--verbosity", type=_VERBOSITY, default="info", show_default=True,
+              help="Log level.")
+@click.option("--log-format", type=click.Choice(["text", "color", "json"]), default="color",
+              show_default=True, help="Log format.")
+@click.option("--log-timestamp", is_flag=True, help="Timestamp each log line.")
+@click.option("--force", is_flag=True,
+              help="Build in place even outside a container (overwrites this machine's /).")
+@click.option("--kaniko-dir", envvar="KANIKO_DIR", type=click.Path(path_type=Path),
+              help="Directory for kiln's own state.  [default: /kaniko]")
+@click.option("--root", type=click.Path(path_type=Path), default=Path("/"), show_default=True,
+              help="(kiln) Filesystem to build in; any directory but / is a sandbox build.")
+@click.option("--compression", type=click.Choice(["gzip", "zstd"]), default="gzip",
+              show_default=True, help="Compression of the new layers.")
+@click.option("--compression-level", type=int, default=-1, show_default=True,
+              help="Compression level; -1 for the algorithm's default.")
+@click.option("--ignore-path", "ignore_paths", multiple=True,
+              help="Path to leave out of snapshots; repeatable, globs allowed.")
+@click.option("--ignore-var-run", type=bool, default=True, show_default=True,
+              help="Leave /var/run out of snapshots.")
+@click.option("--skip-unused-stages", is_flag=True,
+              help="Build only the stages the target depends on.")
+@click.option("--cleanup", is_flag=True, help="Remove the built filesystem at the end.")
+@click.option("--reproducible", is_flag=True, help="Strip timestamps from the image.")
+@click.pass_context
+def main(ctx: click.Context, **flags: object) -> None:
+    """Build a container image from a Dockerfile and push it, the way kaniko does."""
+    if ctx.invoked_subcommand is not None:
+        return
+    sys.exit(_run_build(flags))
+
+
+@main.command()
+def version() -> None:
+    """Print kiln's version."""
+    click.echo(f"Kiln version : v{__version__}")
+
+
+def _run_build(flags: dict[str, object]) -> int:
+    from executor.log import setup_logging
+
+    setup_logging(str(flags["verbosity"]), str(flags["log_format"]), bool(flags["log_timestamp"]))
+    debug = flags["verbosity"] in ("debug", "trace")
+    try:
+        options = _options_from_flags(flags)
+        from executor.build import run_build
+
+        run_build(options)
+    except KeyboardInterrupt:
+        log.error("build interrupted: nothing was pushed")
+        return 130
+    except Exception as exc:  # noqa: BLE001 - one line for users, traceback only for bugs
+        return _report(exc, debug)
+    return 0
+
+
+def _report(exc: BaseException, debug: bool) -> int:
+    """Print a user error as one line; keep the traceback for what is a kiln bug."""
+    from executor.errors import KilnError
+    from snapshot.errors import SnapshotError
+
+    if isinstance(exc, KilnError | SnapshotError):
+        if debug:
+            log.debug("traceback", exc_info=exc)
+        click.echo(f"error building image: {exc}", err=True)
+        return exc.exit_code if isinstance(exc, KilnError) else 1
+    if isinstance(exc, OSError) and exc.errno is not None and exc.filename:
+        click.echo(f"error building image: {exc.filename}: {exc.strerror}", err=True)
+        if debug:
+            log.debug("traceback", exc_info=exc)
+        return 1
+    raise exc
+
+
+def _options_from_flags(flags: dict[str, object]) -> BuildOptions:
+    from executor.options import DEFAULT_KANIKO_DIR, BuildOptions, parse_key_values
+
+    context = Path(str(flags["context"]).removeprefix("dir://"))
+    dockerfile = Path(str(flags["dockerfile"]))
+    if not dockerfile.is_absolute() and not dockerfile.exists():
+        dockerfile = context / dockerfile
+    kaniko_dir = flags["kaniko_dir"]
+    root = Path(str(flags["root"]))
+    return BuildOptions(
+        context=context,
+        dockerfile=dockerfile,
+        destinations=tuple(str(d) for d in flags["destinations"]),  # type: ignore[attr-defined]
+        no_push=bool(flags["no_push"]),
+        tar_path=_path(flags["tar_path"]),
+        oci_layout_path=_path(flags["oci_layout_path"]),
+        digest_file=_path(flags["digest_file"]),
+        image_name_with_digest_file=_path(flags["image_name_with_digest_file"]),
+        image_name_tag_with_digest_file=_path(flags["image_name_tag_with_digest_file"]),
+        build_args=parse_key_values(_strs(flags["build_args"]), "--build-arg",
+                                    bare_from_env=True),
+        labels=parse_key_values(_strs(flags["labels"]), "--label"),
+        target=str(flags["target"]) if flags["target"] else None,
+        insecure=bool(flags["insecure"]),
+        insecure_pull=bool(flags["insecure_pull"]),
+        insecure_registries=_strs(flags["insecure_registries"]),
+        skip_tls_verify=bool(flags["skip_tls_verify"]),
+        skip_tls_verify_pull=bool(flags["skip_tls_verify_pull"]),
+        skip_tls_verify_registries=_strs(flags["skip_tls_verify_registries"]),
+        custom_platform=str(flags["custom_platform"]) if flags["custom_platform"] else None,
+        force=bool(flags["force"]),
+        kaniko_dir=Path(str(kaniko_dir)) if kaniko_dir else DEFAULT_KANIKO_DIR,
+        kaniko_dir_given=bool(kaniko_dir),
+        root=root if root.is_absolute() else Path(os.path.abspath(root)),
+        compression=str(flags["compression"]),
+        compression_level=int(str(flags["compression_level"])),
+        ignore_paths=_strs(flags["ignore_paths"]),
+        ignore_var_run=bool(flags["ignore_var_run"]),
+        skip_unused_stages=bool(flags["skip_unused_stages"]),
+        cleanup=bool(flags["cleanup"]),
+        reproducible=bool(flags["reproducible"]),
+    ).validate()
+
+
+def _path(value: object) -> Path | None:
+    return Path(str(value)) if value else None
+
+
+def _strs(value: object) -> tuple[str, ...]:
+    return tuple(str(v) for v in value) if isinstance(value, tuple | list) else ()
+
+
+if __name__ == "__main__":
+    main()

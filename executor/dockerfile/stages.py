@@ -1,0 +1,155 @@
+"""From instructions to stages: FROM lines, global ARGs, stage names, ``--target``.
+
+A Dockerfile is a list of stages, each starting at a FROM. ARGs declared before the first FROM
+form the global scope: they may be used in FROM lines, and a stage sees one only after it
+re-declares it with ``ARG NAME``. Stage names are case-insensitive, as in BuildKit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from executor.dockerfile.expand import ExpansionError, expand_word
+from executor.dockerfile.parse import Dockerfile, Instruction, Location
+from executor.errors import DockerfileError
+from executor.image.model import Platform
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One FROM and the instructions under it; ``base_stage`` is set for ``FROM <stage>``."""
+
+    index: int
+    name: str | None
+    base: str
+    base_stage: int | None
+    platform: str | None
+    instructions: tuple[Instruction, ...]
+    location: Location
+
+    @property
+    def display_name(self) -> str:
+        return self.name or str(self.index)
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    """The stages to build, in order, and the global ARG scope they start from."""
+
+    dockerfile: Dockerfile
+    stages: tuple[Stage, ...]
+    global_args: Mapping[str, str]
+    target: int
+    build_args: Mapping[str, str] = field(default_factory=dict)
+
+    def stage_by_ref(self, ref: str) -> Stage | None:
+        """The stage ``ref`` names (a name or an index), if it is one."""
+        lowered = ref.lower()
+        for stage in self.stages:
+            if stage.name == lowered or (ref.isdigit() and stage.index == int(ref)):
+                return stage
+        return None
+
+
+def platform_args(target: Platform, build: Platform) -> dict[str, str]:
+    """BuildKit's automatic platform ARGs (usable in FROM without a declaration)."""
+    args: dict[str, str] = {}
+    for prefix, plat in (("TARGET", target), ("BUILD", build)):
+        args[f"{prefix}PLATFORM"] = str(plat)
+        args[f"{prefix}OS"] = plat.os
+        args[f"{prefix}ARCH"] = plat.architecture
+        args[f"{prefix}VARIANT"] = plat.variant or ""
+    return args
+
+
+def plan_build(dockerfile: Dockerfile, build_args: Mapping[str, str], target: str | None,
+               platform: Platform) -> BuildPlan:
+    """Split ``dockerfile`` into stages and resolve their bases against the global ARGs."""
+    escape = dockerfile.escape
+    scope = platform_args(platform, Platform())
+    global_args: dict[str, str] = {}
+    stages: list[Stage] = []
+    current: list[Instruction] = []
+    header: Instruction | None = None
+
+    def close_stage() -> None:
+        if header is not None:
+            stages.append(_make_stage(header, len(stages), tuple(current), stages,
+                                      {**scope, **global_args}, escape))
+
+    for inst in dockerfile.instructions:
+        if inst.kind == "FROM":
+            close_stage()
+            header, current = inst, []
+        elif header is None:
+            if inst.kind != "ARG":
+                raise inst.error(f"{inst.kind} must come after FROM (only ARG may come "
+                                 "before the first FROM)")
+            for name, default in parse_arg(inst, {**scope, **global_args}, escape):
+                if name in build_args:
+                    global_args[name] = build_args[name]
+                elif default is not None:
+                    global_args[name] = default
+        else:
+            current.append(inst)
+    close_stage()
+    if not stages:
+        raise DockerfileError(f"{dockerfile.path}:1", "no FROM instruction: nothing to build")
+    target_index = len(stages) - 1
+    if target is not None:
+        found = next((s for s in stages if s.name == target.lower()), None)
+        if found is None:
+            raise DockerfileError(dockerfile.path,
+                                  f'target stage "{target}" could not be found')
+        target_index = found.index
+    return BuildPlan(dockerfile, tuple(stages), global_args, target_index, dict(build_args))
+
+
+def _make_stage(inst: Instruction, index: int, body: tuple[Instruction, ...],
+                earlier: list[Stage], scope: Mapping[str, str], escape: str) -> Stage:
+    flags = inst.flag_values(("platform",))
+    args = inst.args
+    name: str | None = None
+    if len(args) == 3 and args[1].lower() == "as":
+        name = args[2].lower()
+        if not _valid_stage_name(name):
+            raise inst.error(f'invalid name for build stage: "{args[2]}", name can\'t start '
+                             "with a number or contain symbols")
+        if any(s.name == name for s in earlier):
+            raise inst.error(f'duplicate stage name "{args[2]}"')
+    elif len(args) != 1:
+        raise inst.error("FROM requires either one or three arguments: FROM <image> "
+                         "[AS <name>]")
+    try:
+        base = expand_word(args[0], scope, escape)
+        platform = expand_word(flags["platform"], scope, escape) if "platform" in flags else None
+    except ExpansionError as exc:
+        raise inst.error(str(exc)) from None
+    if not base:
+        raise inst.error(f'base name ({args[0]}) should not be blank')
+    base_stage = next((s.index for s in earlier if s.name == base.lower()), None)
+    return Stage(index, name, base, base_stage, platform, body, inst.location)
+
+
+def _valid_stage_name(name: str) -> bool:
+    return bool(name) and name[0].isalpha() and all(c.isalnum() or c in "-_." for c in name)
+
+
+def parse_arg(inst: Instruction, scope: Mapping[str, str],
+              escape: str) -> list[tuple[str, str | None]]:
+    """``ARG A=1 B`` as ``[("A", "1"), ("B", None)]``; defaults expanded in ``scope``."""
+    out: list[tuple[str, str | None]] = []
+    for arg in inst.args:
+        name, eq, raw = arg.partition("=")
+        if not name or not (name[0].isalpha() or name[0] == "_") or not all(
+                c.isalnum() or c == "_" for c in name):
+            raise inst.error(f"invalid ARG name {name!r}")
+        if not eq:
+            out.append((name, None))
+            continue
+        try:
+            out.append((name, expand_word(raw, scope, escape)))
+        except ExpansionError as exc:
+            raise inst.error(str(exc)) from None
+    return out

@@ -1,0 +1,124 @@
+"""RUN: execute a command in the filesystem being built, as BuildKit would.
+
+Shell form runs under SHELL (``/bin/sh -c``); exec form runs argv as written, found on the
+image's PATH; heredocs follow BuildKit's three cases. The environment is the image's ENV plus
+the ARGs in scope; the user and groups come from the image's passwd and group files.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import tempfile
+
+from executor.dockerfile.parse import Instruction
+from executor.errors import BuildStepError
+from executor.instructions.metadata import Step
+from executor.instructions.state import DEFAULT_PATH, StageState
+from executor.passwd import UnknownUserError, resolve_identity
+
+log = logging.getLogger("kiln")
+
+_HEREDOC_ONLY = re.compile(r"^<<(-?)(['\"]?)([A-Za-z0-9_]+)\2$")
+
+
+def apply_run(state: StageState, inst: Instruction) -> Step:
+    """Run the command; a non-zero exit fails the build at the instruction's line."""
+    if inst.flags:
+        name = inst.flags[0].split("=", 1)[0]
+        raise inst.error(f"RUN {name} is not supported yet")
+    argv, script = _command(state, inst)
+    env = _environment(state)
+    user = str(state.config.container.get("User") or "root")
+    try:
+        identity = resolve_identity(state.root, user)
+    except UnknownUserError as exc:
+        raise inst.error(str(exc)) from None
+    env.setdefault("HOME", identity.home)
+    if script is not None:
+        argv = _with_script(state, script)
+    log.info("Cmd: %s", argv[0])
+    log.info("Args: [%s]", " ".join(argv[1:]))
+    log.info("Running: [%s]", " ".join(argv))
+    try:
+        code = state.sandbox.run(argv, env=env, cwd=state.workdir, identity=identity)
+    except FileNotFoundError:
+        raise inst.error(f"RUN: executable file not found: {argv[0]}") from None
+    except OSError as exc:
+        raise inst.error(f"RUN could not start {argv[0]}: {exc.strerror or exc}") from None
+    finally:
+        if script is not None:
+            _remove_script(state, argv[0])
+    if code != 0:
+        raise BuildStepError(str(inst.location), f"RUN exited with code {code}")
+    return Step(_history(state, inst, argv if script is None else []), touches_fs=True)
+
+
+def _command(state: StageState, inst: Instruction) -> tuple[list[str], str | None]:
+    """argv to run, and the body of a ``#!`` heredoc that must be run as a file."""
+    if inst.json:
+        if not inst.args:
+            raise inst.error("RUN requires a command")
+        return list(inst.args), None
+    text = " ".join(inst.args)
+    if inst.heredocs:
+        match = _HEREDOC_ONLY.match(text.strip())
+        if match and len(inst.heredocs) == 1:
+            body = inst.heredocs[0].content
+            if match.group(1) == "-":
+                body = _strip_tabs(body)
+            if body.startswith("#!"):
+                return [], body
+            return [*state.shell, body], None
+        # Anything else (``cat <<EOF > f``, several heredocs): the shell reads the heredocs.
+        text = inst.original.split(None, 1)[1] if " " in inst.original else text
+        text = _drop_flags(text, inst.flags)
+    return [*state.shell, text], None
+
+
+def _strip_tabs(body: str) -> str:
+    return "".join(line.lstrip("\t") for line in body.splitlines(keepends=True))
+
+
+def _drop_flags(text: str, flags: tuple[str, ...]) -> str:
+    for flag in flags:
+        text = text.replace(flag, "", 1)
+    return text.lstrip()
+
+
+def _environment(state: StageState) -> dict[str, str]:
+    env = dict(state.args)
+    for item in state.config.env:
+        key, _, value = item.partition("=")
+        env[key] = value
+    env.setdefault("PATH", DEFAULT_PATH)
+    env.setdefault("HOSTNAME", "kiln")
+    return env
+
+
+def _with_script(state: StageState, body: str) -> list[str]:
+    """Write a ``#!`` heredoc to a temporary file in the root and run that file."""
+    fd, path = tempfile.mkstemp(prefix=".kiln-heredoc-", dir=state.root)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(body)
+    os.chmod(path, 0o755)
+    return ["/" + os.path.basename(path)]
+
+
+def _remove_script(state: StageState, inner_path: str) -> None:
+    if inner_path.startswith("/.kiln-heredoc-"):
+        try:
+            os.unlink(os.path.join(state.root, inner_path.lstrip("/")))
+        except FileNotFoundError:
+            pass
+
+
+def _history(state: StageState, inst: Instruction, argv: list[str]) -> str:
+    """BuildKit's created_by: ``RUN |N K=V ... /bin/sh -c cmd # buildkit`` (N build args)."""
+    used = {k: v for k, v in state.args.items() if state.config.env_value(k) is None}
+    prefix = ""
+    if used:
+        prefix = f"|{len(used)} " + " ".join(f"{k}={v}" for k, v in sorted(used.items())) + " "
+    shown = " ".join(argv) if argv else inst.original
+    return f"RUN {prefix}{shown} # buildkit"

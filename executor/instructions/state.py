@@ -1,0 +1,80 @@
+"""StageState: what one stage's instructions read and change while it is being built.
+
+Instructions are functions of (state, instruction): they change the image config, the ARG scope
+or the root filesystem through this object, and say whether the filesystem may have changed so
+the build loop knows when to take a snapshot.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from executor.context import BuildContext
+from executor.dockerfile.expand import ExpansionError, expand_word, expand_words
+from executor.dockerfile.parse import Instruction
+from executor.dockerfile.stages import BuildPlan, Stage
+from executor.image.model import ImageConfig
+from executor.sandbox import Sandbox
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+DEFAULT_SHELL = ("/bin/sh", "-c")
+
+
+@dataclass
+class StageState:
+    """The mutable state of the stage being built."""
+
+    stage: Stage
+    plan: BuildPlan
+    config: ImageConfig
+    root: Path
+    context: BuildContext
+    sandbox: Sandbox
+    created: str
+    args: dict[str, str] = field(default_factory=dict)
+    cmd_set: bool = False
+    # Returns a directory holding the filesystem of a stage or image, for COPY --from.
+    source_root: Callable[[Instruction, str], Path] | None = None
+
+    @property
+    def escape(self) -> str:
+        return self.plan.dockerfile.escape
+
+    @property
+    def workdir(self) -> str:
+        return str(self.config.container.get("WorkingDir") or "/")
+
+    @property
+    def shell(self) -> list[str]:
+        return list(self.config.container.get("Shell") or DEFAULT_SHELL)
+
+    def expansion_env(self) -> dict[str, str]:
+        """ARGs overlaid by ENV: an ENV always wins over an ARG of the same name."""
+        env = dict(self.args)
+        for item in self.config.env:
+            key, _, value = item.partition("=")
+            env[key] = value
+        return env
+
+    def expand(self, inst: Instruction, word: str, env: Mapping[str, str] | None = None) -> str:
+        try:
+            return expand_word(word, self.expansion_env() if env is None else env, self.escape)
+        except ExpansionError as exc:
+            raise inst.error(str(exc)) from None
+
+    def expand_words(self, inst: Instruction, text: str) -> list[str]:
+        try:
+            return expand_words(text, self.expansion_env(), self.escape)
+        except ExpansionError as exc:
+            raise inst.error(str(exc)) from None
+
+    def absolute(self, path: str) -> str:
+        """``path`` made absolute against WORKDIR, keeping a trailing slash."""
+        joined = posixpath.join(self.workdir, path)
+        cleaned = posixpath.normpath(joined)
+        if cleaned.startswith("//"):
+            cleaned = "/" + cleaned.lstrip("/")
+        return cleaned + "/" if path.endswith("/") and cleaned != "/" else cleaned

@@ -1,0 +1,109 @@
+"""BuildOptions: every flag of a build, validated once, so the build never re-checks a flag.
+
+Names follow kaniko's flags (``--no-push`` is ``no_push``) so a kaniko user's mental model maps
+one to one. Validation here produces the one-line errors a user sees for a bad flag.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from executor.errors import OptionsError
+
+DEFAULT_KANIKO_DIR = Path("/kaniko")
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """One build's settings; see ``executor --help`` for each flag's meaning."""
+
+    context: Path
+    dockerfile: Path
+    destinations: tuple[str, ...] = ()
+    no_push: bool = False
+    tar_path: Path | None = None
+    oci_layout_path: Path | None = None
+    digest_file: Path | None = None
+    image_name_with_digest_file: Path | None = None
+    image_name_tag_with_digest_file: Path | None = None
+    build_args: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+    target: str | None = None
+    insecure: bool = False
+    insecure_pull: bool = False
+    insecure_registries: tuple[str, ...] = ()
+    skip_tls_verify: bool = False
+    skip_tls_verify_pull: bool = False
+    skip_tls_verify_registries: tuple[str, ...] = ()
+    custom_platform: str | None = None
+    force: bool = False
+    kaniko_dir: Path = DEFAULT_KANIKO_DIR
+    kaniko_dir_given: bool = False
+    root: Path = Path("/")
+    compression: str = "gzip"
+    compression_level: int = -1
+    ignore_paths: tuple[str, ...] = ()
+    ignore_var_run: bool = True
+    skip_unused_stages: bool = False
+    cleanup: bool = False
+    reproducible: bool = False
+
+    @property
+    def in_place(self) -> bool:
+        """True when building over this process's own ``/`` (kaniko's only mode)."""
+        return self.root.resolve() == Path("/")
+
+    def validate(self) -> BuildOptions:
+        """Check flag combinations; returns self so construction reads as one expression."""
+        if not self.destinations and not self.no_push:
+            raise OptionsError("you must provide --destination, or use --no-push")
+        if self.compression not in ("gzip", "zstd"):
+            raise OptionsError(f"--compression must be gzip or zstd, not {self.compression!r}")
+        limits = {"gzip": (-1, 9), "zstd": (-1, 22)}[self.compression]
+        if not limits[0] <= self.compression_level <= limits[1]:
+            raise OptionsError(f"--compression-level {self.compression_level} is out of range "
+                               f"for {self.compression} ({limits[0]}..{limits[1]})")
+        if not self.context.is_dir():
+            raise OptionsError(f"--context {self.context}: no such directory")
+        if not self.dockerfile.is_file():
+            raise OptionsError(f"--dockerfile {self.dockerfile}: no such file")
+        if not self.in_place:
+            _check_sandbox_root(self.root, self.kaniko_dir if self.kaniko_dir_given else None)
+        return self
+
+
+def _check_sandbox_root(root: Path, kaniko_dir: Path | None) -> None:
+    """A sandbox root must be a directory kiln may fill and wipe: absent or empty.
+
+    Refusing a non-empty directory is what keeps a mistyped ``--root $HOME`` from being wiped
+    between stages.
+    """
+    if root.exists():
+        if not root.is_dir():
+            raise OptionsError(f"--root {root}: not a directory")
+        if any(os.scandir(root)):
+            raise OptionsError(f"--root {root}: directory is not empty; kiln builds only in "
+                               "an empty or new directory")
+    if kaniko_dir is not None and kaniko_dir.resolve().is_relative_to(root.resolve()):
+        raise OptionsError(f"--kaniko-dir {kaniko_dir} lies inside --root {root}")
+
+
+def parse_key_values(pairs: tuple[str, ...], flag: str, *,
+                     bare_from_env: bool = False) -> dict[str, str]:
+    """``K=V`` flags as a dict; a bare ``K`` takes ``$K`` where kaniko allows it (build args)."""
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, eq, value = pair.partition("=")
+        if not key:
+            raise OptionsError(f"{flag} {pair!r}: expected KEY=VALUE")
+        if not eq:
+            if not bare_from_env:
+                raise OptionsError(f"{flag} {pair!r}: expected KEY=VALUE")
+            env = os.environ.get(key)
+            if env is None:
+                continue  # kaniko: a bare build arg without an env value stays unset
+            value = env
+        out[key] = value
+    return out

@@ -1,0 +1,150 @@
+"""Running a RUN command in the filesystem being built: in place, or chrooted into a sandbox root.
+
+In place (kiln as PID 1 of a throwaway container) the command simply runs with the image's
+user, environment and working directory. In sandbox mode (``--root DIR`` on a developer or CI
+machine) the child first enters a private mount namespace, mounts ``/proc`` and binds ``/dev``
+and ``/sys`` into the root, then chroots: the host's mounts never change and nothing the command
+does can reach the host filesystem through a path. The mounts vanish with the namespace when the
+command's last process exits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import logging
+import os
+import signal
+import subprocess
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger("kiln")
+
+CLONE_NEWNS = 0x00020000
+MS_RDONLY = 0x1
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_NOEXEC = 0x8
+MS_BIND = 0x1000
+MS_REC = 0x4000
+MS_PRIVATE = 1 << 18
+
+# Mount points a sandboxed command gets; the snapshot always ignores them.
+SANDBOX_MOUNTS = ("proc", "dev", "sys")
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who a command runs as: uid, primary gid, supplementary groups, home directory."""
+
+    uid: int = 0
+    gid: int = 0
+    groups: tuple[int, ...] = ()
+    home: str = "/root"
+
+
+@dataclass(frozen=True)
+class Sandbox:
+    """Where commands run: ``root`` and whether it is this process's own ``/``."""
+
+    root: Path
+    in_place: bool
+
+    def prepare(self) -> list[Path]:
+        """Create missing mount points in a sandbox root; returns those it created.
+
+        The caller removes them again after the command, so a base image without ``/proc``
+        does not gain one in the built image.
+        """
+        created: list[Path] = []
+        if self.in_place:
+            return created
+        for name in SANDBOX_MOUNTS:
+            point = self.root / name
+            if not point.is_symlink() and not point.exists():
+                point.mkdir(mode=0o755)
+                created.append(point)
+        return created
+
+    def run(self, argv: Sequence[str], *, env: dict[str, str], cwd: str,
+            identity: Identity, stdin: bytes | None = None) -> int:
+        """Run ``argv`` to completion; returns its exit code (128+N for a signal N).
+
+        The command leads its own process group, which is killed once the command exits so a
+        daemon it left behind cannot keep changing the filesystem during the snapshot.
+        """
+        created = self.prepare()
+        try:
+            proc = subprocess.Popen(
+                list(argv),
+                env=env,
+                cwd=None,
+                stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=self._child_setup(cwd, identity),
+                close_fds=True,
+            )
+            try:
+                proc.communicate(stdin)
+            except BaseException:
+                _kill_group(proc.pid)
+                proc.wait()
+                raise
+            _kill_group(proc.pid)
+        finally:
+            for point in created:
+                with contextlib.suppress(OSError):
+                    point.rmdir()
+        code = proc.returncode
+        return 128 - code if code < 0 else code
+
+    def _child_setup(self, cwd: str, identity: Identity) -> Callable[[], None]:
+        root = str(self.root)
+        in_place = self.in_place
+
+        def setup() -> None:
+            # Runs in the forked child before exec: only async-signal-safe-ish work here.
+            if not in_place:
+                _enter_sandbox(root)
+            try:
+                os.chdir(cwd)
+            except OSError:
+                os.chdir("/")
+            os.setgroups(list(identity.groups))
+            os.setgid(identity.gid)
+            os.setuid(identity.uid)
+
+        return setup
+
+
+def _kill_group(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+def _check(result: int, what: str) -> None:
+    if result != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def _enter_sandbox(root: str) -> None:
+    """Private mount namespace, /proc, /dev and /sys inside ``root``, then chroot."""
+    libc = _libc()
+    _check(libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
+    # Make every mount private first, or our mounts would propagate back to the host.
+    _check(libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None), "mount --make-rprivate /")
+    base = root.encode()
+    _check(libc.mount(b"proc", base + b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None),
+           "mount proc")
+    _check(libc.mount(b"/dev", base + b"/dev", None, MS_BIND | MS_REC, None), "bind /dev")
+    _check(libc.mount(b"/sys", base + b"/sys", None, MS_BIND | MS_REC, None), "bind /sys")
+    os.chroot(root)
+    os.chdir("/")
