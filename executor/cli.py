@@ -11,10 +11,14 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from executor import __version__
+
+if TYPE_CHECKING:
+    from executor.options import BuildOptions
 
 log = logging.getLogger("kiln")
 
@@ -75,7 +79,6 @@ _VERBOSITY = click.Choice(["panic", "fatal", "error", "warn", "info", "debug", "
 @click.option("--skip-unused-stages", is_flag=True,
               help="Build only the stages the target depends on.")
 @click.option("--cleanup", is_flag=True, help="Remove the built filesystem at the end.")
-@click.option("--reproducible", is_flag=True, help="Strip timestamps from the image.")
 @click.pass_context
 def main(ctx: click.Context, **flags: object) -> None:
     """Build a container image from a Dockerfile and push it, the way kaniko does."""
@@ -103,7 +106,7 @@ def _run_build(flags: dict[str, object]) -> int:
     except KeyboardInterrupt:
         log.error("build interrupted: nothing was pushed")
         return 130
-    except Exception as exc:  # noqa: BLE001 - one line for users, traceback only for bugs
+    except Exception as exc:
         return _report(exc, debug)
     return 0
 
@@ -166,7 +169,6 @@ def _options_from_flags(flags: dict[str, object]) -> BuildOptions:
         ignore_var_run=bool(flags["ignore_var_run"]),
         skip_unused_stages=bool(flags["skip_unused_stages"]),
         cleanup=bool(flags["cleanup"]),
-        reproducible=bool(flags["reproducible"]),
     ).validate()
 
 

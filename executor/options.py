@@ -48,7 +48,6 @@ class BuildOptions:
     ignore_var_run: bool = True
     skip_unused_stages: bool = False
     cleanup: bool = False
-    reproducible: bool = False
 
     @property
     def in_place(self) -> bool:

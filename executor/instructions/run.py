@@ -7,6 +7,7 @@ the ARGs in scope; the user and groups come from the image's passwd and group fi
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -108,10 +109,8 @@ def _with_script(state: StageState, body: str) -> list[str]:
 
 def _remove_script(state: StageState, inner_path: str) -> None:
     if inner_path.startswith("/.kiln-heredoc-"):
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(state.root, inner_path.lstrip("/")))
-        except FileNotFoundError:
-            pass
 
 
 def _history(state: StageState, inst: Instruction, argv: list[str]) -> str:

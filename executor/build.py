@@ -1,0 +1,384 @@
+"""The build loop: for each stage, base image into the root, then apply -> snapshot -> layer.
+
+This module owns the order of things and nothing else: parsing is in ``executor.dockerfile``,
+what an instruction does is in ``executor.instructions``, how changes become a layer is in
+``snapshot``, and where the image goes is in ``executor.publish``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from snapshot.compress import Compression, open_decompressed
+from snapshot.extract import extract_layer
+from snapshot.ignore import IgnoreList
+from snapshot.layer import write_layer
+from snapshot.snapshot import Snapshot, diff_snapshots, take_snapshot, wait_for_clock_tick
+
+from executor.context import BuildContext
+from executor.dockerfile.parse import Instruction, parse_dockerfile, parse_text
+from executor.dockerfile.stages import BuildPlan, Stage, plan_build
+from executor.errors import DockerfileError, ImageError, KilnError
+from executor.image.model import DOCKER_MANIFEST, ImageConfig, Layer, Platform, compression_of
+from executor.image.reference import ImageRef
+from executor.inplace import check_in_place_allowed
+from executor.instructions import copy, metadata, run
+from executor.instructions.metadata import Step
+from executor.instructions.state import StageState
+from executor.options import BuildOptions
+from executor.publish import make_client, publish
+from executor.registry.client import RegistryClient
+from executor.sandbox import SANDBOX_MOUNTS, Sandbox
+
+log = logging.getLogger("kiln")
+
+Handler = Callable[[StageState, Instruction], Step]
+
+HANDLERS: dict[str, Handler] = {
+    "RUN": run.apply_run,
+    "COPY": copy.apply_copy,
+    "ADD": copy.apply_add,
+    "ENV": metadata.apply_env,
+    "ARG": metadata.apply_arg,
+    "LABEL": metadata.apply_label,
+    "MAINTAINER": metadata.apply_maintainer,
+    "WORKDIR": metadata.apply_workdir,
+    "USER": metadata.apply_user,
+    "CMD": metadata.apply_cmd,
+    "ENTRYPOINT": metadata.apply_entrypoint,
+    "EXPOSE": metadata.apply_expose,
+    "SHELL": metadata.apply_shell,
+    "STOPSIGNAL": metadata.apply_stopsignal,
+    "VOLUME": metadata.apply_volume,
+    "HEALTHCHECK": metadata.apply_healthcheck,
+    "ONBUILD": metadata.apply_onbuild,
+}
+
+
+@dataclass
+class BuiltImage:
+    """An image whose layers are blob files on local disk, ready to publish or build on."""
+
+    config: ImageConfig
+    layers: list[Layer]
+    manifest_type: str = DOCKER_MANIFEST
+    source: ImageRef | None = None  # the registry image it came from, for cross-repo mounts
+    snapshot: Snapshot | None = None  # the root's state when the stage ended
+
+
+@dataclass
+class Workspace:
+    """kiln's own directories: blobs (pulled and built layers) and scratch roots."""
+
+    kiln_dir: Path
+
+    @property
+    def blobs(self) -> Path:
+        return self.kiln_dir / "blobs"
+
+    @property
+    def roots(self) -> Path:
+        return self.kiln_dir / "roots"
+
+    def create(self) -> Workspace:
+        self.blobs.mkdir(parents=True, exist_ok=True)
+        self.roots.mkdir(parents=True, exist_ok=True)
+        return self
+
+
+@dataclass
+class Builder:
+    """Builds the stages of one plan into one root."""
+
+    options: BuildOptions
+    plan: BuildPlan
+    client: RegistryClient
+    workspace: Workspace
+    context: BuildContext
+    platform: Platform
+    ignore: IgnoreList
+    built: dict[int, BuiltImage] = field(default_factory=dict)
+    root_holds: int | None = None  # the stage whose filesystem the root holds now
+    source_roots: dict[str, Path] = field(default_factory=dict)
+    pulled: dict[str, BuiltImage] = field(default_factory=dict)
+
+    @property
+    def root(self) -> Path:
+        return self.options.root
+
+    def build(self) -> BuiltImage:
+        for stage in self._stages_to_build():
+            log.info("Building stage '%s' [idx: '%d', base-idx: '%d']", stage.base, stage.index,
+                     -1 if stage.base_stage is None else stage.base_stage)
+            self.built[stage.index] = self._build_stage(stage)
+        return self.built[self.plan.target]
+
+    def _stages_to_build(self) -> list[Stage]:
+        stages = [s for s in self.plan.stages if s.index <= self.plan.target]
+        if not self.options.skip_unused_stages:
+            return stages
+        needed = {self.plan.target}
+        for stage in reversed(stages):
+            if stage.index in needed:
+                needed |= self._dependencies(stage)
+        return [s for s in stages if s.index in needed]
+
+    def _dependencies(self, stage: Stage) -> set[int]:
+        deps = {stage.base_stage} if stage.base_stage is not None else set()
+        for inst in stage.instructions:
+            for flag in inst.flags:
+                if flag.startswith("--from="):
+                    other = self.plan.stage_by_ref(flag.split("=", 1)[1])
+                    if other is not None:
+                        deps.add(other.index)
+        return deps
+
+    def _build_stage(self, stage: Stage) -> BuiltImage:
+        base = self._base_image(stage)
+        snapshot = self._prepare_root(stage, base)
+        config = base.config.copy()
+        config.data["created"] = _now()
+        state = StageState(stage=stage, plan=self.plan, config=config, root=self.root,
+                           context=self.context,
+                           sandbox=Sandbox(self.root, in_place=self.options.in_place),
+                           created=config.data["created"], source_root=self._source_root)
+        layers = list(base.layers)
+        triggers = list(config.container.get("OnBuild") or [])
+        config.container["OnBuild"] = None
+        log.info("Executing %d build triggers", len(triggers))
+        instructions = [*self._triggers(stage, triggers), *stage.instructions]
+        for inst in instructions:
+            snapshot = self._apply(state, inst, snapshot, layers)
+        self.root_holds = stage.index
+        for label, value in self.options.labels.items():
+            labels = dict(config.container.get("Labels") or {})
+            labels[label] = value
+            config.container["Labels"] = labels
+        return BuiltImage(config, layers, base.manifest_type, base.source, snapshot)
+
+    def _triggers(self, stage: Stage, triggers: list[str]) -> list[Instruction]:
+        """ONBUILD triggers of the base image, run first, reported at the FROM line."""
+        out = []
+        for text in triggers:
+            try:
+                parsed = parse_text(text, str(stage.location))
+            except DockerfileError as exc:
+                raise DockerfileError(str(stage.location), f"ONBUILD trigger {text!r}: {exc}") \
+                    from None
+            out.extend(Instruction(i.kind, i.args, i.flags, i.json, i.original, stage.location,
+                                   i.heredocs, i.sub_kind) for i in parsed.instructions)
+        return out
+
+    def _apply(self, state: StageState, inst: Instruction, snapshot: Snapshot,
+               layers: list[Layer]) -> Snapshot:
+        handler = HANDLERS.get(inst.kind)
+        if handler is None:
+            raise inst.error(f"{inst.kind} is not supported")
+        log.info("%s", inst.original.split("\n", 1)[0])
+        if inst.kind in ("RUN", "COPY", "ADD", "WORKDIR"):
+            wait_for_clock_tick(snapshot)
+        step = handler(state, inst)
+        if not step.touches_fs:
+            if step.history is not None:
+                state.config.add_empty_history(step.history, state.created)
+            return snapshot
+        log.info("Taking snapshot of full filesystem...")
+        new = take_snapshot(self.root, self.ignore)
+        changes = diff_snapshots(snapshot, new)
+        history = step.history or inst.original
+        if changes.is_empty():
+            log.info("No files changed in this command, skipping snapshotting.")
+            state.config.add_empty_history(history, state.created)
+            return new
+        blob = write_layer(self.root, changes, new, self.workspace.blobs, self._compression())
+        layer = Layer(blob.path, blob.digest, blob.diff_id, blob.size,
+                      _media_type(blob.compression))
+        layers.append(layer)
+        state.config.add_layer(layer.diff_id, history, state.created)
+        return new
+
+    def _compression(self) -> Compression:
+        level = self.options.compression_level
+        return Compression(self.options.compression,  # type: ignore[arg-type]
+                           None if level < 0 else level)
+
+    # -- base images -------------------------------------------------------------------
+
+    def _base_image(self, stage: Stage) -> BuiltImage:
+        if stage.base_stage is not None:
+            previous = self.built.get(stage.base_stage)
+            if previous is None:
+                raise DockerfileError(str(stage.location),
+                                      f"stage {stage.base!r} was not built (check --target and "
+                                      "--skip-unused-stages)")
+            return previous
+        platform = Platform.parse(stage.platform) if stage.platform else self.platform
+        if stage.base.lower() == "scratch":
+            log.info("No base image, nothing to extract")
+            return BuiltImage(ImageConfig.empty(platform), [])
+        return self._pull(stage.base, platform, str(stage.location))
+
+    def _pull(self, name: str, platform: Platform, where: str) -> BuiltImage:
+        if name in self.pulled:
+            return self.pulled[name]
+        try:
+            ref = ImageRef.parse(name)
+        except ImageError as exc:
+            raise DockerfileError(where, str(exc)) from None
+        log.info("Retrieving image manifest %s", name)
+        log.info("Retrieving image %s from registry %s", ref, ref.registry)
+        resolved = self.client.resolve(ref, platform)
+        config = resolved.config
+        diff_ids = config.diff_ids
+        if len(diff_ids) != len(resolved.manifest.layers):
+            raise ImageError(f"{ref}: the config lists {len(diff_ids)} layers but the manifest "
+                             f"has {len(resolved.manifest.layers)}")
+        layers = [Layer(self.workspace.blobs / desc.digest.split(":", 1)[1], desc.digest,
+                        diff_id, desc.size, desc.media_type)
+                  for desc, diff_id in zip(resolved.manifest.layers, diff_ids, strict=True)]
+        image = BuiltImage(config, layers, resolved.manifest.media_type, ref)
+        self.pulled[name] = image
+        return image
+
+    def _fetch_layers(self, image: BuiltImage) -> Iterator[Future[Layer]]:
+        """Start downloading every missing layer; yields them in order as futures."""
+        pool = ThreadPoolExecutor(max_workers=3, thread_name_prefix="kiln-pull")
+
+        def fetch(layer: Layer) -> Layer:
+            if not layer.path.exists():
+                assert image.source is not None
+                self.client.fetch_blob(image.source, layer.descriptor(), layer.path)
+            return layer
+
+        try:
+            futures = [pool.submit(fetch, layer) for layer in image.layers]
+            yield from futures
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _extract(self, image: BuiltImage, root: Path, ignore: IgnoreList) -> None:
+        """Extract ``image``'s layers in order; later downloads overlap earlier extraction."""
+        for future in self._fetch_layers(image):
+            layer = future.result()
+            started = time.monotonic()
+            with open(layer.path, "rb") as raw:
+                stream = open_decompressed(raw, compression_of(layer.media_type))
+                extract_layer(root, stream, ignore=ignore, layer_name=layer.digest)
+            log.debug("extracted %s in %.2fs", layer.digest, time.monotonic() - started)
+
+    def _prepare_root(self, stage: Stage, base: BuiltImage) -> Snapshot:
+        """Put the base's filesystem in the root; free when the root already holds it."""
+        if (stage.base_stage is not None and stage.base_stage == self.root_holds
+                and base.snapshot is not None):
+            return base.snapshot
+        if self.root_holds is not None or base.layers:
+            clear_root(self.root, self.ignore)
+        if base.layers:
+            log.info("Unpacking rootfs as cmd %s requires it.",
+                     stage.instructions[0].original.split("\n", 1)[0]
+                     if stage.instructions else "FROM")
+            self._extract(base, self.root, self.ignore)
+        self.root_holds = None
+        log.info("Initializing snapshotter ...")
+        log.info("Taking snapshot of full filesystem...")
+        return take_snapshot(self.root, self.ignore)
+
+    def _source_root(self, inst: Instruction, ref: str) -> Path:
+        """A directory holding the filesystem of a stage or an image, for COPY --from."""
+        if ref in self.source_roots:
+            return self.source_roots[ref]
+        stage = self.plan.stage_by_ref(ref)
+        if stage is not None:
+            image = self.built.get(stage.index)
+            if image is None:
+                raise inst.error(f"COPY --from={ref}: stage {ref!r} is not built before this "
+                                 "one")
+        else:
+            if ref.isdigit():
+                raise inst.error(f"COPY --from={ref}: there is no stage {ref}")
+            image = self._pull(ref, self.platform, str(inst.location))
+        target = Path(tempfile.mkdtemp(prefix="from-", dir=self.workspace.roots))
+        none = IgnoreList(root=target, paths=frozenset(), globs=())
+        self._extract(image, target, none)
+        self.source_roots[ref] = target
+        return target
+
+
+def clear_root(root: Path, ignore: IgnoreList, rel: str = "") -> None:
+    """Remove everything under ``root`` that is not ignored (and keep ignored paths' parents)."""
+    directory = root / rel if rel else root
+    with os.scandir(directory) as entries:
+        children = list(entries)
+    for entry in children:
+        child = f"{rel}/{entry.name}" if rel else entry.name
+        if ignore.is_ignored(child):
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            if any(p == child or p.startswith(child + "/") for p in ignore.paths):
+                clear_root(root, ignore, child)
+                continue
+            shutil.rmtree(entry.path)
+        else:
+            os.unlink(entry.path)
+
+
+def _media_type(compression: str) -> str:
+    from executor.image import model
+
+    return {"gzip": model.DOCKER_LAYER_GZIP, "zstd": model.OCI_LAYER_ZSTD,
+            "none": model.OCI_LAYER}[compression]
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@contextlib.contextmanager
+def _workspace(options: BuildOptions) -> Iterator[Workspace]:
+    """kiln's state directory: ``--kaniko-dir``, or a temporary one for sandbox builds."""
+    if options.in_place or options.kaniko_dir_given:
+        yield Workspace(options.kaniko_dir).create()
+        return
+    temp = Path(tempfile.mkdtemp(prefix="kiln-"))
+    try:
+        yield Workspace(temp).create()
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def run_build(options: BuildOptions) -> str:
+    """Build the image ``options`` describe and publish it; returns the manifest digest."""
+    if options.in_place:
+        check_in_place_allowed(options.kaniko_dir, options.force)
+    dockerfile = parse_dockerfile(options.dockerfile)
+    platform = Platform.parse(options.custom_platform) if options.custom_platform else Platform()
+    plan = plan_build(dockerfile, options.build_args, options.target, platform)
+    context = BuildContext.load(options.context, options.dockerfile)
+    created_root = not options.in_place and not options.root.exists()
+    options.root.mkdir(parents=True, exist_ok=True)
+    try:
+        with _workspace(options) as workspace:
+            extra = list(options.ignore_paths)
+            if not options.in_place:
+                extra += [f"/{name}" for name in SANDBOX_MOUNTS]
+            ignore = IgnoreList.for_build(options.root, kiln_dir=workspace.kiln_dir,
+                                          extra=extra, ignore_var_run=options.ignore_var_run)
+            client = make_client(options)
+            builder = Builder(options, plan, client, workspace, context, platform, ignore)
+            image = builder.build()
+            return publish(image, options, client)
+    except KilnError:
+        raise
+    finally:
+        if created_root and options.cleanup:
+            shutil.rmtree(options.root, ignore_errors=True)

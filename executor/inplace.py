@@ -1,0 +1,56 @@
+"""The guard on in-place mode: building over ``/`` is only for a throwaway container.
+
+In-place mode overwrites this process's root filesystem with the base image. kaniko refuses it
+outside a container unless ``--force``; kiln also refuses it when the executor itself does not
+live under the kiln directory, because extracting a base image over ``/`` would then replace the
+Python interpreter and libraries the running executor still needs (kaniko #2764). That second
+check is what keeps a developer machine that happens to look like a container (``/.dockerenv``)
+from being wiped by a missing ``--root``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from executor.errors import OptionsError
+
+_CONTAINER_CGROUP_MARKERS = ("docker", "kubepods", "containerd", "crio", "libpod", "lxc",
+                             "buildkit", "actions_job")
+
+
+def running_in_container() -> bool:
+    """True when this process looks like it runs in a container (kaniko's checks)."""
+    # ``container`` (lower case) is the variable systemd-nspawn and podman set.
+    if os.environ.get("container") or Path("/.dockerenv").exists():  # noqa: SIM112
+        return True
+    if Path("/run/.containerenv").exists() or Path("/var/run/secrets/kubernetes.io").exists():
+        return True
+    try:
+        cgroups = Path("/proc/1/cgroup").read_text()
+    except OSError:
+        return False
+    return any(marker in cgroups for marker in _CONTAINER_CGROUP_MARKERS)
+
+
+def executor_is_self_contained(kiln_dir: Path) -> bool:
+    """True when the interpreter running kiln lives under ``kiln_dir`` (the executor image)."""
+    try:
+        return Path(sys.executable).resolve().is_relative_to(kiln_dir.resolve())
+    except OSError:
+        return False
+
+
+def check_in_place_allowed(kiln_dir: Path, force: bool) -> None:
+    """Refuse an in-place build where it would wreck the machine it runs on."""
+    if force:
+        return
+    if not running_in_container():
+        raise OptionsError("kiln should only be run inside of a container, run with the "
+                           "--force flag if you are sure you want to continue")
+    if not executor_is_self_contained(kiln_dir):
+        raise OptionsError(
+            f"refusing to build in place over /: this executor ({sys.executable}) is not "
+            f"installed under {kiln_dir}, so extracting the base image would overwrite it; "
+            "use --root DIR to build in a directory, or --force")

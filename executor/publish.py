@@ -1,0 +1,124 @@
+"""Where a built image goes: registries (``--destination``), a docker-save tarball, an OCI
+layout, and the digest files CI systems read.
+
+Blobs go first and the manifest last, so a push that fails part way leaves no tag pointing at
+missing blobs. The manifest kind follows the base image (Docker v2s2 for ``scratch``, as kaniko
+does) unless a layer is zstd, which only OCI manifests can describe.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from executor.image import model
+from executor.image.model import Descriptor, Layer, Manifest, sha256_digest
+from executor.image.reference import ImageRef
+from executor.options import BuildOptions
+from executor.registry.client import RegistryClient
+from executor.registry.transport import TransportOptions
+
+if TYPE_CHECKING:
+    from executor.build import BuiltImage
+
+log = logging.getLogger("kiln")
+
+_TO_OCI = {model.DOCKER_LAYER_GZIP: model.OCI_LAYER_GZIP,
+           model.DOCKER_FOREIGN_LAYER: model.OCI_FOREIGN_LAYER_GZIP}
+_TO_DOCKER = {v: k for k, v in _TO_OCI.items()}
+
+
+@dataclass(frozen=True)
+class FinalImage:
+    """The bytes that name an image: manifest and config, and the layer files behind them."""
+
+    manifest: Manifest
+    manifest_bytes: bytes
+    config_bytes: bytes
+    layers: tuple[Layer, ...]
+
+    @property
+    def digest(self) -> str:
+        return sha256_digest(self.manifest_bytes)
+
+
+def make_client(options: BuildOptions) -> RegistryClient:
+    """A registry client with the build's TLS and plain-HTTP settings."""
+    return RegistryClient(TransportOptions(
+        insecure=options.insecure,
+        insecure_pull=options.insecure_pull,
+        insecure_registries=frozenset(options.insecure_registries),
+        skip_tls_verify=options.skip_tls_verify,
+        skip_tls_verify_pull=options.skip_tls_verify_pull,
+        skip_tls_verify_registries=frozenset(options.skip_tls_verify_registries),
+    ))
+
+
+def finalize(image: BuiltImage) -> FinalImage:
+    """Choose the manifest kind and write the manifest for ``image``."""
+    oci = image.manifest_type == model.OCI_MANIFEST or any(
+        layer.media_type == model.OCI_LAYER_ZSTD or layer.media_type == model.OCI_LAYER
+        for layer in image.layers)
+    mapping = _TO_OCI if oci else _TO_DOCKER
+    layers = tuple(Layer(layer.path, layer.digest, layer.diff_id, layer.size,
+                         mapping.get(layer.media_type, layer.media_type))
+                   for layer in image.layers)
+    config_bytes = image.config.to_bytes()
+    config = Descriptor(model.OCI_CONFIG if oci else model.DOCKER_CONFIG,
+                        sha256_digest(config_bytes), len(config_bytes))
+    manifest = Manifest(model.OCI_MANIFEST if oci else model.DOCKER_MANIFEST, config,
+                        tuple(layer.descriptor() for layer in layers))
+    return FinalImage(manifest, manifest.to_bytes(), config_bytes, layers)
+
+
+def publish(image: BuiltImage, options: BuildOptions, client: RegistryClient) -> str:
+    """Push to every destination and write every requested output; returns the digest."""
+    final = finalize(image)
+    destinations = [ImageRef.parse(d) for d in options.destinations]
+    if options.no_push:
+        log.info("Skipping push to container registry due to --no-push flag")
+    else:
+        for ref in destinations:
+            push_image(client, ref, final, image.source)
+    if options.tar_path:
+        from executor.image.tarball import write_docker_tarball
+
+        tag = str(destinations[0]) if destinations else "kiln/image:latest"
+        write_docker_tarball(options.tar_path, tag, final.config_bytes, list(final.layers))
+    if options.oci_layout_path:
+        from executor.image.layout import write_oci_layout
+
+        name = destinations[0].reference if destinations else None
+        write_oci_layout(options.oci_layout_path, final.manifest_bytes, final.config_bytes,
+                         list(final.layers), name)
+    _write_digest_files(options, destinations, final.digest)
+    return final.digest
+
+
+def push_image(client: RegistryClient, ref: ImageRef, final: FinalImage,
+               source: ImageRef | None) -> None:
+    """Blobs first (skipping what the registry has), the manifest last."""
+    log.info("Pushing image to %s", ref)
+    for layer in final.layers:
+        if (source is not None and source.registry == ref.registry
+                and source.repository != ref.repository
+                and client.mount_blob(ref, layer.digest, source.repository)):
+            continue
+        client.push_blob(ref, layer.descriptor(), layer.path)
+    client.push_blob_bytes(ref, final.manifest.config, final.config_bytes)
+    client.push_manifest(ref, final.manifest_bytes, final.manifest.media_type)
+    log.info("Pushed %s@%s", ref.name, final.digest)
+
+
+def _write_digest_files(options: BuildOptions, destinations: Sequence[ImageRef],
+                        digest: str) -> None:
+    if options.digest_file:
+        options.digest_file.write_text(digest)
+    if options.image_name_with_digest_file:
+        options.image_name_with_digest_file.write_text(
+            "".join(f"{ref.name}@{digest}\n" for ref in destinations))
+    if options.image_name_tag_with_digest_file:
+        options.image_name_tag_with_digest_file.write_text(
+            "".join(f"{ref.name}:{ref.tag or 'latest'}@{digest}\n" for ref in destinations))

@@ -1,0 +1,286 @@
+"""How kiln talks to a registry host: scheme, TLS verification, retries, one pooled session.
+
+Everything above this module speaks in registry API paths; this module decides whether they go
+over HTTPS with or without certificate checks or over plain HTTP, and it retries what is worth
+retrying. The policy is kaniko's (which is go-containerregistry's):
+
+- ``--insecure`` (destinations), ``--insecure-pull`` (base images) and ``--insecure-registry
+  HOST`` (both) make a registry *insecure*: it is tried over HTTPS without certificate checks
+  first and over plain HTTP when HTTPS does not answer. Which scheme answered is remembered.
+- ``--skip-tls-verify`` (destinations), ``--skip-tls-verify-pull`` and
+  ``--skip-tls-verify-registry HOST``: HTTPS, certificate not verified.
+- Nothing else ever falls back to plain HTTP; a loopback registry is not insecure by itself.
+
+Connection failures, timeouts, ``429`` and ``5xx`` answers are retried with exponential backoff
+(``Retry-After`` honoured); every other answer is returned for the caller to judge.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email.utils
+import logging
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+import requests
+import urllib3
+from requests.adapters import HTTPAdapter
+
+from executor import __version__
+from executor.errors import RegistryError
+from executor.image.reference import DOCKER_HUB, DOCKER_HUB_API, ImageRef
+
+log = logging.getLogger(__name__)
+
+USER_AGENT = f"kiln/{__version__}"
+#: Answers that mean "try again later" rather than "no".
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+#: The longest wait a ``Retry-After`` header can impose on us.
+MAX_RETRY_AFTER = 60.0
+
+_HUB_NAMES = frozenset({DOCKER_HUB, DOCKER_HUB_API, "index.docker.io"})
+
+Body = bytes | Path | None
+
+
+@dataclass(frozen=True)
+class TransportOptions:
+    """The registry connection flags, as kaniko names them.
+
+    ``insecure`` / ``skip_tls_verify`` apply to registries pushed to, the ``*_pull`` variants to
+    registries pulled from, and the ``*_registries`` sets to the named hosts in both directions.
+    """
+
+    insecure: bool = False
+    insecure_pull: bool = False
+    insecure_registries: frozenset[str] = frozenset()
+    skip_tls_verify: bool = False
+    skip_tls_verify_pull: bool = False
+    skip_tls_verify_registries: frozenset[str] = frozenset()
+    #: How many times a failed request is retried (so ``retries + 1`` attempts in all).
+    retries: int = 3
+    #: Seconds before the first retry; doubled for each further one, up to ``max_backoff``.
+    backoff: float = 0.5
+    max_backoff: float = 30.0
+    connect_timeout: float = 30.0
+    #: Seconds without a byte from the server before a request is given up.
+    read_timeout: float = 120.0
+
+    def is_insecure(self, registry: str, *, push: bool) -> bool:
+        """True when ``registry`` may be reached over plain HTTP."""
+        flag = self.insecure if push else self.insecure_pull
+        return flag or _names_match(self.insecure_registries, registry)
+
+    def verifies_tls(self, registry: str, *, push: bool) -> bool:
+        """False when the certificate of ``registry`` is not checked."""
+        if self.is_insecure(registry, push=push):
+            return False
+        flag = self.skip_tls_verify if push else self.skip_tls_verify_pull
+        return not (flag or _names_match(self.skip_tls_verify_registries, registry))
+
+
+def _names_match(names: frozenset[str], registry: str) -> bool:
+    if registry in names:
+        return True
+    # Docker Hub goes by several names; a flag naming any of them means the Hub.
+    return registry in _HUB_NAMES and not names.isdisjoint(_HUB_NAMES)
+
+
+class Transport:
+    """A pooled HTTP session that reaches registries the way ``TransportOptions`` allow.
+
+    Thread-safe for concurrent requests (layer downloads run in parallel). Close it, or use it
+    as a context manager, to release pooled connections.
+    """
+
+    def __init__(self, options: TransportOptions | None = None, *,
+                 sleep: Callable[[float], None] = time.sleep, pool_size: int = 16) -> None:
+        self.options = options or TransportOptions()
+        self.sleep = sleep
+        self.session = requests.Session()
+        self.session.headers["User-Agent"] = USER_AGENT
+        adapter = HTTPAdapter(pool_connections=8, pool_maxsize=pool_size, max_retries=0)
+        self.session.mount("https://", adapter)
+        self.session.mount("http://", adapter)
+        self._schemes: dict[tuple[str, bool], str] = {}
+        self._lock = threading.Lock()
+        self._warned: set[str] = set()
+
+    def __enter__(self) -> Transport:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.session.close()
+
+    def request(self, method: str, ref: ImageRef, target: str, *, push: bool,
+                headers: Mapping[str, str] | None = None, body: Body = None,
+                stream: bool = False) -> requests.Response:
+        """Send one API request for ``ref``'s registry, retrying what is worth retrying.
+
+        ``target`` is a path (``/v2/...``) on the registry or an absolute URL (an upload
+        ``Location``). Redirects are followed. Returns whatever status the registry gave; raises
+        ``RegistryError`` only when the registry cannot be reached at all.
+        """
+        attempt = 0
+        while True:
+            try:
+                response = self._send(method, ref, target, push=push, headers=headers,
+                                      body=body, stream=stream)
+            except requests.RequestException as exc:
+                if attempt < self.options.retries and _is_transient(exc):
+                    log.debug("request to %s failed (%s), retrying", ref.registry, exc)
+                    self.sleep(self.backoff_delay(attempt))
+                    attempt += 1
+                    continue
+                raise RegistryError(
+                    f"cannot reach registry {ref.registry}: {describe_connection_error(exc)}"
+                ) from exc
+            if response.status_code in RETRY_STATUSES and attempt < self.options.retries:
+                delay = retry_after(response)
+                response.close()
+                log.debug("%s answered %d, retrying", ref.registry, response.status_code)
+                self.sleep(self.backoff_delay(attempt) if delay is None
+                           else min(delay, MAX_RETRY_AFTER))
+                attempt += 1
+                continue
+            return response
+
+    def backoff_delay(self, attempt: int) -> float:
+        """Seconds to wait before retry number ``attempt + 1``."""
+        return float(min(self.options.backoff * 2 ** attempt, self.options.max_backoff))
+
+    def _send(self, method: str, ref: ImageRef, target: str, *, push: bool,
+              headers: Mapping[str, str] | None, body: Body,
+              stream: bool) -> requests.Response:
+        """One attempt, falling back from HTTPS to HTTP for an insecure registry."""
+        verify = self.options.verifies_tls(ref.registry, push=push)
+        if not verify:
+            self._warn_unverified(ref.registry)
+        if target.startswith(("https://", "http://")):
+            urls = [(target, None)]
+        else:
+            urls = [(f"{scheme}://{ref.api_host}{target}", scheme)
+                    for scheme in self._schemes_for(ref, push=push)]
+        failure: requests.RequestException | None = None
+        for url, scheme in urls:
+            try:
+                with _opened(body) as data:
+                    response = self.session.request(
+                        method, url, headers=headers, data=data, stream=stream, verify=verify,
+                        timeout=(self.options.connect_timeout, self.options.read_timeout),
+                        allow_redirects=True,
+                    )
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                failure = exc
+                continue
+            if scheme is not None:
+                with self._lock:
+                    self._schemes[(ref.api_host, push)] = scheme
+            return response
+        assert failure is not None
+        raise failure
+
+    def _schemes_for(self, ref: ImageRef, *, push: bool) -> list[str]:
+        with self._lock:
+            known = self._schemes.get((ref.api_host, push))
+        if known:
+            return [known]
+        if self.options.is_insecure(ref.registry, push=push):
+            return ["https", "http"]
+        return ["https"]
+
+    def _warn_unverified(self, registry: str) -> None:
+        with self._lock:
+            if registry in self._warned:
+                return
+            self._warned.add(registry)
+        # The user asked for this; one warning from us beats one from urllib3 per request.
+        urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
+        log.warning("Not verifying the TLS certificate of registry %s", registry)
+
+
+@contextlib.contextmanager
+def _opened(body: Body) -> Iterator[IO[bytes] | bytes | None]:
+    """The request body: a file is opened afresh for each attempt and streamed from disk."""
+    if isinstance(body, Path):
+        with body.open("rb") as handle:
+            yield handle
+    else:
+        yield body
+
+
+def _is_transient(exc: requests.RequestException) -> bool:
+    """A failure that may go away on its own (not a certificate that will never verify)."""
+    if isinstance(exc, requests.exceptions.SSLError):
+        return False
+    return isinstance(exc, requests.ConnectionError | requests.Timeout
+                      | requests.exceptions.ChunkedEncodingError)
+
+
+def retry_after(response: requests.Response) -> float | None:
+    """The wait a ``Retry-After`` header asks for (seconds or an HTTP date), if any."""
+    value = response.headers.get("Retry-After")
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def describe_connection_error(exc: BaseException) -> str:
+    """The root cause of a connection failure in a few words: ``connection refused``."""
+    for cause in _causes(exc):
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return f"TLS certificate verification failed: {cause.verify_message}"
+        if isinstance(cause, ssl.SSLError):
+            return f"TLS handshake failed: {cause.reason or cause}"
+        if isinstance(cause, socket.gaierror):
+            return f"cannot resolve host: {_lower_first(cause.strerror or str(cause))}"
+        if isinstance(cause, TimeoutError | urllib3.exceptions.TimeoutError) and not isinstance(
+                cause, urllib3.exceptions.NewConnectionError):  # a subclass, oddly
+            return "timed out"
+        if isinstance(cause, OSError) and cause.strerror:
+            return _lower_first(cause.strerror)
+    if isinstance(exc, requests.Timeout):
+        return "timed out"
+    return _lower_first(str(exc)) or type(exc).__name__
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and everything it wraps, innermost last: requests hides causes in args/reason."""
+    seen: set[int] = set()
+    queue: list[BaseException] = [exc]
+    found: list[BaseException] = []
+    while queue:
+        current = queue.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        found.append(current)
+        linked: list[Any] = [current.__cause__, current.__context__,
+                             getattr(current, "reason", None), *current.args]
+        queue.extend(item for item in linked if isinstance(item, BaseException))
+    # The most specific cause is the deepest one.
+    return reversed(found)
+
+
+def _lower_first(text: str) -> str:
+    return text[:1].lower() + text[1:]
