@@ -1,0 +1,49 @@
+"""The .dockerignore matcher, with Docker's pattern rules."""
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from executor.context import DockerIgnore
+
+
+@pytest.mark.parametrize(
+    ("patterns", "path", "excluded"),
+    [
+        ("*.md", "README.md", True),
+        ("*.md", "docs/README.md", False),
+        ("**/*.md", "docs/README.md", True),
+        ("**/*.md", "README.md", True),
+        ("docs", "docs/a/b.txt", True),
+        ("/docs", "docs/x", True),
+        ("temp?", "temp1", True),
+        ("temp?", "temp12", False),
+        ("*\n!keep.md", "keep.md", False),
+        ("*\n!keep.md", "other.md", True),
+        ("!keep.md\n*", "keep.md", True),
+        ("node_modules/**", "node_modules/a/b", True),
+        ("a/**/z", "a/b/c/z", True),
+        ("a/**/z", "a/z", True),
+        ("[ab].txt", "a.txt", True),
+        ("[!ab].txt", "a.txt", False),
+        ("# comment", "# comment", False),
+        ("./build", "build/out", True),
+    ],
+)
+def test_dockerignore_patterns(patterns: str, path: str, excluded: bool) -> None:
+    assert DockerIgnore.from_text(patterns).excluded(path) is excluded
+
+
+_name = st.from_regex(r"[a-z0-9_]{1,6}", fullmatch=True)
+
+
+@given(st.lists(_name, min_size=1, max_size=4))
+def test_a_directory_pattern_excludes_everything_below_it(parts: list[str]) -> None:
+    ignore = DockerIgnore.from_text(parts[0])
+    assert ignore.excluded("/".join(parts))
+
+
+@given(st.lists(_name, min_size=1, max_size=4))
+def test_reinclusion_after_exclusion_wins(parts: list[str]) -> None:
+    path = "/".join(parts)
+    assert not DockerIgnore.from_text(f"{path}\n!{path}").excluded(path)
