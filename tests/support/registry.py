@@ -77,7 +77,8 @@ class Registry:
         log = open(self.workdir / "registry.log", "ab")  # noqa: SIM115 - lives as long as the process
         self.process = subprocess.Popen(
             ["docker-registry", "serve", str(config)],
-            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "OTEL_TRACES_EXPORTER": "none"},
+            stdout=log, stderr=subprocess.STDOUT,
+            env={**os.environ, "OTEL_TRACES_EXPORTER": "none"},
         )
         self._wait_ready()
         return self
@@ -86,7 +87,8 @@ class Registry:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
-                raise RuntimeError(f"registry exited: {(self.workdir / 'registry.log').read_text()}")
+                log_text = (self.workdir / "registry.log").read_text()
+                raise RuntimeError(f"registry exited: {log_text}")
             try:
                 requests.get(f"{self.url}/v2/", timeout=1, verify=False)
                 return

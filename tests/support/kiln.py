@@ -1,0 +1,39 @@
+"""Running the real ``executor`` command the way users do, in sandbox mode."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ExecutorRun:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def last_line(self) -> str:
+        lines = [line for line in self.stderr.splitlines() if line.strip()]
+        return lines[-1] if lines else ""
+
+
+def write_context(directory: Path, dockerfile: str, files: dict[str, str] | None = None) -> Path:
+    """A build context with ``Dockerfile`` and ``files`` (relative path -> text)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "Dockerfile").write_text(dockerfile)
+    for rel, text in (files or {}).items():
+        path = directory / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return directory
+
+
+def run_executor(context: Path, root: Path, *args: str, timeout: float = 300) -> ExecutorRun:
+    """``executor --context CONTEXT --root ROOT ARGS...``; the root is a fresh sandbox dir."""
+    cmd = [sys.executable, "-m", "executor.cli", "--context", str(context),
+           "--dockerfile", str(context / "Dockerfile"), "--root", str(root), *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    return ExecutorRun(proc.returncode, proc.stdout, proc.stderr)
