@@ -27,8 +27,8 @@ def main() -> int:
             base = f"{registry.host}/library/busybox:latest"
             print(f"==> making a busybox base image and pushing it to {base}")
             layout = tmp / "busybox-layout"
-            tag = write_busybox_layout(layout)
-            push_layout(layout, tag, base)
+            write_busybox_layout(layout, "latest")
+            push_layout(layout, "latest", base)
             dest = f"{registry.host}/demo/hello:latest"
             print(f"==> kiln: building examples/hello and pushing {dest}")
             build = subprocess.run(

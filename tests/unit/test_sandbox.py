@@ -1,0 +1,60 @@
+"""RUN in sandbox mode: chrooted into the root, with private /proc, /dev and /sys mounts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from executor.sandbox import Identity, Sandbox
+from tests.support.images import make_busybox_rootfs
+
+ENV = {"PATH": "/bin:/usr/bin:/sbin:/usr/sbin"}
+
+
+def mounts() -> str:
+    return Path("/proc/self/mountinfo").read_text()
+
+
+def test_a_command_sees_only_the_root_and_its_own_mounts(tmp_path: Path) -> None:
+    root = make_busybox_rootfs(tmp_path / "root")
+    before = mounts()
+    code = Sandbox(root, in_place=False).run(
+        ["/bin/sh", "-c", "echo made > /made.txt; test -e /proc/self/status && test -e "
+         "/dev/null && echo ok > /checks.txt"], env=ENV, cwd="/", identity=Identity())
+    assert code == 0
+    assert (root / "made.txt").read_text() == "made\n"
+    assert (root / "checks.txt").read_text() == "ok\n"
+    assert mounts() == before  # nothing mounted on the host, nothing left behind
+    assert not any((root / "proc").iterdir())
+
+
+def test_exit_code_and_user_are_the_commands(tmp_path: Path) -> None:
+    root = make_busybox_rootfs(tmp_path / "root")
+    sandbox = Sandbox(root, in_place=False)
+    assert sandbox.run(["/bin/sh", "-c", "exit 7"], env=ENV, cwd="/", identity=Identity()) == 7
+    code = sandbox.run(["/bin/sh", "-c", "id -u > /tmp/uid; pwd > /tmp/pwd"], env=ENV,
+                       cwd="/home/kiln", identity=Identity(uid=1000, gid=1000, groups=(1000,)))
+    assert code == 0
+    assert (root / "tmp/uid").read_text() == "1000\n"
+    assert (root / "tmp/pwd").read_text() == "/home/kiln\n"
+
+
+def test_missing_mount_points_are_created_then_removed(tmp_path: Path) -> None:
+    root = make_busybox_rootfs(tmp_path / "root")
+    for name in ("proc", "dev", "sys"):
+        (root / name).rmdir()
+    assert Sandbox(root, in_place=False).run(["/bin/true"], env=ENV, cwd="/",
+                                             identity=Identity()) == 0
+    assert not (root / "proc").exists()
+    assert not (root / "dev").exists()
+
+
+def test_background_processes_are_killed_when_the_command_ends(tmp_path: Path) -> None:
+    root = make_busybox_rootfs(tmp_path / "root")
+    code = Sandbox(root, in_place=False).run(
+        ["/bin/sh", "-c", "(sleep 1; echo late > /late.txt) & echo $! > /bg.pid"], env=ENV,
+        cwd="/", identity=Identity())
+    assert code == 0
+    import time
+
+    time.sleep(1.5)
+    assert not (root / "late.txt").exists()
