@@ -167,6 +167,7 @@ class Transport:
         verify = self.options.verifies_tls(ref.registry, push=push)
         if not verify:
             self._warn_unverified(ref.registry)
+        urls: list[tuple[str, str | None]]
         if target.startswith(("https://", "http://")):
             urls = [(target, None)]
         else:
@@ -251,6 +252,10 @@ def describe_connection_error(exc: BaseException) -> str:
         if isinstance(cause, ssl.SSLCertVerificationError):
             return f"TLS certificate verification failed: {cause.verify_message}"
         if isinstance(cause, ssl.SSLError):
+            if cause.reason == "WRONG_VERSION_NUMBER":
+                # The usual reason: a plain-HTTP registry that was not declared insecure.
+                return ("TLS handshake failed: WRONG_VERSION_NUMBER (if the registry serves "
+                        "plain HTTP, name it with --insecure-registry)")
             return f"TLS handshake failed: {cause.reason or cause}"
         if isinstance(cause, socket.gaierror):
             return f"cannot resolve host: {_lower_first(cause.strerror or str(cause))}"

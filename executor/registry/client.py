@@ -1,0 +1,439 @@
+"""The distribution API (OCI distribution-spec v2): resolve, pull and push images.
+
+Pull is one manifest request per image: the tag is asked for with every manifest and index
+type accepted, and only an index costs a second request (the chosen platform's manifest, by
+digest). Every byte that arrives is checked against the digest that named it, so a registry,
+proxy or network that corrupts content is caught before the content is used. Blobs stream to
+disk in bounded chunks and from disk when pushed; no layer is ever held in memory.
+
+Requests are anonymous for now. All of them go through ``RegistryClient._request``, which asks
+an ``Authenticator`` for a header before sending and again on a ``401`` challenge: that is where
+``auth.py`` plugs in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import quote, urlencode, urljoin, urlsplit, urlunsplit
+
+import requests
+
+from executor.errors import ImageError, RegistryError
+from executor.image.model import (
+    ACCEPT_MANIFESTS,
+    INDEX_TYPES,
+    MANIFEST_TYPES,
+    Descriptor,
+    ImageConfig,
+    Index,
+    Manifest,
+    Platform,
+)
+from executor.image.reference import ImageRef, validate_digest
+from executor.registry.transport import Body, Transport, TransportOptions
+
+CHUNK_SIZE = 1 << 20
+#: distribution refuses manifests above 4 MiB; anything bigger is not a manifest.
+MAX_MANIFEST_SIZE = 4 << 20
+#: A config blob is JSON read into memory; refuse absurd ones rather than exhaust memory.
+MAX_CONFIG_SIZE = 64 << 20
+
+
+@dataclass(frozen=True)
+class Scope:
+    """What a request needs permission for: bearer-token scopes are built from this."""
+
+    registry: str
+    repository: str
+    push: bool = False
+    #: For a cross-repository mount: the repository the blob is read from (needs pull).
+    mount_from: str | None = None
+
+
+class Authenticator(Protocol):
+    """The hook ``auth.py`` implements; ``None`` from either method means anonymous."""
+
+    def authorization(self, scope: Scope) -> str | None:
+        """An ``Authorization`` header value to send up front (a cached token), if any."""
+
+    def challenge(self, scope: Scope, response: requests.Response) -> str | None:
+        """An ``Authorization`` header answering the ``401`` in ``response``, if one can be had."""
+
+
+@dataclass(frozen=True)
+class ResolvedImage:
+    """An image's manifest and config, pulled and verified; layers are fetched separately."""
+
+    ref: ImageRef
+    manifest: Manifest
+    manifest_bytes: bytes
+    #: The digest of ``manifest_bytes``: for a multi-platform image, the chosen platform's.
+    manifest_digest: str
+    config: ImageConfig
+    config_bytes: bytes
+
+
+class RegistryClient:
+    """Talks to registries on behalf of one build. Use it as a context manager or ``close()`` it."""
+
+    def __init__(self, transport_options: TransportOptions | None = None, *,
+                 transport: Transport | None = None,
+                 auth: Authenticator | None = None) -> None:
+        self.transport = transport or Transport(transport_options)
+        self.auth = auth
+
+    def __enter__(self) -> RegistryClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.transport.close()
+
+    # --- pull ----------------------------------------------------------------------------------
+
+    def resolve(self, ref: ImageRef, platform: Platform) -> ResolvedImage:
+        """The manifest and config of ``ref`` for ``platform`` (chosen from an index if needed)."""
+        body, media_type, digest = self.get_manifest(ref)
+        if _is_index(body, media_type):
+            index = Index.from_bytes(body, media_type)
+            try:
+                entry = index.select(platform)
+            except ImageError as exc:
+                raise ImageError(f"{ref}: {exc}") from None
+            ref_for_platform = ref.with_digest(entry.digest)
+            body, media_type, digest = self.get_manifest(ref_for_platform)
+            if _is_index(body, media_type):
+                raise ImageError(f"{ref_for_platform}: the index for {platform} points at "
+                                 "another index, which kiln does not follow")
+        try:
+            manifest = Manifest.from_bytes(body, media_type)
+        except ImageError as exc:
+            raise ImageError(f"{ref}: {exc}") from None
+        config_bytes = self.get_blob_bytes(ref, manifest.config, what="config",
+                                           limit=MAX_CONFIG_SIZE)
+        return ResolvedImage(ref, manifest, body, digest, ImageConfig.from_bytes(config_bytes),
+                             config_bytes)
+
+    def get_manifest(self, ref: ImageRef) -> tuple[bytes, str | None, str]:
+        """(body, media type, digest) of the manifest or index ``ref`` names, in one request.
+
+        When ``ref`` has a digest the body is checked against it.
+        """
+        operation = f"pulling manifest {ref.name}{_at(ref)}"
+        response = self._request("GET", ref, f"/v2/{ref.repository}/manifests/{ref.reference}",
+                                 headers={"Accept": ACCEPT_MANIFESTS})
+        with response:
+            if response.status_code != 200:
+                raise http_error(operation, response)
+            body = _read_limited(response, MAX_MANIFEST_SIZE, operation)
+            content_type = response.headers.get("Content-Type", "").split(";")[0].strip()
+        digest = _digest_of(body, ref.digest.partition(":")[0] if ref.digest else "sha256")
+        if ref.digest and digest != ref.digest:
+            raise RegistryError(f"{operation}: digest mismatch: the registry sent content with "
+                                f"digest {digest}")
+        return body, content_type or None, digest
+
+    def get_blob_bytes(self, ref: ImageRef, descriptor: Descriptor, *, what: str = "blob",
+                       limit: int = MAX_CONFIG_SIZE) -> bytes:
+        """A small blob (a config) in memory, checked against ``descriptor``."""
+        operation = f"pulling {what} {ref.name}@{descriptor.digest}"
+        _check_descriptor(descriptor, operation)
+        if descriptor.size > limit:
+            raise RegistryError(f"{operation}: {descriptor.size} bytes is more than the "
+                                f"{limit} kiln reads into memory")
+        response = self._request("GET", ref, f"/v2/{ref.repository}/blobs/{descriptor.digest}")
+        with response:
+            if response.status_code != 200:
+                raise http_error(operation, response)
+            body = _read_limited(response, descriptor.size, operation)
+        _verify(descriptor, _digest_of(body, descriptor.digest.partition(":")[0]), len(body),
+                operation)
+        return body
+
+    def fetch_blob(self, ref: ImageRef, descriptor: Descriptor, dest: Path) -> None:
+        """Download the blob ``descriptor`` names to ``dest``, verified, in 1 MiB chunks.
+
+        The bytes go to a temporary file next to ``dest`` that is renamed into place only when
+        digest and size match, so ``dest`` never holds a partial or corrupt blob. A download
+        that breaks off is started again, up to the transport's retry count.
+        """
+        operation = f"fetching blob {ref.name}@{descriptor.digest}"
+        _check_descriptor(descriptor, operation)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        attempt = 0
+        while True:
+            try:
+                self._download(ref, descriptor, dest, operation)
+                return
+            except (requests.ConnectionError, requests.Timeout,
+                    requests.exceptions.ChunkedEncodingError) as exc:
+                if attempt >= self.transport.options.retries:
+                    raise RegistryError(f"{operation}: download broke off: {exc}") from exc
+                self.transport.sleep(self.transport.backoff_delay(attempt))
+                attempt += 1
+
+    def _download(self, ref: ImageRef, descriptor: Descriptor, dest: Path,
+                  operation: str) -> None:
+        response = self._request("GET", ref, f"/v2/{ref.repository}/blobs/{descriptor.digest}",
+                                 stream=True)
+        with response:
+            if response.status_code != 200:
+                raise http_error(operation, response)
+            hasher = hashlib.new(descriptor.digest.partition(":")[0])
+            size = 0
+            handle = tempfile.NamedTemporaryFile(  # noqa: SIM115 - renamed or removed below
+                dir=dest.parent, prefix=f".{dest.name}.", suffix=".partial", delete=False)
+            try:
+                with handle:
+                    for chunk in response.iter_content(CHUNK_SIZE):
+                        size += len(chunk)
+                        if size > descriptor.size:
+                            break  # a registry sending more than it should is wrong already
+                        hasher.update(chunk)
+                        handle.write(chunk)
+                _verify(descriptor, f"{descriptor.digest.partition(':')[0]}:{hasher.hexdigest()}",
+                        size, operation)
+                os.replace(handle.name, dest)
+            except BaseException:
+                Path(handle.name).unlink(missing_ok=True)
+                raise
+
+    # --- push ----------------------------------------------------------------------------------
+
+    def blob_exists(self, ref: ImageRef, digest: str, *, push: bool = True) -> bool:
+        """True when ``ref``'s repository already holds the blob ``digest`` (a ``HEAD``).
+
+        ``push`` picks the TLS policy: the check normally precedes an upload to a destination.
+        """
+        operation = f"checking blob {ref.name}@{digest}"
+        response = self._request("HEAD", ref, f"/v2/{ref.repository}/blobs/{digest}", push=push)
+        with response:
+            if response.status_code == 200:
+                return True
+            if response.status_code == 404:
+                return False
+            raise http_error(operation, response)
+
+    def push_blob(self, ref: ImageRef, descriptor: Descriptor, path: Path, *,
+                  mount_from: ImageRef | str | None = None) -> bool:
+        """Upload the blob in ``path`` to ``ref``'s repository unless it is there already.
+
+        With ``mount_from`` (a repository on the same registry) a cross-repository mount is
+        tried first, falling back to an upload when the registry declines. Returns False when
+        nothing had to be sent.
+        """
+        operation = f"pushing blob {ref.name}@{descriptor.digest}"
+        _check_descriptor(descriptor, operation)
+        actual = path.stat().st_size
+        if actual != descriptor.size:
+            raise ImageError(f"blob {descriptor.digest} in {path} is {actual} bytes, "
+                             f"its descriptor says {descriptor.size}")
+        if self.blob_exists(ref, descriptor.digest):
+            return False
+        upload_url: str | None = None
+        source = _mount_source(ref, mount_from)
+        if source is not None:
+            mounted, upload_url = self._start_mount(ref, descriptor.digest, source)
+            if mounted:
+                return True
+        if upload_url is None:
+            upload_url = self._start_upload(ref, operation)
+        response = self._request(
+            "PUT", ref, _with_query(upload_url, digest=descriptor.digest), push=True,
+            headers={"Content-Type": "application/octet-stream",
+                     "Content-Length": str(descriptor.size)},
+            body=path,
+        )
+        with response:
+            if response.status_code not in (201, 204):
+                raise http_error(operation, response)
+        return True
+
+    def mount_blob(self, ref: ImageRef, digest: str, from_repo: ImageRef | str) -> bool:
+        """Mount blob ``digest`` from another repository of the same registry into ``ref``'s.
+
+        True when mounted. False when the source is on another registry or the registry
+        declined (it then opened an upload session, which is cancelled): upload instead.
+        """
+        source = _mount_source(ref, from_repo)
+        if source is None:
+            return False
+        mounted, upload_url = self._start_mount(ref, digest, source)
+        if not mounted and upload_url is not None:
+            self._request("DELETE", ref, upload_url, push=True).close()
+        return mounted
+
+    def push_manifest(self, ref: ImageRef, body: bytes, media_type: str) -> str:
+        """Put a manifest (or index) under ``ref``'s tag (or digest); returns its digest."""
+        target = ref.tag or ref.reference
+        operation = f"pushing manifest {ref.name}{':' if ref.tag else '@'}{target}"
+        response = self._request("PUT", ref, f"/v2/{ref.repository}/manifests/{target}",
+                                 push=True, headers={"Content-Type": media_type}, body=body)
+        with response:
+            if response.status_code not in (200, 201, 202):
+                raise http_error(operation, response)
+        return _digest_of(body, "sha256")
+
+    def _start_upload(self, ref: ImageRef, operation: str) -> str:
+        response = self._request("POST", ref, f"/v2/{ref.repository}/blobs/uploads/", push=True,
+                                 headers={"Content-Length": "0"})
+        with response:
+            if response.status_code != 202:
+                raise http_error(operation, response)
+            return _location(response, operation)
+
+    def _start_mount(self, ref: ImageRef, digest: str, source: str) -> tuple[bool, str | None]:
+        """(mounted, upload URL): a registry that declines a mount opens an upload instead."""
+        operation = f"mounting blob {ref.name}@{digest} from {source}"
+        query = urlencode({"mount": digest, "from": source})
+        response = self._request("POST", ref, f"/v2/{ref.repository}/blobs/uploads/?{query}",
+                                 push=True, mount_from=source, headers={"Content-Length": "0"})
+        with response:
+            if response.status_code == 201:
+                return True, None
+            if response.status_code == 202:
+                return False, _location(response, operation)
+            raise http_error(operation, response)
+
+    # --- the one place a request is sent -------------------------------------------------------
+
+    def _request(self, method: str, ref: ImageRef, target: str, *, push: bool = False,
+                 mount_from: str | None = None, headers: Mapping[str, str] | None = None,
+                 body: Body = None, stream: bool = False) -> requests.Response:
+        """Send a request for ``ref``'s repository, with credentials when an authenticator has
+        them, answering one ``401`` challenge."""
+        scope = Scope(ref.registry, ref.repository, push=push, mount_from=mount_from)
+        sent_headers = dict(headers or {})
+        if self.auth is not None:
+            authorization = self.auth.authorization(scope)
+            if authorization:
+                sent_headers["Authorization"] = authorization
+        response = self.transport.request(method, ref, target, push=push, headers=sent_headers,
+                                          body=body, stream=stream)
+        if response.status_code == 401 and self.auth is not None:
+            authorization = self.auth.challenge(scope, response)
+            if authorization:
+                response.close()
+                sent_headers["Authorization"] = authorization
+                response = self.transport.request(method, ref, target, push=push,
+                                                  headers=sent_headers, body=body, stream=stream)
+        return response
+
+
+def http_error(operation: str, response: requests.Response) -> RegistryError:
+    """``OPERATION: 404 Not Found (MANIFEST_UNKNOWN: manifest unknown)``, as one line."""
+    reason = response.reason or ""
+    message = f"{operation}: {response.status_code} {reason}".rstrip()
+    details = _error_details(response)
+    return RegistryError(f"{message} ({details})" if details else message)
+
+
+def _error_details(response: requests.Response) -> str:
+    """The distribution-spec error codes and messages in a response body, if it has them."""
+    if response.request is not None and response.request.method == "HEAD":
+        return ""
+    try:
+        data: Any = json.loads(_read_limited(response, 64 << 10, "reading an error"))
+    except (ValueError, RegistryError, requests.RequestException):
+        return ""
+    errors = data.get("errors") if isinstance(data, dict) else None
+    if not isinstance(errors, list):
+        return ""
+    parts = []
+    for error in errors:
+        if not isinstance(error, dict):
+            continue
+        code, text = error.get("code"), error.get("message")
+        parts.append(": ".join(str(p) for p in (code, text) if p))
+    return "; ".join(p for p in parts if p).replace("\n", " ")
+
+
+def _read_limited(response: requests.Response, limit: int, operation: str) -> bytes:
+    """The body, refusing more than ``limit`` bytes (without reading them all first)."""
+    chunks: list[bytes] = []
+    size = 0
+    for chunk in response.iter_content(CHUNK_SIZE):
+        size += len(chunk)
+        if size > limit:
+            raise RegistryError(f"{operation}: the registry sent more than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _is_index(body: bytes, media_type: str | None) -> bool:
+    """True for an index / manifest list, judged by its ``mediaType`` or, lacking one (it is
+    optional in OCI), by the ``Content-Type`` and finally by the shape of the document."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return False  # Manifest.from_bytes reports the malformed JSON
+    if not isinstance(data, dict):
+        return False
+    declared = data.get("mediaType")
+    if declared:
+        return declared in INDEX_TYPES
+    if media_type in INDEX_TYPES:
+        return True
+    if media_type in MANIFEST_TYPES:
+        return False
+    return "manifests" in data and "layers" not in data
+
+
+def _digest_of(data: bytes, algorithm: str) -> str:
+    return f"{algorithm}:{hashlib.new(algorithm, data).hexdigest()}"
+
+
+def _check_descriptor(descriptor: Descriptor, operation: str) -> None:
+    """Refuse a digest we cannot verify before asking for content named by it."""
+    why = validate_digest(descriptor.digest)
+    if why:
+        raise ImageError(f"{operation}: {why}")
+
+
+def _verify(descriptor: Descriptor, digest: str, size: int, operation: str) -> None:
+    if size != descriptor.size:
+        raise RegistryError(f"{operation}: size mismatch: expected {descriptor.size} bytes, "
+                            f"received {size}{' or more' if size > descriptor.size else ''}")
+    if digest != descriptor.digest:
+        raise RegistryError(f"{operation}: digest mismatch: received content with digest "
+                            f"{digest}")
+
+
+def _at(ref: ImageRef) -> str:
+    return f"@{ref.digest}" if ref.digest else f":{ref.tag}"
+
+
+def _mount_source(ref: ImageRef, source: ImageRef | str | None) -> str | None:
+    """The repository to mount from, or None when a mount cannot work (another registry)."""
+    if source is None:
+        return None
+    if isinstance(source, str):
+        return source if source != ref.repository else None
+    if source.registry != ref.registry or source.repository == ref.repository:
+        return None
+    return source.repository
+
+
+def _location(response: requests.Response, operation: str) -> str:
+    """The absolute upload URL from ``Location``, which may be relative to the request."""
+    location = response.headers.get("Location")
+    if not location:
+        raise RegistryError(f"{operation}: the registry started an upload without a Location")
+    return urljoin(response.url, location)
+
+
+def _with_query(url: str, **params: str) -> str:
+    """``url`` with ``params`` added to whatever query (upload state) it already carries."""
+    parts = urlsplit(url)
+    extra = "&".join(f"{key}={quote(value, safe='')}" for key, value in params.items())
+    query = f"{parts.query}&{extra}" if parts.query else extra
+    return urlunsplit(parts._replace(query=query))
