@@ -35,6 +35,7 @@ from executor.image.model import (
     Index,
     Manifest,
     Platform,
+    sha256_digest,
 )
 from executor.image.reference import ImageRef, validate_digest
 from executor.registry.transport import Body, Transport, TransportOptions
@@ -227,16 +228,26 @@ class RegistryClient:
                   mount_from: ImageRef | str | None = None) -> bool:
         """Upload the blob in ``path`` to ``ref``'s repository unless it is there already.
 
-        With ``mount_from`` (a repository on the same registry) a cross-repository mount is
-        tried first, falling back to an upload when the registry declines. Returns False when
-        nothing had to be sent.
+        The file is streamed from disk. With ``mount_from`` (a repository on the same registry)
+        a cross-repository mount is tried first, falling back to an upload when the registry
+        declines. Returns False when nothing had to be sent.
         """
-        operation = f"pushing blob {ref.name}@{descriptor.digest}"
-        _check_descriptor(descriptor, operation)
         actual = path.stat().st_size
         if actual != descriptor.size:
             raise ImageError(f"blob {descriptor.digest} in {path} is {actual} bytes, "
                              f"its descriptor says {descriptor.size}")
+        return self._push(ref, descriptor, path, mount_from)
+
+    def push_blob_bytes(self, ref: ImageRef, descriptor: Descriptor, data: bytes) -> bool:
+        """Upload a small blob held in memory (an image config); as ``push_blob``."""
+        if len(data) != descriptor.size or sha256_digest(data) != descriptor.digest:
+            raise ImageError(f"the bytes given for blob {descriptor.digest} are not that blob")
+        return self._push(ref, descriptor, data, None)
+
+    def _push(self, ref: ImageRef, descriptor: Descriptor, body: Body,
+              mount_from: ImageRef | str | None) -> bool:
+        operation = f"pushing blob {ref.name}@{descriptor.digest}"
+        _check_descriptor(descriptor, operation)
         if self.blob_exists(ref, descriptor.digest):
             return False
         upload_url: str | None = None
@@ -247,11 +258,12 @@ class RegistryClient:
                 return True
         if upload_url is None:
             upload_url = self._start_upload(ref, operation)
+        # Monolithic upload: one PUT that closes the session and names the digest.
         response = self._request(
             "PUT", ref, _with_query(upload_url, digest=descriptor.digest), push=True,
             headers={"Content-Type": "application/octet-stream",
                      "Content-Length": str(descriptor.size)},
-            body=path,
+            body=body,
         )
         with response:
             if response.status_code not in (201, 204):

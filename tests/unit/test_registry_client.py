@@ -23,6 +23,7 @@ import trustme
 from executor.errors import ImageError, RegistryError
 from executor.image.layout import add_to_index, write_blob, write_oci_layout
 from executor.image.model import (
+    OCI_CONFIG,
     OCI_INDEX,
     OCI_MANIFEST,
     Descriptor,
@@ -62,11 +63,8 @@ def ref_in(registry: Registry, name: str) -> ImageRef:
 def push_image(client: RegistryClient, ref: ImageRef, image: TinyImage) -> str:
     for layer in image.layers:
         client.push_blob(ref, layer.descriptor(), layer.path)
-    config = Descriptor("application/vnd.oci.image.config.v1+json", image.config_digest,
-                        len(image.config_bytes))
-    config_file = image.layers[0].path.parent / "config.json"
-    config_file.write_bytes(image.config_bytes)
-    client.push_blob(ref, config, config_file)
+    config = Descriptor(OCI_CONFIG, image.config_digest, len(image.config_bytes))
+    client.push_blob_bytes(ref, config, image.config_bytes)
     return client.push_manifest(ref, image.manifest_bytes, OCI_MANIFEST)
 
 
@@ -374,6 +372,30 @@ def test_pushing_a_blob_that_exists_sends_only_a_head(
     assert client.push_blob(ref, layer.descriptor(), layer.path) is False
     assert [method for method, _ in seen] == ["HEAD"]
     assert client.blob_exists(ref, layer.digest)
+
+
+def test_a_blob_pushed_from_a_file_is_the_file(
+        client: RegistryClient, registry: Registry, image: TinyImage, tmp_path: Path) -> None:
+    ref = ref_in(registry, "kiln/file-blob")
+    layer = image.layers[1]
+    client.push_blob(ref, layer.descriptor(), layer.path)
+    client.fetch_blob(ref, layer.descriptor(), tmp_path / "back")
+    assert (tmp_path / "back").read_bytes() == layer.path.read_bytes()
+
+
+def test_a_blob_whose_file_has_another_size_is_not_pushed(
+        client: RegistryClient, registry: Registry, image: TinyImage) -> None:
+    layer = image.layers[0]
+    wrong = Descriptor(layer.media_type, layer.digest, layer.size + 1)
+    with pytest.raises(ImageError, match=f"is {layer.size} bytes, its descriptor says"):
+        client.push_blob(ref_in(registry, "kiln/wrong"), wrong, layer.path)
+
+
+def test_bytes_that_are_not_the_named_blob_are_not_pushed(
+        client: RegistryClient, registry: Registry, image: TinyImage) -> None:
+    config = Descriptor(OCI_CONFIG, image.config_digest, len(image.config_bytes))
+    with pytest.raises(ImageError, match="are not that blob"):
+        client.push_blob_bytes(ref_in(registry, "kiln/wrong"), config, b"{}")
 
 
 def test_a_blob_is_mounted_from_another_repository(
