@@ -1,0 +1,355 @@
+"""Snapshots of the root and the changes between two of them: stat first, exact always.
+
+Kaniko re-reads every byte of the filesystem after each step, or trusts mtimes and loses changes.
+kiln compares what ``lstat`` says and nothing else: an entry changed when any field differs, and
+``ctime``, which every write, chmod, chown, link, rename and xattr change moves and which user
+space cannot set, catches what mtime tricks hide. What is left is git's "racy clean" problem (a
+change in the same clock tick as the snapshot keeps the old ctime), which
+:func:`wait_for_clock_tick` closes before each step.
+
+The walk is the hot loop of every build step (100,000 files is a small image), so it is written
+for speed: ``scandir`` on directory file descriptors so each ``lstat`` is a ``fstatat`` on a
+name, one C call (``attrgetter``) to pull the stat fields, entries as tuples that compare in C,
+and whole ignored directories pruned instead of asking about every file beneath them.
+"""
+
+from __future__ import annotations
+
+import errno
+import gc
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from operator import attrgetter
+from pathlib import Path
+from typing import NamedTuple
+
+from snapshot.errors import SnapshotError
+from snapshot.ignore import IgnoreList
+
+S_IFMT = 0o170000
+S_IFDIR = 0o040000
+S_IFREG = 0o100000
+S_IFLNK = 0o120000
+S_IFSOCK = 0o140000
+
+# CLOCK_REALTIME_COARSE (Linux ABI value; Python 3.11's time module does not name it). Inode
+# timestamps come from this clock, so it tells what ctime a write made now would get.
+CLOCK_REALTIME_COARSE: int = getattr(time, "CLOCK_REALTIME_COARSE", 5)
+
+
+class FileEntry(NamedTuple):
+    """What ``lstat`` said about one path; equal entries mean an unchanged path.
+
+    A tuple so that comparing two snapshots is a C loop and building 100,000 of them is cheap.
+    """
+
+    path: str
+    mode: int
+    uid: int
+    gid: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    ino: int
+    dev: int
+    nlink: int
+    rdev: int
+    link_target: str | None
+
+    @property
+    def is_dir(self) -> bool:
+        return self.mode & S_IFMT == S_IFDIR
+
+    @property
+    def is_file(self) -> bool:
+        return self.mode & S_IFMT == S_IFREG
+
+    @property
+    def is_symlink(self) -> bool:
+        return self.mode & S_IFMT == S_IFLNK
+
+
+@dataclass
+class Snapshot:
+    """Every non-ignored path under a root, and the coarse clock when the walk began."""
+
+    entries: dict[str, FileEntry]
+    taken_ns: int
+    root: Path | None = None
+
+
+@dataclass
+class Changes:
+    """What a step changed, in the order a layer writes it.
+
+    ``upserts``: paths to write (new or changed, directories included when their own stat
+    changed, every entry below an opaque directory); ``deletions``: paths that need a whiteout;
+    ``opaque``: directories that were deleted and created again (``.wh..wh..opq``). All three
+    are sorted with :func:`layer_order`.
+    """
+
+    upserts: list[str] = field(default_factory=list)
+    deletions: list[str] = field(default_factory=list)
+    opaque: list[str] = field(default_factory=list)
+
+    def is_empty(self) -> bool:
+        return not (self.upserts or self.deletions or self.opaque)
+
+
+def layer_order(path: str) -> str:
+    """Sort key: depth-first by component, as a tar of a directory walk lists entries.
+
+    NUL sorts below every byte a file name may hold, so ``a/b`` comes right after ``a`` and
+    before ``a-c``: a directory's entries follow it, and the same changes give the same order.
+    """
+    return path.replace("/", "\0")
+
+
+_stat_fields = attrgetter("st_mode", "st_uid", "st_gid", "st_size", "st_mtime_ns",
+                          "st_ctime_ns", "st_ino", "st_dev", "st_nlink", "st_rdev")
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def take_snapshot(root: Path, ignore: IgnoreList) -> Snapshot:
+    """Walk ``root`` with ``lstat`` only (never reading a file) into a :class:`Snapshot`.
+
+    Sockets are left out: an image cannot hold one, so a socket is as good as no file. A
+    directory that cannot be read raises :class:`SnapshotError` (a silent gap would lose
+    changes); an entry that vanishes during the walk is simply not there.
+    """
+    taken_ns = time.clock_gettime_ns(CLOCK_REALTIME_COARSE)
+    root_str = os.fspath(root)
+    entries: dict[str, FileEntry] = {}
+    # The walk makes 100,000s of tuples that hold no references: the cyclic GC would only scan
+    # them over and over (a tenth of the walk's time) and can never free any.
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        _walk(root_str, ignore, entries)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return Snapshot(entries, taken_ns, Path(root_str))
+
+
+def _walk(root_str: str, ignore: IgnoreList, entries: dict[str, FileEntry]) -> None:
+    pending = [""]
+    while pending:
+        rel_dir = pending.pop()
+        try:
+            dir_fd = os.open(os.path.join(root_str, rel_dir) if rel_dir else root_str, _DIR_FLAGS)
+        except FileNotFoundError:
+            if not rel_dir:
+                raise SnapshotError(f"cannot snapshot {root_str}: it does not exist") from None
+            continue  # removed while the walk was under way
+        except OSError as exc:
+            raise _walk_error(rel_dir, exc) from None
+        try:
+            _scan_directory(dir_fd, rel_dir, ignore, entries, pending)
+        except OSError as exc:
+            if exc.errno != errno.ENOENT:
+                raise _walk_error(rel_dir, exc) from None
+            # Something vanished mid-listing: redo this directory one entry at a time.
+            _scan_directory_carefully(dir_fd, rel_dir, ignore, entries, pending)
+        finally:
+            os.close(dir_fd)
+
+
+def _scan_directory(dir_fd: int, rel_dir: str, ignore: IgnoreList,
+                    entries: dict[str, FileEntry], pending: list[str]) -> None:
+    """The hot loop: one ``fstatat`` and one tuple per entry, nothing else when possible."""
+    prefix = rel_dir + "/" if rel_dir else ""
+    skip = ignore.ignored_names_in(rel_dir)
+    glob = ignore.glob_at_depth(rel_dir.count("/") + 2 if rel_dir else 1)
+    new = tuple.__new__
+    fields = _stat_fields
+    found: dict[str, FileEntry] = {}  # committed only once the whole directory is read
+    subdirs: list[str] = []
+    with os.scandir(dir_fd) as scan:
+        for item in scan:
+            name = item.name
+            if skip and name in skip:
+                continue
+            rel = prefix + name
+            if glob is not None and glob(rel):
+                continue
+            stat = fields(item.stat(follow_symlinks=False))
+            kind = stat[0] & S_IFMT
+            if kind == S_IFREG:
+                found[rel] = new(FileEntry, (rel, *stat, None))
+            elif kind == S_IFDIR:
+                found[rel] = new(FileEntry, (rel, *stat, None))
+                subdirs.append(rel)
+            elif kind == S_IFLNK:
+                found[rel] = new(FileEntry, (rel, *stat, os.readlink(name, dir_fd=dir_fd)))
+            elif kind != S_IFSOCK:
+                found[rel] = new(FileEntry, (rel, *stat, None))
+    entries.update(found)
+    pending.extend(subdirs)
+
+
+def _scan_directory_carefully(dir_fd: int, rel_dir: str, ignore: IgnoreList,
+                              entries: dict[str, FileEntry], pending: list[str]) -> None:
+    """Like :func:`_scan_directory`, tolerating entries that vanish while it looks."""
+    prefix = rel_dir + "/" if rel_dir else ""
+    skip = ignore.ignored_names_in(rel_dir)
+    glob = ignore.glob_at_depth(rel_dir.count("/") + 2 if rel_dir else 1)
+    os.lseek(dir_fd, 0, os.SEEK_SET)
+    with os.scandir(dir_fd) as scan:
+        names = [item.name for item in scan]
+    for name in names:
+        rel = prefix + name
+        if name in skip or (glob is not None and glob(rel)):
+            continue
+        try:
+            stat = _stat_fields(os.stat(name, dir_fd=dir_fd, follow_symlinks=False))
+            kind = stat[0] & S_IFMT
+            target = os.readlink(name, dir_fd=dir_fd) if kind == S_IFLNK else None
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise _walk_error(rel, exc) from None
+        if kind == S_IFSOCK:
+            continue
+        entries[rel] = FileEntry._make((rel, *stat, target))
+        if kind == S_IFDIR:
+            pending.append(rel)
+
+
+def _walk_error(rel: str, exc: OSError) -> SnapshotError:
+    where = "/" + rel if rel else "/ (the root)"
+    return SnapshotError(f"cannot snapshot {where}: {exc.strerror or exc}")
+
+
+def diff_snapshots(old: Snapshot, new: Snapshot) -> Changes:
+    """What changed from ``old`` to ``new``, as a layer has to say it.
+
+    - A path is an upsert when it is new or any stat field differs. Parent directories come in
+      only through their own stat (adding or removing a child moves its mtime and ctime), never
+      as a whole ancestor chain.
+    - A directory whose inode changed, or that replaced a non-directory, was deleted and made
+      again: it is opaque and everything below it is an upsert (nothing of the old one shows).
+      One re-created on its old inode number cannot be told from a changed one; then each lost
+      child gets its own whiteout, which means the same.
+    - A deleted path gets a whiteout unless something above it already hides it: a deleted
+      ancestor, an opaque ancestor, or an ancestor that is no longer a directory (a whiteout
+      under a path that is now a symlink would be followed into the symlink's target when the
+      layer is applied; kaniko #2308).
+    """
+    before, after = old.entries, new.entries
+    if before == after:
+        return Changes()
+    upserts: list[str] = []
+    opaque: list[str] = []
+    before_get = before.get
+    for path, entry in after.items():
+        previous = before_get(path)
+        if previous is None:
+            upserts.append(path)
+            continue
+        if previous == entry:
+            continue
+        upserts.append(path)
+        if entry.mode & S_IFMT == S_IFDIR and (
+                previous.mode & S_IFMT != S_IFDIR or previous.ino != entry.ino
+                or previous.dev != entry.dev):
+            opaque.append(path)
+    if opaque:
+        # Everything below a re-created directory goes in, changed or not (a subtree moved in
+        # keeps its stat but is not in any lower layer under this directory).
+        below = tuple(directory + "/" for directory in opaque)
+        listed = set(upserts)
+        upserts.extend(path for path in after if path.startswith(below) and path not in listed)
+    deleted = before.keys() - after.keys()
+    opaque_set = set(opaque)
+    deletions = [path for path in deleted
+                 if not _hidden_by_ancestor(path, deleted, after, opaque_set)]
+    upserts.sort(key=layer_order)
+    deletions.sort(key=layer_order)
+    opaque.sort(key=layer_order)
+    return Changes(upserts, deletions, opaque)
+
+
+def _hidden_by_ancestor(path: str, deleted: set[str], after: dict[str, FileEntry],
+                        opaque: set[str]) -> bool:
+    parent = path
+    while True:
+        cut = parent.rfind("/")
+        if cut < 0:
+            return False
+        parent = parent[:cut]
+        if parent in deleted or parent in opaque:
+            return True
+        entry = after.get(parent)
+        if entry is not None and entry.mode & S_IFMT != S_IFDIR:
+            return True
+
+
+# -- the racy rule -------------------------------------------------------------------------
+
+_granularity_by_dev: dict[int, int] = {}
+_GRANULARITIES = (2_000_000_000, 1_000_000_000, 100_000_000, 10_000_000, 1_000_000, 1_000)
+
+
+def wait_for_clock_tick(snapshot: Snapshot) -> None:
+    """Return once any change made from now on gets a ctime newer than the snapshot's walk.
+
+    A write in the same coarse-clock tick as the walk (a few ms; a whole second on some
+    filesystems) could leave a file with the ctime, size and mtime the walk recorded, and the
+    change would be lost. After this returns, a fresh timestamp, truncated to the filesystem's
+    granularity, is strictly greater than ``snapshot.taken_ns``, the coarse clock when the walk
+    began, and so newer than every ctime the walk saw. Usually returns at once: the walk itself
+    takes longer than a tick.
+    """
+    granularity = timestamp_granularity(snapshot.root)
+    taken = snapshot.taken_ns
+    while True:
+        now = time.clock_gettime_ns(CLOCK_REALTIME_COARSE)
+        if now - now % granularity > taken:
+            return
+        next_granule = taken - taken % granularity + granularity
+        time.sleep(max(next_granule - now, 1_000_000) / 1e9)
+
+
+def timestamp_granularity(directory: Path | None) -> int:
+    """The ctime granularity in ns of the filesystem holding ``directory`` (1 = full ns).
+
+    Measured once per filesystem by changing a probe file's ctime until it has taken a few
+    distinct values; a filesystem that stores whole seconds only ever shows multiples of 1e9.
+    """
+    place = os.fspath(directory) if directory is not None else tempfile.gettempdir()
+    try:
+        dev = os.stat(place).st_dev
+    except OSError:
+        dev, place = -1, tempfile.gettempdir()
+    cached = _granularity_by_dev.get(dev)
+    if cached is None:
+        cached = _granularity_by_dev[dev] = _measure_granularity(place)
+    return cached
+
+
+def _measure_granularity(place: str) -> int:
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".kiln-clock-", dir=place)
+    except OSError:
+        fd, probe = tempfile.mkstemp(prefix=".kiln-clock-")
+    seen: set[int] = set()
+    try:
+        deadline = time.monotonic() + 5.0
+        mode = 0o600
+        while len(seen) < 3 and time.monotonic() < deadline:
+            mode ^= 0o040
+            os.fchmod(fd, mode)  # a chmod moves ctime and nothing else
+            seen.add(os.fstat(fd).st_ctime_ns)
+            time.sleep(0.001)
+    finally:
+        os.close(fd)
+        os.unlink(probe)
+    for candidate in _GRANULARITIES:
+        if len(seen) > 1 and all(value % candidate == 0 for value in seen):
+            return candidate
+    # A few distinct values that are not all round: nanosecond timestamps. With fewer than two
+    # values in five seconds the clock is coarser than anything above: play safe.
+    return 1 if len(seen) > 1 else 2_000_000_000

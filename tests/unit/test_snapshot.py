@@ -1,0 +1,378 @@
+"""Snapshots and their diff: every lstat change is seen, and deletions are said the OCI way."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import pytest
+import xattr
+
+from snapshot.errors import SnapshotError
+from snapshot.ignore import IgnoreList
+from snapshot.snapshot import (
+    CLOCK_REALTIME_COARSE,
+    Changes,
+    FileEntry,
+    Snapshot,
+    diff_snapshots,
+    layer_order,
+    take_snapshot,
+    timestamp_granularity,
+    wait_for_clock_tick,
+)
+
+NO_IGNORE: frozenset[str] = frozenset()
+
+
+def make_tree(root: Path, files: Iterable[str]) -> None:
+    for rel in files:
+        path = root / rel
+        if rel.endswith("/"):
+            path.mkdir(parents=True, exist_ok=True)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(rel)
+
+
+def snap(root: Path, paths: Iterable[str] = NO_IGNORE, globs: tuple[str, ...] = ()) -> Snapshot:
+    return take_snapshot(root, IgnoreList(root=root, paths=frozenset(paths), globs=globs))
+
+
+def changes_after(root: Path, change: Callable[[], object]) -> Changes:
+    """Snapshot, wait as the build loop does, make the change, snapshot and diff."""
+    before = snap(root)
+    wait_for_clock_tick(before)
+    change()
+    return diff_snapshots(before, snap(root))
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    root = tmp_path / "root"
+    make_tree(root, ["etc/passwd", "etc/group", "usr/bin/sh", "usr/lib/libc.so",
+                     "usr/lib/deep/er/file", "var/log/", "home/user/.profile"])
+    return root
+
+
+# -- the walk ------------------------------------------------------------------------------
+
+def test_snapshot_records_lstat_fields_relative_paths_and_no_root(tree: Path) -> None:
+    os.symlink("../usr/bin/sh", tree / "etc/sh")
+    snapshot = snap(tree)
+    assert "" not in snapshot.entries and "." not in snapshot.entries
+    passwd = snapshot.entries["etc/passwd"]
+    st = os.lstat(tree / "etc/passwd")
+    assert passwd == FileEntry("etc/passwd", st.st_mode, st.st_uid, st.st_gid, st.st_size,
+                               st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev,
+                               st.st_nlink, st.st_rdev, None)
+    assert passwd.is_file and not passwd.is_dir
+    assert snapshot.entries["usr/lib"].is_dir
+    link = snapshot.entries["etc/sh"]
+    assert link.is_symlink and link.link_target == "../usr/bin/sh"
+    assert set(snapshot.entries) >= {"etc", "usr/lib/deep/er", "usr/lib/deep/er/file", "var/log"}
+
+
+def test_snapshot_takes_the_coarse_clock_before_walking(tree: Path) -> None:
+    before = time.clock_gettime_ns(CLOCK_REALTIME_COARSE)
+    snapshot = snap(tree)
+    assert before <= snapshot.taken_ns <= time.clock_gettime_ns(CLOCK_REALTIME_COARSE)
+    assert snapshot.root == tree
+
+
+def test_ignored_paths_are_pruned_with_everything_below(tree: Path) -> None:
+    make_tree(tree, ["var/run/docker.sock.d/x", "var/runner", "tmp/xa/deep", "tmp/ya"])
+    entries = snap(tree, {"var/run", "usr/lib"}, ("tmp/x*",)).entries
+    assert "var/runner" in entries and "tmp/ya" in entries
+    assert not any(p.startswith(("var/run/", "usr/lib", "tmp/xa")) or p == "var/run"
+                   for p in entries)
+    assert "usr/bin/sh" in entries
+
+
+def test_sockets_are_left_out(tree: Path) -> None:
+    sock = socket.socket(socket.AF_UNIX)
+    try:
+        sock.bind(os.fspath(tree / "var/log/s.sock"))
+        assert "var/log/s.sock" not in snap(tree).entries
+    finally:
+        sock.close()
+
+
+def test_fifos_and_device_nodes_are_kept(tree: Path) -> None:
+    os.mkfifo(tree / "var/log/fifo")
+    entries = snap(tree).entries
+    assert entries["var/log/fifo"].mode & 0o170000 == 0o010000
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mknod needs root")
+def test_device_nodes_keep_their_rdev(tree: Path) -> None:
+    os.mknod(tree / "null", 0o666 | 0o020000, os.makedev(1, 3))
+    assert snap(tree).entries["null"].rdev == os.makedev(1, 3)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any directory")
+def test_an_unreadable_directory_is_an_error_naming_it(tree: Path) -> None:
+    os.chmod(tree / "usr/lib", 0)
+    try:
+        with pytest.raises(SnapshotError, match="/usr/lib"):
+            snap(tree)
+    finally:
+        os.chmod(tree / "usr/lib", 0o755)
+
+
+def test_a_missing_root_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(SnapshotError):
+        snap(tmp_path / "absent")
+
+
+# -- what counts as a change ---------------------------------------------------------------
+
+def test_an_untouched_tree_has_no_changes(tree: Path) -> None:
+    first = snap(tree)
+    second = snap(tree)
+    changes = diff_snapshots(first, second)
+    assert changes.is_empty() and changes == Changes()
+
+
+def test_a_new_file_brings_its_parent_but_not_the_ancestor_chain(tree: Path) -> None:
+    changes = changes_after(tree, lambda: (tree / "usr/lib/deep/er/new").write_text("x"))
+    assert changes.upserts == ["usr/lib/deep/er", "usr/lib/deep/er/new"]
+    assert changes.deletions == [] and changes.opaque == []
+
+
+def test_a_same_size_rewrite_with_restored_mtime_is_seen(tree: Path) -> None:
+    """The racy case: same size, same mtime, right after the snapshot; ctime tells."""
+    target = tree / "etc/passwd"
+    for _ in range(20):
+        before = snap(tree)
+        wait_for_clock_tick(before)
+        old = os.lstat(target)
+        target.write_bytes(bytes(reversed(target.read_bytes())) + b"")
+        target.write_bytes(b"Z" * old.st_size)
+        os.utime(target, ns=(old.st_atime_ns, old.st_mtime_ns))
+        new = os.lstat(target)
+        assert (new.st_size, new.st_mtime_ns) == (old.st_size, old.st_mtime_ns)
+        assert new.st_ctime_ns > before.taken_ns
+        assert diff_snapshots(before, snap(tree)).upserts == ["etc/passwd"]
+
+
+def test_a_chmod_alone_is_a_change(tree: Path) -> None:
+    changes = changes_after(tree, lambda: os.chmod(tree / "usr/bin/sh", 0o4755))
+    assert changes.upserts == ["usr/bin/sh"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
+def test_a_chown_alone_is_a_change(tree: Path) -> None:
+    changes = changes_after(tree, lambda: os.chown(tree / "etc/group", 1234, 5678))
+    assert changes.upserts == ["etc/group"]
+
+
+def test_an_xattr_alone_is_a_change(tree: Path) -> None:
+    target = tree / "etc/group"
+    try:
+        xattr.setxattr(os.fspath(target), "user.probe", b"1")
+        xattr.removexattr(os.fspath(target), "user.probe")
+    except OSError:
+        pytest.skip("this filesystem has no user xattrs")
+    changes = changes_after(tree, lambda: xattr.setxattr(os.fspath(target), "user.kiln", b"v"))
+    assert changes.upserts == ["etc/group"]
+
+
+def test_a_link_count_change_alone_is_a_change(tree: Path) -> None:
+    (tree / "elsewhere").mkdir()
+    changes = changes_after(tree, lambda: os.link(tree / "usr/bin/sh", tree / "elsewhere/sh"))
+    assert "usr/bin/sh" in changes.upserts
+    assert changes.upserts == ["elsewhere", "elsewhere/sh", "usr/bin/sh"]
+
+
+def test_a_retargeted_symlink_is_a_change(tree: Path) -> None:
+    os.symlink("passwd", tree / "etc/link")
+
+    def retarget() -> None:
+        os.unlink(tree / "etc/link")
+        os.symlink("group", tree / "etc/link")
+
+    changes = changes_after(tree, retarget)
+    assert changes.upserts == ["etc", "etc/link"]
+
+
+def test_reading_a_file_is_not_a_change(tree: Path) -> None:
+    changes = changes_after(tree, lambda: (tree / "etc/passwd").read_bytes())
+    assert changes.is_empty()
+
+
+# -- deletions, whiteouts and opaque directories -------------------------------------------
+
+def test_a_deleted_file_is_a_whiteout_target(tree: Path) -> None:
+    changes = changes_after(tree, lambda: (tree / "etc/group").unlink())
+    assert changes.deletions == ["etc/group"]
+    assert changes.upserts == ["etc"]
+
+
+def test_nothing_below_a_deleted_directory_gets_a_whiteout(tree: Path) -> None:
+    changes = changes_after(tree, lambda: shutil.rmtree(tree / "usr/lib"))
+    assert changes.deletions == ["usr/lib"]
+    assert changes.upserts == ["usr"]
+
+
+def test_a_directory_replaced_by_a_file_hides_its_old_children(tree: Path) -> None:
+    def replace() -> None:
+        shutil.rmtree(tree / "usr/lib")
+        (tree / "usr/lib").write_text("now a file")
+
+    changes = changes_after(tree, replace)
+    assert changes.deletions == []
+    assert changes.upserts == ["usr", "usr/lib"]
+    assert changes.opaque == []
+
+
+def test_a_directory_replaced_by_a_symlink_gets_no_whiteouts_below_it(tree: Path) -> None:
+    """kaniko #2308: a whiteout under a symlink would delete files where the link points."""
+    def replace() -> None:
+        shutil.rmtree(tree / "usr/lib")
+        os.symlink("/etc", tree / "usr/lib")
+
+    changes = changes_after(tree, replace)
+    assert changes.deletions == []
+    assert changes.upserts == ["usr", "usr/lib"]
+
+
+def test_a_file_replaced_by_a_directory_is_opaque_with_its_children(tree: Path) -> None:
+    def replace() -> None:
+        (tree / "etc/passwd").unlink()
+        make_tree(tree, ["etc/passwd/a", "etc/passwd/sub/b"])
+
+    changes = changes_after(tree, replace)
+    assert changes.opaque == ["etc/passwd"]
+    assert changes.upserts == ["etc", "etc/passwd", "etc/passwd/a", "etc/passwd/sub",
+                               "etc/passwd/sub/b"]
+    assert changes.deletions == []
+
+
+def test_a_symlink_replaced_by_a_directory_is_opaque(tree: Path) -> None:
+    os.symlink("usr/lib", tree / "lib")
+
+    def replace() -> None:
+        (tree / "lib").unlink()
+        make_tree(tree, ["lib/x"])
+
+    changes = changes_after(tree, replace)
+    assert changes.opaque == ["lib"]
+    assert changes.upserts == ["lib", "lib/x"]
+
+
+def test_a_recreated_directory_is_opaque_and_all_its_children_are_written(tree: Path) -> None:
+    def recreate() -> None:
+        os.rename(tree / "usr/lib", tree / "old")  # so the new directory gets a new inode
+        make_tree(tree, ["usr/lib/libc.so", "usr/lib/new/x"])
+        shutil.rmtree(tree / "old")
+
+    changes = changes_after(tree, recreate)
+    assert changes.opaque == ["usr/lib"]
+    assert changes.upserts == ["usr", "usr/lib", "usr/lib/libc.so", "usr/lib/new",
+                               "usr/lib/new/x"]
+    assert changes.deletions == []  # not usr/lib/deep: the opaque marker hides it
+
+
+def test_a_directory_recreated_on_its_old_inode_number_says_each_deletion() -> None:
+    """Same inode, new ctime: not known to be re-created, so lost children get whiteouts.
+
+    The layer means the same either way: every old child is either written again or whited out.
+    """
+    directory = FileEntry("d", 0o040755, 0, 0, 0, 1, 1, 7, 1, 3, 0, None)
+    kept = FileEntry("d/kept", 0o100644, 0, 0, 1, 1, 1, 8, 1, 1, 0, None)
+    lost = FileEntry("d/lost", 0o040755, 0, 0, 0, 1, 1, 9, 1, 2, 0, None)
+    below = FileEntry("d/lost/x", 0o100644, 0, 0, 1, 1, 1, 10, 1, 1, 0, None)
+    old = Snapshot({e.path: e for e in (directory, kept, lost, below)}, 0)
+    again = directory._replace(mtime_ns=5, ctime_ns=5, nlink=2)
+    new_kept = kept._replace(ino=11, ctime_ns=5, mtime_ns=5)
+    changes = diff_snapshots(old, Snapshot({"d": again, "d/kept": new_kept}, 6))
+    assert changes.opaque == []
+    assert changes.upserts == ["d", "d/kept"]
+    assert changes.deletions == ["d/lost"]
+
+
+def test_a_subtree_moved_into_a_recreated_directory_is_written_whole(tree: Path) -> None:
+    def recreate() -> None:
+        os.rename(tree / "usr/lib", tree / "usr/lib.old")
+        (tree / "usr/lib").mkdir()
+        os.rename(tree / "usr/lib.old/deep", tree / "usr/lib/deep")
+        (tree / "usr/lib/deep/er/file").unlink()
+        shutil.rmtree(tree / "usr/lib.old")
+
+    changes = changes_after(tree, recreate)
+    assert changes.opaque == ["usr/lib"]
+    assert changes.upserts == ["usr", "usr/lib", "usr/lib/deep", "usr/lib/deep/er"]
+    assert changes.deletions == []
+
+
+def test_deletions_next_to_surviving_siblings_each_get_a_whiteout(tree: Path) -> None:
+    def delete() -> None:
+        (tree / "usr/bin/sh").unlink()
+        (tree / "usr/lib/libc.so").unlink()
+        shutil.rmtree(tree / "home")
+
+    changes = changes_after(tree, delete)
+    assert changes.deletions == ["home", "usr/bin/sh", "usr/lib/libc.so"]
+    assert changes.upserts == ["usr/bin", "usr/lib"]
+
+
+def test_upserts_are_in_depth_first_layer_order(tree: Path) -> None:
+    def add() -> None:
+        make_tree(tree, ["a-c", "a/b/", "a/b/c", "a.d", "A", "a/-"])
+
+    changes = changes_after(tree, add)
+    assert changes.upserts == ["A", "a", "a/-", "a/b", "a/b/c", "a-c", "a.d"]
+    assert sorted(changes.upserts, key=layer_order) == changes.upserts
+
+
+def test_the_diff_of_an_empty_snapshot_lists_everything() -> None:
+    entry = FileEntry("a", 0o040755, 0, 0, 0, 0, 0, 1, 1, 2, 0, None)
+    child = entry._replace(path="a/b", mode=0o100644, ino=2, nlink=1)
+    changes = diff_snapshots(Snapshot({}, 0), Snapshot({"a": entry, "a/b": child}, 1))
+    assert changes.upserts == ["a", "a/b"] and not changes.deletions and not changes.opaque
+
+
+# -- the racy rule ------------------------------------------------------------------------
+
+def test_after_the_wait_a_fresh_ctime_is_newer_than_the_snapshot(tree: Path) -> None:
+    for _ in range(10):
+        before = snap(tree)
+        wait_for_clock_tick(before)
+        os.chmod(tree / "etc/passwd", 0o600 if _ % 2 else 0o644)
+        assert os.lstat(tree / "etc/passwd").st_ctime_ns > before.taken_ns
+
+
+def test_the_wait_returns_at_once_for_an_old_snapshot(tree: Path) -> None:
+    old = Snapshot({}, time.clock_gettime_ns(CLOCK_REALTIME_COARSE) - 10_000_000_000, tree)
+    started = time.monotonic()
+    wait_for_clock_tick(old)
+    assert time.monotonic() - started < 0.5
+
+
+def test_the_wait_sleeps_past_a_snapshot_taken_now(tree: Path) -> None:
+    now = Snapshot({}, time.clock_gettime_ns(CLOCK_REALTIME_COARSE), tree)
+    wait_for_clock_tick(now)
+    assert time.clock_gettime_ns(CLOCK_REALTIME_COARSE) > now.taken_ns
+
+
+def test_this_filesystem_has_fine_timestamps(tree: Path) -> None:
+    granularity = timestamp_granularity(tree)
+    assert granularity in (1, 1_000, 1_000_000, 10_000_000, 100_000_000, 1_000_000_000,
+                           2_000_000_000)
+    assert timestamp_granularity(tree) == granularity  # measured once, then remembered
+
+
+def test_on_a_whole_second_filesystem_the_wait_crosses_a_second(
+        tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from snapshot import snapshot as module
+
+    monkeypatch.setitem(module._granularity_by_dev, os.stat(tree).st_dev, 1_000_000_000)
+    now = Snapshot({}, time.clock_gettime_ns(CLOCK_REALTIME_COARSE), tree)
+    wait_for_clock_tick(now)
+    after = time.clock_gettime_ns(CLOCK_REALTIME_COARSE)
+    assert after - after % 1_000_000_000 > now.taken_ns
