@@ -1,0 +1,364 @@
+"""Changes -> one layer blob: a PAX tar, compressed, with both digests, in a single pass.
+
+The tar is streamed through the compressor into a temporary file next to the blobs while sha256
+of the uncompressed bytes (the diff_id) and of the compressed bytes (the digest) are updated as
+the bytes pass; the file is then renamed to its digest. Nothing is read twice and memory stays
+at a few buffers whatever the layer's size.
+
+Entries are what Docker and BuildKit write: relative names (``etc/passwd``, directories as
+``etc/``), numeric owners with empty user and group names, the mode with its setuid, setgid and
+sticky bits, sub-second mtimes as PAX ``mtime`` records, xattrs (``security.capability``,
+``user.*``, ``trusted.*``) as ``SCHILY.xattr.*`` records, hard links within the layer as tar
+links to the first name written, device nodes and FIFOs; no entry for the root. Deletions are
+whiteouts (``dir/.wh.name``) and a re-created directory gets ``dir/.wh..wh..opq`` right after
+its own entry; both are empty regular files owned by 0:0 with mode 0 and mtime 0, so that the
+same changes give the same bytes.
+
+The headers are encoded here rather than by :mod:`tarfile`, which spends ~70 us per PAX entry;
+this writer spends a few, and its output is byte-for-byte what it says above.
+
+A file that vanished or changed between the snapshot and the tar raises :class:`SnapshotError`
+naming it: the layer must match the snapshot the next step is compared with, and nothing should
+be running in the root while a layer is written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import struct
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, cast
+
+from snapshot.compress import Compression, compressed_writer
+from snapshot.errors import SnapshotError
+from snapshot.snapshot import (
+    S_IFDIR,
+    S_IFLNK,
+    S_IFMT,
+    S_IFREG,
+    S_IFSOCK,
+    Changes,
+    FileEntry,
+    Snapshot,
+    layer_order,
+)
+
+WHITEOUT_PREFIX = ".wh."
+OPAQUE_MARKER = ".wh..wh..opq"
+
+BLOCK = 512
+CHUNK = 1 << 20  # bytes gathered before hashing and compressing, and read from a file at once
+_ZEROS = bytes(BLOCK)
+_END_OF_ARCHIVE = bytes(2 * BLOCK)
+
+_S_IFCHR = 0o020000
+_S_IFBLK = 0o060000
+_S_IFIFO = 0o010000
+_TYPEFLAGS = {S_IFREG: b"0", S_IFLNK: b"2", _S_IFCHR: b"3", _S_IFBLK: b"4", S_IFDIR: b"5",
+              _S_IFIFO: b"6"}
+_HARDLINK = b"1"
+_PAX_HEADER = b"x"
+
+_KEPT_XATTR_PREFIXES = ("user.", "trusted.")
+_KEPT_XATTRS = frozenset({"security.capability"})
+
+# name, mode, uid, gid, size, mtime, chksum, typeflag, linkname, magic, version, uname, gname,
+# devmajor, devminor, prefix (the rest of the 512 bytes is NUL padding)
+_USTAR = struct.Struct("100s8s8s8s12s12s8s1s100s6s2s32s32s8s8s155s12x")
+_MAX_OCTAL_7 = 8 ** 7
+_MAX_OCTAL_11 = 8 ** 11
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | getattr(os, "O_NOATIME", 0)
+
+
+@dataclass(frozen=True)
+class LayerBlob:
+    """A layer written to disk: ``path`` is named by the hex of ``digest``."""
+
+    path: Path
+    digest: str      # sha256:... of the compressed file
+    diff_id: str     # sha256:... of the uncompressed tar
+    size: int        # bytes in the file
+    compression: str
+
+
+def write_layer(root: Path, changes: Changes, snapshot: Snapshot, out_dir: Path,
+                compression: Compression) -> LayerBlob:
+    """Write ``changes`` (paths of ``snapshot``, files read from ``root``) as a layer blob.
+
+    The result is ``out_dir/<hex digest>``; a failure leaves nothing behind in ``out_dir``.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fd, temp_name = tempfile.mkstemp(prefix=".layer-", suffix=".tmp", dir=out_dir)
+    temp = Path(temp_name)
+    try:
+        with open(fd, "wb", buffering=0) as raw:
+            diff_id = hashlib.sha256()
+            sink = _HashingSink(raw)
+            with compressed_writer(cast(BinaryIO, sink), compression) as compressor:
+                for chunk in _chunks(_tar_stream(os.fspath(root), changes, snapshot)):
+                    diff_id.update(chunk)
+                    compressor.write(chunk)
+        digest = sink.sha256.hexdigest()
+        final = out_dir / digest
+        os.replace(temp, final)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temp.unlink()
+        raise
+    return LayerBlob(final, f"sha256:{digest}", f"sha256:{diff_id.hexdigest()}", sink.size,
+                     compression.algorithm)
+
+
+class _HashingSink:
+    """The file end of the pipe: hashes and counts the compressed bytes as they are written."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self._raw = raw
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self.sha256.update(data)
+        view = memoryview(data)
+        while view:  # a raw file may write less than asked
+            written = self._raw.write(view)
+            view = view[written:]
+        self.size += len(data)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def writable(self) -> bool:
+        return True
+
+
+def _chunks(pieces: Iterator[bytes]) -> Iterator[bytes]:
+    """Gather small pieces into chunks of about CHUNK bytes; big pieces pass as they are."""
+    pending: list[bytes] = []
+    size = 0
+    for piece in pieces:
+        pending.append(piece)
+        size += len(piece)
+        if size >= CHUNK:
+            yield b"".join(pending)
+            pending.clear()
+            size = 0
+    if pending:
+        yield b"".join(pending)
+
+
+def _tar_stream(root: str, changes: Changes, snapshot: Snapshot) -> Iterator[bytes]:
+    """The tar's bytes, in pieces: entries in :func:`layer_order`, then the end marker."""
+    entries = snapshot.entries
+    opaque = set(changes.opaque)
+    order: list[tuple[str, str, bool]] = [(layer_order(path), path, False)
+                                          for path in changes.upserts]
+    for path in changes.deletions:
+        parent, _, name = path.rpartition("/")
+        whiteout = f"{parent}/{WHITEOUT_PREFIX}{name}" if parent else WHITEOUT_PREFIX + name
+        order.append((layer_order(whiteout), whiteout, True))
+    order.sort()
+    first_name: dict[tuple[int, int], bytes] = {}
+    for _, path, is_whiteout in order:
+        if is_whiteout:
+            yield _marker_header(path)
+            continue
+        entry = entries.get(path)
+        if entry is None:
+            raise SnapshotError(f"/{path} is in the changes but not in the snapshot")
+        if os.path.basename(path).startswith(WHITEOUT_PREFIX):
+            raise SnapshotError(f"cannot put /{path} in a layer: names starting with "
+                                f"{WHITEOUT_PREFIX!r} mean deletions in image layers")
+        yield from _entry(root, entry, first_name)
+        if path in opaque:
+            yield _marker_header(f"{path}/{OPAQUE_MARKER}")
+    yield _END_OF_ARCHIVE
+
+
+def _entry(root: str, entry: FileEntry, first_name: dict[tuple[int, int], bytes]
+           ) -> Iterator[bytes]:
+    path = entry.path
+    kind = entry.mode & S_IFMT
+    if kind == S_IFSOCK:
+        return  # an image cannot hold a socket (and the walk leaves them out)
+    typeflag = _TYPEFLAGS.get(kind)
+    if typeflag is None:
+        raise SnapshotError(f"/{path}: unknown file type {oct(kind)}")
+    name = os.fsencode(path)
+    host_path = os.path.join(root, path)
+    linkname = b""
+    size = 0
+    if kind == S_IFDIR:
+        name += b"/"
+    elif kind == S_IFLNK:
+        linkname = os.fsencode(entry.link_target or "")
+    elif entry.nlink > 1:
+        key = (entry.dev, entry.ino)
+        first = first_name.get(key)
+        if first is not None:
+            typeflag, linkname = _HARDLINK, first
+        else:
+            first_name[key] = name
+    fd = -1
+    if typeflag == b"0":
+        fd = _open_unchanged(host_path, entry)
+        size = entry.size
+    try:
+        # A hard link shares its inode's xattrs with the first name: they are written once.
+        pax = {} if typeflag == _HARDLINK else _xattr_records(fd, host_path, path)
+        major = minor = 0
+        if kind in (_S_IFCHR, _S_IFBLK):
+            major, minor = os.major(entry.rdev), os.minor(entry.rdev)
+        yield _header(name, entry.mode & 0o7777, entry.uid, entry.gid, size, entry.mtime_ns,
+                      typeflag, linkname, major, minor, pax)
+        if fd >= 0:
+            yield from _content(fd, size, path)
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
+def _open_unchanged(host_path: str, entry: FileEntry) -> int:
+    """Open a regular file the snapshot saw, refusing one that vanished or changed since."""
+    try:
+        fd = os.open(host_path, _OPEN_FLAGS)
+    except FileNotFoundError:
+        raise SnapshotError(f"/{entry.path} vanished after the snapshot, before its layer was "
+                            "written") from None
+    except OSError as exc:
+        if exc.errno == errno.EPERM and _OPEN_FLAGS & getattr(os, "O_NOATIME", 0):
+            fd = os.open(host_path, _OPEN_FLAGS & ~getattr(os, "O_NOATIME", 0))  # not our file
+        elif exc.errno == errno.ELOOP:
+            raise SnapshotError(f"/{entry.path} changed after the snapshot (it is now a "
+                                "symlink), before its layer was written") from None
+        else:
+            raise SnapshotError(f"cannot read /{entry.path}: {exc.strerror}") from None
+    now = os.fstat(fd)
+    if (now.st_ino, now.st_dev, now.st_size, now.st_mtime_ns, now.st_ctime_ns) != (
+            entry.ino, entry.dev, entry.size, entry.mtime_ns, entry.ctime_ns):
+        os.close(fd)
+        raise SnapshotError(f"/{entry.path} changed after the snapshot, before its layer was "
+                            "written")
+    return fd
+
+
+def _content(fd: int, size: int, path: str) -> Iterator[bytes]:
+    left = size
+    while left > 0:
+        data = os.read(fd, min(left, CHUNK))
+        if not data:
+            raise SnapshotError(f"/{path} shrank while its layer was written")
+        left -= len(data)
+        yield data
+    if size % BLOCK:
+        yield _ZEROS[: BLOCK - size % BLOCK]
+
+
+def _xattr_records(fd: int, host_path: str, path: str) -> dict[str, bytes]:
+    """PAX ``SCHILY.xattr.*`` records of the xattrs an image keeps, where they can be read.
+
+    Read through ``fd`` when the file is open, else from ``host_path`` without following it.
+    """
+    target: int | str = fd if fd >= 0 else host_path
+    follow = fd >= 0  # an fd is the file itself; follow_symlinks=False is only for paths
+    try:
+        names = os.listxattr(target, follow_symlinks=follow)
+    except OSError:
+        return {}  # no xattr support here, or not allowed to list: nothing to keep
+    records: dict[str, bytes] = {}
+    for xname in names:
+        if xname not in _KEPT_XATTRS and not xname.startswith(_KEPT_XATTR_PREFIXES):
+            continue
+        try:
+            records[f"SCHILY.xattr.{xname}"] = os.getxattr(target, xname,
+                                                           follow_symlinks=follow)
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.EACCES, errno.ENODATA, errno.ENOTSUP):
+                raise SnapshotError(f"cannot read xattr {xname} of /{path}: "
+                                    f"{exc.strerror}") from None
+    return records
+
+
+def _marker_header(path: str) -> bytes:
+    """A whiteout or opaque marker: an empty regular file, 0:0, mode 0, mtime 0."""
+    return _header(os.fsencode(path), 0, 0, 0, 0, 0, b"0", b"", 0, 0, {})
+
+
+def _header(name: bytes, mode: int, uid: int, gid: int, size: int, mtime_ns: int,
+            typeflag: bytes, linkname: bytes, devmajor: int, devminor: int,
+            pax: dict[str, bytes]) -> bytes:
+    """One entry's header blocks: a PAX extended header when needed, then the USTAR header."""
+    seconds, nanos = divmod(mtime_ns, 1_000_000_000)
+    if nanos or not 0 <= seconds < _MAX_OCTAL_11:
+        pax["mtime"] = _pax_time(mtime_ns).encode()
+        if not 0 <= seconds < _MAX_OCTAL_11:
+            seconds = 0
+    if len(name) > 100 or not name.isascii():
+        pax["path"] = name
+    if len(linkname) > 100 or not linkname.isascii():
+        pax["linkpath"] = linkname
+    if not 0 <= uid < _MAX_OCTAL_7:
+        pax["uid"] = str(uid).encode()
+        uid = 0
+    if not 0 <= gid < _MAX_OCTAL_7:
+        pax["gid"] = str(gid).encode()
+        gid = 0
+    if size >= _MAX_OCTAL_11:
+        pax["size"] = str(size).encode()
+    if devmajor >= _MAX_OCTAL_7 or devminor >= _MAX_OCTAL_7:
+        raise SnapshotError(f"/{os.fsdecode(name)}: device number {devmajor}:{devminor} does "
+                            "not fit in a tar header")
+    header = _ustar(name[:100], mode, uid, gid, 0 if size >= _MAX_OCTAL_11 else size, seconds,
+                    typeflag, linkname[:100], devmajor, devminor)
+    if not pax:
+        return header
+    data = _pax_data(pax)
+    return b"".join((_pax_header(name, len(data)), data,
+                     _ZEROS[: -len(data) % BLOCK] if len(data) % BLOCK else b"", header))
+
+
+def _ustar(name: bytes, mode: int, uid: int, gid: int, size: int, mtime: int,
+           typeflag: bytes, linkname: bytes, devmajor: int, devminor: int) -> bytes:
+    header = _USTAR.pack(
+        name, b"%07o\0" % mode, b"%07o\0" % uid, b"%07o\0" % gid, b"%011o\0" % size,
+        b"%011o\0" % mtime, b"        ", typeflag, linkname, b"ustar\0", b"00", b"", b"",
+        b"%07o\0" % devmajor, b"%07o\0" % devminor, b"")
+    checksum = b"%06o\0 " % sum(header)
+    return header[:148] + checksum + header[156:]
+
+
+def _pax_header(name: bytes, size: int) -> bytes:
+    """The ``x`` header before an entry's records, named as Go names it."""
+    directory, _, base = name.rstrip(b"/").rpartition(b"/")
+    pax_name = (directory + b"/PaxHeaders.0/" if directory else b"PaxHeaders.0/") + base
+    return _ustar(pax_name[:100], 0, 0, 0, size, 0, _PAX_HEADER, b"", 0, 0)
+
+
+def _pax_data(records: dict[str, bytes]) -> bytes:
+    """``"%d %s=%s\\n"`` records sorted by key; the length counts its own digits."""
+    out = []
+    for key in sorted(records):
+        body = b" " + key.encode() + b"=" + records[key] + b"\n"
+        length = len(body) + 1
+        while len(str(length)) + len(body) != length:
+            length += 1
+        out.append(str(length).encode() + body)
+    return b"".join(out)
+
+
+def _pax_time(ns: int) -> str:
+    """Go's ``formatPAXTime``: seconds, and a trimmed fraction when there is one."""
+    seconds, nanos = divmod(ns, 1_000_000_000)
+    if nanos == 0:
+        return str(seconds)
+    sign = ""
+    if seconds < 0:
+        sign, seconds, nanos = "-", -(seconds + 1), 1_000_000_000 - nanos
+    return f"{sign}{seconds}.{nanos:09d}".rstrip("0")
