@@ -101,12 +101,10 @@ def push_image(client: RegistryClient, ref: ImageRef, final: FinalImage,
                source: ImageRef | None) -> None:
     """Blobs first (skipping what the registry has), the manifest last."""
     log.info("Pushing image to %s", ref)
+    mount_from = (source if source is not None and source.registry == ref.registry
+                  and source.repository != ref.repository else None)
     for layer in final.layers:
-        if (source is not None and source.registry == ref.registry
-                and source.repository != ref.repository
-                and client.mount_blob(ref, layer.digest, source.repository)):
-            continue
-        client.push_blob(ref, layer.descriptor(), layer.path)
+        client.push_blob(ref, layer.descriptor(), layer.path, mount_from=mount_from)
     client.push_blob_bytes(ref, final.manifest.config, final.config_bytes)
     client.push_manifest(ref, final.manifest_bytes, final.manifest.media_type)
     log.info("Pushed %s@%s", ref.name, final.digest)
