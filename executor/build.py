@@ -168,7 +168,7 @@ class Builder:
 
     def _triggers(self, stage: Stage, triggers: list[str]) -> list[Instruction]:
         """ONBUILD triggers of the base image, run first, reported at the FROM line."""
-        out = []
+        out: list[Instruction] = []
         for text in triggers:
             try:
                 parsed = parse_text(text, str(stage.location))

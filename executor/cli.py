@@ -80,7 +80,7 @@ _VERBOSITY = click.Choice(["panic", "fatal", "error", "warn", "info", "debug", "
               help="Build only the stages the target depends on.")
 @click.option("--cleanup", is_flag=True, help="Remove the built filesystem at the end.")
 @click.pass_context
-def main(ctx: click.Context, **flags: object) -> None:
+def main(ctx: click.Context, /, **flags: object) -> None:
     """Build a container image from a Dockerfile and push it, the way kaniko does."""
     if ctx.invoked_subcommand is not None:
         return
