@@ -58,7 +58,9 @@ def setup_logging(verbosity: str, log_format: str, timestamps: bool) -> None:
     formatter: logging.Formatter = (JsonFormatter() if log_format == "json"
                                     else KanikoTextFormatter(timestamps))
     handler.setFormatter(formatter)
-    logger = logging.getLogger("kiln")
-    logger.handlers[:] = [handler]
-    logger.setLevel(LEVELS[verbosity])
-    logger.propagate = False
+    # Modules log as "kiln" or under their own module names (executor.*, snapshot.*).
+    for name in ("kiln", "executor", "snapshot"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.setLevel(LEVELS[verbosity])
+        logger.propagate = False
