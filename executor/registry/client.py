@@ -6,9 +6,9 @@ digest). Every byte that arrives is checked against the digest that named it, so
 proxy or network that corrupts content is caught before the content is used. Blobs stream to
 disk in bounded chunks and from disk when pushed; no layer is ever held in memory.
 
-Requests are anonymous for now. All of them go through ``RegistryClient._request``, which asks
-an ``Authenticator`` for a header before sending and again on a ``401`` challenge: that is where
-``auth.py`` plugs in.
+Every request goes through ``RegistryClient._request``, which asks an ``Authenticator``
+(``auth.RegistryAuth``) for a header before sending and again on a ``401`` challenge, and asks it
+what to advise when the registry still says no.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import tempfile
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,9 @@ MAX_MANIFEST_SIZE = 4 << 20
 #: A config blob is JSON read into memory; refuse absurd ones rather than exhaust memory.
 MAX_CONFIG_SIZE = 64 << 20
 
+#: The authenticator's advice for a refused response, read by ``http_error``.
+_ADVICE: weakref.WeakKeyDictionary[requests.Response, str] = weakref.WeakKeyDictionary()
+
 
 @dataclass(frozen=True)
 class Scope:
@@ -66,6 +70,9 @@ class Authenticator(Protocol):
 
     def challenge(self, scope: Scope, response: requests.Response) -> str | None:
         """An ``Authorization`` header answering the ``401`` in ``response``, if one can be had."""
+
+    def explain(self, scope: Scope, response: requests.Response) -> str | None:
+        """Advice for a final ``401``/``403`` (which credentials to check), without secrets."""
 
 
 @dataclass(frozen=True)
@@ -284,6 +291,22 @@ class RegistryClient:
             self._request("DELETE", ref, upload_url, push=True).close()
         return mounted
 
+    def check_push_permission(self, ref: ImageRef) -> None:
+        """Fail now, before a long build, if ``ref``'s repository cannot be pushed to.
+
+        As go-containerregistry's ``CheckPushPermission`` (kaniko's check): open an upload
+        session with push credentials and cancel it at once.
+        """
+        operation = f"pushing to {ref.name}"
+        response = self._request("POST", ref, f"/v2/{ref.repository}/blobs/uploads/", push=True,
+                                 headers={"Content-Length": "0"})
+        with response:
+            if response.status_code != 202:
+                raise http_error(operation, response)
+            location = response.headers.get("Location")
+        if location:
+            self._request("DELETE", ref, urljoin(response.url, location), push=True).close()
+
     def push_manifest(self, ref: ImageRef, body: bytes, media_type: str) -> str:
         """Put a manifest (or index) under ``ref``'s tag (or digest); returns its digest."""
         target = ref.tag or ref.reference
@@ -338,6 +361,10 @@ class RegistryClient:
                 sent_headers["Authorization"] = authorization
                 response = self.transport.request(method, ref, target, push=push,
                                                   headers=sent_headers, body=body, stream=stream)
+        if response.status_code in (401, 403) and self.auth is not None:
+            advice = self.auth.explain(scope, response)
+            if advice:
+                _ADVICE[response] = advice
         return response
 
 
@@ -345,6 +372,9 @@ def http_error(operation: str, response: requests.Response) -> RegistryError:
     """``OPERATION: 404 Not Found (MANIFEST_UNKNOWN: manifest unknown)``, as one line."""
     reason = response.reason or ""
     message = f"{operation}: {response.status_code} {reason}".rstrip()
+    advice = _ADVICE.get(response)
+    if advice:
+        return RegistryError(f"{message}: {advice}")
     details = _error_details(response)
     return RegistryError(f"{message} ({details})" if details else message)
 

@@ -1,0 +1,307 @@
+"""Where a registry's credentials come from: the Docker config kaniko users already mount.
+
+kaniko reads ``$DOCKER_CONFIG/config.json`` (the image sets ``DOCKER_CONFIG=/kaniko/.docker``)
+with Docker's rules, then asks Google's application default credentials for Google's
+registries. kiln does the same, in the same order, so the secret a CI system mounts for kaniko
+works unchanged:
+
+1. ``credHelpers[registry]``: run ``docker-credential-NAME get`` from ``PATH``;
+2. ``credsStore``: the same helper protocol, for every registry;
+3. ``auths[registry]``: ``auth`` (base64 ``user:password``), ``username``/``password``,
+   ``identitytoken`` (an OAuth2 refresh token) or ``registrytoken`` (a bearer token as is);
+4. for ``gcr.io``, ``*.gcr.io`` and ``*-docker.pkg.dev``: ``google.auth.default()``;
+5. otherwise anonymous.
+
+ECR, ACR and GitLab work through their credential helpers (``docker-credential-ecr-login``,
+``docker-credential-acr-env``) or a plain ``auths`` entry, as they do for Docker.
+
+A ``Credential`` never shows its secrets in ``repr`` or a log line; only where it came from.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from executor.errors import RegistryError
+from executor.image.reference import DOCKER_HUB, DOCKER_HUB_API
+
+log = logging.getLogger("kiln.auth")
+
+DEFAULT_DOCKER_CONFIG = Path("/kaniko/.docker")
+#: The key Docker uses for Docker Hub in ``auths`` and when asking a credential helper.
+HUB_AUTH_KEY = "https://index.docker.io/v1/"
+_HUB_HOSTS = frozenset({DOCKER_HUB, DOCKER_HUB_API, "index.docker.io"})
+#: What a helper answers for "I have nothing for that registry" (docker-credential-helpers).
+_NOT_FOUND = "credentials not found in native keychain"
+#: Docker's marker for "the secret is an identity token, not a password".
+_TOKEN_USERNAME = "<token>"
+_GOOGLE_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
+_HELPER_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True)
+class Credential:
+    """What to authenticate to one registry with; ``source`` says where it came from.
+
+    Exactly one kind is set: ``username`` + ``password`` (basic, or a token realm's basic
+    login), ``identity_token`` (an OAuth2 refresh token) or ``registry_token`` (bearer as is).
+    """
+
+    source: str
+    username: str = ""
+    password: str = field(default="", repr=False)
+    identity_token: str = field(default="", repr=False)
+    registry_token: str = field(default="", repr=False)
+
+    @property
+    def has_basic(self) -> bool:
+        return bool(self.username or self.password)
+
+    def basic_header(self) -> str:
+        raw = f"{self.username}:{self.password}".encode()
+        return "Basic " + base64.b64encode(raw).decode("ascii")
+
+    def describe(self) -> str:
+        """For logs and errors: where the credential came from and whose it is, no secret."""
+        who = f" (user {self.username})" if self.username else ""
+        return f"{self.source}{who}"
+
+
+def registry_host(key: str) -> str:
+    """The registry a config key names: ``https://reg.io/v1/`` -> ``reg.io``; Hub -> docker.io.
+
+    Docker's ``ConvertToHostname``: drop the scheme and any path.
+    """
+    host = re.sub(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", "", key.strip()).split("/", 1)[0]
+    return DOCKER_HUB if host in _HUB_HOSTS else host
+
+
+def is_google_registry(registry: str) -> bool:
+    """gcr.io, its regional hosts (``eu.gcr.io``) and Artifact Registry (``*-docker.pkg.dev``)."""
+    host = registry.split(":", 1)[0].lower()
+    return host == "gcr.io" or host.endswith(".gcr.io") or host.endswith("-docker.pkg.dev")
+
+
+def docker_config_path(environ: Mapping[str, str] | None = None) -> Path:
+    """``$DOCKER_CONFIG/config.json``, ``/kaniko/.docker/config.json`` when unset.
+
+    kaniko also accepts ``DOCKER_CONFIG`` naming the file itself; so does kiln.
+    """
+    env = os.environ if environ is None else environ
+    configured = env.get("DOCKER_CONFIG")
+    base = Path(configured) if configured else DEFAULT_DOCKER_CONFIG
+    if base.is_file():
+        return base
+    return base / "config.json"
+
+
+@dataclass(frozen=True)
+class DockerConfig:
+    """The parts of a Docker ``config.json`` that say how to authenticate."""
+
+    path: Path
+    auths: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    cred_helpers: Mapping[str, str] = field(default_factory=dict)
+    creds_store: str = ""
+
+    @classmethod
+    def load(cls, path: Path) -> DockerConfig:
+        """Read ``path``; a missing file is an empty config (anonymous everywhere)."""
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            return cls(path)
+        except OSError as exc:
+            raise RegistryError(f"reading registry credentials: {path}: {exc.strerror}") from None
+        try:
+            data = json.loads(text) if text.strip() else {}
+        except ValueError as exc:
+            raise RegistryError(f"reading registry credentials: {path}: invalid JSON: {exc}") \
+                from None
+        if not isinstance(data, dict):
+            raise RegistryError(f"reading registry credentials: {path}: not a JSON object")
+        auths = data.get("auths") or {}
+        helpers = data.get("credHelpers") or {}
+        store = data.get("credsStore") or ""
+        if not isinstance(auths, dict) or not isinstance(helpers, dict) \
+                or not isinstance(store, str):
+            raise RegistryError(f"reading registry credentials: {path}: auths and credHelpers "
+                                "must be objects, credsStore a string")
+        return cls(path, {str(k): v for k, v in auths.items() if isinstance(v, dict)},
+                   {str(k): str(v) for k, v in helpers.items()}, store)
+
+    def helper_for(self, registry: str) -> str | None:
+        """The credential helper name configured for ``registry``, if any."""
+        for key, name in self.cred_helpers.items():
+            if key == registry or registry_host(key) == registry:
+                return name or None
+        return self.creds_store or None
+
+    def auth_entry(self, registry: str) -> Mapping[str, Any] | None:
+        """The ``auths`` entry for ``registry``: an exact key first, then any key naming it."""
+        if registry in self.auths:
+            return self.auths[registry]
+        for key, entry in self.auths.items():
+            if registry_host(key) == registry:
+                return entry
+        return None
+
+
+def credential_from_entry(entry: Mapping[str, Any], registry: str, source: str) -> Credential:
+    """A ``Credential`` from one ``auths`` entry, as Docker decodes it."""
+    username = str(entry.get("username") or "")
+    password = str(entry.get("password") or "")
+    encoded = entry.get("auth")
+    if encoded:
+        try:
+            decoded = base64.b64decode(str(encoded), validate=False).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            raise RegistryError(f"reading registry credentials: {source}: the auth entry for "
+                                f"{registry} is not base64 of user:password") from None
+        username, colon, password = decoded.partition(":")
+        if not colon:
+            raise RegistryError(f"reading registry credentials: {source}: the auth entry for "
+                                f"{registry} is not base64 of user:password")
+    return Credential(source, username=username, password=password,
+                      identity_token=str(entry.get("identitytoken") or ""),
+                      registry_token=str(entry.get("registrytoken") or ""))
+
+
+def run_credential_helper(name: str, registry: str,
+                          environ: Mapping[str, str] | None = None) -> Credential | None:
+    """``docker-credential-NAME get`` for ``registry``; None when the helper has nothing.
+
+    The helper protocol: the server URL on stdin, ``{"Username": ..., "Secret": ...}`` on
+    stdout. Its output is never logged: it holds the secret.
+    """
+    program = f"docker-credential-{name}"
+    env = dict(os.environ if environ is None else environ)
+    executable = shutil.which(program, path=env.get("PATH"))
+    if executable is None:
+        raise RegistryError(f"getting credentials for {registry}: credential helper {program} "
+                            "is not on PATH")
+    server = HUB_AUTH_KEY if registry == DOCKER_HUB else registry
+    try:
+        proc = subprocess.run([executable, "get"], input=server.encode(), capture_output=True,
+                              timeout=_HELPER_TIMEOUT, env=env, check=False)
+    except subprocess.TimeoutExpired:
+        raise RegistryError(f"getting credentials for {registry}: {program} did not answer "
+                            f"within {_HELPER_TIMEOUT:.0f}s") from None
+    except OSError as exc:
+        raise RegistryError(f"getting credentials for {registry}: {program}: "
+                            f"{exc.strerror}") from None
+    if proc.returncode != 0:
+        said = (proc.stdout or proc.stderr).decode(errors="replace").strip()
+        if _NOT_FOUND in said.lower():
+            return None
+        first = said.splitlines()[0] if said else f"exit status {proc.returncode}"
+        raise RegistryError(f"getting credentials for {registry}: {program} failed: {first}")
+    try:
+        data = json.loads(proc.stdout)
+        username, secret = str(data.get("Username") or ""), str(data.get("Secret") or "")
+    except (ValueError, AttributeError):
+        raise RegistryError(f"getting credentials for {registry}: {program} did not answer "
+                            "with the helper protocol's JSON") from None
+    if not secret:
+        return None
+    if username == _TOKEN_USERNAME:
+        return Credential(program, identity_token=secret)
+    return Credential(program, username=username, password=secret)
+
+
+def google_credential() -> Credential | None:
+    """An access token from Google's application default credentials, if there are any.
+
+    ``google.auth.default()`` finds ``GOOGLE_APPLICATION_CREDENTIALS``, gcloud's user
+    credentials or the metadata server (GKE, Cloud Build). Imported here: it is slow to import
+    and most builds never talk to Google.
+    """
+    try:
+        import google.auth
+        import google.auth.exceptions
+        import google.auth.transport.requests
+    except ImportError:  # pragma: no cover - google-auth is a dependency
+        return None
+    try:
+        creds, _ = google.auth.default(scopes=[_GOOGLE_SCOPE])
+        creds.refresh(google.auth.transport.requests.Request())  # type: ignore[no-untyped-call]
+    except google.auth.exceptions.GoogleAuthError as exc:
+        log.debug("No Google application default credentials: %s",
+                  str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        return None
+    token = getattr(creds, "token", None)
+    if not token:
+        return None
+    return Credential("Google application default credentials", username="oauth2accesstoken",
+                      password=str(token))
+
+
+class Keychain:
+    """Finds the credential for a registry once per build and remembers it.
+
+    ``google`` is how Google's registries get a credential when the Docker config has none;
+    tests pass their own.
+    """
+
+    def __init__(self, config: DockerConfig, *,
+                 environ: Mapping[str, str] | None = None,
+                 google: Callable[[], Credential | None] = google_credential) -> None:
+        self.config = config
+        self.environ = environ
+        self.google = google
+        self._found: dict[str, Credential | None] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_environment(cls) -> Keychain:
+        """The keychain for ``$DOCKER_CONFIG`` (default ``/kaniko/.docker``)."""
+        return cls(DockerConfig.load(docker_config_path()))
+
+    def resolve(self, registry: str) -> Credential | None:
+        """The credential for ``registry``, or None for anonymous access."""
+        registry = registry_host(registry)
+        with self._lock:
+            if registry in self._found:
+                return self._found[registry]
+            found = self._lookup(registry)
+            self._found[registry] = found
+        if found is not None:
+            log.debug("Using credentials for %s from %s", registry, found.describe())
+        else:
+            log.debug("No credentials for %s: anonymous access", registry)
+        return found
+
+    def where(self, registry: str) -> str:
+        """Where credentials for ``registry`` are looked for, for an error message's advice."""
+        registry = registry_host(registry)
+        helper = self.config.helper_for(registry)
+        if helper:
+            return f"docker-credential-{helper}"
+        return str(self.config.path)
+
+    def _lookup(self, registry: str) -> Credential | None:
+        helper = self.config.helper_for(registry)
+        if helper:
+            found = run_credential_helper(helper, registry, self.environ)
+        else:
+            entry = self.config.auth_entry(registry)
+            found = (credential_from_entry(entry, registry, str(self.config.path))
+                     if entry is not None else None)
+            if found is not None and not (found.has_basic or found.identity_token
+                                          or found.registry_token):
+                found = None
+        if found is None and is_google_registry(registry):
+            found = self.google()
+        return found
