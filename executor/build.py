@@ -36,7 +36,7 @@ from executor.instructions import copy, metadata, run
 from executor.instructions.metadata import Step
 from executor.instructions.state import StageState
 from executor.options import BuildOptions
-from executor.publish import make_client, publish
+from executor.publish import check_push_permissions, make_client, publish
 from executor.registry.client import RegistryClient
 from executor.sandbox import SANDBOX_MOUNTS, Sandbox
 
@@ -374,6 +374,7 @@ def run_build(options: BuildOptions) -> str:
             ignore = IgnoreList.for_build(options.root, kiln_dir=workspace.kiln_dir,
                                           extra=extra, ignore_var_run=options.ignore_var_run)
             client = make_client(options)
+            check_push_permissions(options, client)
             builder = Builder(options, plan, client, workspace, context, platform, ignore)
             image = builder.build()
             return publish(image, options, client)

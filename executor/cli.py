@@ -56,6 +56,12 @@ _VERBOSITY = click.Choice(["panic", "fatal", "error", "warn", "info", "debug", "
               help="Pull without verifying TLS certificates.")
 @click.option("--skip-tls-verify-registry", "skip_tls_verify_registries", multiple=True,
               help="Registry whose TLS certificate is not verified; repeatable.")
+@click.option("--registry-certificate", "registry_certificates", multiple=True,
+              help="CA certificate to trust for a registry, as REGISTRY=PATH; repeatable.")
+@click.option("--registry-client-cert", "registry_client_certs", multiple=True,
+              help="Client certificate for a registry (mTLS), as REGISTRY=CERT,KEY; repeatable.")
+@click.option("--skip-push-permission-check", is_flag=True,
+              help="Do not check before building that the destinations can be pushed to.")
 @click.option("--custom-platform", help="Platform of the image to build, as os/arch[/variant].")
 @click.option("-v", "--verbosity", type=_VERBOSITY, default="info", show_default=True,
               help="Log level.")
@@ -130,7 +136,12 @@ def _report(exc: BaseException, debug: bool) -> int:
 
 
 def _options_from_flags(flags: dict[str, object]) -> BuildOptions:
-    from executor.options import DEFAULT_KANIKO_DIR, BuildOptions, parse_key_values
+    from executor.options import (
+        DEFAULT_KANIKO_DIR,
+        BuildOptions,
+        parse_client_certs,
+        parse_key_values,
+    )
 
     context = Path(str(flags["context"]).removeprefix("dir://"))
     dockerfile = Path(str(flags["dockerfile"]))
@@ -158,6 +169,11 @@ def _options_from_flags(flags: dict[str, object]) -> BuildOptions:
         skip_tls_verify=bool(flags["skip_tls_verify"]),
         skip_tls_verify_pull=bool(flags["skip_tls_verify_pull"]),
         skip_tls_verify_registries=_strs(flags["skip_tls_verify_registries"]),
+        registry_certificates={
+            registry: Path(path) for registry, path in parse_key_values(
+                _strs(flags["registry_certificates"]), "--registry-certificate").items()},
+        registry_client_certs=parse_client_certs(_strs(flags["registry_client_certs"])),
+        skip_push_permission_check=bool(flags["skip_push_permission_check"]),
         custom_platform=str(flags["custom_platform"]) if flags["custom_platform"] else None,
         force=bool(flags["force"]),
         kaniko_dir=Path(str(kaniko_dir)) if kaniko_dir else DEFAULT_KANIKO_DIR,

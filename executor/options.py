@@ -37,6 +37,11 @@ class BuildOptions:
     skip_tls_verify: bool = False
     skip_tls_verify_pull: bool = False
     skip_tls_verify_registries: tuple[str, ...] = ()
+    #: ``--registry-certificate REG=ca.pem``: extra CA bundle trusted for that registry.
+    registry_certificates: dict[str, Path] = field(default_factory=dict)
+    #: ``--registry-client-cert REG=cert.pem,key.pem``: client certificate for that registry.
+    registry_client_certs: dict[str, tuple[Path, Path]] = field(default_factory=dict)
+    skip_push_permission_check: bool = False
     custom_platform: str | None = None
     force: bool = False
     kaniko_dir: Path = DEFAULT_KANIKO_DIR
@@ -68,6 +73,14 @@ class BuildOptions:
             raise OptionsError(f"--context {self.context}: no such directory")
         if not self.dockerfile.is_file():
             raise OptionsError(f"--dockerfile {self.dockerfile}: no such file")
+        for registry, ca in self.registry_certificates.items():
+            if not ca.is_file():
+                raise OptionsError(f"--registry-certificate {registry}={ca}: no such file")
+        for registry, (cert, key) in self.registry_client_certs.items():
+            for path in (cert, key):
+                if not path.is_file():
+                    raise OptionsError(f"--registry-client-cert {registry}={cert},{key}: "
+                                       f"{path}: no such file")
         if not self.in_place:
             _check_sandbox_root(self.root, self.kaniko_dir if self.kaniko_dir_given else None)
         return self
@@ -87,6 +100,18 @@ def _check_sandbox_root(root: Path, kaniko_dir: Path | None) -> None:
                                "an empty or new directory")
     if kaniko_dir is not None and kaniko_dir.resolve().is_relative_to(root.resolve()):
         raise OptionsError(f"--kaniko-dir {kaniko_dir} lies inside --root {root}")
+
+
+def parse_client_certs(pairs: tuple[str, ...]) -> dict[str, tuple[Path, Path]]:
+    """``--registry-client-cert REG=cert.pem,key.pem`` flags as registry -> (cert, key)."""
+    out: dict[str, tuple[Path, Path]] = {}
+    for registry, value in parse_key_values(pairs, "--registry-client-cert").items():
+        cert, comma, key = value.partition(",")
+        if not comma or not cert or not key or "," in key:
+            raise OptionsError(f"--registry-client-cert {registry}={value}: expected "
+                               "REGISTRY=CERT_FILE,KEY_FILE")
+        out[registry] = (Path(cert), Path(key))
+    return out
 
 
 def parse_key_values(pairs: tuple[str, ...], flag: str, *,

@@ -17,8 +17,10 @@ from executor.image import model
 from executor.image.model import Descriptor, Layer, Manifest, sha256_digest
 from executor.image.reference import ImageRef
 from executor.options import BuildOptions
+from executor.registry.auth import RegistryAuth
 from executor.registry.client import RegistryClient
-from executor.registry.transport import TransportOptions
+from executor.registry.credentials import Keychain
+from executor.registry.transport import Transport, TransportOptions
 
 if TYPE_CHECKING:
     from executor.build import BuiltImage
@@ -44,16 +46,38 @@ class FinalImage:
         return sha256_digest(self.manifest_bytes)
 
 
-def make_client(options: BuildOptions) -> RegistryClient:
-    """A registry client with the build's TLS and plain-HTTP settings."""
-    return RegistryClient(TransportOptions(
+def make_client(options: BuildOptions, keychain: Keychain | None = None) -> RegistryClient:
+    """A registry client with the build's TLS and plain-HTTP settings and the credentials of
+    ``$DOCKER_CONFIG/config.json`` (or ``keychain``)."""
+    transport = Transport(TransportOptions(
         insecure=options.insecure,
         insecure_pull=options.insecure_pull,
         insecure_registries=frozenset(options.insecure_registries),
         skip_tls_verify=options.skip_tls_verify,
         skip_tls_verify_pull=options.skip_tls_verify_pull,
         skip_tls_verify_registries=frozenset(options.skip_tls_verify_registries),
+        registry_certificates=dict(options.registry_certificates),
+        client_certificates=dict(options.registry_client_certs),
     ))
+    auth = RegistryAuth(keychain or Keychain.from_environment(), transport)
+    return RegistryClient(transport=transport, auth=auth)
+
+
+def check_push_permissions(options: BuildOptions, client: RegistryClient) -> None:
+    """Fail before building when a destination cannot be pushed to (kaniko's pre-build check).
+
+    One upload session opened and cancelled per destination repository; skipped with
+    ``--no-push`` and ``--skip-push-permission-check``.
+    """
+    if options.no_push or options.skip_push_permission_check:
+        return
+    checked: set[str] = set()
+    for destination in options.destinations:
+        ref = ImageRef.parse(destination)
+        if ref.name in checked:
+            continue
+        client.check_push_permission(ref)
+        checked.add(ref.name)
 
 
 def finalize(image: BuiltImage) -> FinalImage:

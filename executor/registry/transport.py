@@ -11,6 +11,15 @@ retrying. The policy is kaniko's (which is go-containerregistry's):
   ``--skip-tls-verify-registry HOST``: HTTPS, certificate not verified.
 - Nothing else ever falls back to plain HTTP; a loopback registry is not insecure by itself.
 
+Certificates are checked against the system's trust store (OpenSSL's default paths, so
+``SSL_CERT_FILE`` works) plus every certificate file in the directories of ``SSL_CERT_DIR``
+(kaniko's image sets ``/kaniko/ssl/certs``; like Go, kiln reads each file there and needs no
+``c_rehash`` links), plus ``--registry-certificate REG=ca.pem`` for that registry. A
+``--registry-client-cert REG=cert.pem,key.pem`` is presented to that registry (mTLS). Each
+registry with its own certificates gets its own session, so a token realm or a redirect reached
+on its behalf is checked the same way, as kaniko's per-registry transport does. Proxies come from
+the standard ``HTTPS_PROXY``/``NO_PROXY`` variables.
+
 Connection failures, timeouts, ``429`` and ``5xx`` answers are retried with exponential backoff
 (``Retry-After`` honoured); every other answer is returned for the caller to judge.
 """
@@ -20,15 +29,16 @@ from __future__ import annotations
 import contextlib
 import email.utils
 import logging
+import os
 import socket
 import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import requests
 import urllib3
@@ -37,6 +47,9 @@ from requests.adapters import HTTPAdapter
 from executor import __version__
 from executor.errors import RegistryError
 from executor.image.reference import DOCKER_HUB, DOCKER_HUB_API, ImageRef
+
+if TYPE_CHECKING:
+    from requests.adapters import _HostParams, _PoolKwargs
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +86,15 @@ class TransportOptions:
     connect_timeout: float = 30.0
     #: Seconds without a byte from the server before a request is given up.
     read_timeout: float = 120.0
+    #: ``--registry-certificate``: registry -> CA bundle trusted for it (besides the system's).
+    registry_certificates: Mapping[str, Path] = field(default_factory=dict)
+    #: ``--registry-client-cert``: registry -> (certificate, key) presented to it.
+    client_certificates: Mapping[str, tuple[Path, Path]] = field(default_factory=dict)
+
+    def tls_profile(self, registry: str) -> TLSProfile:
+        """The certificates that apply to ``registry`` (none beyond the system's, usually)."""
+        return TLSProfile(_lookup(self.registry_certificates, registry),
+                          _lookup(self.client_certificates, registry))
 
     def is_insecure(self, registry: str, *, push: bool) -> bool:
         """True when ``registry`` may be reached over plain HTTP."""
@@ -85,6 +107,95 @@ class TransportOptions:
             return False
         flag = self.skip_tls_verify if push else self.skip_tls_verify_pull
         return not (flag or _names_match(self.skip_tls_verify_registries, registry))
+
+
+@dataclass(frozen=True)
+class TLSProfile:
+    """Extra trust and a client certificate for one registry; the empty profile is the default."""
+
+    ca_bundle: Path | None = None
+    client_cert: tuple[Path, Path] | None = None
+
+    def context(self, *, verify: bool) -> ssl.SSLContext:
+        """An SSL context: system trust, ``SSL_CERT_DIR``, this profile's CA and client cert."""
+        context = ssl.create_default_context()
+        if verify:
+            _load_cert_dirs(context)
+            if self.ca_bundle is not None:
+                try:
+                    context.load_verify_locations(cafile=str(self.ca_bundle))
+                except (OSError, ssl.SSLError) as exc:
+                    raise RegistryError(f"--registry-certificate {self.ca_bundle}: cannot load: "
+                                        f"{describe_connection_error(exc)}") from None
+        else:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        if self.client_cert is not None:
+            cert, key = self.client_cert
+            try:
+                context.load_cert_chain(str(cert), str(key))
+            except (OSError, ssl.SSLError) as exc:
+                raise RegistryError(f"--registry-client-cert {cert},{key}: cannot load: "
+                                    f"{describe_connection_error(exc)}") from None
+        return context
+
+
+def _load_cert_dirs(context: ssl.SSLContext) -> None:
+    """Every certificate file in ``SSL_CERT_DIR``'s directories, as Go reads them."""
+    for directory in filter(None, os.environ.get("SSL_CERT_DIR", "").split(os.pathsep)):
+        try:
+            names = sorted(os.listdir(directory))
+        except OSError:
+            continue
+        for name in names:
+            path = os.path.join(directory, name)
+            if not os.path.isfile(path):
+                continue
+            try:
+                context.load_verify_locations(cafile=path)
+            except (OSError, ssl.SSLError, ValueError):
+                log.debug("SSL_CERT_DIR: %s holds no certificate, skipped", path)
+
+
+class _TLSAdapter(HTTPAdapter):
+    """An adapter whose HTTPS connections use a ``TLSProfile``'s contexts, not certifi's bundle."""
+
+    def __init__(self, profile: TLSProfile, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.profile = profile
+        self._contexts: dict[bool, ssl.SSLContext] = {}
+        self._context_lock = threading.Lock()
+
+    def _context(self, verify: bool) -> ssl.SSLContext:
+        with self._context_lock:
+            if verify not in self._contexts:
+                self._contexts[verify] = self.profile.context(verify=verify)
+            return self._contexts[verify]
+
+    def build_connection_pool_key_attributes(
+        self, request: requests.PreparedRequest, verify: bool | str, cert: Any = None,
+    ) -> tuple[_HostParams, _PoolKwargs]:
+        host_params, pool_kwargs = super().build_connection_pool_key_attributes(
+            request, verify, cert)
+        if host_params.get("scheme") == "https":
+            # The context carries the trust and the client certificate; urllib3 would load
+            # these into it again on every connection.
+            pool_kwargs.pop("ca_certs", None)
+            pool_kwargs.pop("ca_cert_dir", None)
+            pool_kwargs.pop("cert_file", None)
+            pool_kwargs.pop("key_file", None)
+            pool_kwargs["ssl_context"] = self._context(verify is not False)
+        return host_params, pool_kwargs
+
+
+def _lookup(table: Mapping[str, Any], registry: str) -> Any:
+    if registry in table:
+        return table[registry]
+    if registry in _HUB_NAMES:
+        for name in _HUB_NAMES:
+            if name in table:
+                return table[name]
+    return None
 
 
 def _names_match(names: frozenset[str], registry: str) -> bool:
@@ -105,14 +216,32 @@ class Transport:
                  sleep: Callable[[float], None] = time.sleep, pool_size: int = 16) -> None:
         self.options = options or TransportOptions()
         self.sleep = sleep
-        self.session = requests.Session()
-        self.session.headers["User-Agent"] = USER_AGENT
-        adapter = HTTPAdapter(pool_connections=8, pool_maxsize=pool_size, max_retries=0)
-        self.session.mount("https://", adapter)
-        self.session.mount("http://", adapter)
+        self._pool_size = pool_size
+        self._sessions: dict[TLSProfile, requests.Session] = {}
+        #: The session for registries without certificates of their own.
+        self.session = self._new_session(TLSProfile())
         self._schemes: dict[tuple[str, bool], str] = {}
         self._lock = threading.Lock()
         self._warned: set[str] = set()
+
+    def _new_session(self, profile: TLSProfile) -> requests.Session:
+        session = requests.Session()
+        session.headers["User-Agent"] = USER_AGENT
+        adapter = _TLSAdapter(profile, pool_connections=8, pool_maxsize=self._pool_size,
+                              max_retries=0)
+        session.mount("https://", adapter)
+        session.mount("http://", adapter)
+        self._sessions[profile] = session
+        return session
+
+    def session_for(self, registry: str) -> requests.Session:
+        """The pooled session whose TLS settings are ``registry``'s."""
+        profile = self.options.tls_profile(registry)
+        with self._lock:
+            session = self._sessions.get(profile)
+            if session is None:
+                session = self._new_session(profile)
+            return session
 
     def __enter__(self) -> Transport:
         return self
@@ -121,7 +250,10 @@ class Transport:
         self.close()
 
     def close(self) -> None:
-        self.session.close()
+        with self._lock:
+            sessions = list(self._sessions.values())
+        for session in sessions:
+            session.close()
 
     def request(self, method: str, ref: ImageRef, target: str, *, push: bool,
                 headers: Mapping[str, str] | None = None, body: Body = None,
@@ -174,10 +306,11 @@ class Transport:
             urls = [(f"{scheme}://{ref.api_host}{target}", scheme)
                     for scheme in self._schemes_for(ref, push=push)]
         failure: requests.RequestException | None = None
+        session = self.session_for(ref.registry)
         for url, scheme in urls:
             try:
                 with _opened(body) as data:
-                    response = self.session.request(
+                    response = session.request(
                         method, url, headers=headers, data=data, stream=stream, verify=verify,
                         timeout=(self.options.connect_timeout, self.options.read_timeout),
                         allow_redirects=True,
