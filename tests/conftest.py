@@ -69,3 +69,109 @@ def containerd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Containerd]
     """A private containerd 1.6 daemon for the session: ``containerd.pull_and_run(ref, args)``."""
     with Containerd(tmp_path_factory.mktemp("containerd")) as daemon:
         yield daemon
+
+
+# --- secured registries: basic auth over TLS, mTLS, a bearer-token realm (issue 6) -----------
+from dataclasses import dataclass  # noqa: E402
+
+from tests.support.registry import TLSFiles, write_htpasswd, write_tls_files  # noqa: E402
+from tests.support.token_issuer import TokenIssuer  # noqa: E402
+
+#: The user every secured registry knows, and the one the token issuer lets only pull.
+KILN_USER, KILN_PASSWORD = "kiln", "kiln-Secret-Pa55"
+READER_USER, READER_PASSWORD = "reader", "reader-Secret-Pa55"
+KILN_IDENTITY_TOKEN = "kiln-refresh-token-0123456789"
+
+
+@dataclass(frozen=True)
+class SecureRegistry:
+    """A running secured registry, the busybox base in it, and how skopeo gets in."""
+
+    registry: Registry
+    tls: TLSFiles
+    base: str
+    #: Arguments that let ``skopeo inspect`` / ``copy`` (source side) read from it.
+    skopeo_args: tuple[str, ...]
+
+
+@pytest.fixture(scope="session")
+def test_ca(tmp_path_factory: pytest.TempPathFactory) -> TLSFiles:
+    """A trustme CA for the secured registries, with server and client certificates."""
+    return write_tls_files(tmp_path_factory.mktemp("test-ca"))
+
+
+def _start_secure(workdir: Path, tls: TLSFiles, busybox_layout: Path, skopeo_args: list[str],
+                  **registry_args: object) -> SecureRegistry:
+    from tests.support.runtime import require_tool
+
+    require_tool("skopeo", "skopeo")
+    reg = Registry(workdir, scheme="https", tls_cert=tls.cert, tls_key=tls.key,
+                   **registry_args).start()  # type: ignore[arg-type]
+    base = f"{reg.host}/test/busybox:latest"
+    dest_args = [a.replace("--creds", "--dest-creds").replace("--cert-dir", "--dest-cert-dir")
+                 for a in skopeo_args]
+    import subprocess
+
+    proc = subprocess.run(["skopeo", "copy", "--quiet", *dest_args, f"oci:{busybox_layout}:latest",
+                           f"docker://{base}"], capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        reg.stop()
+        raise RuntimeError(f"seeding {base} failed: {proc.stderr}")
+    return SecureRegistry(reg, tls, base, tuple(skopeo_args))
+
+
+@pytest.fixture(scope="session")
+def basic_registry(tmp_path_factory: pytest.TempPathFactory, test_ca: TLSFiles,
+                   busybox_layout: Path) -> Iterator[SecureRegistry]:
+    """HTTPS with the test CA and htpasswd basic auth (user ``kiln``)."""
+    workdir = tmp_path_factory.mktemp("basic-registry")
+    htpasswd = write_htpasswd(workdir / "htpasswd", {KILN_USER: KILN_PASSWORD})
+    secure = _start_secure(workdir, test_ca, busybox_layout,
+                           [f"--cert-dir={test_ca.cert_dir}",
+                            f"--creds={KILN_USER}:{KILN_PASSWORD}"], htpasswd=htpasswd)
+    try:
+        yield secure
+    finally:
+        secure.registry.stop()
+
+
+@pytest.fixture(scope="session")
+def mtls_registry(tmp_path_factory: pytest.TempPathFactory, test_ca: TLSFiles,
+                  busybox_layout: Path) -> Iterator[SecureRegistry]:
+    """HTTPS that requires a client certificate issued by the test CA."""
+    workdir = tmp_path_factory.mktemp("mtls-registry")
+    secure = _start_secure(workdir, test_ca, busybox_layout, [f"--cert-dir={test_ca.cert_dir}"],
+                           client_cas=test_ca.ca,
+                           client_cert=(test_ca.client_cert, test_ca.client_key))
+    try:
+        yield secure
+    finally:
+        secure.registry.stop()
+
+
+@pytest.fixture(scope="session")
+def token_issuer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TokenIssuer]:
+    """A JWT token server: ``kiln`` may pull and push anything, ``reader`` only pull."""
+    issuer = TokenIssuer(tmp_path_factory.mktemp("token-issuer"),
+                         users={KILN_USER: (KILN_PASSWORD, {"*": "pull,push"}),
+                                READER_USER: (READER_PASSWORD, {"*": "pull"})},
+                         refresh_tokens={KILN_IDENTITY_TOKEN: KILN_USER}).start()
+    try:
+        yield issuer
+    finally:
+        issuer.stop()
+
+
+@pytest.fixture(scope="session")
+def token_registry(tmp_path_factory: pytest.TempPathFactory, test_ca: TLSFiles,
+                   busybox_layout: Path, token_issuer: TokenIssuer) -> Iterator[SecureRegistry]:
+    """HTTPS with the registry's ``auth.token`` section trusting ``token_issuer``."""
+    workdir = tmp_path_factory.mktemp("token-registry")
+    secure = _start_secure(workdir, test_ca, busybox_layout,
+                           [f"--cert-dir={test_ca.cert_dir}",
+                            f"--creds={KILN_USER}:{KILN_PASSWORD}"],
+                           extra_config=token_issuer.registry_config())
+    try:
+        yield secure
+    finally:
+        secure.registry.stop()
