@@ -15,15 +15,18 @@ and whole ignored directories pruned instead of asking about every file beneath 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import gc
+import marshal
 import os
+import signal
 import tempfile
 import time
 from dataclasses import dataclass, field
 from operator import attrgetter
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple, NoReturn
 
 from snapshot.errors import SnapshotError
 from snapshot.ignore import IgnoreList
@@ -112,49 +115,185 @@ _stat_fields = attrgetter("st_mode", "st_uid", "st_gid", "st_size", "st_mtime_ns
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def take_snapshot(root: Path, ignore: IgnoreList) -> Snapshot:
+def take_snapshot(root: Path, ignore: IgnoreList, *, workers: int | None = None) -> Snapshot:
     """Walk ``root`` with ``lstat`` only (never reading a file) into a :class:`Snapshot`.
 
     Sockets are left out: an image cannot hold one, so a socket is as good as no file. A
     directory that cannot be read raises :class:`SnapshotError` (a silent gap would lose
     changes); an entry that vanishes during the walk is simply not there.
+
+    ``workers`` is how many processes share a large walk (see :func:`_walk_in_parallel`);
+    None picks one per CPU this process may use, up to four; 1 walks in this process only.
     """
     taken_ns = time.clock_gettime_ns(CLOCK_REALTIME_COARSE)
     root_str = os.fspath(root)
     entries: dict[str, FileEntry] = {}
+    helpers = (default_workers() if workers is None else workers) - 1
     # The walk makes 100,000s of tuples that hold no references: the cyclic GC would only scan
     # them over and over (a tenth of the walk's time) and can never free any.
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        _walk(root_str, ignore, entries)
+        if helpers > 0:
+            _walk_in_parallel(root_str, ignore, entries, helpers)
+        else:
+            _walk(root_str, ignore, entries, [""])
     finally:
         if gc_was_enabled:
             gc.enable()
     return Snapshot(entries, taken_ns, Path(root_str))
 
 
-def _walk(root_str: str, ignore: IgnoreList, entries: dict[str, FileEntry]) -> None:
-    pending = [""]
+def default_workers() -> int:
+    """Processes for a walk: the CPUs this process may use (affinity, cgroup quota), <= 4."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    try:  # cgroup v2: "max 100000" or "<quota> <period>"
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if quota != "max":
+            cpus = min(cpus, max(1, -(-int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, min(cpus, 4))
+
+
+def _walk(root_str: str, ignore: IgnoreList, entries: dict[str, FileEntry],
+          pending: list[str]) -> None:
+    """Depth-first from the directories in ``pending`` (``""`` is the root)."""
     while pending:
-        rel_dir = pending.pop()
-        try:
-            dir_fd = os.open(os.path.join(root_str, rel_dir) if rel_dir else root_str, _DIR_FLAGS)
-        except FileNotFoundError:
-            if not rel_dir:
-                raise SnapshotError(f"cannot snapshot {root_str}: it does not exist") from None
-            continue  # removed while the walk was under way
-        except OSError as exc:
+        _scan(root_str, pending.pop(), ignore, entries, pending)
+
+
+def _scan(root_str: str, rel_dir: str, ignore: IgnoreList, entries: dict[str, FileEntry],
+          pending: list[str]) -> None:
+    """Record one directory's entries in ``entries`` and its subdirectories in ``pending``."""
+    try:
+        dir_fd = os.open(os.path.join(root_str, rel_dir) if rel_dir else root_str, _DIR_FLAGS)
+    except FileNotFoundError:
+        if not rel_dir:
+            raise SnapshotError(f"cannot snapshot {root_str}: it does not exist") from None
+        return  # removed while the walk was under way
+    except OSError as exc:
+        raise _walk_error(rel_dir, exc) from None
+    try:
+        _scan_directory(dir_fd, rel_dir, ignore, entries, pending)
+    except OSError as exc:
+        if exc.errno != errno.ENOENT:
             raise _walk_error(rel_dir, exc) from None
+        # Something vanished mid-listing: redo this directory one entry at a time.
+        _scan_directory_carefully(dir_fd, rel_dir, ignore, entries, pending)
+    finally:
+        os.close(dir_fd)
+
+
+# Below this many directories to share out, a walk is too small to be worth a fork.
+_UNITS_PER_WORKER = 16
+_MAX_TOKENS = 4096  # 4-byte tokens: 16 KiB, which a pipe takes without blocking
+
+
+def _walk_in_parallel(root_str: str, ignore: IgnoreList, entries: dict[str, FileEntry],
+                      helpers: int) -> None:
+    """Share the walk with ``helpers`` forked processes; the kernel's lstat work runs on all CPUs.
+
+    Each ``lstat`` costs more in the kernel than in Python, and threads cannot share the
+    Python half (the GIL is handed over at every call), so processes do: this one walks the
+    top of the tree breadth-first until there are enough directories to share, puts one
+    token per group of them in a pipe, forks, and every process takes tokens until none are
+    left and walks those subtrees. Helpers send their entries back as ``marshal`` data. A helper
+    that dies leaves this process to walk the whole tree again alone: slower, never wrong.
+    """
+    pending = [""]
+    target = _UNITS_PER_WORKER * (helpers + 1)
+    while pending and len(pending) < target:
+        level, pending = pending, []
+        for rel_dir in level:
+            _scan(root_str, rel_dir, ignore, entries, pending)
+    if len(pending) < 2:
+        _walk(root_str, ignore, entries, pending)
+        return
+    units = pending
+    groups = min(len(units), _MAX_TOKENS)
+    tokens_r, tokens_w = os.pipe()
+    try:
+        os.write(tokens_w, b"".join(i.to_bytes(4, "little") for i in range(groups)))
+    finally:
+        os.close(tokens_w)  # no writer left: an empty pipe reads as end-of-file
+    children: list[tuple[int, int]] = []
+    try:
+        for _ in range(helpers):
+            try:
+                result_r, result_w = os.pipe()
+                pid = os.fork()
+            except OSError:
+                break  # no more processes to be had: walk with those there are
+            if pid == 0:
+                _helper_main(root_str, ignore, units, groups, tokens_r, result_w)
+            os.close(result_w)
+            children.append((pid, result_r))
+        _walk_tokens(root_str, ignore, units, groups, tokens_r, entries)
+        new = tuple.__new__
+        while children:
+            pid, result_r = children.pop()
+            error, found = _collect(pid, result_r)
+            if error is not None:
+                raise SnapshotError(error)
+            if found is None:  # the helper died: its share is lost, so walk it all here
+                entries.clear()
+                _walk(root_str, ignore, entries, [""])
+                return
+            for values in found:
+                entries[values[0]] = new(FileEntry, values)
+    finally:
+        os.close(tokens_r)
+        for pid, result_r in children:  # only after an error: stop and reap the rest
+            os.close(result_r)
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+
+
+def _walk_tokens(root_str: str, ignore: IgnoreList, units: list[str], groups: int,
+                 tokens_r: int, entries: dict[str, FileEntry]) -> None:
+    while token := os.read(tokens_r, 4):  # a pipe hands each 4-byte token to one reader
+        group = int.from_bytes(token, "little")
+        _walk(root_str, ignore, entries, units[group::groups])
+
+
+def _helper_main(root_str: str, ignore: IgnoreList, units: list[str], groups: int,
+                 tokens_r: int, result_w: int) -> NoReturn:
+    """A forked helper's whole life: walk tokens, send entries (or the error), exit."""
+    payload = b""
+    try:
+        found: dict[str, FileEntry] = {}
         try:
-            _scan_directory(dir_fd, rel_dir, ignore, entries, pending)
-        except OSError as exc:
-            if exc.errno != errno.ENOENT:
-                raise _walk_error(rel_dir, exc) from None
-            # Something vanished mid-listing: redo this directory one entry at a time.
-            _scan_directory_carefully(dir_fd, rel_dir, ignore, entries, pending)
-        finally:
-            os.close(dir_fd)
+            _walk_tokens(root_str, ignore, units, groups, tokens_r, found)
+            payload = marshal.dumps((None, [tuple(entry) for entry in found.values()]))
+        except SnapshotError as exc:
+            payload = marshal.dumps((str(exc), None))
+        view = memoryview(payload)
+        while view:
+            view = view[os.write(result_w, view):]
+    finally:
+        os._exit(0)  # never return into the parent's stack, never run its exit handlers
+
+
+def _collect(pid: int, result_r: int) -> tuple[str | None, list[tuple[Any, ...]] | None]:
+    """A helper's ``(error, entries)``; ``(None, None)`` when it died without a word."""
+    chunks = []
+    try:
+        while chunk := os.read(result_r, 1 << 20):
+            chunks.append(chunk)
+    finally:
+        os.close(result_r)
+        with contextlib.suppress(ChildProcessError):  # PID 1 may have reaped it already
+            os.waitpid(pid, 0)
+    try:
+        error, found = marshal.loads(b"".join(chunks))
+    except (EOFError, ValueError, TypeError):
+        return None, None
+    return error, found
 
 
 def _scan_directory(dir_fd: int, rel_dir: str, ignore: IgnoreList,

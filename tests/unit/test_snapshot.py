@@ -375,3 +375,81 @@ def test_on_a_whole_second_filesystem_the_wait_crosses_a_second(
     wait_for_clock_tick(now)
     after = time.clock_gettime_ns(CLOCK_REALTIME_COARSE)
     assert after - after % 1_000_000_000 > now.taken_ns
+
+
+# -- a walk shared between processes -------------------------------------------------------
+
+@pytest.fixture
+def wide(tmp_path: Path) -> Path:
+    """Enough directories (3 x 40) to share a walk between up to three processes."""
+    root = tmp_path / "wide"
+    make_tree(root, [f"top{i}/mid{j}/f{k}" for i in range(3) for j in range(40) for k in range(3)])
+    os.symlink("top0", root / "link")
+    return root
+
+
+def test_a_walk_shared_between_processes_sees_the_same_tree(wide: Path) -> None:
+    alone = snap(wide).entries
+    ignore = IgnoreList(root=wide, paths=frozenset({"top1/mid7"}))
+    shared = take_snapshot(wide, ignore, workers=3).entries
+    assert shared == {p: e for p, e in alone.items() if not p.startswith("top1/mid7")}
+    assert take_snapshot(wide, IgnoreList(root=wide, paths=frozenset()), workers=2).entries \
+        == alone
+
+
+def test_a_small_tree_is_walked_without_forking(tree: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_fork() -> int:
+        raise AssertionError("forked for a small tree")
+
+    monkeypatch.setattr(os, "fork", no_fork)
+    assert take_snapshot(tree, IgnoreList(root=tree, paths=frozenset()), workers=4).entries \
+        == snap(tree).entries
+
+
+def test_an_error_in_a_helper_process_reaches_the_caller(wide: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from snapshot import snapshot as module
+
+    parent = os.getpid()
+    real = module._scan_directory
+
+    def failing(dir_fd: int, rel_dir: str, *args: object) -> None:
+        if os.getpid() != parent and rel_dir.startswith("top"):
+            raise PermissionError(13, "Permission denied")
+        real(dir_fd, rel_dir, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(module, "_scan_directory", failing)
+    # The parent may take every token before the helper starts; then there is nothing to see.
+    for _ in range(20):
+        try:
+            take_snapshot(wide, IgnoreList(root=wide, paths=frozenset()), workers=2)
+        except SnapshotError as exc:
+            assert "Permission denied" in str(exc) and "/top" in str(exc)
+            return
+    pytest.skip("the helper never got a directory to walk")
+
+
+def test_a_helper_that_dies_leaves_a_complete_walk(wide: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from snapshot import snapshot as module
+
+    parent = os.getpid()
+    real = module._scan_directory
+
+    def dying(dir_fd: int, rel_dir: str, *args: object) -> None:
+        if os.getpid() != parent:
+            os._exit(3)
+        real(dir_fd, rel_dir, *args)  # type: ignore[arg-type]
+
+    expected = snap(wide).entries
+    monkeypatch.setattr(module, "_scan_directory", dying)
+    for _ in range(5):
+        assert take_snapshot(wide, IgnoreList(root=wide, paths=frozenset()),
+                             workers=3).entries == expected
+
+
+def test_default_workers_is_between_one_and_four() -> None:
+    from snapshot.snapshot import default_workers
+
+    assert 1 <= default_workers() <= 4

@@ -1,0 +1,155 @@
+"""Benchmarks of kiln's hot paths on synthetic trees: ``python -m bench.run [--json] [--runs N]``.
+
+Each scenario runs in a fresh interpreter (so its peak RSS is its own) over a tree this script
+builds in a temporary directory and removes afterwards, and reports the median of ``--runs``
+timed runs. Add a scenario by writing a function ``(workdir, runs) -> list[Result]`` and listing
+it in ``SCENARIOS``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from snapshot.compress import Compression
+from snapshot.ignore import IgnoreList
+from snapshot.layer import write_layer
+from snapshot.snapshot import Snapshot, diff_snapshots, take_snapshot
+
+
+@dataclass(frozen=True)
+class Result:
+    scenario: str
+    tool: str
+    seconds: float
+    peak_rss_mb: float
+
+
+def make_tree(root: Path, files: int, dirs: int) -> None:
+    """``files`` small files spread over ``dirs`` leaf directories (ten parents above them)."""
+    per_dir = max(1, files // dirs)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    made = 0
+    for index in range(dirs):
+        directory = root / f"d{index % 10:02d}" / f"s{index:04d}"
+        directory.mkdir(parents=True)
+        for number in range(per_dir):
+            if made == files:
+                return
+            fd = os.open(directory / f"f{number:03d}.txt", flags, 0o644)
+            os.write(fd, b"x" * (number % 64))
+            os.close(fd)
+            made += 1
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def walk_diff_100k(workdir: Path, runs: int) -> list[Result]:
+    """A no-op step on 100,000 files: walk the tree again and diff against the last walk."""
+    root = workdir / "root"
+    make_tree(root, 100_000, 1000)
+    ignore = IgnoreList(root=root, paths=frozenset(), globs=())
+    last = take_snapshot(root, ignore)  # the snapshot of the step before; warms the caches
+    walks, diffs, totals = [], [], []
+    for _ in range(runs):
+        started = time.perf_counter()
+        new = take_snapshot(root, ignore)
+        walked = time.perf_counter()
+        changes = diff_snapshots(last, new)
+        done = time.perf_counter()
+        assert changes.is_empty(), "the tree changed under the benchmark"
+        walks.append(walked - started)
+        diffs.append(done - walked)
+        totals.append(done - started)
+        del new
+    peak = _peak_rss_mb()
+    return [Result("walk-diff-100k", "kiln", statistics.median(totals), peak),
+            Result("walk-diff-100k:walk", "kiln", statistics.median(walks), peak),
+            Result("walk-diff-100k:diff", "kiln", statistics.median(diffs), peak)]
+
+
+def layer_10k(workdir: Path, runs: int) -> list[Result]:
+    """A step that added 10,000 small files: write them as a gzip layer."""
+    root = workdir / "root"
+    make_tree(root, 10_000, 100)
+    ignore = IgnoreList(root=root, paths=frozenset(), globs=())
+    snapshot = take_snapshot(root, ignore)
+    changes = diff_snapshots(Snapshot({}, 0), snapshot)
+    times = []
+    for run in range(runs):
+        out = workdir / f"blobs-{run}"
+        started = time.perf_counter()
+        write_layer(root, changes, snapshot, out, Compression("gzip"))
+        times.append(time.perf_counter() - started)
+        shutil.rmtree(out)
+    return [Result("layer-10k", "kiln", statistics.median(times), _peak_rss_mb())]
+
+
+SCENARIOS: dict[str, Callable[[Path, int], list[Result]]] = {
+    "walk-diff-100k": walk_diff_100k,
+    "layer-10k": layer_10k,
+}
+
+
+def run_scenario_here(name: str, runs: int) -> list[Result]:
+    workdir = Path(tempfile.mkdtemp(prefix=f"kiln-bench-{name}-"))
+    try:
+        return SCENARIOS[name](workdir, runs)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def run_scenario_in_child(name: str, runs: int) -> list[Result]:
+    """Run one scenario in a fresh interpreter, so peak RSS is the scenario's alone."""
+    completed = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--child", name, "--runs", str(runs)],
+        check=True, capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
+    return [Result(**json.loads(line)) for line in completed.stdout.splitlines() if line]
+
+
+def print_table(results: list[Result]) -> None:
+    print(f"{'scenario':<24} {'tool':<8} {'median s':>10} {'peak RSS MB':>12}")
+    for result in results:
+        print(f"{result.scenario:<24} {result.tool:<8} {result.seconds:>10.4f} "
+              f"{result.peak_rss_mb:>12.1f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
+    parser.add_argument("--runs", type=int, default=5, help="timed runs per scenario (median)")
+    parser.add_argument("--json", action="store_true", help="one JSON object per line")
+    parser.add_argument("--scenario", action="append", choices=sorted(SCENARIOS),
+                        help="run only this scenario (repeatable)")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        for result in run_scenario_here(args.child, args.runs):
+            print(json.dumps(asdict(result)), flush=True)
+        return 0
+    results: list[Result] = []
+    for name in args.scenario or list(SCENARIOS):
+        scenario_results = run_scenario_in_child(name, args.runs)
+        results.extend(scenario_results)
+        if args.json:
+            for result in scenario_results:
+                print(json.dumps(asdict(result)), flush=True)
+    if not args.json:
+        print_table(results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
