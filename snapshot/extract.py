@@ -34,7 +34,7 @@ import struct
 import urllib.parse
 import zlib
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import BinaryIO, Protocol
 
 from snapshot.errors import CorruptLayerError, SnapshotError, UnsafeLayerError
 
@@ -192,6 +192,13 @@ class _TarReader:
         pad = -size % _BLOCK
         pos = self._pos
         avail = len(self._buf) - pos
+        if avail >= size + pad:  # the common case: a small file, already in the buffer
+            data = memoryview(self._buf)[pos:pos + size]
+            written = os.write(fd, data)
+            if written != size:
+                _write_all(fd, data[written:])
+            self._pos = pos + size + pad
+            return
         if avail >= size:
             _write_all(fd, memoryview(self._buf)[pos:pos + size])
             self._pos = pos + size
@@ -252,17 +259,15 @@ class _TarReader:
                 self._drain()
                 return None
             try:
-                fields = _USTAR.unpack(block)
-                _verify_checksum(block, fields[6])
-            except ValueError as e:
-                raise self._corrupt(str(e)) from None
-            try:
-                size = _number(fields[4])
+                numbers = _numbers(block)
             except ValueError:
-                size = -1
+                numbers = None
+            if numbers is None or not _checksum_matches(block, numbers[5]):
+                raise self._corrupt("a header whose checksum does not match (not a tar?)")
+            size = numbers[3]
             if size < 0:
                 raise self._corrupt("a header with a bad size")
-            kind = fields[7]
+            kind = block[156]
             if kind not in _EXTENDED:
                 break
             if size > _MAX_EXTENDED_HEADER:
@@ -285,7 +290,7 @@ class _TarReader:
             else:
                 long_link = data.split(b"\0", 1)[0]
         try:
-            header = self._build(fields, kind, size, pax, long_name, long_link)
+            header = self._build(block, numbers, kind, pax, long_name, long_link)
         except _BadHeader as e:
             raise self._corrupt(str(e)) from None
         except ValueError:  # a numeric field or PAX value that is not a number
@@ -294,9 +299,11 @@ class _TarReader:
         self._pending = header.size + (-header.size % _BLOCK)
         return header
 
-    def _build(self, fields: tuple[Any, ...], kind: int, size: int,
+    def _build(self, block: bytes, numbers: tuple[int, ...], kind: int,
                pax: dict[bytes, bytes] | None, long_name: bytes | None,
                long_link: bytes | None) -> _Header:
+        fields = _USTAR.unpack(block)
+        mode, uid, gid, size, mtime, _ = numbers
         if long_name is not None:
             raw_name = long_name
         else:
@@ -307,9 +314,7 @@ class _TarReader:
         raw_link = fields[8].split(b"\0", 1)[0] if long_link is None else long_link
         if kind == _AREG and raw_name.endswith(b"/"):
             kind = _DIR  # pre-POSIX tars mark directories by the trailing slash only
-        uid = _number(fields[2])
-        gid = _number(fields[3])
-        mtime_ns = _number(fields[5]) * 1_000_000_000
+        mtime_ns = mtime * 1_000_000_000
         atime_ns = None
         xattrs: dict[str, bytes] | None = None
         if self._global_pax:
@@ -343,7 +348,7 @@ class _TarReader:
             if size < 0:
                 raise _BadHeader("a header with a bad size")
         header = _Header(raw_name.decode("utf-8", "surrogateescape"), kind,
-                         _number(fields[1]) & 0o7777, uid, gid, size, mtime_ns,
+                         mode & 0o7777, uid, gid, size, mtime_ns,
                          raw_link.decode("utf-8", "surrogateescape"))
         if atime_ns is not None:
             header.atime_ns = atime_ns
@@ -384,18 +389,34 @@ def _byte_sum(block: bytes) -> int:
     return (zlib.adler32(view[:256]) & 0xFFFF) + (zlib.adler32(view[256:]) & 0xFFFF) - 2
 
 
-def _verify_checksum(block: bytes, field: bytes) -> None:
-    try:
-        stored = _number(field)
-    except ValueError:
-        stored = -1
+def _numbers(block: bytes) -> tuple[int, ...]:
+    """mode, uid, gid, size, mtime and checksum of a header, which lie side by side.
+
+    Fields are octal digits ended by a NUL or a space, so one split finds all six; anything
+    else (base-256, a field without its terminator, an empty one) takes the slow way.
+    """
+    tokens = block[100:156].replace(b"\0", b" ").split()
+    if len(tokens) == 6:
+        try:
+            mode, uid, gid, size, mtime, checksum = tokens
+            return (int(mode, 8), int(uid, 8), int(gid, 8), int(size, 8), int(mtime, 8),
+                    int(checksum, 8))
+        except ValueError:
+            pass
+    return tuple(_number(block[start:end]) for start, end in _NUMERIC_FIELDS)
+
+
+_NUMERIC_FIELDS = ((100, 108), (108, 116), (116, 124), (124, 136), (136, 148), (148, 156))
+
+
+def _checksum_matches(block: bytes, stored: int) -> bool:
+    field = block[148:156]
     unsigned = _byte_sum(block) - sum(field) + 8 * 32  # the field itself counts as spaces
     if stored == unsigned:
-        return
+        return True
     # Old Sun and BSD tars summed signed chars; tarfile and Go accept both.
     high = sum(1 for b in block if b & 0x80) - sum(1 for b in field if b & 0x80)
-    if stored != unsigned - 256 * high:
-        raise ValueError("a header whose checksum does not match (not a tar?)")
+    return stored == unsigned - 256 * high
 
 
 def _parse_pax(data: bytes) -> dict[bytes, bytes]:
@@ -668,10 +689,19 @@ class _Extractor:
         try:
             if h.size:
                 self.reader.copy_to(fd, h.size)
-            self.restore_fd(fd, rel, h)
+            # restore_fd, inlined: this is the line every file of a layer goes through.
+            try:
+                os.fchown(fd, h.uid, h.gid)
+            except PermissionError as e:
+                self.warn_chown(rel, e)
+            os.fchmod(fd, h.mode)  # after chown, which clears setuid and setgid
+            if h.xattrs:
+                self.restore_xattrs(fd, rel, h.xattrs)
+            os.utime(fd, ns=(h.atime_ns, h.mtime_ns))
         finally:
             os.close(fd)
-        self.mark_upper(rel)
+        if rel not in self.upper:
+            self.mark_upper(rel)
 
     def write_dir(self, name: str, rel: str, h: _Header) -> None:
         host = self.prefix + rel

@@ -826,3 +826,10 @@ def test_extraction_matches_gnu_tar(world: World, tmp_path: Path) -> None:
         ours.pop(implicit)
         gnu.pop(implicit)
     assert ours == gnu
+
+
+def test_gnu_base256_numbers_are_read(world: World) -> None:
+    extract(world, layer(file("big-ids", b"x", uid=3_000_000, gid=2**31),
+                         format=tarfile.GNU_FORMAT))
+    st = os.lstat(world.root / "big-ids")
+    assert (st.st_uid, st.st_gid) == (3_000_000, 2**31)
