@@ -62,6 +62,19 @@ _VERBOSITY = click.Choice(["panic", "fatal", "error", "warn", "info", "debug", "
               help="Client certificate for a registry (mTLS), as REGISTRY=CERT,KEY; repeatable.")
 @click.option("--skip-push-permission-check", is_flag=True,
               help="Do not check before building that the destinations can be pushed to.")
+@click.option("--registry-mirror", "registry_mirrors", multiple=True,
+              help="Mirror of Docker Hub to pull from first (host[/prefix]); repeatable.")
+@click.option("--registry-map", "registry_maps", multiple=True,
+              help="Mirrors of other registries, as REGISTRY=MIRROR[;REGISTRY=MIRROR]; "
+              "repeatable.")
+@click.option("--skip-default-registry-fallback", is_flag=True,
+              help="Fail when no mirror has the image instead of trying the registry itself.")
+@click.option("--image-download-retry", type=int, default=0, show_default=True,
+              help="Number of retries for downloading the remote image.")
+@click.option("--push-retry", type=int, default=0, show_default=True,
+              help="Number of retries for the push operation.")
+@click.option("--push-ignore-immutable-tag-errors", is_flag=True,
+              help="Do not fail when a registry refuses to overwrite an immutable tag.")
 @click.option("--custom-platform", help="Platform of the image to build, as os/arch[/variant].")
 @click.option("-v", "--verbosity", type=_VERBOSITY, default="info", show_default=True,
               help="Log level.")
@@ -141,6 +154,7 @@ def _options_from_flags(flags: dict[str, object]) -> BuildOptions:
         BuildOptions,
         parse_client_certs,
         parse_key_values,
+        parse_registry_maps,
     )
 
     context = Path(str(flags["context"]).removeprefix("dir://"))
@@ -174,6 +188,12 @@ def _options_from_flags(flags: dict[str, object]) -> BuildOptions:
                 _strs(flags["registry_certificates"]), "--registry-certificate").items()},
         registry_client_certs=parse_client_certs(_strs(flags["registry_client_certs"])),
         skip_push_permission_check=bool(flags["skip_push_permission_check"]),
+        registry_mirrors=_strs(flags["registry_mirrors"]),
+        registry_maps=parse_registry_maps(_strs(flags["registry_maps"])),
+        skip_default_registry_fallback=bool(flags["skip_default_registry_fallback"]),
+        image_download_retry=int(str(flags["image_download_retry"])),
+        push_retry=int(str(flags["push_retry"])),
+        push_ignore_immutable_tag_errors=bool(flags["push_ignore_immutable_tag_errors"]),
         custom_platform=str(flags["custom_platform"]) if flags["custom_platform"] else None,
         force=bool(flags["force"]),
         kaniko_dir=Path(str(kaniko_dir)) if kaniko_dir else DEFAULT_KANIKO_DIR,

@@ -42,6 +42,14 @@ class BuildOptions:
     #: ``--registry-client-cert REG=cert.pem,key.pem``: client certificate for that registry.
     registry_client_certs: dict[str, tuple[Path, Path]] = field(default_factory=dict)
     skip_push_permission_check: bool = False
+    #: ``--registry-mirror``: mirrors of Docker Hub, tried in order.
+    registry_mirrors: tuple[str, ...] = ()
+    #: ``--registry-map a=b;a=c``: (registry, its mirrors), in the order given.
+    registry_maps: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    skip_default_registry_fallback: bool = False
+    image_download_retry: int = 0
+    push_retry: int = 0
+    push_ignore_immutable_tag_errors: bool = False
     custom_platform: str | None = None
     force: bool = False
     kaniko_dir: Path = DEFAULT_KANIKO_DIR
@@ -73,6 +81,14 @@ class BuildOptions:
             raise OptionsError(f"--context {self.context}: no such directory")
         if not self.dockerfile.is_file():
             raise OptionsError(f"--dockerfile {self.dockerfile}: no such file")
+        for flag, count in (("--push-retry", self.push_retry),
+                            ("--image-download-retry", self.image_download_retry)):
+            if count < 0:
+                raise OptionsError(f"{flag} {count}: must not be negative")
+        if self.skip_default_registry_fallback and not (self.registry_mirrors
+                                                        or self.registry_maps):
+            raise OptionsError("--skip-default-registry-fallback needs --registry-mirror or "
+                               "--registry-map")
         for registry, ca in self.registry_certificates.items():
             if not ca.is_file():
                 raise OptionsError(f"--registry-certificate {registry}={ca}: no such file")
@@ -100,6 +116,19 @@ def _check_sandbox_root(root: Path, kaniko_dir: Path | None) -> None:
                                "an empty or new directory")
     if kaniko_dir is not None and kaniko_dir.resolve().is_relative_to(root.resolve()):
         raise OptionsError(f"--kaniko-dir {kaniko_dir} lies inside --root {root}")
+
+
+def parse_registry_maps(values: tuple[str, ...]) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """kaniko's ``--registry-map orig=mirror;orig2=mirror2`` (repeatable) in order."""
+    out: list[tuple[str, tuple[str, ...]]] = []
+    for value in values:
+        for pair in filter(None, value.split(";")):
+            registry, eq, mirror = pair.partition("=")
+            if not eq or not registry or not mirror:
+                raise OptionsError(f"--registry-map {value!r}: expected "
+                                   "REGISTRY=MIRROR[;REGISTRY=MIRROR...]")
+            out.append((registry, (mirror,)))
+    return tuple(out)
 
 
 def parse_client_certs(pairs: tuple[str, ...]) -> dict[str, tuple[Path, Path]]:

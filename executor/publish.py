@@ -13,13 +13,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from executor.errors import RegistryError
 from executor.image import model
 from executor.image.model import Descriptor, Layer, Manifest, sha256_digest
-from executor.image.reference import ImageRef
+from executor.image.reference import DOCKER_HUB, ImageRef
 from executor.options import BuildOptions
 from executor.registry.auth import RegistryAuth
-from executor.registry.client import RegistryClient
-from executor.registry.credentials import Keychain
+from executor.registry.client import PullSources, RegistryClient, RegistryHTTPError
+from executor.registry.credentials import Keychain, registry_host
 from executor.registry.transport import Transport, TransportOptions
 
 if TYPE_CHECKING:
@@ -60,7 +61,18 @@ def make_client(options: BuildOptions, keychain: Keychain | None = None) -> Regi
         client_certificates=dict(options.registry_client_certs),
     ))
     auth = RegistryAuth(keychain or Keychain.from_environment(), transport)
-    return RegistryClient(transport=transport, auth=auth)
+    return RegistryClient(transport=transport, auth=auth, pull_sources=pull_sources(options))
+
+
+def pull_sources(options: BuildOptions) -> PullSources:
+    """``--registry-mirror`` (mirrors of Docker Hub) and ``--registry-map`` as PullSources."""
+    maps: dict[str, list[str]] = {}
+    for registry, mirrors in options.registry_maps:
+        maps.setdefault(registry_host(registry), []).extend(mirrors)
+    if options.registry_mirrors:
+        maps.setdefault(DOCKER_HUB, []).extend(options.registry_mirrors)
+    return PullSources({k: tuple(v) for k, v in maps.items()},
+                       options.skip_default_registry_fallback, options.image_download_retry)
 
 
 def check_push_permissions(options: BuildOptions, client: RegistryClient) -> None:
@@ -105,7 +117,8 @@ def publish(image: BuiltImage, options: BuildOptions, client: RegistryClient) ->
         log.info("Skipping push to container registry due to --no-push flag")
     else:
         for ref in destinations:
-            push_image(client, ref, final, image.source)
+            push_image(client, ref, final, image.source, retries=options.push_retry,
+                       ignore_immutable_tag=options.push_ignore_immutable_tag_errors)
     if options.tar_path:
         from executor.image.tarball import write_docker_tarball
 
@@ -122,16 +135,48 @@ def publish(image: BuiltImage, options: BuildOptions, client: RegistryClient) ->
 
 
 def push_image(client: RegistryClient, ref: ImageRef, final: FinalImage,
-               source: ImageRef | None) -> None:
-    """Blobs first (skipping what the registry has), the manifest last."""
+               source: ImageRef | None, *, retries: int = 0,
+               ignore_immutable_tag: bool = False) -> None:
+    """Blobs first (skipping what the registry has), the manifest last.
+
+    A failed push is started again ``retries`` times (``--push-retry``), after 1 s, 2 s, 4 s...
+    (blobs already there are skipped by their ``HEAD``). With ``ignore_immutable_tag``
+    (``--push-ignore-immutable-tag-errors``) a registry refusing to move an immutable tag is
+    logged and the build goes on, as kaniko does.
+    """
     log.info("Pushing image to %s", ref)
     mount_from = (source if source is not None and source.registry == ref.registry
                   and source.repository != ref.repository else None)
-    for layer in final.layers:
-        client.push_blob(ref, layer.descriptor(), layer.path, mount_from=mount_from)
-    client.push_blob_bytes(ref, final.manifest.config, final.config_bytes)
-    client.push_manifest(ref, final.manifest_bytes, final.manifest.media_type)
+    attempt = 0
+    while True:
+        try:
+            for layer in final.layers:
+                client.push_blob(ref, layer.descriptor(), layer.path, mount_from=mount_from)
+            client.push_blob_bytes(ref, final.manifest.config, final.config_bytes)
+            client.push_manifest(ref, final.manifest_bytes, final.manifest.media_type)
+            break
+        except RegistryError as exc:
+            immutable = is_immutable_tag_error(exc)
+            if immutable and ignore_immutable_tag:
+                log.warning("Immutable tag error ignored for %s: %s", ref, exc)
+                return
+            # Retrying cannot change a refusal or an immutable tag.
+            refused = isinstance(exc, RegistryHTTPError) and exc.status in (401, 403)
+            if attempt >= retries or refused or immutable:
+                raise
+            delay = float(2 ** attempt)
+            log.warning("Push to %s failed (%s); retrying in %.0fs", ref, exc, delay)
+            client.transport.sleep(delay)
+            attempt += 1
     log.info("Pushed %s@%s", ref.name, final.digest)
+
+
+def is_immutable_tag_error(exc: RegistryError) -> bool:
+    """A registry refusing to overwrite a tag: ECR's ``TAG_INVALID`` "...repository is
+    immutable", and the same words from Artifact Registry, Harbor and others."""
+    if not isinstance(exc, RegistryHTTPError) or not str(exc).startswith("pushing manifest"):
+        return False
+    return "TAG_INVALID" in exc.codes or "immutable" in str(exc).lower()
 
 
 def _write_digest_files(options: BuildOptions, destinations: Sequence[ImageRef],

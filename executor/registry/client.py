@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
 import weakref
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 from urllib.parse import quote, urlencode, urljoin, urlsplit, urlunsplit
 
 import requests
@@ -40,6 +42,9 @@ from executor.image.model import (
 )
 from executor.image.reference import ImageRef, validate_digest
 from executor.registry.transport import Body, Transport, TransportOptions
+
+log = logging.getLogger("kiln")
+_T = TypeVar("_T")
 
 CHUNK_SIZE = 1 << 20
 #: distribution refuses manifests above 4 MiB; anything bigger is not a manifest.
@@ -76,6 +81,30 @@ class Authenticator(Protocol):
 
 
 @dataclass(frozen=True)
+class PullSources:
+    """Where base images are pulled from: kaniko's ``--registry-map`` / ``--registry-mirror``.
+
+    ``maps`` takes a registry (``docker.io`` for the Hub, whatever name it was given) to
+    mirrors tried in order; a mirror may carry a repository prefix (``mirror.io/hub``), so
+    ``docker.io/library/busybox`` becomes ``mirror.io/hub/library/busybox``.
+    """
+
+    maps: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    skip_default_fallback: bool = False
+    #: ``--image-download-retry``: how many times a failed pull is tried again.
+    retries: int = 0
+
+    def mirrors_for(self, ref: ImageRef) -> list[ImageRef]:
+        """``ref`` as found on each mirror of its registry, in order."""
+        out = []
+        for mirror in self.maps.get(ref.registry, ()):
+            registry, _, prefix = mirror.strip("/").partition("/")
+            repository = f"{prefix}/{ref.repository}" if prefix else ref.repository
+            out.append(ImageRef(registry, repository, ref.tag, ref.digest))
+        return out
+
+
+@dataclass(frozen=True)
 class ResolvedImage:
     """An image's manifest and config, pulled and verified; layers are fetched separately."""
 
@@ -93,9 +122,13 @@ class RegistryClient:
 
     def __init__(self, transport_options: TransportOptions | None = None, *,
                  transport: Transport | None = None,
-                 auth: Authenticator | None = None) -> None:
+                 auth: Authenticator | None = None,
+                 pull_sources: PullSources | None = None) -> None:
         self.transport = transport or Transport(transport_options)
         self.auth = auth
+        self.pull_sources = pull_sources or PullSources()
+        #: image name -> the mirror it was resolved from, so its blobs come from there too.
+        self._pulled_from: dict[str, ImageRef] = {}
 
     def __enter__(self) -> RegistryClient:
         return self
@@ -109,7 +142,48 @@ class RegistryClient:
     # --- pull ----------------------------------------------------------------------------------
 
     def resolve(self, ref: ImageRef, platform: Platform) -> ResolvedImage:
-        """The manifest and config of ``ref`` for ``platform`` (chosen from an index if needed)."""
+        """The manifest and config of ``ref`` for ``platform`` (chosen from an index if needed).
+
+        A base image whose registry has mirrors (``--registry-mirror``, ``--registry-map``) is
+        tried on each mirror in turn, then on its own registry unless
+        ``--skip-default-registry-fallback``; ``fetch_blob`` then reads from wherever the
+        manifest came from. Each try is repeated ``--image-download-retry`` times.
+        """
+        sources = self.pull_sources
+        for mirror in sources.mirrors_for(ref):
+            log.info("Retrieving image %s from mapped registry %s", mirror, mirror.registry)
+            try:
+                resolved = self._retrying_pull(partial(self._resolve, mirror, platform))
+            except (RegistryError, ImageError) as exc:
+                log.warning("Failed to retrieve image %s from mapped registry %s: %s. Will try "
+                            "with the next registry, or fallback to the original registry.",
+                            mirror, mirror.registry, exc)
+                continue
+            self._pulled_from[ref.name] = mirror
+            return resolved
+        if sources.mirrors_for(ref) and sources.skip_default_fallback:
+            raise RegistryError(f"pulling {ref}: image not found on any configured mapped "
+                                f"registry (--skip-default-registry-fallback)")
+        return self._retrying_pull(partial(self._resolve, ref, platform))
+
+    def _retrying_pull(self, pull: Callable[[], _T]) -> _T:
+        """``pull()``, tried again ``pull_sources.retries`` times with backoff 1 s, 2 s, ...
+
+        A refusal that cannot change (401, 403, 404) is not retried.
+        """
+        attempt = 0
+        while True:
+            try:
+                return pull()
+            except RegistryError as exc:
+                permanent = isinstance(exc, RegistryHTTPError) and exc.status in (401, 403, 404)
+                if attempt >= self.pull_sources.retries or permanent:
+                    raise
+                log.warning("Pull failed (%s), retrying", exc)
+                self.transport.sleep(float(2 ** attempt))
+                attempt += 1
+
+    def _resolve(self, ref: ImageRef, platform: Platform) -> ResolvedImage:
         body, media_type, digest = self.get_manifest(ref)
         if _is_index(body, media_type):
             index = Index.from_bytes(body, media_type)
@@ -174,6 +248,10 @@ class RegistryClient:
         digest and size match, so ``dest`` never holds a partial or corrupt blob. A download
         that breaks off is started again, up to the transport's retry count.
         """
+        ref = self._pulled_from.get(ref.name, ref)
+        self._retrying_pull(partial(self._fetch_blob, ref, descriptor, dest))
+
+    def _fetch_blob(self, ref: ImageRef, descriptor: Descriptor, dest: Path) -> None:
         operation = f"fetching blob {ref.name}@{descriptor.digest}"
         _check_descriptor(descriptor, operation)
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -368,35 +446,48 @@ class RegistryClient:
         return response
 
 
-def http_error(operation: str, response: requests.Response) -> RegistryError:
+class RegistryHTTPError(RegistryError):
+    """A registry answered, and said no: the HTTP status and distribution error codes."""
+
+    def __init__(self, message: str, *, status: int, codes: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.status = status
+        self.codes = codes
+
+
+def http_error(operation: str, response: requests.Response) -> RegistryHTTPError:
     """``OPERATION: 404 Not Found (MANIFEST_UNKNOWN: manifest unknown)``, as one line."""
     reason = response.reason or ""
     message = f"{operation}: {response.status_code} {reason}".rstrip()
     advice = _ADVICE.get(response)
     if advice:
-        return RegistryError(f"{message}: {advice}")
-    details = _error_details(response)
-    return RegistryError(f"{message} ({details})" if details else message)
+        return RegistryHTTPError(f"{message}: {advice}", status=response.status_code)
+    codes, details = _error_details(response)
+    return RegistryHTTPError(f"{message} ({details})" if details else message,
+                             status=response.status_code, codes=codes)
 
 
-def _error_details(response: requests.Response) -> str:
-    """The distribution-spec error codes and messages in a response body, if it has them."""
+def _error_details(response: requests.Response) -> tuple[tuple[str, ...], str]:
+    """The distribution-spec error codes, and codes with messages, in a response body."""
     if response.request is not None and response.request.method == "HEAD":
-        return ""
+        return (), ""
     try:
         data: Any = json.loads(_read_limited(response, 64 << 10, "reading an error"))
     except (ValueError, RegistryError, requests.RequestException):
-        return ""
+        return (), ""
     errors = data.get("errors") if isinstance(data, dict) else None
     if not isinstance(errors, list):
-        return ""
+        return (), ""
     parts = []
+    codes = []
     for error in errors:
         if not isinstance(error, dict):
             continue
         code, text = error.get("code"), error.get("message")
+        if code:
+            codes.append(str(code))
         parts.append(": ".join(str(p) for p in (code, text) if p))
-    return "; ".join(p for p in parts if p).replace("\n", " ")
+    return tuple(codes), "; ".join(p for p in parts if p).replace("\n", " ")
 
 
 def _read_limited(response: requests.Response, limit: int, operation: str) -> bytes:

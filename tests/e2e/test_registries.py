@@ -22,12 +22,12 @@ import pytest
 import requests
 
 from executor.errors import RegistryError
-from executor.image.model import OCI_CONFIG, OCI_MANIFEST, Descriptor, Platform
+from executor.image.model import OCI_CONFIG, OCI_MANIFEST, Descriptor, Manifest, Platform
 from executor.image.reference import ImageRef
 from executor.options import BuildOptions
-from executor.publish import make_client
+from executor.publish import FinalImage, make_client, push_image
 from executor.registry.auth import RegistryAuth
-from executor.registry.client import RegistryClient
+from executor.registry.client import PullSources, RegistryClient
 from executor.registry.credentials import DockerConfig, Keychain
 from executor.registry.transport import Transport, TransportOptions
 from tests.conftest import (
@@ -39,6 +39,7 @@ from tests.conftest import (
     SecureRegistry,
 )
 from tests.support.fault_proxy import Fault, FaultProxy
+from tests.support.images import push_layout
 from tests.support.kiln import run_executor, write_context
 from tests.support.registry import Registry
 from tests.support.token_issuer import TokenIssuer
@@ -514,3 +515,99 @@ def test_a_build_uses_a_credential_helper_on_path(
         env={"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"})
     assert result.exit_code == 0, result.stderr
     skopeo("inspect", *basic_registry.skopeo_args, f"docker://{dest}")
+
+
+# --- mirrors, retries, immutable tags ----------------------------------------------------------
+
+
+def final_image(image: TinyImage) -> FinalImage:
+    manifest = Manifest.from_bytes(image.manifest_bytes, OCI_MANIFEST)
+    return FinalImage(manifest, image.manifest_bytes, image.config_bytes, tuple(image.layers))
+
+
+def mapped_client(origin: str, mirrors: tuple[str, ...], *insecure: str, skip: bool = False,
+                  retries: int = 0, sleeps: list[float] | None = None) -> RegistryClient:
+    transport = Transport(TransportOptions(insecure_registries=frozenset(insecure)),
+                          sleep=(sleeps if sleeps is not None else []).append)
+    return RegistryClient(transport=transport,
+                          pull_sources=PullSources({origin: mirrors}, skip, retries))
+
+
+def test_a_mapped_registry_serves_the_manifest_and_the_blobs(
+        tmp_path: Path, registry: Registry, busybox_image: str) -> None:
+    origin = ImageRef.parse("origin.invalid/test/busybox:latest")
+    with mapped_client("origin.invalid", (registry.host,), registry.host) as client:
+        resolved = client.resolve(origin, Platform())
+        layer = resolved.manifest.layers[0]
+        client.fetch_blob(origin, layer, tmp_path / "layer")
+    assert resolved.ref.registry == registry.host
+    assert (tmp_path / "layer").stat().st_size == layer.size
+
+
+def test_a_mirror_without_the_image_falls_back_to_the_registry(
+        registry: Registry, busybox_image: str) -> None:
+    base = ImageRef.parse(busybox_image)
+    with mapped_client(registry.host, (f"{registry.host}/no-such-mirror",),
+                       registry.host) as client:
+        assert client.resolve(base, Platform()).ref == base
+
+
+def test_skip_default_registry_fallback_fails_when_no_mirror_has_the_image(
+        registry: Registry, busybox_image: str) -> None:
+    base = ImageRef.parse(busybox_image)
+    with mapped_client(registry.host, (f"{registry.host}/no-such-mirror",), registry.host,
+                       skip=True) as client, pytest.raises(RegistryError) as info:
+        client.resolve(base, Platform())
+    assert str(info.value) == (f"pulling {base}: image not found on any configured mapped "
+                               "registry (--skip-default-registry-fallback)")
+
+
+def test_image_download_retry_starts_a_failed_pull_again(proxy: FaultProxy,
+                                                          busybox_image: str) -> None:
+    # Four 503s exhaust the transport's own three retries; one more round succeeds.
+    proxy.faults.append(Fault("GET", r"/manifests/", 503, times=4))
+    base = ImageRef.parse(f"{proxy.host}/{ImageRef.parse(busybox_image).repository}:latest")
+    sleeps: list[float] = []
+    with mapped_client("none", (), proxy.host, retries=1, sleeps=sleeps) as client:
+        client.resolve(base, Platform())
+    assert sleeps[-1] == 1.0 and len(sleeps) == 4
+
+
+def test_push_retry_starts_a_failed_push_again(proxy: FaultProxy, image: TinyImage) -> None:
+    proxy.faults.append(Fault("PUT", r"/manifests/", 500, times=4))
+    ref = ImageRef.parse(f"{proxy.host}/faults/push-retry:1")
+    sleeps: list[float] = []
+    with plain_client(proxy.host, sleeps) as client:
+        push_image(client, ref, final_image(image), None, retries=1)
+    assert [s for m, p, s in proxy.seen if m == "PUT" and "/manifests/" in p] == [500] * 4 + [201]
+    assert sleeps[3] == 1.0
+
+
+IMMUTABLE = json.dumps({"errors": [{"code": "TAG_INVALID", "message": "The image tag '1' "
+                        "already exists in the 'app' repository and cannot be overwritten "
+                        "because the repository is immutable."}]}).encode()
+
+
+def test_an_immutable_tag_error_fails_the_push_unless_ignored(proxy: FaultProxy,
+                                                               image: TinyImage) -> None:
+    proxy.faults.append(Fault("PUT", r"/manifests/", 400, body=IMMUTABLE, times=2))
+    ref = ImageRef.parse(f"{proxy.host}/faults/immutable:1")
+    with plain_client(proxy.host, []) as client:
+        with pytest.raises(RegistryError, match="TAG_INVALID"):
+            push_image(client, ref, final_image(image), None, retries=3)
+        push_image(client, ref, final_image(image), None, ignore_immutable_tag=True)
+    assert [s for m, p, s in proxy.seen if m == "PUT" and "/manifests/" in p] == [400, 400]
+
+
+def test_a_build_pulls_docker_hub_images_from_a_registry_mirror(
+        tmp_path: Path, registry: Registry, busybox_layout: Path) -> None:
+    push_layout(busybox_layout, "latest", f"{registry.host}/hub-mirror/library/busybox:latest")
+    context = write_context(tmp_path / "context", "FROM busybox\nCOPY app.txt /\n",
+                            {"app.txt": "kiln\n"})
+    dest = f"{registry.host}/mirrored/app:1"
+    result = run_executor(context, tmp_path / "root", "--destination", dest,
+                          "--registry-mirror", f"{registry.host}/hub-mirror",
+                          "--skip-default-registry-fallback", "--insecure", "--insecure-pull")
+    assert result.exit_code == 0, result.stderr
+    assert f"Retrieving image {registry.host}/hub-mirror/library/busybox:latest" in result.stderr
+    assert registry.tags("mirrored/app") == ["1"]

@@ -31,6 +31,7 @@ class Fault:
     status: int
     headers: dict[str, str] = field(default_factory=dict)
     times: int = 1
+    body: bytes = b""
 
 
 @dataclass
@@ -66,8 +67,10 @@ class FaultProxy:
                     self.send_response(fault.status)
                     for key, value in fault.headers.items():
                         self.send_header(key, value)
-                    self.send_header("Content-Length", "0")
+                    self.send_header("Content-Length", str(len(fault.body)))
                     self.end_headers()
+                    if self.command != "HEAD":
+                        self.wfile.write(fault.body)
                     return
                 headers = {k: v for k, v in self.headers.items()
                            if k.lower() not in _HOP_BY_HOP}
