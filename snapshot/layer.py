@@ -99,12 +99,13 @@ def write_layer(root: Path, changes: Changes, snapshot: Snapshot, out_dir: Path,
     try:
         with open(fd, "wb", buffering=0) as raw:
             diff_id = hashlib.sha256()
-            sink = _HashingSink(raw)
+            sink = _HashingSink(raw, hashing=compression.algorithm != "none")
             with compressed_writer(cast(BinaryIO, sink), compression) as compressor:
                 for chunk in _chunks(_tar_stream(os.fspath(root), changes, snapshot)):
                     diff_id.update(chunk)
                     compressor.write(chunk)
-        digest = sink.sha256.hexdigest()
+        # Uncompressed, the file is the tar: one hash serves as both.
+        digest = (sink.sha256 if compression.algorithm != "none" else diff_id).hexdigest()
         final = out_dir / digest
         os.replace(temp, final)
     except BaseException:
@@ -118,13 +119,15 @@ def write_layer(root: Path, changes: Changes, snapshot: Snapshot, out_dir: Path,
 class _HashingSink:
     """The file end of the pipe: hashes and counts the compressed bytes as they are written."""
 
-    def __init__(self, raw: BinaryIO) -> None:
+    def __init__(self, raw: BinaryIO, *, hashing: bool = True) -> None:
         self._raw = raw
+        self._hashing = hashing
         self.sha256 = hashlib.sha256()
         self.size = 0
 
     def write(self, data: bytes) -> int:
-        self.sha256.update(data)
+        if self._hashing:
+            self.sha256.update(data)
         view = memoryview(data)
         while view:  # a raw file may write less than asked
             written = self._raw.write(view)
@@ -330,7 +333,8 @@ def _ustar(name: bytes, mode: int, uid: int, gid: int, size: int, mtime: int,
         name, b"%07o\0" % mode, b"%07o\0" % uid, b"%07o\0" % gid, b"%011o\0" % size,
         b"%011o\0" % mtime, b"        ", typeflag, linkname, b"ustar\0", b"00", b"", b"",
         b"%07o\0" % devmajor, b"%07o\0" % devminor, b"")
-    checksum = b"%06o\0 " % sum(header)
+    # The checksum field counts as eight spaces (256); past devminor the header is all NUL.
+    checksum = b"%06o\0 " % (sum(header[:148]) + 256 + sum(header[156:345]))
     return header[:148] + checksum + header[156:]
 
 

@@ -441,3 +441,33 @@ def test_umoci_applies_our_layers_to_the_same_tree(root: Path, tmp_path: Path) -
     subprocess.run(["umoci", "unpack", "--image", f"{layout}:latest", os.fspath(bundle)],
                    check=True, capture_output=True)
     assert _tree_state(bundle / "rootfs") == _tree_state(root)
+
+
+def test_memory_does_not_grow_with_the_layer(tmp_path: Path) -> None:
+    """A 256 MiB file (sparse, so quick to make) goes through in a few MiB of buffers."""
+    import sys
+
+    root = tmp_path / "root"
+    root.mkdir()
+    with open(root / "huge", "wb") as huge:
+        huge.truncate(256 << 20)
+    script = (
+        "import resource, sys\n"
+        "from pathlib import Path\n"
+        "from snapshot.compress import Compression\n"
+        "from snapshot.ignore import IgnoreList\n"
+        "from snapshot.layer import write_layer\n"
+        "from snapshot.snapshot import Snapshot, diff_snapshots, take_snapshot\n"
+        "root = Path(sys.argv[1])\n"
+        "s = take_snapshot(root, IgnoreList(root=root, paths=frozenset()))\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "blob = write_layer(root, diff_snapshots(Snapshot({}, 0), s), s, Path(sys.argv[2]),\n"
+        "                   Compression(sys.argv[3]))\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)\n"
+    )
+    for algorithm in ("gzip", "zstd"):
+        grown_kib = int(subprocess.run(
+            [sys.executable, "-c", script, os.fspath(root), os.fspath(tmp_path / algorithm),
+             algorithm], check=True, capture_output=True, text=True,
+            cwd=Path(__file__).resolve().parents[2]).stdout)
+        assert grown_kib < 48 * 1024, f"{algorithm}: grew by {grown_kib} KiB"
