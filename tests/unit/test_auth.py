@@ -263,3 +263,30 @@ def test_client_cert_flags_name_a_certificate_and_a_key() -> None:
         "reg:5000": (Path("/c.pem"), Path("/k.pem"))}
     with pytest.raises(OptionsError, match="expected REGISTRY=CERT_FILE,KEY_FILE"):
         parse_client_certs(("reg=/c.pem",))
+
+
+# --- mirrors ---------------------------------------------------------------------------------
+
+
+def test_registry_maps_and_mirrors_become_pull_sources_in_order(tmp_path: Path) -> None:
+    from executor.image.reference import ImageRef
+    from executor.options import BuildOptions, parse_registry_maps
+    from executor.publish import pull_sources
+
+    maps = parse_registry_maps(("index.docker.io=mirror.gcr.io;quay.io=q.local/cache",
+                                "quay.io=q2.local"))
+    options = BuildOptions(tmp_path, tmp_path / "Dockerfile", registry_maps=maps,
+                           registry_mirrors=("hub.local/proxy",))
+    sources = pull_sources(options)
+    assert [str(r) for r in sources.mirrors_for(ImageRef.parse("busybox"))] == [
+        "mirror.gcr.io/library/busybox:latest", "hub.local/proxy/library/busybox:latest"]
+    assert [str(r) for r in sources.mirrors_for(ImageRef.parse("quay.io/a/b:1"))] == [
+        "q.local/cache/a/b:1", "q2.local/a/b:1"]
+    assert sources.mirrors_for(ImageRef.parse("gcr.io/x/y")) == []
+
+
+def test_a_registry_map_without_a_mirror_is_refused() -> None:
+    from executor.options import parse_registry_maps
+
+    with pytest.raises(OptionsError, match="expected REGISTRY=MIRROR"):
+        parse_registry_maps(("quay.io",))
