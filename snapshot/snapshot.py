@@ -298,35 +298,46 @@ def _collect(pid: int, result_r: int) -> tuple[str | None, list[tuple[Any, ...]]
 
 def _scan_directory(dir_fd: int, rel_dir: str, ignore: IgnoreList,
                     entries: dict[str, FileEntry], pending: list[str]) -> None:
-    """The hot loop: one ``fstatat`` and one tuple per entry, nothing else when possible."""
+    """The hot loop: one ``fstatat`` and one tuple per entry, nothing else when possible.
+
+    Constants are literals and names are locals here: each global lookup in this loop costs
+    a few milliseconds per 100,000 entries.
+    """
     prefix = rel_dir + "/" if rel_dir else ""
     skip = ignore.ignored_names_in(rel_dir)
     glob = ignore.glob_at_depth(rel_dir.count("/") + 2 if rel_dir else 1)
     new = tuple.__new__
     fields = _stat_fields
-    found: dict[str, FileEntry] = {}  # committed only once the whole directory is read
-    subdirs: list[str] = []
-    with os.scandir(dir_fd) as scan:
-        for item in scan:
-            name = item.name
-            if skip and name in skip:
-                continue
-            rel = prefix + name
-            if glob is not None and glob(rel):
-                continue
-            stat = fields(item.stat(follow_symlinks=False))
-            kind = stat[0] & S_IFMT
-            if kind == S_IFREG:
-                found[rel] = new(FileEntry, (rel, *stat, None))
-            elif kind == S_IFDIR:
-                found[rel] = new(FileEntry, (rel, *stat, None))
-                subdirs.append(rel)
-            elif kind == S_IFLNK:
-                found[rel] = new(FileEntry, (rel, *stat, os.readlink(name, dir_fd=dir_fd)))
-            elif kind != S_IFSOCK:
-                found[rel] = new(FileEntry, (rel, *stat, None))
-    entries.update(found)
-    pending.extend(subdirs)
+    entry_type = FileEntry
+    readlink = os.readlink
+    subdirs_from = len(pending)
+    try:
+        with os.scandir(dir_fd) as scan:
+            for item in scan:
+                name = item.name
+                if skip and name in skip:
+                    continue
+                rel = prefix + name
+                if glob is not None and glob(rel):
+                    continue
+                stat = fields(item.stat(follow_symlinks=False))
+                kind = stat[0] & 0o170000
+                if kind == 0o100000:  # regular file
+                    entries[rel] = new(entry_type, (rel, *stat, None))
+                elif kind == 0o040000:  # directory
+                    entries[rel] = new(entry_type, (rel, *stat, None))
+                    pending.append(rel)
+                elif kind == 0o120000:  # symlink
+                    entries[rel] = new(entry_type, (rel, *stat, readlink(name, dir_fd=dir_fd)))
+                elif kind != 0o140000:  # not a socket: a device or a FIFO
+                    entries[rel] = new(entry_type, (rel, *stat, None))
+    except OSError:
+        # Undo this directory's part, for the careful pass to do again.
+        del pending[subdirs_from:]
+        depth = len(prefix)
+        for rel in [rel for rel in entries if rel.startswith(prefix) and "/" not in rel[depth:]]:
+            del entries[rel]
+        raise
 
 
 def _scan_directory_carefully(dir_fd: int, rel_dir: str, ignore: IgnoreList,

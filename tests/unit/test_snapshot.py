@@ -453,3 +453,26 @@ def test_default_workers_is_between_one_and_four() -> None:
     from snapshot.snapshot import default_workers
 
     assert 1 <= default_workers() <= 4
+
+
+def test_an_entry_vanishing_mid_walk_is_left_out_and_the_rest_kept(
+        tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from snapshot import snapshot as module
+
+    expected = dict(snap(tree).entries)
+    real = module._stat_fields
+    victim = tree / "usr/lib/libc.so"
+    victim_ino = os.lstat(victim).st_ino
+
+    def vanishing(stat: os.stat_result) -> tuple[int, ...]:
+        if stat.st_ino == victim_ino and victim.exists():
+            victim.unlink()  # gone between the listing and the lstat, as a racing rm would be
+            raise FileNotFoundError(2, "No such file or directory")
+        return real(stat)
+
+    monkeypatch.setattr(module, "_stat_fields", vanishing)
+    entries = snap(tree).entries
+    del expected["usr/lib/libc.so"]
+    assert set(entries) == set(expected)
+    assert entries["usr/lib/deep/er/file"] == expected["usr/lib/deep/er/file"]
+    assert entries["etc/passwd"] == expected["etc/passwd"]
