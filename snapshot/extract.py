@@ -49,7 +49,9 @@ _AUFS_META_PREFIX = ".wh..wh."
 _BLOCK = 512
 _ZERO_BLOCK = bytes(_BLOCK)
 _CHUNK = 1 << 20
-_MAX_EXTENDED_HEADER = 16 << 20  # a PAX or GNU long-name header; real ones are a few KiB
+# PAX and GNU long-name headers of one entry, and all global PAX headers, together; real ones
+# are a few KiB. A bound, so a hostile stream cannot make us hold gigabytes of "headers".
+_MAX_EXTENDED_HEADERS = 16 << 20
 _PATH_MAX = 4095  # bytes in a path the kernel accepts (PATH_MAX 4096 less the NUL)
 _MAX_LINKS = 40  # symlinks followed in one lookup before the kernel says ELOOP
 _SHOWN_NAME = 120  # characters of a name an error message shows
@@ -138,6 +140,7 @@ class _TarReader:
         self._pos = 0
         self._pending = 0  # data and padding of the current entry not consumed yet
         self._global_pax: dict[bytes, bytes] = {}
+        self._global_size = 0
         self._last = ""  # name of the last entry, for messages
 
     # Buffer primitives.
@@ -243,6 +246,7 @@ class _TarReader:
             self._pending = 0
         pax: dict[bytes, bytes] | None = None
         long_name = long_link = None
+        extended = 0
         while True:
             block = self._take(_BLOCK)
             if len(block) < _BLOCK:
@@ -270,8 +274,12 @@ class _TarReader:
             kind = block[156]
             if kind not in _EXTENDED:
                 break
-            if size > _MAX_EXTENDED_HEADER:
-                raise self._corrupt(f"an extended header of {size} bytes")
+            extended += size
+            if kind == _GLOBAL_PAX:
+                self._global_size += size
+            if max(extended, self._global_size) > _MAX_EXTENDED_HEADERS:
+                raise self._corrupt(f"extended headers of more than {_MAX_EXTENDED_HEADERS} "
+                                    "bytes")
             data = self._take(size + (-size % _BLOCK))
             if len(data) < size:
                 raise self._truncated()
@@ -293,8 +301,8 @@ class _TarReader:
             header = self._build(block, numbers, kind, pax, long_name, long_link)
         except _BadHeader as e:
             raise self._corrupt(str(e)) from None
-        except ValueError:  # a numeric field or PAX value that is not a number
-            raise self._corrupt("a header with a field that is not a number") from None
+        except ValueError:  # a numeric field or PAX value that is not a number, bad base64
+            raise self._corrupt("a header with a malformed field") from None
         self._last = header.name
         self._pending = header.size + (-header.size % _BLOCK)
         return header

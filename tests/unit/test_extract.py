@@ -833,3 +833,23 @@ def test_gnu_base256_numbers_are_read(world: World) -> None:
                          format=tarfile.GNU_FORMAT))
     st = os.lstat(world.root / "big-ids")
     assert (st.st_uid, st.st_gid) == (3_000_000, 2**31)
+
+
+def test_an_extended_header_claiming_a_gigabyte_is_refused_before_reading_it(
+        world: World) -> None:
+    info = tarfile.TarInfo("././@PaxHeader")
+    info.type = tarfile.XHDTYPE
+    info.size = 1 << 30
+    assert refusal(world, info.tobuf(tarfile.USTAR_FORMAT) + b"9 path=x\n",
+                   CorruptLayerError) == (
+        f"layer {LAYER}: not a valid tar stream at the first header: extended headers of more "
+        "than 16777216 bytes")
+
+
+def test_a_malformed_pax_record_is_corrupt(world: World) -> None:
+    data = _with_pax_record(layer(file("a", b"a")), b"path", b"b")
+    broken = data.replace(b"10 path=b\n", b"11 path=b\n")
+    assert broken != data
+    assert refusal(world, broken, CorruptLayerError) == (
+        f"layer {LAYER}: not a valid tar stream at the first header: a bad PAX header (record "
+        "of a wrong length)")
