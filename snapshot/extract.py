@@ -948,7 +948,8 @@ class _Extractor:
             h = self.deferred[rel]
             try:
                 # O_NOFOLLOW: the directory is opened itself, never a symlink put there since.
-                fd = os.open(self.host(rel), _OPEN_DIR)
+                # (The root is the caller's, and may be reached through a symlink of theirs.)
+                fd = os.open(self.host(rel), _OPEN_DIR if rel else _OPEN_DIR & ~os.O_NOFOLLOW)
             except OSError as e:
                 raise SnapshotError(f"layer {self.layer}: entry {show_name(h.name)} cannot be "
                                     f"applied: {e.strerror}") from None

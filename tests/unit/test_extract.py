@@ -853,3 +853,12 @@ def test_a_malformed_pax_record_is_corrupt(world: World) -> None:
     assert refusal(world, broken, CorruptLayerError) == (
         f"layer {LAYER}: not a valid tar stream at the first header: a bad PAX header (record "
         "of a wrong length)")
+
+
+def test_a_root_reached_through_the_callers_symlink_works(world: World, tmp_path: Path) -> None:
+    alias = tmp_path / "alias"
+    alias.symlink_to(world.root)
+    extract_layer(alias, io.BytesIO(layer(directory(".", mode=0o700), file("a", b"a"))),
+                  ignore=IgnoreList(root=alias, paths=frozenset()), layer_name=LAYER)
+    assert (world.root / "a").read_bytes() == b"a"
+    assert stat.S_IMODE(os.lstat(world.root).st_mode) == 0o700
