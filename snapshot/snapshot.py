@@ -266,6 +266,9 @@ def _helper_main(root_str: str, ignore: IgnoreList, units: list[str], groups: in
     """A forked helper's whole life: walk tokens, send entries (or the error), exit."""
     payload = b""
     try:
+        # The parent's handlers (kiln as PID 1 forwards SIGTERM to the build) are not ours.
+        for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
+            signal.signal(number, signal.SIG_DFL)
         found: dict[str, FileEntry] = {}
         try:
             _walk_tokens(root_str, ignore, units, groups, tokens_r, found)
