@@ -19,12 +19,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from snapshot.compress import Compression, open_decompressed
-from snapshot.extract import extract_layer
-from snapshot.ignore import IgnoreList
-from snapshot.layer import write_layer
-from snapshot.snapshot import Snapshot, diff_snapshots, take_snapshot, wait_for_clock_tick
-
 from executor.context import BuildContext
 from executor.dockerfile.parse import Instruction, parse_dockerfile, parse_text
 from executor.dockerfile.stages import BuildPlan, Stage, plan_build
@@ -39,6 +33,11 @@ from executor.options import BuildOptions
 from executor.publish import check_push_permissions, make_client, publish
 from executor.registry.client import RegistryClient
 from executor.sandbox import SANDBOX_MOUNTS, Sandbox
+from snapshot.compress import Compression, open_decompressed
+from snapshot.extract import extract_layer
+from snapshot.ignore import IgnoreList
+from snapshot.layer import write_layer
+from snapshot.snapshot import Snapshot, diff_snapshots, take_snapshot, wait_for_clock_tick
 
 log = logging.getLogger("kiln")
 
