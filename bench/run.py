@@ -66,7 +66,7 @@ def walk_diff_100k(workdir: Path, runs: int) -> list[Result]:
     walks, diffs, totals = [], [], []
     for _ in range(runs):
         started = time.perf_counter()
-        new = take_snapshot(root, ignore)
+        new = take_snapshot(root, ignore, previous=last)
         walked = time.perf_counter()
         changes = diff_snapshots(last, new)
         done = time.perf_counter()

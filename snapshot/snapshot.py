@@ -115,7 +115,8 @@ _stat_fields = attrgetter("st_mode", "st_uid", "st_gid", "st_size", "st_mtime_ns
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def take_snapshot(root: Path, ignore: IgnoreList, *, workers: int | None = None) -> Snapshot:
+def take_snapshot(root: Path, ignore: IgnoreList, *, previous: Snapshot | None = None,
+                  workers: int | None = None) -> Snapshot:
     """Walk ``root`` with ``lstat`` only (never reading a file) into a :class:`Snapshot`.
 
     Sockets are left out: an image cannot hold one, so a socket is as good as no file. A
@@ -124,6 +125,8 @@ def take_snapshot(root: Path, ignore: IgnoreList, *, workers: int | None = None)
 
     ``workers`` is how many processes share a large walk (see :func:`_walk_in_parallel`);
     None picks one per CPU this process may use, up to four; 1 walks in this process only.
+    ``previous``, the snapshot of the step before, is optional and changes no result: helper
+    processes then send back only what differs from it, which is most of their cost.
     """
     taken_ns = time.clock_gettime_ns(CLOCK_REALTIME_COARSE)
     root_str = os.fspath(root)
@@ -135,7 +138,8 @@ def take_snapshot(root: Path, ignore: IgnoreList, *, workers: int | None = None)
     gc.disable()
     try:
         if helpers > 0:
-            _walk_in_parallel(root_str, ignore, entries, helpers)
+            _walk_in_parallel(root_str, ignore, entries, helpers,
+                              previous.entries if previous is not None else {})
         else:
             _walk(root_str, ignore, entries, [""])
     finally:
@@ -194,15 +198,17 @@ _MAX_TOKENS = 4096  # 4-byte tokens: 16 KiB, which a pipe takes without blocking
 
 
 def _walk_in_parallel(root_str: str, ignore: IgnoreList, entries: dict[str, FileEntry],
-                      helpers: int) -> None:
+                      helpers: int, previous: dict[str, FileEntry]) -> None:
     """Share the walk with ``helpers`` forked processes; the kernel's lstat work runs on all CPUs.
 
     Each ``lstat`` costs more in the kernel than in Python, and threads cannot share the
     Python half (the GIL is handed over at every call), so processes do: this one walks the
     top of the tree breadth-first until there are enough directories to share, puts one
     token per group of them in a pipe, forks, and every process takes tokens until none are
-    left and walks those subtrees. Helpers send their entries back as ``marshal`` data. A helper
-    that dies leaves this process to walk the whole tree again alone: slower, never wrong.
+    left and walks those subtrees. Helpers send their entries back as ``marshal`` data: the
+    paths of entries equal to ``previous`` (which this process already holds, and the helper
+    has as a copy-on-write image) and the full entries of the others. A helper that dies
+    leaves this process to walk the whole tree again alone: slower, never wrong.
     """
     pending = [""]
     target = _UNITS_PER_WORKER * (helpers + 1)
@@ -229,21 +235,25 @@ def _walk_in_parallel(root_str: str, ignore: IgnoreList, entries: dict[str, File
             except OSError:
                 break  # no more processes to be had: walk with those there are
             if pid == 0:
-                _helper_main(root_str, ignore, units, groups, tokens_r, result_w)
+                _helper_main(root_str, ignore, units, groups, tokens_r, result_w, previous)
             os.close(result_w)
             children.append((pid, result_r))
         _walk_tokens(root_str, ignore, units, groups, tokens_r, entries)
         new = tuple.__new__
         while children:
             pid, result_r = children.pop()
-            error, found = _collect(pid, result_r)
-            if error is not None:
-                raise SnapshotError(error)
-            if found is None:  # the helper died: its share is lost, so walk it all here
+            result = _collect(pid, result_r)
+            if result is None:  # the helper died: its share is lost, so walk it all here
                 entries.clear()
                 _walk(root_str, ignore, entries, [""])
                 return
-            for values in found:
+            error, unchanged, changed = result
+            if error is not None:
+                raise SnapshotError(error)
+            if unchanged:
+                for path in unchanged.split("\0"):
+                    entries[path] = previous[path]
+            for values in changed:
                 entries[values[0]] = new(FileEntry, values)
     finally:
         os.close(tokens_r)
@@ -262,7 +272,7 @@ def _walk_tokens(root_str: str, ignore: IgnoreList, units: list[str], groups: in
 
 
 def _helper_main(root_str: str, ignore: IgnoreList, units: list[str], groups: int,
-                 tokens_r: int, result_w: int) -> NoReturn:
+                 tokens_r: int, result_w: int, previous: dict[str, FileEntry]) -> NoReturn:
     """A forked helper's whole life: walk tokens, send entries (or the error), exit."""
     payload = b""
     try:
@@ -272,9 +282,18 @@ def _helper_main(root_str: str, ignore: IgnoreList, units: list[str], groups: in
         found: dict[str, FileEntry] = {}
         try:
             _walk_tokens(root_str, ignore, units, groups, tokens_r, found)
-            payload = marshal.dumps((None, [tuple(entry) for entry in found.values()]))
+            unchanged: list[str] = []
+            changed: list[tuple[Any, ...]] = []
+            previous_get = previous.get
+            for path, entry in found.items():
+                if previous_get(path) == entry:
+                    unchanged.append(path)
+                else:
+                    changed.append(tuple(entry))  # marshal takes tuples, not subclasses
+            # A path never holds NUL, so one joined string carries them all.
+            payload = marshal.dumps((None, "\0".join(unchanged), changed))
         except SnapshotError as exc:
-            payload = marshal.dumps((str(exc), None))
+            payload = marshal.dumps((str(exc), "", []))
         view = memoryview(payload)
         while view:
             view = view[os.write(result_w, view):]
@@ -282,8 +301,8 @@ def _helper_main(root_str: str, ignore: IgnoreList, units: list[str], groups: in
         os._exit(0)  # never return into the parent's stack, never run its exit handlers
 
 
-def _collect(pid: int, result_r: int) -> tuple[str | None, list[tuple[Any, ...]] | None]:
-    """A helper's ``(error, entries)``; ``(None, None)`` when it died without a word."""
+def _collect(pid: int, result_r: int) -> tuple[str | None, str, list[tuple[Any, ...]]] | None:
+    """A helper's ``(error, unchanged paths, changed entries)``; None if it died silently."""
     chunks = []
     try:
         while chunk := os.read(result_r, 1 << 20):
@@ -293,10 +312,10 @@ def _collect(pid: int, result_r: int) -> tuple[str | None, list[tuple[Any, ...]]
         with contextlib.suppress(ChildProcessError):  # PID 1 may have reaped it already
             os.waitpid(pid, 0)
     try:
-        error, found = marshal.loads(b"".join(chunks))
+        error, unchanged, changed = marshal.loads(b"".join(chunks))
     except (EOFError, ValueError, TypeError):
-        return None, None
-    return error, found
+        return None
+    return error, unchanged, changed
 
 
 def _scan_directory(dir_fd: int, rel_dir: str, ignore: IgnoreList,

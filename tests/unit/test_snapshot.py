@@ -476,3 +476,18 @@ def test_an_entry_vanishing_mid_walk_is_left_out_and_the_rest_kept(
     assert set(entries) == set(expected)
     assert entries["usr/lib/deep/er/file"] == expected["usr/lib/deep/er/file"]
     assert entries["etc/passwd"] == expected["etc/passwd"]
+
+
+def test_a_shared_walk_given_the_previous_snapshot_sees_the_same_tree(wide: Path) -> None:
+    ignore = IgnoreList(root=wide, paths=frozenset())
+    before = take_snapshot(wide, ignore, workers=1)
+    wait_for_clock_tick(before)
+    (wide / "top2/mid39/f1").write_text("changed")
+    (wide / "top0/mid3/f0").unlink()
+    make_tree(wide, ["top1/mid20/new", "top1/fresh/x"])
+    alone = take_snapshot(wide, ignore, workers=1).entries
+    shared = take_snapshot(wide, ignore, previous=before, workers=3).entries
+    assert shared == alone
+    changes = diff_snapshots(before, take_snapshot(wide, ignore, previous=before, workers=2))
+    assert changes.deletions == ["top0/mid3/f0"]
+    assert "top2/mid39/f1" in changes.upserts and "top1/fresh/x" in changes.upserts
