@@ -23,6 +23,7 @@ import os
 import signal
 import tempfile
 import time
+import weakref
 from dataclasses import dataclass, field
 from operator import attrgetter
 from pathlib import Path
@@ -125,12 +126,16 @@ def take_snapshot(root: Path, ignore: IgnoreList, *, previous: Snapshot | None =
 
     ``workers`` is how many processes share a large walk (see :func:`_walk_in_parallel`);
     None picks one per CPU this process may use, up to four; 1 walks in this process only.
-    ``previous``, the snapshot of the step before, is optional and changes no result: helper
-    processes then send back only what differs from it, which is most of their cost.
+    ``previous``, the snapshot of the step before, changes no result: helper processes send
+    back only what differs from it, which is most of their cost. It defaults to the last
+    snapshot of the same root, while something still holds it (the build loop does).
     """
     taken_ns = time.clock_gettime_ns(CLOCK_REALTIME_COARSE)
     root_str = os.fspath(root)
     entries: dict[str, FileEntry] = {}
+    if previous is None:
+        last = _last_snapshot.get(root_str)
+        previous = last() if last is not None else None
     helpers = (default_workers() if workers is None else workers) - 1
     # The walk makes 100,000s of tuples that hold no references: the cyclic GC would only scan
     # them over and over (a tenth of the walk's time) and can never free any.
@@ -145,7 +150,13 @@ def take_snapshot(root: Path, ignore: IgnoreList, *, previous: Snapshot | None =
     finally:
         if gc_was_enabled:
             gc.enable()
-    return Snapshot(entries, taken_ns, Path(root_str))
+    snapshot = Snapshot(entries, taken_ns, Path(root_str))
+    _last_snapshot[root_str] = weakref.ref(snapshot)
+    return snapshot
+
+
+# The last snapshot of each root, held weakly: only an optimisation for the next walk.
+_last_snapshot: dict[str, weakref.ref[Snapshot]] = {}
 
 
 def default_workers() -> int:
