@@ -28,7 +28,6 @@ import contextlib
 import errno
 import hashlib
 import os
-import struct
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -68,12 +67,15 @@ _PAX_HEADER = b"x"
 _KEPT_XATTR_PREFIXES = ("user.", "trusted.")
 _KEPT_XATTRS = frozenset({"security.capability"})
 
-# name, mode, uid, gid, size, mtime, chksum, typeflag, linkname, magic, version, uname, gname,
-# devmajor, devminor, prefix (the rest of the 512 bytes is NUL padding)
-_USTAR = struct.Struct("100s8s8s8s12s12s8s1s100s6s2s32s32s8s8s155s12x")
+# A USTAR header: name 100, mode 8, uid 8, gid 8, size 12, mtime 12, checksum 8, typeflag 1,
+# linkname 100, magic "ustar\0" and version "00", uname 32, gname 32, devmajor 8, devminor 8,
+# prefix 155, padding 12. uname, gname and prefix stay empty.
+_MAGIC = b"ustar\x0000"
+_CHECKSUM_CONSTANT = 8 * ord(" ") + sum(_MAGIC)
 _MAX_OCTAL_7 = 8 ** 7
 _MAX_OCTAL_11 = 8 ** 11
-_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | getattr(os, "O_NOATIME", 0)
+_OPEN_FLAGS_ATIME = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+_OPEN_FLAGS = _OPEN_FLAGS_ATIME | getattr(os, "O_NOATIME", 0)
 
 
 @dataclass(frozen=True)
@@ -101,7 +103,7 @@ def write_layer(root: Path, changes: Changes, snapshot: Snapshot, out_dir: Path,
             diff_id = hashlib.sha256()
             sink = _HashingSink(raw, hashing=compression.algorithm != "none")
             with compressed_writer(cast(BinaryIO, sink), compression) as compressor:
-                for chunk in _chunks(_tar_stream(os.fspath(root), changes, snapshot)):
+                for chunk in _tar_chunks(os.fspath(root), changes, snapshot):
                     diff_id.update(chunk)
                     compressor.write(chunk)
         # Uncompressed, the file is the tar: one hash serves as both.
@@ -142,107 +144,127 @@ class _HashingSink:
         return True
 
 
-def _chunks(pieces: Iterator[bytes]) -> Iterator[bytes]:
-    """Gather small pieces into chunks of about CHUNK bytes; big pieces pass as they are."""
-    pending: list[bytes] = []
-    size = 0
-    for piece in pieces:
-        pending.append(piece)
-        size += len(piece)
-        if size >= CHUNK:
-            yield b"".join(pending)
-            pending.clear()
-            size = 0
-    if pending:
-        yield b"".join(pending)
-
-
-def _tar_stream(root: str, changes: Changes, snapshot: Snapshot) -> Iterator[bytes]:
-    """The tar's bytes, in pieces: entries in :func:`layer_order`, then the end marker."""
+def _tar_chunks(root: str, changes: Changes, snapshot: Snapshot) -> Iterator[bytes]:
+    """The tar's bytes in chunks of about CHUNK bytes: entries in :func:`layer_order`, then the
+    end-of-archive marker. Small pieces are gathered in a list and joined once per chunk."""
     entries = snapshot.entries
     opaque = set(changes.opaque)
     order: list[tuple[str, str, bool]] = [(layer_order(path), path, False)
                                           for path in changes.upserts]
     for path in changes.deletions:
-        parent, _, name = path.rpartition("/")
-        whiteout = f"{parent}/{WHITEOUT_PREFIX}{name}" if parent else WHITEOUT_PREFIX + name
+        parent, _, base = path.rpartition("/")
+        whiteout = f"{parent}/{WHITEOUT_PREFIX}{base}" if parent else WHITEOUT_PREFIX + base
         order.append((layer_order(whiteout), whiteout, True))
     order.sort()
     first_name: dict[tuple[int, int], bytes] = {}
+    pieces: list[bytes] = []
+    gathered = 0
     for _, path, is_whiteout in order:
+        if gathered >= CHUNK:
+            yield b"".join(pieces)
+            pieces.clear()
+            gathered = 0
         if is_whiteout:
-            yield _marker_header(path)
+            header = _marker_header(path)
+            pieces.append(header)
+            gathered += len(header)
             continue
         entry = entries.get(path)
         if entry is None:
             raise SnapshotError(f"/{path} is in the changes but not in the snapshot")
-        if os.path.basename(path).startswith(WHITEOUT_PREFIX):
+        if path.rpartition("/")[2].startswith(WHITEOUT_PREFIX):
             raise SnapshotError(f"cannot put /{path} in a layer: names starting with "
                                 f"{WHITEOUT_PREFIX!r} mean deletions in image layers")
-        yield from _entry(root, entry, first_name)
+        kind = entry.mode & S_IFMT
+        if kind == S_IFSOCK:
+            continue  # an image cannot hold a socket (and the walk leaves them out)
+        typeflag = _TYPEFLAGS.get(kind)
+        if typeflag is None:
+            raise SnapshotError(f"/{path}: unknown file type {oct(kind)}")
+        tar_name = os.fsencode(path)
+        host_path = f"{root}/{path}"
+        linkname = b""
+        if kind == S_IFDIR:
+            tar_name += b"/"
+        elif kind == S_IFLNK:
+            linkname = os.fsencode(entry.link_target or "")
+        elif entry.nlink > 1:
+            key = (entry.dev, entry.ino)
+            first = first_name.get(key)
+            if first is not None:
+                typeflag, linkname = _HARDLINK, first
+            else:
+                first_name[key] = tar_name
+        fd = _open_unchanged(host_path, entry) if typeflag == b"0" else -1
+        try:
+            # A hard link shares its inode's xattrs with the first name: written once.
+            pax = {} if typeflag == _HARDLINK else _xattr_records(fd, host_path, path)
+            major = minor = 0
+            if kind in (_S_IFCHR, _S_IFBLK):
+                major, minor = os.major(entry.rdev), os.minor(entry.rdev)
+            size = entry.size if fd >= 0 else 0
+            header = _header(tar_name, entry.mode & 0o7777, entry.uid, entry.gid, size,
+                             entry.mtime_ns, typeflag, linkname, major, minor, pax)
+            pieces.append(header)
+            gathered += len(header)
+            if size <= CHUNK:
+                if size:
+                    data = _read_exactly(fd, size, path)
+                    pieces.append(data)
+                    gathered += size
+            else:  # a big file passes through in chunks of its own
+                yield b"".join(pieces)
+                pieces.clear()
+                gathered = 0
+                left = size
+                while left:
+                    data = _read_exactly(fd, min(left, CHUNK), path)
+                    left -= len(data)
+                    yield data
+            if size % BLOCK:
+                pieces.append(_ZEROS[size % BLOCK:])
+                gathered += BLOCK - size % BLOCK
+        finally:
+            if fd >= 0:
+                os.close(fd)
         if path in opaque:
-            yield _marker_header(f"{path}/{OPAQUE_MARKER}")
-    yield _END_OF_ARCHIVE
+            header = _marker_header(f"{path}/{OPAQUE_MARKER}")
+            pieces.append(header)
+            gathered += len(header)
+    pieces.append(_END_OF_ARCHIVE)
+    yield b"".join(pieces)
 
 
-def _entry(root: str, entry: FileEntry, first_name: dict[tuple[int, int], bytes]
-           ) -> Iterator[bytes]:
-    path = entry.path
-    kind = entry.mode & S_IFMT
-    if kind == S_IFSOCK:
-        return  # an image cannot hold a socket (and the walk leaves them out)
-    typeflag = _TYPEFLAGS.get(kind)
-    if typeflag is None:
-        raise SnapshotError(f"/{path}: unknown file type {oct(kind)}")
-    name = os.fsencode(path)
-    host_path = os.path.join(root, path)
-    linkname = b""
-    size = 0
-    if kind == S_IFDIR:
-        name += b"/"
-    elif kind == S_IFLNK:
-        linkname = os.fsencode(entry.link_target or "")
-    elif entry.nlink > 1:
-        key = (entry.dev, entry.ino)
-        first = first_name.get(key)
-        if first is not None:
-            typeflag, linkname = _HARDLINK, first
-        else:
-            first_name[key] = name
-    fd = -1
-    if typeflag == b"0":
-        fd = _open_unchanged(host_path, entry)
-        size = entry.size
-    try:
-        # A hard link shares its inode's xattrs with the first name: they are written once.
-        pax = {} if typeflag == _HARDLINK else _xattr_records(fd, host_path, path)
-        major = minor = 0
-        if kind in (_S_IFCHR, _S_IFBLK):
-            major, minor = os.major(entry.rdev), os.minor(entry.rdev)
-        yield _header(name, entry.mode & 0o7777, entry.uid, entry.gid, size, entry.mtime_ns,
-                      typeflag, linkname, major, minor, pax)
-        if fd >= 0:
-            yield from _content(fd, size, path)
-    finally:
-        if fd >= 0:
-            os.close(fd)
+def _read_exactly(fd: int, size: int, path: str) -> bytes:
+    data = os.read(fd, size)
+    if len(data) == size:
+        return data
+    parts = [data]
+    left = size - len(data)
+    while left:
+        part = os.read(fd, left)
+        if not part:
+            raise SnapshotError(f"/{path} shrank while its layer was written")
+        parts.append(part)
+        left -= len(part)
+    return b"".join(parts)
 
 
-def _open_unchanged(host_path: str, entry: FileEntry) -> int:
+def _open_unchanged(host_path: str, entry: FileEntry, flags: int = -1) -> int:
     """Open a regular file the snapshot saw, refusing one that vanished or changed since."""
     try:
-        fd = os.open(host_path, _OPEN_FLAGS)
+        fd = os.open(host_path, _OPEN_FLAGS if flags < 0 else flags)
     except FileNotFoundError:
         raise SnapshotError(f"/{entry.path} vanished after the snapshot, before its layer was "
                             "written") from None
     except OSError as exc:
-        if exc.errno == errno.EPERM and _OPEN_FLAGS & getattr(os, "O_NOATIME", 0):
-            fd = os.open(host_path, _OPEN_FLAGS & ~getattr(os, "O_NOATIME", 0))  # not our file
-        elif exc.errno == errno.ELOOP:
+        if exc.errno == errno.EPERM and _OPEN_FLAGS != _OPEN_FLAGS_ATIME:
+            # O_NOATIME is only for the file's owner (or CAP_FOWNER): read it the usual way.
+            return _open_unchanged(host_path, entry, _OPEN_FLAGS_ATIME)
+        if exc.errno == errno.ELOOP:
             raise SnapshotError(f"/{entry.path} changed after the snapshot (it is now a "
                                 "symlink), before its layer was written") from None
-        else:
-            raise SnapshotError(f"cannot read /{entry.path}: {exc.strerror}") from None
+        raise SnapshotError(f"cannot read /{entry.path}: {exc.strerror}") from None
     now = os.fstat(fd)
     if (now.st_ino, now.st_dev, now.st_size, now.st_mtime_ns, now.st_ctime_ns) != (
             entry.ino, entry.dev, entry.size, entry.mtime_ns, entry.ctime_ns):
@@ -329,13 +351,15 @@ def _header(name: bytes, mode: int, uid: int, gid: int, size: int, mtime_ns: int
 
 def _ustar(name: bytes, mode: int, uid: int, gid: int, size: int, mtime: int,
            typeflag: bytes, linkname: bytes, devmajor: int, devminor: int) -> bytes:
-    header = _USTAR.pack(
-        name, b"%07o\0" % mode, b"%07o\0" % uid, b"%07o\0" % gid, b"%011o\0" % size,
-        b"%011o\0" % mtime, b"        ", typeflag, linkname, b"ustar\0", b"00", b"", b"",
-        b"%07o\0" % devmajor, b"%07o\0" % devminor, b"")
-    # The checksum field counts as eight spaces (256); past devminor the header is all NUL.
-    checksum = b"%06o\0 " % (sum(header[:148]) + 256 + sum(header[156:345]))
-    return header[:148] + checksum + header[156:]
+    """One USTAR header block (fields as Go's archive/tar writes them for PAX archives)."""
+    numbers = b"%07o\0%07o\0%07o\0%011o\0%011o\0" % (mode, uid, gid, size, mtime)
+    devices = b"%07o\0%07o\0" % (devmajor, devminor)
+    # The checksum counts the checksum field as eight spaces; NUL padding adds nothing.
+    checksum = (sum(name) + sum(numbers) + sum(typeflag) + sum(linkname) + sum(devices)
+                + _CHECKSUM_CONSTANT)
+    return b"".join((name, _ZEROS[len(name):100], numbers, b"%06o\0 " % checksum, typeflag,
+                     linkname, _ZEROS[len(linkname):100], _MAGIC, _ZEROS[:64], devices,
+                     _ZEROS[:167]))
 
 
 def _pax_header(name: bytes, size: int) -> bytes:
