@@ -165,13 +165,29 @@ def default_workers() -> int:
         cpus = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         cpus = os.cpu_count() or 1
-    try:  # cgroup v2: "max 100000" or "<quota> <period>"
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
-        if quota != "max":
-            cpus = min(cpus, max(1, -(-int(quota) // int(period))))
-    except (OSError, ValueError):
-        pass
+    quota = _cpu_quota()
+    if quota is not None:
+        cpus = min(cpus, quota)
     return max(1, min(cpus, 4))
+
+
+def _cpu_quota() -> int | None:
+    """CPUs the cgroup's CFS quota allows (rounded up), or None when there is no quota."""
+    cgroup = Path("/sys/fs/cgroup")
+    try:  # cgroup v2: "max 100000" or "<quota> <period>"
+        quota, period = (cgroup / "cpu.max").read_text().split()
+    except (OSError, ValueError):
+        try:  # cgroup v1: -1 for no quota
+            quota = (cgroup / "cpu/cpu.cfs_quota_us").read_text().strip()
+            period = (cgroup / "cpu/cpu.cfs_period_us").read_text().strip()
+        except OSError:
+            return None
+    try:
+        if quota == "max" or int(quota) <= 0:
+            return None
+        return max(1, -(-int(quota) // int(period)))
+    except (ValueError, ZeroDivisionError):
+        return None
 
 
 def _walk(root_str: str, ignore: IgnoreList, entries: dict[str, FileEntry],
