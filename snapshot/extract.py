@@ -459,6 +459,18 @@ def _pax_time_ns(value: bytes) -> int:
     return -ns if negative else ns
 
 
+def _process_umask() -> int | None:
+    """The umask, read without setting it (os.umask would, for every thread); None if unknown."""
+    try:
+        with open("/proc/self/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def _write_all(fd: int, data: memoryview | bytes) -> None:
     written = os.write(fd, data)
     while written < len(data):  # only on a short write (a full disk reports ENOSPC next)
@@ -505,6 +517,35 @@ class _Extractor:
         # Directory metadata, applied once their children are written (mtime would move).
         self.deferred: dict[str, _Header] = {}
         self.warned: set[str] = set()
+        # "Plain" directories: a file created in one gets exactly (euid, egid) as owner and
+        # mode & ~umask as mode, so fchown and fchmod to those values can be left out.
+        self.euid, self.egid = os.geteuid(), os.getegid()
+        umask = _process_umask()
+        self.keep_mode_bits = 0o7000 | (umask if umask is not None else 0o777)
+        self.plain: set[str] = {""} if umask is not None and self.is_plain_root() else set()
+
+    def is_plain_root(self) -> bool:
+        """The root's group is ours and it has no default ACL (which would replace the umask).
+
+        A file made in a directory takes the directory's group when the directory is setgid
+        (or the filesystem is mounted grpid), else the creator's: with the directory's group
+        being ours, it is ours either way. A directory made in a plain one is plain too: same
+        group, and no default ACL to inherit; so a base layer's whole tree is plain.
+        """
+        try:
+            if os.stat(self.root).st_gid != self.egid:
+                return False
+            os.getxattr(self.root, "system.posix_acl_default")
+        except OSError as e:
+            return e.errno in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP)
+        return False
+
+    def made_dir(self, rel: str) -> None:
+        """``rel`` was just made with mkdir: it is plain if its parent is."""
+        if rel.rpartition("/")[0] in self.plain:
+            self.plain.add(rel)
+        else:
+            self.plain.discard(rel)
 
     # Paths.
 
@@ -573,6 +614,7 @@ class _Extractor:
                     raise _Missing(candidate) from None
                 # A missing parent is created, as containerd does (0755, owned by us).
                 os.mkdir(host, 0o755)
+                self.made_dir(candidate)
                 self.mark_upper(candidate)
                 real = candidate
                 continue
@@ -653,7 +695,7 @@ class _Extractor:
             log.debug("layer %s: skipping ignored path %s", self.layer, rel)
             return
         if kind in (_REG, _AREG, _CONT):
-            self.write_file(rel, h)
+            self.write_file(rel, h, real_parent in self.plain)
         elif kind == _DIR:
             self.write_dir(name, rel, h)
         elif kind == _SYM:
@@ -673,6 +715,7 @@ class _Extractor:
             # layer's earlier entries included; but an ignored path inside is never deleted.
             gone = self.prune(rel, keep_top=False, spare_upper=False)
             self.forget_dirs()
+            self.plain &= {""}  # what is made again is judged again
             below = rel + "/"
             for path in [p for p in self.deferred if p == rel or p.startswith(below)]:
                 del self.deferred[path]
@@ -686,23 +729,30 @@ class _Extractor:
                 self.forget_dirs()
         return True
 
-    def write_file(self, rel: str, h: _Header) -> None:
+    def write_file(self, rel: str, h: _Header, plain_parent: bool) -> None:
         host = self.prefix + rel
+        # In a plain directory the new file already has the right owner and mode when they
+        # are ours and survive the umask: no syscall to set them again (most of a base layer).
+        chown = not plain_parent or h.uid != self.euid or h.gid != self.egid
+        chmod = not plain_parent or bool(h.mode & self.keep_mode_bits)
+        create_mode = 0o600 if chmod else h.mode
         try:
-            fd = os.open(host, _CREATE, 0o600)
+            fd = os.open(host, _CREATE, create_mode)
         except FileExistsError:
             if not self.make_room(rel, os.lstat(host)):
                 return
-            fd = os.open(host, _CREATE, 0o600)
+            fd = os.open(host, _CREATE, create_mode)
         try:
             if h.size:
                 self.reader.copy_to(fd, h.size)
             # restore_fd, inlined: this is the line every file of a layer goes through.
-            try:
-                os.fchown(fd, h.uid, h.gid)
-            except PermissionError as e:
-                self.warn_chown(rel, e)
-            os.fchmod(fd, h.mode)  # after chown, which clears setuid and setgid
+            if chown:
+                try:
+                    os.fchown(fd, h.uid, h.gid)
+                except PermissionError as e:
+                    self.warn_chown(rel, e)
+            if chmod:
+                os.fchmod(fd, h.mode)  # after chown, which clears setuid and setgid
             if h.xattrs:
                 self.restore_xattrs(fd, rel, h.xattrs)
             os.utime(fd, ns=(h.atime_ns, h.mtime_ns))
@@ -717,12 +767,14 @@ class _Extractor:
             # Owner-only until the layer ends, so a read-only mode in the tar cannot stop its
             # own children from being written (rootless); the real mode comes with the rest.
             os.mkdir(host, 0o700)
+            self.made_dir(rel)
         except FileExistsError:
             st = os.lstat(host)
             if not stat.S_ISDIR(st.st_mode):  # a directory over a directory keeps its children
                 if not self.make_room(rel, st):
                     return
                 os.mkdir(host, 0o700)
+                self.made_dir(rel)
         self.deferred[rel] = h
         self.dirs[name] = rel
         self.mark_upper(rel)
@@ -856,6 +908,7 @@ class _Extractor:
         if stat.S_ISDIR(st.st_mode):
             self.prune(rel, keep_top=opaque, spare_upper=True)
             self.forget_dirs()
+            self.plain &= {""}
         elif rel not in self.upper:
             os.unlink(self.host(rel))
             if stat.S_ISLNK(st.st_mode):

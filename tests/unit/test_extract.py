@@ -966,3 +966,59 @@ def test_the_debian_base_layer_extracts_as_gnu_tar_does(world: World, tmp_path: 
             if member.isdir():
                 path = world.root / member.name
                 assert os.lstat(path).st_mtime_ns == int(member.mtime) * 10**9, member.name
+
+
+# --- owner and mode are exact when the syscalls setting them are left out ---------------------
+
+
+def _default_acl(user: int, group: int, other: int) -> bytes:
+    """A ``system.posix_acl_default`` value: version 2, then (tag, perm, id) entries."""
+    entries = [(0x01, user), (0x04, group), (0x20, other)]  # USER_OBJ, GROUP_OBJ, OTHER
+    return (2).to_bytes(4, "little") + b"".join(
+        tag.to_bytes(2, "little") + perm.to_bytes(2, "little") + (0xFFFFFFFF).to_bytes(4, "little")
+        for tag, perm in entries)
+
+
+def test_a_default_acl_on_the_root_does_not_change_modes(world: World) -> None:
+    try:
+        os.setxattr(world.root, "system.posix_acl_default", _default_acl(7, 0, 0))
+    except OSError as e:
+        pytest.skip(f"no POSIX ACLs here: {e.strerror}")
+    extract(world, layer(file("f", b"f", mode=0o644), directory("d"),
+                         file("d/g", b"g", mode=0o755)))
+    assert stat.S_IMODE(os.lstat(world.root / "f").st_mode) == 0o644
+    assert stat.S_IMODE(os.lstat(world.root / "d/g").st_mode) == 0o755
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o000, 0o777])
+def test_modes_do_not_depend_on_the_umask(world: World, umask: int) -> None:
+    old = os.umask(umask)
+    try:
+        extract(world, layer(file("a", b"a", mode=0o644), file("b", b"b", mode=0o777),
+                             directory("d", mode=0o750), file("d/c", b"c", mode=0o600)))
+    finally:
+        os.umask(old)
+    modes = {p: stat.S_IMODE(os.lstat(world.root / p).st_mode) for p in ("a", "b", "d", "d/c")}
+    assert modes == {"a": 0o644, "b": 0o777, "d": 0o750, "d/c": 0o600}
+
+
+def test_files_under_a_setgid_directory_of_another_group_keep_their_group(
+        world: World) -> None:
+    lower = world.root / "shared"
+    lower.mkdir()
+    os.chown(lower, 0, 5)
+    lower.chmod(0o2775)
+    extract(world, layer(file("shared/f", b"f", uid=os.geteuid(), gid=os.getegid()),
+                         directory("shared/new"),
+                         file("shared/new/g", b"g", uid=os.geteuid(), gid=os.getegid())))
+    for path in ("shared/f", "shared/new/g"):
+        assert os.lstat(world.root / path).st_gid == os.getegid(), path
+
+
+def test_a_setgid_root_of_another_group_does_not_leak_its_group(world: World) -> None:
+    os.chown(world.root, 0, 5)
+    world.root.chmod(0o2755)
+    extract(world, layer(directory("d"), file("d/f", b"f", gid=os.getegid()),
+                         file("top", b"t", gid=os.getegid())))
+    assert os.lstat(world.root / "d/f").st_gid == os.getegid()
+    assert os.lstat(world.root / "top").st_gid == os.getegid()
