@@ -11,15 +11,18 @@ nanosecond), xattrs, hardlinks, FIFOs and device nodes are restored where the pr
 
 It is also a hot path (a debian base, 50,000-file layers), so the stream is parsed here rather
 than through :mod:`tarfile` (several times slower per entry), read once with a 1 MiB buffer and
-never held in memory, and verified directories are cached within the layer so that a file costs
-about the syscalls GNU tar makes for it: open, write, fchown, fchmod, futimens, close.
+never held in memory, and verified directories are cached within the layer, so that a file
+costs at most the syscalls GNU tar makes for it (open, write, fchown, fchmod, futimens, close),
+and fewer when the new file's owner and mode are already the ones the tar asks for.
 
 Why string paths and not directory fds: nothing else writes the root while a layer is applied
 (kiln is alone in its container, and RUN steps never overlap extraction), so the only adversary is
 the layer itself. Each parent directory is verified with ``lstat`` (a real directory, reached
 without leaving the root) before it is cached, the cache is dropped whenever this layer removes or
-replaces a directory or a symlink, and the final component is always created with ``O_EXCL`` /
-``O_NOFOLLOW`` or its ``*at`` equivalent, never followed.
+replaces a directory or a symlink, and the final component is never followed: it is only ever
+created (``open(O_EXCL)``, ``mkdir``, ``symlink``, ``link``, ``mknod`` all fail on anything
+already there, a dangling symlink included), after removing what was there, and its metadata is
+set through the new file's fd or with ``follow_symlinks=False``.
 """
 
 from __future__ import annotations
