@@ -23,6 +23,7 @@ import os
 import signal
 import tempfile
 import time
+import warnings
 import weakref
 from dataclasses import dataclass, field
 from operator import attrgetter
@@ -256,10 +257,17 @@ def _walk_in_parallel(root_str: str, ignore: IgnoreList, entries: dict[str, File
     children: list[tuple[int, int]] = []
     try:
         for _ in range(helpers):
+            result_r, result_w = os.pipe()
             try:
-                result_r, result_w = os.pipe()
-                pid = os.fork()
+                with warnings.catch_warnings():
+                    # Python 3.12 warns about fork() with threads alive. The helper runs only
+                    # syscalls and marshal on modules already imported, takes no lock another
+                    # thread could hold, and leaves by os._exit: the warned-of hazard is absent.
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    pid = os.fork()
             except OSError:
+                os.close(result_r)
+                os.close(result_w)
                 break  # no more processes to be had: walk with those there are
             if pid == 0:
                 _helper_main(root_str, ignore, units, groups, tokens_r, result_w, previous)
