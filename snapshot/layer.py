@@ -274,18 +274,6 @@ def _open_unchanged(host_path: str, entry: FileEntry, flags: int = -1) -> int:
     return fd
 
 
-def _content(fd: int, size: int, path: str) -> Iterator[bytes]:
-    left = size
-    while left > 0:
-        data = os.read(fd, min(left, CHUNK))
-        if not data:
-            raise SnapshotError(f"/{path} shrank while its layer was written")
-        left -= len(data)
-        yield data
-    if size % BLOCK:
-        yield _ZEROS[: BLOCK - size % BLOCK]
-
-
 def _xattr_records(fd: int, host_path: str, path: str) -> dict[str, bytes]:
     """PAX ``SCHILY.xattr.*`` records of the xattrs an image keeps, where they can be read.
 
