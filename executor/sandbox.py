@@ -21,6 +21,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from executor.errors import KilnError
+
 log = logging.getLogger("kiln")
 
 CLONE_NEWNS = 0x00020000
@@ -29,6 +31,7 @@ MS_NOSUID = 0x2
 MS_NODEV = 0x4
 MS_NOEXEC = 0x8
 MS_BIND = 0x1000
+MS_REMOUNT = 0x20
 MS_REC = 0x4000
 MS_PRIVATE = 1 << 18
 
@@ -64,7 +67,11 @@ class Sandbox:
             return created
         for name in SANDBOX_MOUNTS:
             point = self.root / name
-            if not point.is_symlink() and not point.exists():
+            if point.is_symlink() or (point.exists() and not point.is_dir()):
+                # mount(2) follows symlinks: /proc -> /etc would mount over the host's /etc.
+                raise KilnError(f"/{name} in the image is not a directory; kiln cannot mount "
+                                f"/{name} there for RUN")
+            if not point.exists():
                 point.mkdir(mode=0o755)
                 created.append(point)
         return created
@@ -142,6 +149,12 @@ def _enter_sandbox(root: str) -> None:
     # Make every mount private first, or our mounts would propagate back to the host.
     _check(libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None), "mount --make-rprivate /")
     base = root.encode()
+    # The root itself becomes nodev: a device node shipped by a hostile base image outside
+    # /dev (say /tmp/mem, char 1,1) must not open the host's device. /dev, bound on top next,
+    # keeps working.
+    _check(libc.mount(base, base, None, MS_BIND | MS_REC, None), "bind the root")
+    _check(libc.mount(None, base, None, MS_BIND | MS_REMOUNT | MS_NODEV, None),
+           "remount the root nodev")
     _check(libc.mount(b"proc", base + b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None),
            "mount proc")
     _check(libc.mount(b"/dev", base + b"/dev", None, MS_BIND | MS_REC, None), "bind /dev")

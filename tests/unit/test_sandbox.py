@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
+import pytest
+
+from executor.errors import KilnError
 from executor.sandbox import Identity, Sandbox
 from tests.support.images import make_busybox_rootfs
 
@@ -58,3 +63,21 @@ def test_background_processes_are_killed_when_the_command_ends(tmp_path: Path) -
 
     time.sleep(1.5)
     assert not (root / "late.txt").exists()
+
+
+def test_a_device_node_from_the_image_cannot_be_opened(tmp_path: Path) -> None:
+    root = make_busybox_rootfs(tmp_path / "root")
+    os.mknod(root / "tmp/null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    sandbox = Sandbox(root, in_place=False)
+    assert sandbox.run(["/bin/sh", "-c", "echo x > /tmp/null"], env=ENV, cwd="/",
+                       identity=Identity()) != 0
+    assert sandbox.run(["/bin/sh", "-c", "echo x > /dev/null"], env=ENV, cwd="/",
+                       identity=Identity()) == 0
+
+
+def test_a_mount_point_that_is_a_symlink_is_refused(tmp_path: Path) -> None:
+    root = make_busybox_rootfs(tmp_path / "root")
+    (root / "proc").rmdir()
+    (root / "proc").symlink_to("/etc")
+    with pytest.raises(KilnError, match="/proc in the image is not a directory"):
+        Sandbox(root, in_place=False).run(["/bin/true"], env=ENV, cwd="/", identity=Identity())
