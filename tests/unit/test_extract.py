@@ -27,6 +27,7 @@ from snapshot.extract import extract_layer
 from snapshot.ignore import IgnoreList
 from tests.support.images import TarEntry, debian_layer, write_oci_layout_from_layers
 from tests.support.runtime import require_tool
+from tests.support.trees import metadata_tree
 from tests.unit import hostile_layers as h
 from tests.unit.hostile_layers import (
     MTIME,
@@ -872,27 +873,6 @@ def test_a_root_reached_through_the_callers_symlink_works(world: World, tmp_path
 # --- real peers: umoci and GNU tar apply the same layers ------------------------------------
 
 
-def _metadata_tree(top: Path, *, dir_mtimes: bool = True) -> dict[str, tuple[object, ...]]:
-    """What a runtime sees below ``top``: kind, mode, owner, size, content, link, xattrs."""
-    found: dict[str, tuple[object, ...]] = {}
-    for dirpath, dirnames, filenames in os.walk(top):
-        for name in dirnames + filenames:
-            path = os.path.join(dirpath, name)
-            st = os.lstat(path)
-            content: object = None
-            if stat.S_ISREG(st.st_mode):
-                content = Path(path).read_bytes()
-            elif stat.S_ISLNK(st.st_mode):
-                content = os.readlink(path)
-            xattrs = () if stat.S_ISLNK(st.st_mode) else tuple(sorted(
-                (key, os.getxattr(path, key)) for key in os.listxattr(path)
-                if key.startswith("user.")))
-            mtime = st.st_mtime_ns if dir_mtimes or not stat.S_ISDIR(st.st_mode) else None
-            found[os.path.relpath(path, top)] = (
-                st.st_mode, st.st_uid, st.st_gid, st.st_nlink, st.st_rdev, mtime, content, xattrs)
-    return found
-
-
 @pytest.mark.e2e
 def test_layers_with_whiteouts_apply_as_umoci_applies_them(world: World, tmp_path: Path) -> None:
     require_tool("umoci", "umoci")
@@ -935,7 +915,7 @@ def test_layers_with_whiteouts_apply_as_umoci_applies_them(world: World, tmp_pat
     # umoci restores a parent directory's mtime after each change inside it; kiln applies the
     # directory's own entry after the layer. Both are exact for every directory the layers
     # name; they differ only on implicit ones, so compare directories without their mtimes.
-    assert _metadata_tree(world.root, dir_mtimes=False) == _metadata_tree(bundle,
+    assert metadata_tree(world.root, dir_mtimes=False) == metadata_tree(bundle,
                                                                            dir_mtimes=False)
 
 
@@ -961,7 +941,7 @@ def test_the_debian_base_layer_extracts_as_gnu_tar_does(world: World, tmp_path: 
     # GNU tar sets a directory's mtime when it moves past it, so a directory whose children
     # are not contiguous in the tar (perl-base/Carp/ ... Carp.pm ... Carp/Heavy.pm) ends with
     # the time of extraction; kiln sets it after the layer, as the header says.
-    assert _metadata_tree(world.root, dir_mtimes=False) == _metadata_tree(theirs,
+    assert metadata_tree(world.root, dir_mtimes=False) == metadata_tree(theirs,
                                                                            dir_mtimes=False)
     with gzip.open(layer_file, "rb") as f, tarfile.open(fileobj=f, mode="r|") as tar:
         for member in tar:
