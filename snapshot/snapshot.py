@@ -161,7 +161,9 @@ _last_snapshot: dict[str, weakref.ref[Snapshot]] = {}
 
 
 def default_workers() -> int:
-    """Processes for a walk: the CPUs this process may use (affinity, cgroup quota), <= 4."""
+    """Processes for a walk: CPUs this process may use (affinity, cgroup quota) and that are
+    idle right now, at most four. A helper on a CPU that something else is using only adds the
+    cost of sending its entries back."""
     try:
         cpus = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
@@ -169,7 +171,22 @@ def default_workers() -> int:
     quota = _cpu_quota()
     if quota is not None:
         cpus = min(cpus, quota)
+    running = _procs_running()
+    if running is not None:  # this process is one of them
+        cpus = min(cpus, (os.cpu_count() or 1) - (running - 1))
     return max(1, min(cpus, 4))
+
+
+def _procs_running() -> int | None:
+    """Runnable tasks on the machine now (``procs_running`` in /proc/stat)."""
+    try:
+        with open("/proc/stat", "rb") as stat:
+            for line in stat:
+                if line.startswith(b"procs_running "):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return None
 
 
 def _cpu_quota() -> int | None:
