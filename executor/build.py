@@ -34,6 +34,7 @@ from executor.publish import check_push_permissions, make_client, publish
 from executor.registry.client import RegistryClient
 from executor.sandbox import SANDBOX_MOUNTS, Sandbox
 from snapshot.compress import Compression, open_decompressed
+from snapshot.errors import CorruptLayerError, UnsafeLayerError
 from snapshot.extract import extract_layer
 from snapshot.ignore import IgnoreList
 from snapshot.layer import write_layer
@@ -286,11 +287,32 @@ class Builder:
             log.info("Unpacking rootfs as cmd %s requires it.",
                      stage.instructions[0].original.split("\n", 1)[0]
                      if stage.instructions else "FROM")
-            self._extract(base, self.root, self.ignore)
+            self._extract_with_retries(base)
         self.root_holds = None
         log.info("Initializing snapshotter ...")
         log.info("Taking snapshot of full filesystem...")
         return take_snapshot(self.root, self.ignore)
+
+    def _extract_with_retries(self, base: BuiltImage) -> None:
+        """Extract the base into the root, starting over on a failure when
+        ``--image-fs-extract-retry`` allows it (kaniko's flag). A layer refused as unsafe is
+        never retried; a corrupt cached blob is dropped so the retry downloads it again."""
+        attempts = 1 + self.options.image_fs_extract_retry
+        for attempt in range(1, attempts + 1):
+            try:
+                self._extract(base, self.root, self.ignore)
+                return
+            except UnsafeLayerError:
+                raise
+            except (CorruptLayerError, OSError) as exc:
+                if attempt == attempts:
+                    raise
+                log.warning("extracting the base image failed (%s); retrying (%d of %d)", exc,
+                            attempt, attempts - 1)
+                if isinstance(exc, CorruptLayerError):
+                    for layer in base.layers:
+                        layer.path.unlink(missing_ok=True)
+                clear_root(self.root, self.ignore)
 
     def _source_root(self, inst: Instruction, ref: str) -> Path:
         """A directory holding the filesystem of a stage or an image, for COPY --from."""

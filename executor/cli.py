@@ -71,6 +71,8 @@ _VERBOSITY = click.Choice(["panic", "fatal", "error", "warn", "info", "debug", "
               help="Fail when no mirror has the image instead of trying the registry itself.")
 @click.option("--image-download-retry", type=int, default=0, show_default=True,
               help="Number of retries for downloading the remote image.")
+@click.option("--image-fs-extract-retry", type=int, default=0, show_default=True,
+              help="Number of retries for extracting the base image's filesystem.")
 @click.option("--push-retry", type=int, default=0, show_default=True,
               help="Number of retries for the push operation.")
 @click.option("--push-ignore-immutable-tag-errors", is_flag=True,
@@ -192,6 +194,7 @@ def _options_from_flags(flags: dict[str, object]) -> BuildOptions:
         registry_maps=parse_registry_maps(_strs(flags["registry_maps"])),
         skip_default_registry_fallback=bool(flags["skip_default_registry_fallback"]),
         image_download_retry=int(str(flags["image_download_retry"])),
+        image_fs_extract_retry=int(str(flags["image_fs_extract_retry"])),
         push_retry=int(str(flags["push_retry"])),
         push_ignore_immutable_tag_errors=bool(flags["push_ignore_immutable_tag_errors"]),
         custom_platform=str(flags["custom_platform"]) if flags["custom_platform"] else None,

@@ -48,6 +48,7 @@ class BuildOptions:
     registry_maps: tuple[tuple[str, tuple[str, ...]], ...] = ()
     skip_default_registry_fallback: bool = False
     image_download_retry: int = 0
+    image_fs_extract_retry: int = 0
     push_retry: int = 0
     push_ignore_immutable_tag_errors: bool = False
     custom_platform: str | None = None
@@ -82,7 +83,8 @@ class BuildOptions:
         if not self.dockerfile.is_file():
             raise OptionsError(f"--dockerfile {self.dockerfile}: no such file")
         for flag, count in (("--push-retry", self.push_retry),
-                            ("--image-download-retry", self.image_download_retry)):
+                            ("--image-download-retry", self.image_download_retry),
+                            ("--image-fs-extract-retry", self.image_fs_extract_retry)):
             if count < 0:
                 raise OptionsError(f"{flag} {count}: must not be negative")
         if self.skip_default_registry_fallback and not (self.registry_mirrors
