@@ -18,11 +18,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import BinaryIO, cast
 
 from executor.context import BuildContext
 from executor.dockerfile.parse import Instruction, parse_dockerfile, parse_text
 from executor.dockerfile.stages import BuildPlan, Stage, plan_build
 from executor.errors import DockerfileError, ImageError, KilnError
+from executor.image.blob import VerifyingReader
 from executor.image.model import DOCKER_MANIFEST, ImageConfig, Layer, Platform, compression_of
 from executor.image.reference import ImageRef
 from executor.inplace import check_in_place_allowed
@@ -272,8 +274,11 @@ class Builder:
             layer = future.result()
             started = time.monotonic()
             with open(layer.path, "rb") as raw:
-                stream = open_decompressed(raw, compression_of(layer.media_type))
+                verified = VerifyingReader(raw, layer.digest)
+                stream = open_decompressed(cast(BinaryIO, verified),
+                                           compression_of(layer.media_type))
                 extract_layer(root, stream, ignore=ignore, layer_name=layer.digest)
+                verified.verify()
             log.debug("extracted %s in %.2fs", layer.digest, time.monotonic() - started)
 
     def _prepare_root(self, stage: Stage, base: BuiltImage) -> Snapshot:
