@@ -135,3 +135,11 @@ def test_crun_sees_every_change(built, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.stderr
     assert result.stdout.split() == ["now-a-file", "inside", "new", "link", "dir", "untouched",
                                      "fifo", "chardev", "setuid", "shared"]
+
+
+def test_containerd_unpacks_every_change_too(built, containerd) -> None:
+    ref, _ = built
+    result = containerd.pull_and_run(ref, ["sh", "-c", CHECK])
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.split() == ["now-a-file", "inside", "new", "link", "dir", "untouched",
+                                     "fifo", "chardev", "setuid", "shared"]

@@ -72,3 +72,11 @@ def test_the_build_logs_like_kaniko(built) -> None:
     assert any(line.startswith("INFO[") and "Taking snapshot of full filesystem..." in line
                for line in lines)
     assert any("Pushed " in line for line in lines)
+
+
+def test_containerd_pulls_and_runs_the_pushed_image(built, containerd) -> None:
+    dest, _, _ = built
+    result = containerd.pull_and_run(dest)
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "hello", "from the context", "written by RUN", "appended", "1000", "/app", "deleted"]
