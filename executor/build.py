@@ -21,14 +21,15 @@ from pathlib import Path
 from typing import BinaryIO, cast
 
 from executor.context import BuildContext
+from executor.contexts import local_context
 from executor.dockerfile.parse import Instruction, parse_dockerfile, parse_text
 from executor.dockerfile.stages import BuildPlan, Stage, plan_build
 from executor.errors import DockerfileError, ImageError, KilnError
 from executor.image.blob import VerifyingReader
 from executor.image.model import DOCKER_MANIFEST, ImageConfig, Layer, Platform, compression_of
 from executor.image.reference import ImageRef
-from executor.inplace import check_in_place_allowed
-from executor.instructions import copy, metadata, run
+from executor.inplace import check_in_place_allowed, executor_image_paths
+from executor.instructions import add, copy, metadata, run
 from executor.instructions.metadata import Step
 from executor.instructions.state import StageState
 from executor.options import BuildOptions
@@ -49,7 +50,7 @@ Handler = Callable[[StageState, Instruction], Step]
 HANDLERS: dict[str, Handler] = {
     "RUN": run.apply_run,
     "COPY": copy.apply_copy,
-    "ADD": copy.apply_add,
+    "ADD": add.apply_add,
     "ENV": metadata.apply_env,
     "ARG": metadata.apply_arg,
     "LABEL": metadata.apply_label,
@@ -92,9 +93,19 @@ class Workspace:
     def roots(self) -> Path:
         return self.kiln_dir / "roots"
 
+    @property
+    def scratch(self) -> Path:
+        """Temporary files of instructions (downloads, heredoc sources, mount copies)."""
+        return self.kiln_dir / "tmp"
+
+    @property
+    def caches(self) -> Path:
+        """``RUN --mount=type=cache`` directories, by id."""
+        return self.kiln_dir / "cache"
+
     def create(self) -> Workspace:
-        self.blobs.mkdir(parents=True, exist_ok=True)
-        self.roots.mkdir(parents=True, exist_ok=True)
+        for directory in (self.blobs, self.roots, self.scratch, self.caches):
+            directory.mkdir(parents=True, exist_ok=True)
         return self
 
 
@@ -113,6 +124,7 @@ class Builder:
     root_holds: int | None = None  # the stage whose filesystem the root holds now
     source_roots: dict[str, Path] = field(default_factory=dict)
     pulled: dict[str, BuiltImage] = field(default_factory=dict)
+    secrets: dict[str, bytes] = field(default_factory=dict)
 
     @property
     def root(self) -> Path:
@@ -153,7 +165,9 @@ class Builder:
         state = StageState(stage=stage, plan=self.plan, config=config, root=self.root,
                            context=self.context,
                            sandbox=Sandbox(self.root, in_place=self.options.in_place),
-                           created=config.data["created"], source_root=self._source_root)
+                           created=config.data["created"], source_root=self._source_root,
+                           ignore=self.ignore, scratch_dir=self.workspace.scratch,
+                           kiln_dir=self.workspace.kiln_dir, secrets=self.secrets)
         layers = list(base.layers)
         triggers = list(config.container.get("OnBuild") or [])
         config.container["OnBuild"] = None
@@ -358,6 +372,19 @@ def clear_root(root: Path, ignore: IgnoreList, rel: str = "") -> None:
             os.unlink(entry.path)
 
 
+def delete_filesystem(root: Path, ignore: IgnoreList, workspace: Workspace) -> None:
+    """``--cleanup`` in place: remove the built filesystem, on success and on failure.
+
+    What stays is what the build ignored (the executor under the kiln dir, mounts such as the
+    context and the credentials, /var/run) and the blob cache, whose files are checked against
+    their digests when read; so a second build in the same container starts from the executor
+    image alone (kaniko #2793, #2271).
+    """
+    log.info("Deleting filesystem...")
+    clear_root(root, ignore)
+    shutil.rmtree(workspace.roots, ignore_errors=True)
+
+
 def _media_type(compression: str) -> str:
     from executor.image import model
 
@@ -386,17 +413,25 @@ def run_build(options: BuildOptions) -> str:
     """Build the image ``options`` describe and publish it; returns the manifest digest."""
     if options.in_place:
         check_in_place_allowed(options.kaniko_dir, options.force)
+    with local_context(options) as local:  # git, tarball, bucket: fetched into the kiln dir
+        return _build(local)
+
+
+def _build(options: BuildOptions) -> str:
     dockerfile = parse_dockerfile(options.dockerfile)
     platform = Platform.parse(options.custom_platform) if options.custom_platform else Platform()
     plan = plan_build(dockerfile, options.build_args, options.target, platform)
     context = BuildContext.load(options.context, options.dockerfile)
     created_root = not options.in_place and not options.root.exists()
     options.root.mkdir(parents=True, exist_ok=True)
+    ignore: IgnoreList | None = None
     try:
         with _workspace(options) as workspace:
             extra = list(options.ignore_paths)
             if not options.in_place:
                 extra += [f"/{name}" for name in SANDBOX_MOUNTS]
+            else:
+                extra += executor_image_paths(options.root)
             ignore = IgnoreList.for_build(options.root, kiln_dir=workspace.kiln_dir,
                                           extra=extra, ignore_var_run=options.ignore_var_run)
             client = make_client(options)
@@ -407,5 +442,7 @@ def run_build(options: BuildOptions) -> str:
     except KilnError:
         raise
     finally:
+        if options.cleanup and options.in_place and ignore is not None:
+            delete_filesystem(options.root, ignore, Workspace(options.kaniko_dir))
         if created_root and options.cleanup:
             shutil.rmtree(options.root, ignore_errors=True)

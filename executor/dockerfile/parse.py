@@ -70,17 +70,35 @@ class Instruction:
     def error(self, message: str) -> DockerfileError:
         return DockerfileError(str(self.location), message)
 
-    def flag_values(self, allowed: tuple[str, ...]) -> dict[str, str]:
-        """The flags as ``{name: value}``; an unknown flag is an error, as in BuildKit."""
+    def flag_values(self, allowed: tuple[str, ...],
+                    repeatable: tuple[str, ...] = ()) -> dict[str, str]:
+        """The flags as ``{name: value}``; an unknown flag is an error, as in BuildKit.
+
+        A flag named in ``repeatable`` may be given several times (read them with
+        :meth:`flag_list`); any other flag given twice is an error, as in BuildKit.
+        """
         values: dict[str, str] = {}
+        for name, value in self.flag_list(allowed):
+            if name in values and name not in repeatable:
+                raise self.error(f"duplicate flag specified: --{name}")
+            values[name] = value
+        return values
+
+    def flag_list(self, allowed: tuple[str, ...]) -> list[tuple[str, str]]:
+        """Every flag as ``(name, value)`` in order, repeated ones included."""
+        out: list[tuple[str, str]] = []
         for flag in self.flags:
             name, eq, value = flag[2:].partition("=")
             if name not in allowed:
                 raise self.error(f"unknown flag: --{name} for {self.kind}")
-            if not eq and name not in ("link", "parents"):
+            if not eq and name not in _BOOLEAN_FLAGS:
                 raise self.error(f"flag --{name} for {self.kind} needs a value")
-            values[name] = value if eq else "true"
-        return values
+            out.append((name, value if eq else "true"))
+        return out
+
+
+# Flags that may be given bare (``--link`` means ``--link=true``).
+_BOOLEAN_FLAGS = frozenset({"link", "parents", "keep-git-dir", "unpack"})
 
 
 @dataclass(frozen=True)

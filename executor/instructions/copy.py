@@ -1,86 +1,252 @@
-"""COPY and ADD of local files: Docker's source and destination rules, owners and modes.
+"""COPY (and ADD's local part): Docker's source and destination rules, owners and modes.
 
 The rules BuildKit applies, in one place: a directory source copies its contents; several
 sources need a destination ending in ``/``; a relative destination is under WORKDIR; files are
 owned by root unless ``--chown`` says otherwise (kaniko #2921 kept the context's owners);
-permission bits and mtimes come from the source unless ``--chmod``; parent directories that
-COPY creates get ``--chown``'s owner (kaniko #1524); symlinks inside a copied tree stay links.
+permission bits and mtimes come from the source unless ``--chmod`` (octal, or symbolic such as
+``u+x,g-w``, applied to each file's own mode); parent directories that COPY creates get
+``--chown``'s owner (kaniko #1524); symlinks inside a copied tree stay links.
+
+``--parents`` keeps each source's path (below a ``/./`` pivot, if any) under the destination;
+``--exclude`` leaves out paths matching a ``.dockerignore``-style pattern, matched against the
+path relative to the context (or the ``--from`` root) and relative to the copied directory.
+
+``--link``: BuildKit copies into an empty layer that is later laid over the image, so for a
+single-platform build the result equals a plain COPY, except where the destination path passes
+through a symlink in the image: BuildKit's layer then holds a real directory that replaces the
+link when the image is unpacked (``COPY --link f /bin/`` on a usr-merged image replaces
+``/bin -> usr/bin``). kiln refuses that case with an error instead of building a broken image,
+and otherwise treats ``--link`` as COPY.
 """
 
 from __future__ import annotations
 
+import fnmatch
+import glob
 import os
+import posixpath
+import re
 import shutil
 import stat
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from executor.context import DockerIgnore
 from executor.dockerfile.parse import Instruction
 from executor.errors import ContextError
+from executor.instructions import archive
 from executor.instructions.metadata import Step
 from executor.instructions.state import StageState
 from executor.passwd import UnknownUserError, lookup_group, lookup_user
+from snapshot.errors import SnapshotError
 from snapshot.rootpath import resolve_in_root
 
-_COPY_FLAGS = ("from", "chown", "chmod", "link", "parents", "exclude")
-_NOT_YET = ("link", "parents", "exclude")
+COPY_FLAGS = ("from", "chown", "chmod", "link", "parents", "exclude")
+
+
+@dataclass(frozen=True)
+class Chmod:
+    """A ``--chmod`` value: octal bits, or symbolic clauses applied to each file's mode."""
+
+    text: str
+    octal: int | None
+    clauses: tuple[tuple[str, str, str], ...] = ()  # (who, op, perms)
+
+    @classmethod
+    def parse(cls, text: str) -> Chmod:
+        """Parse ``0755`` or ``u+x,g-w,o=r``; ValueError for anything else."""
+        if re.fullmatch(r"[0-7]{1,4}", text):
+            return cls(text, int(text, 8))
+        clauses: list[tuple[str, str, str]] = []
+        for clause in text.split(","):
+            match = _CLAUSE.fullmatch(clause)
+            if not match:
+                raise ValueError(text)
+            who = match.group(1) or "a"
+            for op, perms in _ACTION.findall(match.group(2)):
+                clauses.append((who, op, perms))
+        return cls(text, None, tuple(clauses))
+
+    def apply(self, mode: int, is_dir: bool) -> int:
+        """The permission bits for a file whose current bits are ``mode``."""
+        if self.octal is not None:
+            return self.octal
+        mode = stat.S_IMODE(mode)
+        for who, op, perms in self.clauses:
+            mask = 0
+            for w in who:
+                mask |= _WHO[w]
+            bits = 0
+            for p in perms:
+                if p == "X":
+                    if is_dir or mode & 0o111:
+                        bits |= 0o111
+                else:
+                    bits |= _PERM[p]
+            bits &= mask
+            if op == "+":
+                mode |= bits
+            elif op == "-":
+                mode &= ~bits
+            else:
+                mode = (mode & ~mask) | bits
+        return mode
+
+
+_CLAUSE = re.compile(r"([ugoa]*)((?:[-+=][rwxXst]*)+)")
+_ACTION = re.compile(r"([-+=])([rwxXst]*)")
+_WHO = {"u": 0o4700, "g": 0o2070, "o": 0o1007, "a": 0o7777}
+_PERM = {"r": 0o444, "w": 0o222, "x": 0o111, "s": 0o6000, "t": 0o1000}
 
 
 @dataclass(frozen=True)
 class Ownership:
-    """Owner and mode applied to what COPY writes (None: keep the default / the source's)."""
+    """Owner and mode applied to what COPY writes (chmod None: keep the source's bits)."""
 
     uid: int = 0
     gid: int = 0
-    chmod: int | None = None
+    chmod: Chmod | None = None
+
+    def mode_for(self, info: os.stat_result) -> int:
+        if self.chmod is None:
+            return stat.S_IMODE(info.st_mode)
+        return self.chmod.apply(info.st_mode, stat.S_ISDIR(info.st_mode))
 
 
-def apply_copy(state: StageState, inst: Instruction) -> Step:
-    flags = inst.flag_values(_COPY_FLAGS)
-    for name in _NOT_YET:
-        if name in flags:
-            raise inst.error(f"{inst.kind} --{name} is not supported yet")
+@dataclass(frozen=True)
+class Source:
+    """One thing to copy: a file or directory on this machine, and how to treat it.
+
+    ``context_rel`` is the path in the build context (``.dockerignore`` applies below it), or
+    None for other sources; ``keep_rel`` is the path ``--parents`` keeps under the
+    destination; ``unpack`` is set for an ADD archive that is extracted, not copied.
+    """
+
+    host: Path
+    rel: str
+    context_rel: str | None = None
+    keep_rel: str | None = None
+    unpack: bool = False
+
+
+@dataclass
+class CopyRequest:
+    """A COPY or ADD line with its words expanded and its flags read."""
+
+    sources: list[str]
+    dest: str
+    owner: Ownership
+    from_ref: str | None
+    parents: bool
+    link: bool
+    excludes: DockerIgnore
+    flags: dict[str, str] = field(default_factory=dict)
+
+
+def read_request(state: StageState, inst: Instruction, allowed: tuple[str, ...]) -> CopyRequest:
+    """Expand the words of a COPY/ADD line and check its flags."""
+    flags = inst.flag_values(allowed, repeatable=("exclude",))
     args = [a if a.startswith("<<") else state.expand(inst, a) for a in inst.args]
     if len(args) < 2:
         raise inst.error(f"{inst.kind} requires at least two arguments, but got {len(args)}")
     *sources, dest_raw = args
-    owner = _ownership(state, inst, flags)
-    dest = state.absolute(dest_raw)
-    with tempfile.TemporaryDirectory(prefix="kiln-heredoc-") as scratch:
-        found = _collect_sources(state, inst, flags, sources, Path(scratch))
-        if len(found) > 1 and not dest.endswith("/"):
+    excludes = [state.expand(inst, value) for name, value in inst.flag_list(allowed)
+                if name == "exclude"]
+    return CopyRequest(
+        sources=sources,
+        dest=state.absolute(dest_raw),
+        owner=_ownership(state, inst, flags),
+        from_ref=state.expand(inst, flags["from"]) if "from" in flags else None,
+        parents=_boolean(inst, flags, "parents"),
+        link=_boolean(inst, flags, "link"),
+        excludes=DockerIgnore.from_text("\n".join(excludes)),
+        flags=flags,
+    )
+
+
+def _boolean(inst: Instruction, flags: dict[str, str], name: str) -> bool:
+    value = flags.get(name, "false").lower()
+    if value not in ("true", "false", "1", "0"):
+        raise inst.error(f"invalid value {flags[name]!r} for --{name}: expected true or false")
+    return value in ("true", "1")
+
+
+def apply_copy(state: StageState, inst: Instruction) -> Step:
+    request = read_request(state, inst, COPY_FLAGS)
+    with tempfile.TemporaryDirectory(prefix="kiln-copy-", dir=state.scratch_dir) as scratch:
+        found: list[Source] = []
+        for source in request.sources:
+            found.extend(collect_sources(state, inst, request, source, Path(scratch)))
+        place_sources(state, inst, request, found)
+    return Step(history_line(inst), touches_fs=True)
+
+
+def history_line(inst: Instruction) -> str:
+    return f"{inst.original.rstrip()} # buildkit".split("\n", 1)[0]
+
+
+def place_sources(state: StageState, inst: Instruction, request: CopyRequest,
+                  found: list[Source]) -> None:
+    """Copy (or extract) every source to the destination, by Docker's rules."""
+    dest = request.dest
+    if (len(found) > 1 or request.parents) and not dest.endswith("/"):
+        if len(found) > 1:
             raise inst.error(f"When using {inst.kind} with more than one source file, the "
                              "destination must be a directory and end with a /")
-        for rel, host, check_ignore in found:
-            _copy_source(state, rel if check_ignore else None, host, dest, owner)
-    return Step(f"{inst.original.rstrip()} # buildkit".split("\n", 1)[0], touches_fs=True)
+        dest += "/"
+    if request.link:
+        _check_link_destination(state, inst, dest)
+    for source in found:
+        target = dest
+        if request.parents and source.keep_rel:
+            keep = source.keep_rel
+            if source.host.is_dir() and not source.host.is_symlink():
+                target = dest.rstrip("/") + "/" + keep + "/"
+            else:
+                parent = posixpath.dirname(keep)
+                target = dest.rstrip("/") + ("/" + parent if parent else "") + "/"
+        try:
+            if source.unpack:
+                directory = _ensure_dir(state, target.rstrip("/") or "/", request.owner)
+                archive.extract_archive(source.host, directory,
+                                        _SubIgnore(state, directory))
+            else:
+                _copy_source(state, inst, request, source, target)
+        except ContextError as exc:
+            raise inst.error(str(exc)) from None
 
 
-def apply_add(state: StageState, inst: Instruction) -> Step:
-    """ADD of local files and directories; URLs and archive extraction come later."""
-    flags = inst.flag_values((*_COPY_FLAGS, "checksum", "keep-git-dir", "unpack"))
-    for arg in inst.args[:-1]:
-        value = state.expand(inst, arg)
-        if "://" in value or value.startswith("git@"):
-            raise inst.error(f"ADD from a URL ({value}) is not supported yet")
-        if not flags.get("from") and _is_archive(state, value):
-            raise inst.error(f"ADD of the archive {value} (auto-extraction) is not supported "
-                             "yet; use COPY and RUN tar")
-    for name in ("checksum", "keep-git-dir", "unpack"):
-        if name in flags:
-            raise inst.error(f"ADD --{name} is not supported yet")
-    return apply_copy(state, inst)
+@dataclass(frozen=True)
+class _SubIgnore:
+    """The build's ignore list seen from a directory inside the root."""
+
+    state: StageState
+    directory: Path
+
+    def is_ignored(self, rel: str) -> bool:
+        if self.state.ignore is None:
+            return False
+        prefix = os.path.relpath(self.directory, self.state.root)
+        path = rel if prefix == "." else f"{prefix}/{rel}"
+        return self.state.ignore.is_ignored(path)
 
 
-def _is_archive(state: StageState, source: str) -> bool:
-    path = state.context.root / source.lstrip("/")
-    if not path.is_file():
-        return False
-    with open(path, "rb") as handle:
-        head = handle.read(262)
-    return (head[:2] == b"\x1f\x8b" or head[:3] == b"BZh" or head[:6] == b"\xfd7zXZ\x00"
-            or head[:4] == b"\x28\xb5\x2f\xfd" or head[257:262] == b"ustar")
+def _check_link_destination(state: StageState, inst: Instruction, dest: str) -> None:
+    """``--link`` must not pass through a symlink of the image (see the module docstring)."""
+    parts = [p for p in dest.split("/") if p]
+    if not dest.endswith("/"):
+        parts = parts[:-1]
+    current = state.root
+    for part in parts:
+        current = current / part
+        if current.is_symlink():
+            shown = "/" + str(current.relative_to(state.root))
+            raise inst.error(f"{inst.kind} --link: the destination passes through {shown}, a "
+                             "symlink in the image; BuildKit would replace the link with a "
+                             f"directory. Use {inst.kind} without --link")
+        if not current.exists():
+            return
 
 
 def _ownership(state: StageState, inst: Instruction, flags: dict[str, str]) -> Ownership:
@@ -103,63 +269,128 @@ def _ownership(state: StageState, inst: Instruction, flags: dict[str, str]) -> O
                 gid = uid
         except UnknownUserError as exc:
             raise inst.error(str(exc)) from None
-    mode = None
+    chmod = None
     if "chmod" in flags:
+        text = state.expand(inst, flags["chmod"])
         try:
-            mode = int(flags["chmod"], 8)
+            chmod = Chmod.parse(text)
         except ValueError:
-            raise inst.error(f"invalid --chmod value {flags['chmod']!r}: expected octal "
-                             "permissions such as 0755") from None
-        if mode > 0o7777:
-            raise inst.error(f"invalid --chmod value {flags['chmod']!r}")
-    return Ownership(uid, gid, mode)
+            raise inst.error(f"invalid --chmod value {text!r}: expected octal permissions "
+                             "such as 0755 or symbolic ones such as u+x,g-w") from None
+        if chmod.octal is not None and chmod.octal > 0o7777:
+            raise inst.error(f"invalid --chmod value {text!r}")
+    return Ownership(uid, gid, chmod)
 
 
-def _collect_sources(state: StageState, inst: Instruction, flags: dict[str, str],
-                     sources: list[str], scratch: Path) -> list[tuple[str, Path, bool]]:
-    """(relative path, host path, apply .dockerignore below it) for every source."""
-    heredocs = {h.name: h for h in inst.heredocs}
-    found: list[tuple[str, Path, bool]] = []
-    for source in sources:
-        if source.startswith("<<"):
-            name = source.lstrip("<-").strip("'\"")
-            doc = heredocs.get(name)
-            if doc is None:
-                raise inst.error(f"heredoc {source} has no body")
-            path = scratch / name
-            path.write_text(doc.content)
-            path.chmod(0o644)
-            found.append((name, path, False))
-        elif "from" in flags:
-            if state.source_root is None:
-                raise inst.error("COPY --from is not available here")
-            other = state.source_root(inst, state.expand(inst, flags["from"]))
-            host = resolve_in_root(other, source)
-            if not os.path.lexists(host):
-                raise inst.error(f"COPY --from={flags['from']}: {source}: no such file or "
-                                 "directory")
-            found.append((source, host, False))
-        else:
+def collect_sources(state: StageState, inst: Instruction, request: CopyRequest, source: str,
+                    scratch: Path) -> list[Source]:
+    """The files and directories one source word names (a heredoc, a --from path or glob, or
+    a context path or glob)."""
+    if source.startswith("<<"):
+        heredocs = {h.name: h for h in inst.heredocs}
+        name = source.lstrip("<-").strip("'\"")
+        doc = heredocs.get(name)
+        if doc is None:
+            raise inst.error(f"heredoc {source} has no body")
+        path = scratch / name
+        path.write_text(doc.content)
+        path.chmod(0o644)
+        return [Source(path, name, keep_rel=name)]
+    base, pattern = _pivot(source)
+    if request.from_ref is not None:
+        if state.source_root is None:
+            raise inst.error(f"{inst.kind} --from is not available here")
+        other = state.source_root(inst, request.from_ref)
+        matches = _glob_in_root(other, pattern)
+        if not matches:
+            raise inst.error(f"{inst.kind} --from={request.from_ref}: {source}: no such file "
+                             "or directory")
+        return [Source(resolve_in_root(other, rel), rel,
+                       keep_rel=_keep(rel, base)) for rel in matches
+                if not _excluded(request, rel, None)]
+    try:
+        found = state.context.sources(pattern, str(inst.location))
+    except ContextError as exc:
+        raise inst.error(str(exc).split(": ", 1)[1]) from None
+    return [Source(host, rel, context_rel=rel, keep_rel=_keep(rel, base))
+            for rel, host in found if not _excluded(request, rel, None)]
+
+
+def _pivot(source: str) -> tuple[str, str]:
+    """``src/./pkg/x`` -> (``src``, ``src/pkg/x``): --parents keeps what follows the pivot."""
+    if "/./" in source:
+        base, rest = source.split("/./", 1)
+        return posixpath.normpath(base.lstrip("/")) if base.strip("/") else "", \
+            f"{base}/{rest}"
+    return "", source
+
+
+def _keep(rel: str, base: str) -> str:
+    rel = posixpath.normpath(rel.lstrip("/"))
+    if rel == ".":
+        return ""
+    if base and base != "." and (rel == base or rel.startswith(base + "/")):
+        return rel[len(base):].lstrip("/")
+    return rel
+
+
+def _excluded(request: CopyRequest, rel: str, inner: str | None) -> bool:
+    """--exclude: ``rel`` is context-relative; ``inner`` is relative to a copied directory."""
+    if not request.excludes.patterns:
+        return False
+    rel = posixpath.normpath(rel.lstrip("/"))
+    return request.excludes.excluded(rel) or (
+        inner is not None and request.excludes.excluded(inner))
+
+
+def _glob_in_root(root: Path, pattern: str) -> list[str]:
+    """Paths under ``root`` matching ``pattern``, every symlink resolved inside ``root``."""
+    parts = [p for p in posixpath.normpath("/" + pattern).split("/") if p]
+    if not glob.has_magic(pattern):
+        rel = "/".join(parts)
+        return [rel] if os.path.lexists(resolve_in_root(root, rel)) else []
+    current = [""]
+    for index, part in enumerate(parts):
+        last = index == len(parts) - 1
+        following: list[str] = []
+        for prefix in current:
+            if not glob.has_magic(part):
+                candidate = f"{prefix}/{part}" if prefix else part
+                if os.path.lexists(resolve_in_root(root, candidate, follow_final=not last)):
+                    following.append(candidate)
+                continue
+            directory = resolve_in_root(root, prefix)
             try:
-                found.extend((rel, host, True) for rel, host in
-                             state.context.sources(source, str(inst.location)))
-            except ContextError as exc:
-                raise inst.error(str(exc).split(": ", 1)[1]) from None
-    return found
+                names = sorted(os.listdir(directory))
+            except (NotADirectoryError, FileNotFoundError):
+                continue
+            following.extend(f"{prefix}/{n}" if prefix else n
+                             for n in fnmatch.filter(names, part))
+        current = following
+    return current
 
 
-def _copy_source(state: StageState, context_rel: str | None, host: Path, dest: str,
-                 owner: Ownership) -> None:
+def _copy_source(state: StageState, inst: Instruction, request: CopyRequest, source: Source,
+                 dest: str) -> None:
+    host = source.host
     info = os.stat(host)  # the named source itself is followed, as BuildKit follows it
+    owner = request.owner
     if stat.S_ISDIR(info.st_mode):
         target = _ensure_dir(state, dest.rstrip("/") or "/", owner)
-        _copy_tree(state, context_rel, host, target, owner)
+        _copy_tree(state, request, source, target)
         return
-    into_dir = dest.endswith("/") or resolve_in_root(state.root, dest).is_dir()
+    into_dir = dest.endswith("/") or _is_dir_in_root(state, dest)
     path = (dest.rstrip("/") + "/" + host.name) if into_dir else dest
     parent, name = path.rsplit("/", 1)
     directory = _ensure_dir(state, parent or "/", owner)
     _copy_file(host, directory / name, info, owner)
+
+
+def _is_dir_in_root(state: StageState, path: str) -> bool:
+    try:
+        return resolve_in_root(state.root, path).is_dir()
+    except SnapshotError:
+        return False
 
 
 def _ensure_dir(state: StageState, path: str, owner: Ownership) -> Path:
@@ -180,13 +411,15 @@ def _ensure_dir(state: StageState, path: str, owner: Ownership) -> Path:
     return target
 
 
-def _copy_tree(state: StageState, context_rel: str | None, src: Path, dst: Path,
-               owner: Ownership) -> None:
-    """Copy the contents of ``src`` into the directory ``dst`` (not following symlinks).
+def _copy_tree(state: StageState, request: CopyRequest, source: Source, dst: Path) -> None:
+    """Copy the contents of ``source`` into the directory ``dst`` (not following symlinks).
 
     ``dst`` itself keeps its metadata (kaniko #550 changed /tmp's mode on ``COPY dir /tmp``);
     directory metadata is applied last, so copying children does not disturb their mtimes.
     """
+    owner = request.owner
+    src = source.host
+    context_rel = source.context_rel
     directories: list[tuple[Path, os.stat_result]] = []
     for dirpath, dirnames, filenames in os.walk(src):
         base = Path(dirpath)
@@ -194,8 +427,11 @@ def _copy_tree(state: StageState, context_rel: str | None, src: Path, dst: Path,
         out_dir = dst / rel_dir
         for name in sorted(dirnames + filenames):
             rel = (rel_dir / name).as_posix()
-            if context_rel is not None and state.context.ignore.excluded(
-                    _context_path(context_rel, rel)):
+            skip = (context_rel is not None
+                    and state.context.ignore.excluded(_context_path(context_rel, rel)))
+            if not skip and request.excludes.patterns:
+                skip = _excluded(request, _context_path(source.rel, rel), rel)
+            if skip:
                 if name in dirnames:
                     dirnames.remove(name)
                 continue
@@ -215,7 +451,7 @@ def _copy_tree(state: StageState, context_rel: str | None, src: Path, dst: Path,
 
 
 def _context_path(context_rel: str, rel: str) -> str:
-    return rel if context_rel in ("", ".") else f"{context_rel}/{rel}"
+    return rel if context_rel in ("", ".") else f"{context_rel.strip('/')}/{rel}"
 
 
 def _copy_file(src: Path, target: Path, info: os.stat_result, owner: Ownership) -> None:
@@ -230,7 +466,7 @@ def _copy_file(src: Path, target: Path, info: os.stat_result, owner: Ownership) 
         with open(src, "rb") as reader, open(target, "xb") as writer:
             shutil.copyfileobj(reader, writer, 1 << 20)
     else:
-        raise ContextError(f"{src}: cannot copy a special file (device, FIFO or socket)")
+        raise ContextError(f"{src.name}: cannot copy a special file (device, FIFO or socket)")
     _apply_metadata(target, info, owner)
 
 
@@ -238,5 +474,5 @@ def _apply_metadata(target: Path, info: os.stat_result, owner: Ownership) -> Non
     os.lchown(target, owner.uid, owner.gid)
     if not stat.S_ISLNK(info.st_mode):
         # chown clears setuid bits, so the mode goes on after it.
-        os.chmod(target, owner.chmod if owner.chmod is not None else stat.S_IMODE(info.st_mode))
+        os.chmod(target, owner.mode_for(info))
     os.utime(target, ns=(info.st_atime_ns, info.st_mtime_ns), follow_symlinks=False)

@@ -18,6 +18,7 @@ from executor.dockerfile.parse import Instruction
 from executor.dockerfile.stages import BuildPlan, Stage
 from executor.image.model import ImageConfig
 from executor.sandbox import Sandbox
+from snapshot.extract import Ignores
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_SHELL = ("/bin/sh", "-c")
@@ -38,6 +39,14 @@ class StageState:
     cmd_set: bool = False
     # Returns a directory holding the filesystem of a stage or image, for COPY --from.
     source_root: Callable[[Instruction, str], Path] | None = None
+    # Paths never written (the build's ignore list); None in unit tests.
+    ignore: Ignores | None = None
+    # Where instructions keep temporary files: never inside the root (in place, /tmp is in it).
+    scratch_dir: Path | None = None
+    # kiln's state directory: RUN --mount=type=cache keeps its caches under it.
+    kiln_dir: Path | None = None
+    # --secret values by id: a RUN --mount=type=secret reads them, no layer ever holds them.
+    secrets: Mapping[str, bytes] = field(default_factory=dict)
 
     @property
     def escape(self) -> str:
