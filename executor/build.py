@@ -23,7 +23,7 @@ from typing import BinaryIO, cast
 from executor.context import BuildContext
 from executor.contexts import local_context
 from executor.dockerfile.parse import Instruction, parse_dockerfile, parse_text
-from executor.dockerfile.stages import BuildPlan, Stage, plan_build
+from executor.dockerfile.stages import BuildPlan, Stage, plan_build, stage_references
 from executor.errors import DockerfileError, ImageError, KilnError
 from executor.image.blob import VerifyingReader
 from executor.image.model import DOCKER_MANIFEST, ImageConfig, Layer, Platform, compression_of
@@ -125,6 +125,7 @@ class Builder:
     source_roots: dict[str, Path] = field(default_factory=dict)
     pulled: dict[str, BuiltImage] = field(default_factory=dict)
     secrets: dict[str, bytes] = field(default_factory=dict)
+    current_stage: int = -1
 
     @property
     def root(self) -> Path:
@@ -150,14 +151,14 @@ class Builder:
     def _dependencies(self, stage: Stage) -> set[int]:
         deps = {stage.base_stage} if stage.base_stage is not None else set()
         for inst in stage.instructions:
-            for flag in inst.flags:
-                if flag.startswith("--from="):
-                    other = self.plan.stage_by_ref(flag.split("=", 1)[1])
-                    if other is not None:
-                        deps.add(other.index)
+            for ref in stage_references(inst):
+                other = self.plan.stage_by_ref(ref)
+                if other is not None:
+                    deps.add(other.index)
         return deps
 
     def _build_stage(self, stage: Stage) -> BuiltImage:
+        self.current_stage = stage.index
         base = self._base_image(stage)
         snapshot = self._prepare_root(stage, base)
         config = base.config.copy()
@@ -340,9 +341,15 @@ class Builder:
         stage = self.plan.stage_by_ref(ref)
         if stage is not None:
             image = self.built.get(stage.index)
+            if image is None and stage.index == self.current_stage:
+                raise inst.error(f"circular dependency detected on stage: "
+                                 f"{stage.display_name}")
+            if image is None and stage.index > self.current_stage:
+                raise inst.error(f"{inst.kind} reads from stage {ref!r}, which comes later in "
+                                 "the Dockerfile; kiln builds stages in order, move it up")
             if image is None:
-                raise inst.error(f"COPY --from={ref}: stage {ref!r} is not built before this "
-                                 "one")
+                raise inst.error(f"{inst.kind} --from={ref}: stage {ref!r} was not built "
+                                 "(check --target and --skip-unused-stages)")
         else:
             if ref.isdigit():
                 raise inst.error(f"COPY --from={ref}: there is no stage {ref}")

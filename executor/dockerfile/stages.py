@@ -103,7 +103,44 @@ def plan_build(dockerfile: Dockerfile, build_args: Mapping[str, str], target: st
             raise DockerfileError(dockerfile.path,
                                   f'target stage "{target}" could not be found')
         target_index = found.index
-    return BuildPlan(dockerfile, tuple(stages), global_args, target_index, dict(build_args))
+    plan = BuildPlan(dockerfile, tuple(stages), global_args, target_index, dict(build_args))
+    for stage in stages:
+        check_stage_references(plan, stage)
+    return plan
+
+
+def stage_references(inst: Instruction) -> list[str]:
+    """The stage or image names an instruction reads from: ``COPY --from``, ``RUN --mount
+    from=``; unexpanded."""
+    refs: list[str] = []
+    for flag in inst.flags:
+        name, _, value = flag[2:].partition("=")
+        if name == "from" and inst.kind in ("COPY", "ADD"):
+            refs.append(value)
+        elif name == "mount" and inst.kind == "RUN":
+            for field_ in value.split(","):
+                key, _, val = field_.partition("=")
+                if key.strip().lower() == "from":
+                    refs.append(val)
+    return refs
+
+
+def check_stage_references(plan: BuildPlan, stage: Stage) -> None:
+    """A stage may read only from stages before it: from itself is a cycle, and kiln builds
+    stages in order, so a later stage cannot be read either."""
+    for inst in stage.instructions:
+        for ref in stage_references(inst):
+            if "$" in ref:
+                continue  # checked when the instruction runs, once ARGs are known
+            other = plan.stage_by_ref(ref)
+            if other is None:
+                continue
+            if other.index == stage.index:
+                raise inst.error(f"circular dependency detected on stage: "
+                                 f"{stage.display_name}")
+            if other.index > stage.index:
+                raise inst.error(f"{inst.kind} reads from stage {ref!r}, which comes later in "
+                                 "the Dockerfile; kiln builds stages in order, move it up")
 
 
 def _make_stage(inst: Instruction, index: int, body: tuple[Instruction, ...],

@@ -1,0 +1,123 @@
+"""COPY's flags as BuildKit reads them: --chmod symbolic, --parents, --exclude, --link, --from
+globs, and the errors for what cannot work."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.support.built import build
+
+pytestmark = pytest.mark.e2e
+
+
+def mode(path: Path) -> int:
+    return path.lstat().st_mode & 0o7777
+
+
+def test_copy_chmod_symbolic_applies_to_each_files_mode(tmp_path: Path,
+                                                        busybox_image: str) -> None:
+    context = {"d/run.sh": "#!/bin/sh\n", "d/data.txt": "x\n"}
+    (tmp_path / "context/d").mkdir(parents=True)
+    built = build(tmp_path, f"FROM {busybox_image}\nRUN true\n"
+                  "COPY --chmod=u+x,g-w,o= d /opt/d/\n", context)
+    assert built.ok, built.run.stderr
+    # write_context makes files 0644 (umask 022): u+x -> 0744, g-w keeps 04, o= -> 0
+    assert mode(built.root / "opt/d/run.sh") == 0o740
+    assert mode(built.root / "opt/d/data.txt") == 0o740
+
+
+def test_copy_parents_keeps_the_path_below_the_context(tmp_path: Path,
+                                                       busybox_image: str) -> None:
+    files = {"a/b/one.txt": "1\n", "a/c/two.txt": "2\n", "a/c/skip.md": "no\n"}
+    built = build(tmp_path, f"FROM {busybox_image}\nCOPY --parents a/*/*.txt /out/\n", files)
+    assert built.ok, built.run.stderr
+    assert (built.root / "out/a/b/one.txt").read_text() == "1\n"
+    assert (built.root / "out/a/c/two.txt").read_text() == "2\n"
+    assert not (built.root / "out/a/c/skip.md").exists()
+
+
+def test_copy_parents_keeps_only_what_follows_the_pivot(tmp_path: Path,
+                                                        busybox_image: str) -> None:
+    files = {"src/pkg/x/one.go": "1\n"}
+    built = build(tmp_path, f"FROM {busybox_image}\nCOPY --parents src/./pkg/x/one.go /out/\n",
+                  files)
+    assert built.ok, built.run.stderr
+    assert (built.root / "out/pkg/x/one.go").read_text() == "1\n"
+    assert not (built.root / "out/src").exists()
+
+
+def test_copy_exclude_leaves_out_matching_paths(tmp_path: Path, busybox_image: str) -> None:
+    files = {"app/main.py": "m\n", "app/notes.md": "n\n", "app/sub/deep.md": "d\n",
+             "app/sub/keep.py": "k\n"}
+    built = build(tmp_path, f"FROM {busybox_image}\n"
+                  "COPY --exclude=*.md --exclude=**/*.md app /app/\n", files)
+    assert built.ok, built.run.stderr
+    assert sorted(p.relative_to(built.root / "app").as_posix()
+                  for p in (built.root / "app").rglob("*")) == ["main.py", "sub", "sub/keep.py"]
+
+
+def test_copy_link_acts_as_copy(tmp_path: Path, busybox_image: str) -> None:
+    built = build(tmp_path, f"FROM {busybox_image}\nCOPY --link f.txt /opt/new/\n",
+                  {"f.txt": "f\n"})
+    assert built.ok, built.run.stderr
+    assert (built.root / "opt/new/f.txt").read_text() == "f\n"
+
+
+def test_copy_link_through_an_image_symlink_is_refused(tmp_path: Path,
+                                                       busybox_image: str) -> None:
+    built = build(tmp_path, f"FROM {busybox_image}\nRUN ln -s /opt /linked\n"
+                  "COPY --link f.txt /linked/\n", {"f.txt": "f\n"})
+    assert built.run.exit_code == 1
+    assert built.run.last_line == (
+        "error building image: Dockerfile:3: COPY --link: the destination passes through "
+        "/linked, a symlink in the image; BuildKit would replace the link with a directory. "
+        "Use COPY without --link")
+
+
+def test_copy_from_a_stage_with_a_glob(tmp_path: Path, busybox_image: str) -> None:
+    built = build(tmp_path, f"FROM {busybox_image} AS build\n"
+                  "RUN mkdir -p /out && echo a > /out/a.txt && echo b > /out/b.log\n"
+                  f"FROM {busybox_image}\nCOPY --from=build /out/*.txt /got/\n")
+    assert built.ok, built.run.stderr
+    assert sorted(p.name for p in (built.root / "got").iterdir()) == ["a.txt"]
+
+
+def test_copy_chown_owns_the_parents_it_creates(tmp_path: Path, busybox_image: str) -> None:
+    built = build(tmp_path, f"FROM {busybox_image}\nCOPY --chown=1000:1000 f.txt /new/deep/\n",
+                  {"f.txt": "f\n"})
+    assert built.ok, built.run.stderr
+    for rel in ("new", "new/deep", "new/deep/f.txt"):
+        info = (built.root / rel).stat()
+        assert (info.st_uid, info.st_gid) == (1000, 1000), rel
+
+
+@pytest.mark.parametrize(("dockerfile", "message"), [
+    ("FROM {base} AS one\nCOPY --from=one /etc/passwd /x\n",
+     "Dockerfile:2: circular dependency detected on stage: one"),
+    ("FROM {base}\nCOPY --from=later /etc/passwd /x\nFROM {base} AS later\n",
+     "Dockerfile:2: COPY reads from stage 'later', which comes later in the Dockerfile; kiln "
+     "builds stages in order, move it up"),
+    ("FROM {base}\nCOPY ../outside /x\n",
+     "Dockerfile:2: COPY source '../outside' is outside the build context"),
+    ("FROM {base}\nCOPY --chmod=u+q f.txt /x\n",
+     "Dockerfile:2: invalid --chmod value 'u+q': expected octal permissions such as 0755 or "
+     "symbolic ones such as u+x,g-w"),
+    ("FROM {base}\nCOPY --from=a --from=b f.txt /x\n",
+     "Dockerfile:2: duplicate flag specified: --from"),
+    ("FROM {base}\nCOPY --link=perhaps f.txt /x\n",
+     "Dockerfile:2: invalid value 'perhaps' for --link: expected true or false"),
+    ("FROM {base}\nCOPY --keep-git-dir f.txt /x\n",
+     "Dockerfile:2: unknown flag: --keep-git-dir for COPY"),
+    ("FROM {base}\nCOPY a.txt b.txt /x\n",
+     "Dockerfile:2: When using COPY with more than one source file, the destination must be a "
+     "directory and end with a /"),
+    ("FROM {base}\nCOPY f.txt\n", "Dockerfile:2: COPY requires at least two arguments, but got 1"),
+])
+def test_copy_refuses(tmp_path: Path, busybox_image: str, dockerfile: str,
+                      message: str) -> None:
+    built = build(tmp_path, dockerfile.format(base=busybox_image),
+                  {"f.txt": "f\n", "a.txt": "a\n", "b.txt": "b\n"})
+    assert built.run.exit_code == 1
+    assert built.run.last_line == f"error building image: {message}"
