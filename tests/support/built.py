@@ -11,6 +11,7 @@ import gzip
 import io
 import json
 import tarfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,7 @@ class Built:
         return [h.get("created_by", "") for h in self.config.get("history", [])]
 
 
-def build(tmp: Path, dockerfile: str, files: dict[str, str | bytes] | None = None,
+def build(tmp: Path, dockerfile: str, files: Mapping[str, str | bytes] | None = None,
           *args: str) -> Built:
     """Build ``dockerfile`` with a context holding ``files``; reads the result if it built."""
     text_files = {k: v for k, v in (files or {}).items() if isinstance(v, str)}
