@@ -577,3 +577,35 @@ def write_debian_layout(layout_dir: Path, tag: str = "latest") -> str:
         history=[{"created": FIXED_CREATED,
                   "created_by": f"debootstrap --variant=minbase {DEBIAN_SUITE}"}],
     )
+
+
+# Three layers with every whiteout and replacement case an extractor must get right: a file
+# whited out, a directory made opaque, file -> dir, symlink -> dir, a hard link's name removed,
+# symlink -> file, dir -> file, dir -> symlink, a whole directory whited out and re-created.
+WHITEOUT_CASE_LAYERS: list[list[TarEntry]] = [
+    [TarEntry.dir("etc"), TarEntry.file("etc/passwd", "root:x:0:0:root:/root:/bin/sh\n"),
+     TarEntry.file("etc/group", "root:x:0:\n", mode=0o640, gid=42),
+     TarEntry.dir("usr"), TarEntry.dir("usr/bin"),
+     TarEntry.file("usr/bin/su", b"su", mode=0o4755),
+     TarEntry.hardlink("usr/bin/sudo", "usr/bin/su"),
+     TarEntry.dir("usr/lib"), TarEntry.file("usr/lib/libc.so", b"libc"),
+     TarEntry.symlink("lib", "usr/lib"), TarEntry.dir("var"), TarEntry.dir("var/cache"),
+     TarEntry.file("var/cache/a", b"a"), TarEntry.dir("var/cache/sub"),
+     TarEntry.file("var/cache/sub/b", b"b"), TarEntry.dir("tmp", mode=0o1777),
+     TarEntry.file("opt", b"a file first"), TarEntry.dir("srv"),
+     TarEntry.symlink("srv/link", "/etc"), TarEntry("run/fifo", "fifo", mode=0o600),
+     TarEntry.file("etc/attr", b"x", xattrs={"user.kiln": "1"}),
+     TarEntry.dir("home"), TarEntry.dir("home/app", uid=1000, gid=1000, mode=0o700),
+     TarEntry.file("home/app/.profile", b"p", uid=1000, gid=1000)],
+    # file -> whiteout, dir -> opaque dir, file -> dir, symlink -> dir, hardlink source removed
+    [TarEntry.whiteout("etc/group"), TarEntry.dir("var/cache"),
+     TarEntry.opaque("var/cache"), TarEntry.file("var/cache/new", b"n"),
+     TarEntry.dir("opt", mode=0o700), TarEntry.file("opt/tool", b"t", mode=0o755, uid=1000),
+     TarEntry.dir("lib"), TarEntry.file("lib/own", b"o"),
+     TarEntry.whiteout("usr/bin/sudo"), TarEntry.file("etc/passwd", "root:x:0:0:new:/:/bin/sh\n"),
+     TarEntry.file("srv/link", b"symlink became a file")],
+    # dir -> file, dir -> symlink, whole dir whited out, a path re-created after a whiteout
+    [TarEntry.whiteout("usr/lib"), TarEntry.file("usr/lib", b"was a directory"),
+     TarEntry.whiteout("opt"), TarEntry.symlink("opt", "/usr"),
+     TarEntry.whiteout("home"), TarEntry.dir("home"), TarEntry.file("home/new", b"again")],
+]

@@ -25,7 +25,11 @@ import pytest
 from snapshot.errors import CorruptLayerError, SnapshotError, UnsafeLayerError
 from snapshot.extract import extract_layer
 from snapshot.ignore import IgnoreList
-from tests.support.images import TarEntry, debian_layer, write_oci_layout_from_layers
+from tests.support.images import (
+    WHITEOUT_CASE_LAYERS,
+    debian_layer,
+    write_oci_layout_from_layers,
+)
 from tests.support.runtime import require_tool
 from tests.support.trees import metadata_tree
 from tests.unit import hostile_layers as h
@@ -876,28 +880,8 @@ def test_a_root_reached_through_the_callers_symlink_works(world: World, tmp_path
 @pytest.mark.e2e
 def test_layers_with_whiteouts_apply_as_umoci_applies_them(world: World, tmp_path: Path) -> None:
     require_tool("umoci", "umoci")
-    layers = [
-        [TarEntry.dir("etc"), TarEntry.file("etc/passwd", "root:x:0:0\n"),
-         TarEntry.file("etc/group", "root:x:0:\n", mode=0o640, gid=42),
-         TarEntry.dir("usr"), TarEntry.dir("usr/bin"),
-         TarEntry.file("usr/bin/su", b"su", mode=0o4755),
-         TarEntry.hardlink("usr/bin/sudo", "usr/bin/su"),
-         TarEntry.dir("usr/lib"), TarEntry.file("usr/lib/libc.so", b"libc"),
-         TarEntry.symlink("lib", "usr/lib"), TarEntry.dir("var"), TarEntry.dir("var/cache"),
-         TarEntry.file("var/cache/a", b"a"), TarEntry.dir("var/cache/sub"),
-         TarEntry.file("var/cache/sub/b", b"b"), TarEntry.dir("tmp", mode=0o1777),
-         TarEntry.file("opt", b"a file first"), TarEntry("run/fifo", "fifo", mode=0o600),
-         TarEntry.file("etc/attr", b"x", xattrs={"user.kiln": "1"})],
-        [TarEntry.whiteout("etc/group"), TarEntry.dir("var/cache"),
-         TarEntry.opaque("var/cache"), TarEntry.file("var/cache/new", b"n"),
-         TarEntry.dir("opt", mode=0o700), TarEntry.file("opt/tool", b"t", mode=0o755, uid=1000),
-         TarEntry.dir("lib"), TarEntry.file("lib/own", b"o"),
-         TarEntry.whiteout("usr/bin/sudo"), TarEntry.file("etc/passwd", "root:x:0:0:new\n")],
-        [TarEntry.whiteout("usr/lib"), TarEntry.symlink("opt", "/usr"),
-         TarEntry.file("usr/lib", b"was a directory")],
-    ]
     layout = tmp_path / "layout"
-    write_oci_layout_from_layers(layout, "tag", layers, {}, compression="none")
+    write_oci_layout_from_layers(layout, "tag", WHITEOUT_CASE_LAYERS, {}, compression="none")
     bundle = tmp_path / "bundle"
     subprocess.run(["umoci", "raw", "unpack", "--image", f"{layout}:tag", str(bundle)],
                    check=True, capture_output=True)
