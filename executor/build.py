@@ -21,14 +21,13 @@ from pathlib import Path
 from typing import BinaryIO, cast
 
 from executor.context import BuildContext
-from executor.contexts import local_context
 from executor.dockerfile.parse import Instruction, parse_dockerfile, parse_text
 from executor.dockerfile.stages import BuildPlan, Stage, plan_build, stage_references
 from executor.errors import DockerfileError, ImageError, KilnError
 from executor.image.blob import VerifyingReader
 from executor.image.model import DOCKER_MANIFEST, ImageConfig, Layer, Platform, compression_of
 from executor.image.reference import ImageRef
-from executor.inplace import check_in_place_allowed, executor_image_paths
+from executor.inplace import check_in_place_allowed
 from executor.instructions import add, copy, metadata, run
 from executor.instructions.metadata import Step
 from executor.instructions.state import StageState
@@ -379,19 +378,6 @@ def clear_root(root: Path, ignore: IgnoreList, rel: str = "") -> None:
             os.unlink(entry.path)
 
 
-def delete_filesystem(root: Path, ignore: IgnoreList, workspace: Workspace) -> None:
-    """``--cleanup`` in place: remove the built filesystem, on success and on failure.
-
-    What stays is what the build ignored (the executor under the kiln dir, mounts such as the
-    context and the credentials, /var/run) and the blob cache, whose files are checked against
-    their digests when read; so a second build in the same container starts from the executor
-    image alone (kaniko #2793, #2271).
-    """
-    log.info("Deleting filesystem...")
-    clear_root(root, ignore)
-    shutil.rmtree(workspace.roots, ignore_errors=True)
-
-
 def _media_type(compression: str) -> str:
     from executor.image import model
 
@@ -420,25 +406,17 @@ def run_build(options: BuildOptions) -> str:
     """Build the image ``options`` describe and publish it; returns the manifest digest."""
     if options.in_place:
         check_in_place_allowed(options.kaniko_dir, options.force)
-    with local_context(options) as local:  # git, tarball, bucket: fetched into the kiln dir
-        return _build(local)
-
-
-def _build(options: BuildOptions) -> str:
     dockerfile = parse_dockerfile(options.dockerfile)
     platform = Platform.parse(options.custom_platform) if options.custom_platform else Platform()
     plan = plan_build(dockerfile, options.build_args, options.target, platform)
     context = BuildContext.load(options.context, options.dockerfile)
     created_root = not options.in_place and not options.root.exists()
     options.root.mkdir(parents=True, exist_ok=True)
-    ignore: IgnoreList | None = None
     try:
         with _workspace(options) as workspace:
             extra = list(options.ignore_paths)
             if not options.in_place:
                 extra += [f"/{name}" for name in SANDBOX_MOUNTS]
-            else:
-                extra += executor_image_paths(options.root)
             ignore = IgnoreList.for_build(options.root, kiln_dir=workspace.kiln_dir,
                                           extra=extra, ignore_var_run=options.ignore_var_run)
             client = make_client(options)
@@ -449,7 +427,5 @@ def _build(options: BuildOptions) -> str:
     except KilnError:
         raise
     finally:
-        if options.cleanup and options.in_place and ignore is not None:
-            delete_filesystem(options.root, ignore, Workspace(options.kaniko_dir))
         if created_root and options.cleanup:
             shutil.rmtree(options.root, ignore_errors=True)
