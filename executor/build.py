@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import BinaryIO, cast
 
 from executor.context import BuildContext
+from executor.contexts import local_context
 from executor.dockerfile.parse import Instruction, parse_dockerfile, parse_text
 from executor.dockerfile.stages import BuildPlan, Stage, plan_build, stage_references
 from executor.errors import DockerfileError, ImageError, KilnError
@@ -406,6 +407,11 @@ def run_build(options: BuildOptions) -> str:
     """Build the image ``options`` describe and publish it; returns the manifest digest."""
     if options.in_place:
         check_in_place_allowed(options.kaniko_dir, options.force)
+    with local_context(options) as local:  # git, tarball, bucket: fetched into the kiln dir
+        return _build(local)
+
+
+def _build(options: BuildOptions) -> str:
     dockerfile = parse_dockerfile(options.dockerfile)
     platform = Platform.parse(options.custom_platform) if options.custom_platform else Platform()
     plan = plan_build(dockerfile, options.build_args, options.target, platform)

@@ -28,6 +28,11 @@ _VERBOSITY = click.Choice(["panic", "fatal", "error", "warn", "info", "debug", "
 @click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-c", "--context", default="/workspace/", show_default=True,
               help="Path to the build context directory.")
+@click.option("--context-sub-path", default="",
+              help="Sub path within the given context.")
+@click.option("--git", "git_options", multiple=True,
+              help="How to clone a git context: branch=NAME, single-branch=BOOL, "
+              "recurse-submodules=BOOL, insecure-skip-tls=BOOL; repeatable.")
 @click.option("-f", "--dockerfile", default="Dockerfile", show_default=True,
               help="Path to the Dockerfile (relative paths are looked up in the context).")
 @click.option("-d", "--destination", "destinations", multiple=True,
@@ -151,19 +156,33 @@ def _report(exc: BaseException, debug: bool) -> int:
 
 
 def _options_from_flags(flags: dict[str, object]) -> BuildOptions:
+    from executor.contexts import is_remote
+    from executor.errors import OptionsError
     from executor.options import (
         DEFAULT_KANIKO_DIR,
         BuildOptions,
         parse_client_certs,
+        parse_git_options,
         parse_key_values,
         parse_registry_maps,
     )
 
-    context = Path(str(flags["context"]).removeprefix("dir://"))
-    dockerfile = Path(str(flags["dockerfile"]))
-    if not dockerfile.is_absolute() and not dockerfile.exists():
-        dockerfile = context / dockerfile
+    raw_context, sub_path = str(flags["context"]), str(flags["context_sub_path"] or "")
     kaniko_dir = flags["kaniko_dir"]
+    remote = is_remote(raw_context)
+    context = Path(raw_context.removeprefix("dir://"))
+    if remote:  # fetched there before the build, by executor.contexts
+        context = (Path(str(kaniko_dir)) if kaniko_dir else DEFAULT_KANIKO_DIR) / "buildcontext"
+    elif sub_path:
+        if not (context / sub_path).is_dir():
+            raise OptionsError(f"--context-sub-path {sub_path}: no such directory in "
+                               f"{raw_context}")
+        context = context / sub_path
+    raw_dockerfile = str(flags["dockerfile"])
+    dockerfile_url = raw_dockerfile if raw_dockerfile.startswith(("https://", "http://")) else None
+    dockerfile = Path(raw_dockerfile)
+    if not remote and not dockerfile.is_absolute() and not dockerfile.exists():
+        dockerfile = context / dockerfile
     root = Path(str(flags["root"]))
     return BuildOptions(
         context=context,
@@ -208,6 +227,10 @@ def _options_from_flags(flags: dict[str, object]) -> BuildOptions:
         ignore_var_run=bool(flags["ignore_var_run"]),
         skip_unused_stages=bool(flags["skip_unused_stages"]),
         cleanup=bool(flags["cleanup"]),
+        context_source=raw_context if remote else None,
+        context_sub_path=sub_path if remote else "",
+        git=parse_git_options(_strs(flags["git_options"])),
+        dockerfile_url=dockerfile_url,
     ).validate()
 
 

@@ -62,6 +62,15 @@ class BuildOptions:
     ignore_var_run: bool = True
     skip_unused_stages: bool = False
     cleanup: bool = False
+    #: ``--context`` when it names something to fetch (``tar://``, ``git://``, ``https://``,
+    #: ``s3://``, ``gs://``); ``executor.contexts`` fetches it and sets ``context``.
+    context_source: str | None = None
+    #: ``--context-sub-path``: the directory inside the fetched context to build from.
+    context_sub_path: str = ""
+    #: ``--git``: how a git context is cloned.
+    git: GitOptions = field(default_factory=lambda: GitOptions())
+    #: ``--dockerfile`` when it is an ``http(s)://`` URL: downloaded before the build.
+    dockerfile_url: str | None = None
 
     @property
     def in_place(self) -> bool:
@@ -78,9 +87,10 @@ class BuildOptions:
         if not limits[0] <= self.compression_level <= limits[1]:
             raise OptionsError(f"--compression-level {self.compression_level} is out of range "
                                f"for {self.compression} ({limits[0]}..{limits[1]})")
-        if not self.context.is_dir():
+        if self.context_source is None and not self.context.is_dir():
             raise OptionsError(f"--context {self.context}: no such directory")
-        if not self.dockerfile.is_file():
+        if self.context_source is None and self.dockerfile_url is None \
+                and not self.dockerfile.is_file():
             raise OptionsError(f"--dockerfile {self.dockerfile}: no such file")
         for flag, count in (("--push-retry", self.push_retry),
                             ("--image-download-retry", self.image_download_retry),
@@ -162,3 +172,51 @@ def parse_key_values(pairs: tuple[str, ...], flag: str, *,
             value = env
         out[key] = value
     return out
+
+
+@dataclass(frozen=True)
+class GitOptions:
+    """``--git key=value``: kaniko's options for cloning a git context."""
+
+    branch: str = ""
+    single_branch: bool = False
+    recurse_submodules: bool = False
+    insecure_skip_tls: bool = False
+    #: Newer kaniko's ``depth``; 0 clones the whole history.
+    depth: int = 0
+
+
+_GIT_KEYS = {"branch": "branch", "single-branch": "single_branch",
+             "recurse-submodules": "recurse_submodules", "insecure-skip-tls": "insecure_skip_tls",
+             "depth": "depth"}
+_TRUE = {"1", "t", "T", "TRUE", "true", "True"}
+_FALSE = {"0", "f", "F", "FALSE", "false", "False"}
+
+
+def parse_git_options(values: tuple[str, ...]) -> GitOptions:
+    """``--git branch=main --git single-branch=true`` (or comma-separated in one flag)."""
+    found: dict[str, object] = {}
+    for value in values:
+        pairs = value.split(",")
+        if not all(p.partition("=")[0] in _GIT_KEYS for p in pairs):
+            pairs = [value]  # a branch name with a comma in it, as kaniko reads one flag
+        for pair in pairs:
+            key, eq, text = pair.partition("=")
+            if not eq:
+                raise OptionsError(f"--git {value}: invalid git flag, must be in the "
+                                   "key=value format")
+            if key not in _GIT_KEYS:
+                raise OptionsError(f"--git {value}: unknown key {key!r} (expected one of "
+                                   f"{', '.join(_GIT_KEYS)})")
+            field_name = _GIT_KEYS[key]
+            if field_name == "branch":
+                found[field_name] = text
+            elif field_name == "depth":
+                if not text.isdigit():
+                    raise OptionsError(f"--git {pair}: depth must be a whole number")
+                found[field_name] = int(text)
+            elif text in _TRUE or text in _FALSE:
+                found[field_name] = text in _TRUE
+            else:
+                raise OptionsError(f"--git {pair}: {text!r} is not true or false")
+    return GitOptions(**found)  # type: ignore[arg-type]

@@ -175,3 +175,66 @@ def token_registry(tmp_path_factory: pytest.TempPathFactory, test_ca: TLSFiles,
         yield secure
     finally:
         secure.registry.stop()
+
+
+# --- remote build contexts: git daemon, git http-backend, HTTPS files, S3 (issue 8) -----------
+from tests.support.context_servers import (  # noqa: E402
+    ContextServer,
+    GitDaemon,
+    GitRepositories,
+    MotoS3,
+    write_test_repositories,
+)
+
+GIT_USER, GIT_PASSWORD = "kiln-git", "kiln-git-Pa55"
+
+
+@pytest.fixture(scope="session")
+def git_repositories(tmp_path_factory: pytest.TempPathFactory) -> GitRepositories:
+    """Bare ``app.git`` (branches main and feature, tag v1, submodule) and ``lib.git``."""
+    return write_test_repositories(tmp_path_factory.mktemp("git-repositories"))
+
+
+@pytest.fixture(scope="session")
+def git_daemon(git_repositories: GitRepositories) -> Iterator[GitDaemon]:
+    """``git daemon`` serving the test repositories: ``{git_daemon.url}/app.git``."""
+    with GitDaemon(git_repositories.root) as daemon:
+        yield daemon
+
+
+@pytest.fixture(scope="session")
+def context_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The directory the context servers serve under ``/files/`` (tests drop tarballs here)."""
+    return tmp_path_factory.mktemp("context-files")
+
+
+@pytest.fixture(scope="session")
+def context_http(context_files: Path, git_repositories: GitRepositories
+                 ) -> Iterator[ContextServer]:
+    """Plain HTTP: ``/files/``, ``/git/app.git`` (git http-backend), the GCS download path."""
+    with ContextServer(context_files, git_repositories.root) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def context_https(context_files: Path, git_repositories: GitRepositories,
+                  test_ca: TLSFiles) -> Iterator[ContextServer]:
+    """The same over HTTPS with a certificate from ``test_ca``."""
+    with ContextServer(context_files, git_repositories.root, tls=test_ca) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def context_https_auth(context_files: Path, git_repositories: GitRepositories,
+                       test_ca: TLSFiles) -> Iterator[ContextServer]:
+    """HTTPS that asks for basic auth as ``GIT_USER`` / ``GIT_PASSWORD``."""
+    with ContextServer(context_files, git_repositories.root, tls=test_ca,
+                       credentials=(GIT_USER, GIT_PASSWORD)) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def moto_s3() -> Iterator[MotoS3]:
+    """moto's S3 server on loopback (``python -m moto.server``)."""
+    with MotoS3() as server:
+        yield server

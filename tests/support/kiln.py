@@ -37,3 +37,21 @@ def run_executor(context: Path, root: Path, *args: str, timeout: float = 300) ->
            "--dockerfile", str(context / "Dockerfile"), "--root", str(root), *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
     return ExecutorRun(proc.returncode, proc.stdout, proc.stderr)
+
+
+def run_executor_on(context: str, root: Path, *args: str, timeout: float = 300,
+                    env: dict[str, str | None] | None = None,
+                    stdin: bytes | None = None) -> ExecutorRun:
+    """``executor --context CONTEXT --root ROOT ARGS...`` with ``--context`` passed as given
+    (``git://...``, ``tar://stdin``), ``env`` over this environment (None removes a variable),
+    and ``stdin`` piped in."""
+    import os
+
+    cmd = [sys.executable, "-m", "executor.cli", "--context", context, "--root", str(root),
+           *args]
+    environ = {**os.environ, **(env or {})}
+    proc = subprocess.run(cmd, capture_output=True, input=stdin, timeout=timeout, check=False,
+                          env={k: v for k, v in environ.items() if v is not None},
+                          stdin=None if stdin is not None else subprocess.DEVNULL)
+    return ExecutorRun(proc.returncode, proc.stdout.decode(errors="replace"),
+                       proc.stderr.decode(errors="replace"))
