@@ -32,7 +32,7 @@ from executor.inplace import check_in_place_allowed
 from executor.instructions import add, copy, metadata, run
 from executor.instructions.metadata import Step
 from executor.instructions.state import StageState
-from executor.options import BuildOptions
+from executor.options import BuildOptions, read_secrets
 from executor.publish import check_push_permissions, make_client, publish
 from executor.registry.client import RegistryClient
 from executor.sandbox import SANDBOX_MOUNTS, Sandbox
@@ -427,7 +427,8 @@ def _build(options: BuildOptions) -> str:
                                           extra=extra, ignore_var_run=options.ignore_var_run)
             client = make_client(options)
             check_push_permissions(options, client)
-            builder = Builder(options, plan, client, workspace, context, platform, ignore)
+            builder = Builder(options, plan, client, workspace, context, platform, ignore,
+                              secrets=read_secrets(options.secrets))
             image = builder.build()
             return publish(image, options, client)
     except KilnError:

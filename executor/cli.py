@@ -105,6 +105,9 @@ _VERBOSITY = click.Choice(["panic", "fatal", "error", "warn", "info", "debug", "
 @click.option("--skip-unused-stages", is_flag=True,
               help="Build only the stages the target depends on.")
 @click.option("--cleanup", is_flag=True, help="Remove the built filesystem at the end.")
+@click.option("--secret", "secrets", multiple=True,
+              help="(kiln) Build secret for RUN --mount=type=secret, as id=NAME,src=PATH or "
+              "id=NAME,env=VAR; repeatable.")
 @click.pass_context
 def main(ctx: click.Context, /, **flags: object) -> None:
     """Build a container image from a Dockerfile and push it, the way kaniko does."""
@@ -165,6 +168,7 @@ def _options_from_flags(flags: dict[str, object]) -> BuildOptions:
         parse_git_options,
         parse_key_values,
         parse_registry_maps,
+        parse_secrets,
     )
 
     raw_context, sub_path = str(flags["context"]), str(flags["context_sub_path"] or "")
@@ -227,6 +231,7 @@ def _options_from_flags(flags: dict[str, object]) -> BuildOptions:
         ignore_var_run=bool(flags["ignore_var_run"]),
         skip_unused_stages=bool(flags["skip_unused_stages"]),
         cleanup=bool(flags["cleanup"]),
+        secrets=parse_secrets(_strs(flags["secrets"])),
         context_source=raw_context if remote else None,
         context_sub_path=sub_path if remote else "",
         git=parse_git_options(_strs(flags["git_options"])),

@@ -62,6 +62,8 @@ class BuildOptions:
     ignore_var_run: bool = True
     skip_unused_stages: bool = False
     cleanup: bool = False
+    #: ``--secret id=NAME,src=PATH|env=VAR``: (id, "file" or "env", path or variable name).
+    secrets: tuple[tuple[str, str, str], ...] = ()
     #: ``--context`` when it names something to fetch (``tar://``, ``git://``, ``https://``,
     #: ``s3://``, ``gs://``); ``executor.contexts`` fetches it and sets ``context``.
     context_source: str | None = None
@@ -128,6 +130,51 @@ def _check_sandbox_root(root: Path, kaniko_dir: Path | None) -> None:
                                "an empty or new directory")
     if kaniko_dir is not None and kaniko_dir.resolve().is_relative_to(root.resolve()):
         raise OptionsError(f"--kaniko-dir {kaniko_dir} lies inside --root {root}")
+
+
+def parse_secrets(values: tuple[str, ...]) -> tuple[tuple[str, str, str], ...]:
+    """``--secret id=NAME,src=PATH`` / ``id=NAME,env=VAR`` (docker buildx's syntax; ``type=``
+    may say file or env, and a bare ``id=NAME`` reads ``$NAME``)."""
+    out: list[tuple[str, str, str]] = []
+    for value in values:
+        fields: dict[str, str] = {}
+        for pair in value.split(","):
+            key, eq, val = pair.strip().partition("=")
+            key = {"source": "src"}.get(key.lower(), key.lower())
+            if not eq or key not in ("id", "src", "env", "type"):
+                raise OptionsError(f"--secret {value!r}: expected id=NAME,src=PATH or "
+                                   "id=NAME,env=VAR")
+            fields[key] = val
+        secret_id = fields.get("id") or os.path.basename(fields.get("src", ""))
+        kind = fields.get("type") or ("file" if "src" in fields else "env")
+        if not secret_id or kind not in ("file", "env"):
+            raise OptionsError(f"--secret {value!r}: expected id=NAME,src=PATH or "
+                               "id=NAME,env=VAR")
+        where = fields.get("src") if kind == "file" else fields.get("env") or fields.get(
+            "src") or secret_id
+        if not where:
+            raise OptionsError(f"--secret {value!r}: a file secret needs src=PATH")
+        out.append((secret_id, kind, where))
+    return tuple(out)
+
+
+def read_secrets(secrets: tuple[tuple[str, str, str], ...]) -> dict[str, bytes]:
+    """The secret values by id; a missing file or variable is an OptionsError."""
+    values: dict[str, bytes] = {}
+    for secret_id, kind, where in secrets:
+        if kind == "file":
+            try:
+                values[secret_id] = Path(where).read_bytes()
+            except OSError as exc:
+                raise OptionsError(f"--secret id={secret_id}: cannot read {where}: "
+                                   f"{exc.strerror or exc}") from None
+        else:
+            env = os.environ.get(where)
+            if env is None:
+                raise OptionsError(f"--secret id={secret_id}: environment variable {where} "
+                                   "is not set")
+            values[secret_id] = env.encode()
+    return values
 
 
 def parse_registry_maps(values: tuple[str, ...]) -> tuple[tuple[str, tuple[str, ...]], ...]:

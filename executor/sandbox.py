@@ -26,6 +26,7 @@ from executor.errors import KilnError
 log = logging.getLogger("kiln")
 
 CLONE_NEWNS = 0x00020000
+CLONE_NEWNET = 0x40000000
 MS_RDONLY = 0x1
 MS_NOSUID = 0x2
 MS_NODEV = 0x4
@@ -47,6 +48,17 @@ class Identity:
     gid: int = 0
     groups: tuple[int, ...] = ()
     home: str = "/root"
+
+
+@dataclass(frozen=True)
+class Mount:
+    """A ``RUN --mount``: ``source`` (None: a tmpfs) mounted on ``target``, a host path inside
+    the root whose mount point exists. Mounted in the command's own mount namespace only."""
+
+    target: Path
+    source: Path | None
+    readonly: bool = False
+    tmpfs_size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -77,11 +89,15 @@ class Sandbox:
         return created
 
     def run(self, argv: Sequence[str], *, env: dict[str, str], cwd: str,
-            identity: Identity, stdin: bytes | None = None) -> int:
+            identity: Identity, stdin: bytes | None = None, mounts: Sequence[Mount] = (),
+            network: str = "default") -> int:
         """Run ``argv`` to completion; returns its exit code (128+N for a signal N).
 
         The command leads its own process group, which is killed once the command exits so a
         daemon it left behind cannot keep changing the filesystem during the snapshot.
+        ``mounts`` are mounted for the command alone; ``network="none"`` gives it a network
+        namespace of its own with no interfaces up. Both need a new namespace, which in place
+        takes CAP_SYS_ADMIN: without it the command does not start (SubprocessError).
         """
         created = self.prepare()
         try:
@@ -91,7 +107,7 @@ class Sandbox:
                 cwd=None,
                 stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
                 start_new_session=True,
-                preexec_fn=self._child_setup(cwd, identity),
+                preexec_fn=self._child_setup(cwd, identity, tuple(mounts), network),
                 close_fds=True,
             )
             try:
@@ -108,14 +124,19 @@ class Sandbox:
         code = proc.returncode
         return 128 - code if code < 0 else code
 
-    def _child_setup(self, cwd: str, identity: Identity) -> Callable[[], None]:
+    def _child_setup(self, cwd: str, identity: Identity, mounts: tuple[Mount, ...],
+                     network: str) -> Callable[[], None]:
         root = str(self.root)
         in_place = self.in_place
 
         def setup() -> None:
             # Runs in the forked child before exec: only async-signal-safe-ish work here.
+            if network == "none":
+                _check(_libc().unshare(CLONE_NEWNET), "unshare(CLONE_NEWNET)")
             if not in_place:
-                _enter_sandbox(root)
+                _enter_sandbox(root, mounts)
+            elif mounts:
+                _private_mounts(mounts)
             try:
                 os.chdir(cwd)
             except OSError:
@@ -142,8 +163,32 @@ def _check(result: int, what: str) -> None:
         raise OSError(err, f"{what}: {os.strerror(err)}")
 
 
-def _enter_sandbox(root: str) -> None:
-    """Private mount namespace, /proc, /dev and /sys inside ``root``, then chroot."""
+def _private_mounts(mounts: tuple[Mount, ...]) -> None:
+    """In place: a private mount namespace holding ``mounts``."""
+    libc = _libc()
+    _check(libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
+    _check(libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None), "mount --make-rprivate /")
+    _mount_all(libc, mounts)
+
+
+def _mount_all(libc: ctypes.CDLL, mounts: tuple[Mount, ...]) -> None:
+    for mount in mounts:
+        target = str(mount.target).encode()
+        if mount.source is None:
+            options = f"mode=1777,size={mount.tmpfs_size}" if mount.tmpfs_size else "mode=1777"
+            _check(libc.mount(b"tmpfs", target, b"tmpfs", MS_NOSUID | MS_NODEV,
+                              options.encode()), f"mount tmpfs on {mount.target}")
+            continue
+        _check(libc.mount(str(mount.source).encode(), target, None, MS_BIND | MS_REC, None),
+               f"bind {mount.source} on {mount.target}")
+        flags = MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NODEV
+        if mount.readonly:
+            flags |= MS_RDONLY
+        _check(libc.mount(None, target, None, flags, None), f"remount {mount.target}")
+
+
+def _enter_sandbox(root: str, mounts: tuple[Mount, ...] = ()) -> None:
+    """Private mount namespace, /proc, /dev and /sys inside ``root``, ``mounts``, then chroot."""
     libc = _libc()
     _check(libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
     # Make every mount private first, or our mounts would propagate back to the host.
@@ -159,5 +204,6 @@ def _enter_sandbox(root: str) -> None:
            "mount proc")
     _check(libc.mount(b"/dev", base + b"/dev", None, MS_BIND | MS_REC, None), "bind /dev")
     _check(libc.mount(b"/sys", base + b"/sys", None, MS_BIND | MS_REC, None), "bind /sys")
+    _mount_all(libc, mounts)
     os.chroot(root)
     os.chdir("/")

@@ -11,11 +11,13 @@ import contextlib
 import logging
 import os
 import re
+import subprocess
 import tempfile
 
 from executor.dockerfile.parse import Instruction
 from executor.errors import BuildStepError
 from executor.instructions.metadata import Step
+from executor.instructions.mounts import parse_mount, prepared_mounts
 from executor.instructions.state import DEFAULT_PATH, StageState
 from executor.passwd import UnknownUserError, resolve_identity
 
@@ -26,9 +28,22 @@ _HEREDOC_ONLY = re.compile(r"^<<(-?)(['\"]?)([A-Za-z0-9_]+)\2$")
 
 def apply_run(state: StageState, inst: Instruction) -> Step:
     """Run the command; a non-zero exit fails the build at the instruction's line."""
-    if inst.flags:
-        name = inst.flags[0].split("=", 1)[0]
-        raise inst.error(f"RUN {name} is not supported yet")
+    flags = inst.flag_values(("mount", "network", "security"), repeatable=("mount",))
+    network = state.expand(inst, flags.get("network", "default"))
+    if network not in ("default", "none", "host"):
+        raise inst.error(f"RUN --network={network}: expected default, none or host")
+    security = state.expand(inst, flags.get("security", "sandbox"))
+    if security != "sandbox":
+        raise inst.error(f"RUN --security={security}: kiln does not grant insecure "
+                         "entitlements" if security == "insecure" else
+                         f"RUN --security={security}: expected sandbox or insecure")
+    specs = []
+    for name, value in inst.flag_list(("mount", "network", "security")):
+        if name == "mount":
+            try:
+                specs.append(parse_mount(state.expand(inst, value), state.workdir))
+            except ValueError as exc:
+                raise inst.error(f"RUN --mount={value}: {exc}") from None
     argv, script = _command(state, inst)
     env = _environment(state)
     user = str(state.config.container.get("User") or "root")
@@ -43,11 +58,18 @@ def apply_run(state: StageState, inst: Instruction) -> Step:
     log.info("Args: [%s]", " ".join(argv[1:]))
     log.info("Running: [%s]", " ".join(argv))
     try:
-        code = state.sandbox.run(argv, env=env, cwd=state.workdir, identity=identity)
+        with prepared_mounts(state, inst, specs) as mounts:
+            env.update(mounts.env)
+            code = state.sandbox.run(argv, env=env, cwd=state.workdir, identity=identity,
+                                     mounts=mounts.mounts, network=network)
     except FileNotFoundError:
         raise inst.error(f"RUN: executable file not found: {argv[0]}") from None
     except OSError as exc:
         raise inst.error(f"RUN could not start {argv[0]}: {exc.strerror or exc}") from None
+    except subprocess.SubprocessError:
+        needs = "RUN --mount" if specs else "RUN --network=none"
+        raise inst.error(f"{needs}: could not set up the command's namespaces (in place, kiln "
+                         "needs CAP_SYS_ADMIN for them)") from None
     finally:
         if script is not None:
             _remove_script(state, argv[0])
@@ -88,8 +110,15 @@ def _drop_flags(text: str, flags: tuple[str, ...]) -> str:
     return text.lstrip()
 
 
+# Build args every RUN sees without an ARG line, and that history never records (BuildKit).
+PROXY_ARGS = ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "FTP_PROXY",
+              "ftp_proxy", "NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy")
+
+
 def _environment(state: StageState) -> dict[str, str]:
-    env = dict(state.args)
+    env = {name: state.plan.build_args[name] for name in PROXY_ARGS
+           if name in state.plan.build_args}
+    env.update(state.args)
     for item in state.config.env:
         key, _, value = item.partition("=")
         env[key] = value
@@ -119,5 +148,6 @@ def _history(state: StageState, inst: Instruction, argv: list[str]) -> str:
     prefix = ""
     if used:
         prefix = f"|{len(used)} " + " ".join(f"{k}={v}" for k, v in sorted(used.items())) + " "
-    shown = " ".join(argv) if argv else inst.original
+    shown = " ".join(argv) if argv else _drop_flags(inst.original.split(None, 1)[1],
+                                                       inst.flags)
     return f"RUN {prefix}{shown} # buildkit"
