@@ -19,13 +19,18 @@ _DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403",
            "InvalidToken", "ExpiredToken", "AllAccessDisabled"}
 
 
+#: The object a bare ``s3://BUCKET`` or ``gs://BUCKET/`` names, as in kaniko.
+DEFAULT_OBJECT = "context.tar.gz"
+
+
 def split_bucket_url(source: str) -> tuple[str, str]:
-    """``s3://bucket/a/b.tar.gz`` -> (``bucket``, ``a/b.tar.gz``); both must be there."""
+    """``s3://bucket/a/b.tar.gz`` -> (``bucket``, ``a/b.tar.gz``); ``s3://bucket`` is
+    ``(bucket, context.tar.gz)``, as kaniko reads it."""
     _, _, rest = source.partition("://")
     bucket, _, key = rest.partition("/")
-    if not bucket or not key:
+    if not bucket:
         raise ContextError(f"--context {source}: expected {source.split('://')[0]}://BUCKET/PATH")
-    return bucket, key
+    return bucket, key or DEFAULT_OBJECT
 
 
 @contextlib.contextmanager

@@ -246,3 +246,10 @@ def test_sub_path_that_does_not_exist(tmp_path: Path, registry: Registry, busybo
     result = build(context, tmp_path, registry, busybox_image, "bad", "--context-sub-path",
                    "nope", env={"GIT_PULL_METHOD": "git"})
     assert_failed(result, f"--context-sub-path nope: no such directory in {context}")
+
+
+def test_sub_path_missing_from_a_local_directory(tmp_path: Path) -> None:
+    (tmp_path / "ctx").mkdir()
+    result = run_executor_on(str(tmp_path / "ctx"), tmp_path / "root", "--no-push",
+                             "--context-sub-path", "nope")
+    assert_failed(result, f"--context-sub-path nope: no such directory in {tmp_path / 'ctx'}")

@@ -10,6 +10,7 @@ import pytest
 
 from executor.contexts import display, fetch, is_git_url, is_remote, sub_path
 from executor.contexts.git import GitSource, _environment
+from executor.contexts.s3 import split_bucket_url
 from executor.contexts.tarball import unpack_tarball
 from executor.errors import ContextError, OptionsError
 from executor.options import GitOptions, parse_git_options
@@ -173,7 +174,7 @@ def test_tar_paths_in_every_compression(tmp_path: Path, compression: str) -> Non
 @pytest.mark.parametrize(("context", "message"), [
     ("tar:///nonexistent/ctx.tar.gz",
      "--context tar:///nonexistent/ctx.tar.gz: No such file or directory"),
-    ("s3://bucket-only", "--context s3://bucket-only: expected s3://BUCKET/PATH"),
+    ("s3:///key.tgz", "--context s3:///key.tgz: expected s3://BUCKET/PATH"),
     ("ftp://h/x", "--context ftp://h/x: unknown build context prefix 'ftp://'; use a path or "
                   "one of dir://, tar://, git://, https://, http://, s3://, gs://"),
 ])
@@ -181,6 +182,16 @@ def test_unusable_contexts(tmp_path: Path, context: str, message: str) -> None:
     with pytest.raises(ContextError) as error:
         fetch(context, tmp_path, GitOptions())
     assert str(error.value) == message
+
+
+@pytest.mark.parametrize(("url", "expected"), [
+    ("gs://test1/test2/test3", ("test1", "test2/test3")),
+    ("s3://test1/test2", ("test1", "test2")),
+    ("gs://test1/", ("test1", "context.tar.gz")),
+    ("s3://test1", ("test1", "context.tar.gz")),
+])
+def test_bucket_urls_as_kaniko_reads_them(url: str, expected: tuple[str, str]) -> None:
+    assert split_bucket_url(url) == expected
 
 
 def test_sub_path_must_stay_inside_the_context(tmp_path: Path) -> None:
