@@ -23,12 +23,18 @@ from typing import BinaryIO, cast
 from executor.context import BuildContext
 from executor.contexts import local_context
 from executor.dockerfile.parse import Instruction, parse_dockerfile, parse_text
-from executor.dockerfile.stages import BuildPlan, Stage, plan_build, stage_references
+from executor.dockerfile.stages import (
+    BuildPlan,
+    Stage,
+    plan_build,
+    stage_references,
+    unused_build_args,
+)
 from executor.errors import DockerfileError, ImageError, KilnError
 from executor.image.blob import VerifyingReader
 from executor.image.model import DOCKER_MANIFEST, ImageConfig, Layer, Platform, compression_of
 from executor.image.reference import ImageRef
-from executor.inplace import check_in_place_allowed
+from executor.inplace import check_in_place_allowed, executor_image_paths
 from executor.instructions import add, copy, metadata, run
 from executor.instructions.metadata import Step
 from executor.instructions.state import StageState
@@ -46,6 +52,9 @@ from snapshot.snapshot import Snapshot, diff_snapshots, take_snapshot, wait_for_
 log = logging.getLogger("kiln")
 
 Handler = Callable[[StageState, Instruction], Step]
+
+#: ``created`` of config and history under ``--reproducible`` (kaniko: ``mutate.Canonical``).
+EPOCH = "1970-01-01T00:00:00Z"
 
 HANDLERS: dict[str, Handler] = {
     "RUN": run.apply_run,
@@ -136,6 +145,10 @@ class Builder:
             log.info("Building stage '%s' [idx: '%d', base-idx: '%d']", stage.base, stage.index,
                      -1 if stage.base_stage is None else stage.base_stage)
             self.built[stage.index] = self._build_stage(stage)
+        unused = unused_build_args(self.plan, self._stages_to_build())
+        if unused:
+            log.warning("[Warning] One or more build-args [%s] were not consumed",
+                        " ".join(unused))
         return self.built[self.plan.target]
 
     def _stages_to_build(self) -> list[Stage]:
@@ -162,7 +175,7 @@ class Builder:
         base = self._base_image(stage)
         snapshot = self._prepare_root(stage, base)
         config = base.config.copy()
-        config.data["created"] = _now()
+        config.data["created"] = EPOCH if self.options.reproducible else _now()
         state = StageState(stage=stage, plan=self.plan, config=config, root=self.root,
                            context=self.context,
                            sandbox=Sandbox(self.root, in_place=self.options.in_place),
@@ -217,7 +230,8 @@ class Builder:
             log.info("No files changed in this command, skipping snapshotting.")
             state.config.add_empty_history(history, state.created)
             return new
-        blob = write_layer(self.root, changes, new, self.workspace.blobs, self._compression())
+        blob = write_layer(self.root, changes, new, self.workspace.blobs, self._compression(),
+                           mtime_ns=0 if self.options.reproducible else None)
         layer = Layer(blob.path, blob.digest, blob.diff_id, blob.size,
                       _media_type(blob.compression))
         layers.append(layer)
@@ -379,6 +393,19 @@ def clear_root(root: Path, ignore: IgnoreList, rel: str = "") -> None:
             os.unlink(entry.path)
 
 
+def delete_filesystem(root: Path, ignore: IgnoreList, workspace: Workspace) -> None:
+    """``--cleanup`` in place: remove the built filesystem, on success and on failure.
+
+    What stays is what the build ignored (the executor under the kiln dir, mounts such as the
+    context and the credentials, /var/run) and the blob cache, whose files are checked against
+    their digests when read; so a second build in the same container starts from the executor
+    image alone (kaniko #2793, #2271).
+    """
+    log.info("Deleting filesystem...")
+    clear_root(root, ignore)
+    shutil.rmtree(workspace.roots, ignore_errors=True)
+
+
 def _media_type(compression: str) -> str:
     from executor.image import model
 
@@ -418,11 +445,14 @@ def _build(options: BuildOptions) -> str:
     context = BuildContext.load(options.context, options.dockerfile)
     created_root = not options.in_place and not options.root.exists()
     options.root.mkdir(parents=True, exist_ok=True)
+    ignore: IgnoreList | None = None
     try:
         with _workspace(options) as workspace:
             extra = list(options.ignore_paths)
             if not options.in_place:
                 extra += [f"/{name}" for name in SANDBOX_MOUNTS]
+            else:
+                extra += executor_image_paths(options.root)
             ignore = IgnoreList.for_build(options.root, kiln_dir=workspace.kiln_dir,
                                           extra=extra, ignore_var_run=options.ignore_var_run)
             client = make_client(options)
@@ -434,5 +464,7 @@ def _build(options: BuildOptions) -> str:
     except KilnError:
         raise
     finally:
+        if options.cleanup and options.in_place and ignore is not None:
+            delete_filesystem(options.root, ignore, Workspace(options.kaniko_dir))
         if created_root and options.cleanup:
             shutil.rmtree(options.root, ignore_errors=True)

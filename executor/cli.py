@@ -108,6 +108,8 @@ _VERBOSITY = click.Choice(["panic", "fatal", "error", "warn", "info", "debug", "
 @click.option("--secret", "secrets", multiple=True,
               help="(kiln) Build secret for RUN --mount=type=secret, as id=NAME,src=PATH or "
               "id=NAME,env=VAR; repeatable.")
+@click.option("--reproducible", is_flag=True,
+              help="Strip timestamps out of the built image and make it reproducible.")
 @click.pass_context
 def main(ctx: click.Context, /, **flags: object) -> None:
     """Build a container image from a Dockerfile and push it, the way kaniko does."""
@@ -124,7 +126,9 @@ def version() -> None:
 
 def _run_build(flags: dict[str, object]) -> int:
     from executor.log import setup_logging
+    from executor.pid1 import BuildInterrupted, install_handlers
 
+    install_handlers()
     setup_logging(str(flags["verbosity"]), str(flags["log_format"]), bool(flags["log_timestamp"]))
     debug = flags["verbosity"] in ("debug", "trace")
     try:
@@ -132,6 +136,9 @@ def _run_build(flags: dict[str, object]) -> int:
         from executor.build import run_build
 
         run_build(options)
+    except BuildInterrupted as exc:
+        click.echo(f"error building image: {exc}", err=True)
+        return exc.exit_code
     except KeyboardInterrupt:
         log.error("build interrupted: nothing was pushed")
         return 130
@@ -232,6 +239,7 @@ def _options_from_flags(flags: dict[str, object]) -> BuildOptions:
         skip_unused_stages=bool(flags["skip_unused_stages"]),
         cleanup=bool(flags["cleanup"]),
         secrets=parse_secrets(_strs(flags["secrets"])),
+        reproducible=bool(flags["reproducible"]),
         context_source=raw_context if remote else None,
         context_sub_path=sub_path if remote else "",
         git=parse_git_options(_strs(flags["git_options"])),

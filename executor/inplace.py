@@ -27,6 +27,10 @@ def running_in_container() -> bool:
         return True
     if Path("/run/.containerenv").exists() or Path("/var/run/secrets/kubernetes.io").exists():
         return True
+    # The kubelet gives every container this variable, also with no service-account token
+    # mounted and on cgroup v2 nodes, whose private cgroup namespace hides "kubepods" below.
+    if os.environ.get("KUBERNETES_SERVICE_HOST"):
+        return True
     try:
         cgroups = Path("/proc/1/cgroup").read_text()
     except OSError:
@@ -40,6 +44,16 @@ def executor_is_self_contained(kiln_dir: Path) -> bool:
         return Path(sys.executable).resolve().is_relative_to(kiln_dir.resolve())
     except OSError:
         return False
+
+
+def executor_image_paths(root: Path) -> list[str]:
+    """Paths of the executor image, besides the kiln dir, that an in-place build leaves alone.
+
+    The debug image's shell lives in ``/busybox`` (Dockerfile.executor, target ``debug``), so a
+    CI job's shell keeps working across builds; kaniko's debug image declares it a VOLUME for
+    that, which Kubernetes does not honour, so kiln ignores it by name when it is there.
+    """
+    return ["/busybox"] if (root / "busybox" / "busybox").is_file() else []
 
 
 def check_in_place_allowed(kiln_dir: Path, force: bool) -> None:

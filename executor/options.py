@@ -64,6 +64,8 @@ class BuildOptions:
     cleanup: bool = False
     #: ``--secret id=NAME,src=PATH|env=VAR``: (id, "file" or "env", path or variable name).
     secrets: tuple[tuple[str, str, str], ...] = ()
+    #: ``--reproducible``: timestamps of config, history and new layer entries at the epoch.
+    reproducible: bool = False
     #: ``--context`` when it names something to fetch (``tar://``, ``git://``, ``https://``,
     #: ``s3://``, ``gs://``); ``executor.contexts`` fetches it and sets ``context``.
     context_source: str | None = None

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from executor.errors import KilnError
+from executor.pid1 import reaping_paused
 
 log = logging.getLogger("kiln")
 
@@ -101,22 +102,24 @@ class Sandbox:
         """
         created = self.prepare()
         try:
-            proc = subprocess.Popen(
-                list(argv),
-                env=env,
-                cwd=None,
-                stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-                start_new_session=True,
-                preexec_fn=self._child_setup(cwd, identity, tuple(mounts), network),
-                close_fds=True,
-            )
-            try:
-                proc.communicate(stdin)
-            except BaseException:
+            # As PID 1, orphans are reaped only once the command itself was waited for.
+            with reaping_paused():
+                proc = subprocess.Popen(
+                    list(argv),
+                    env=env,
+                    cwd=None,
+                    stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+                    start_new_session=True,
+                    preexec_fn=self._child_setup(cwd, identity, tuple(mounts), network),
+                    close_fds=True,
+                )
+                try:
+                    proc.communicate(stdin)
+                except BaseException:
+                    _kill_group(proc.pid)
+                    proc.wait()
+                    raise
                 _kill_group(proc.pid)
-                proc.wait()
-                raise
-            _kill_group(proc.pid)
         finally:
             for point in created:
                 with contextlib.suppress(OSError):

@@ -90,10 +90,11 @@ class LayerBlob:
 
 
 def write_layer(root: Path, changes: Changes, snapshot: Snapshot, out_dir: Path,
-                compression: Compression) -> LayerBlob:
+                compression: Compression, *, mtime_ns: int | None = None) -> LayerBlob:
     """Write ``changes`` (paths of ``snapshot``, files read from ``root``) as a layer blob.
 
     The result is ``out_dir/<hex digest>``; a failure leaves nothing behind in ``out_dir``.
+    ``mtime_ns`` replaces every entry's mtime (``--reproducible`` passes 0).
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     fd, temp_name = tempfile.mkstemp(prefix=".layer-", suffix=".tmp", dir=out_dir)
@@ -103,7 +104,7 @@ def write_layer(root: Path, changes: Changes, snapshot: Snapshot, out_dir: Path,
             diff_id = hashlib.sha256()
             sink = _HashingSink(raw, hashing=compression.algorithm != "none")
             with compressed_writer(cast(BinaryIO, sink), compression) as compressor:
-                for chunk in _tar_chunks(os.fspath(root), changes, snapshot):
+                for chunk in _tar_chunks(os.fspath(root), changes, snapshot, mtime_ns):
                     diff_id.update(chunk)
                     compressor.write(chunk)
         # Uncompressed, the file is the tar: one hash serves as both.
@@ -144,7 +145,8 @@ class _HashingSink:
         return True
 
 
-def _tar_chunks(root: str, changes: Changes, snapshot: Snapshot) -> Iterator[bytes]:
+def _tar_chunks(root: str, changes: Changes, snapshot: Snapshot,
+                mtime_ns: int | None = None) -> Iterator[bytes]:
     """The tar's bytes in chunks of about CHUNK bytes: entries in :func:`layer_order`, then the
     end-of-archive marker. Small pieces are gathered in a list and joined once per chunk."""
     entries = snapshot.entries
@@ -204,7 +206,8 @@ def _tar_chunks(root: str, changes: Changes, snapshot: Snapshot) -> Iterator[byt
                 major, minor = os.major(entry.rdev), os.minor(entry.rdev)
             size = entry.size if fd >= 0 else 0
             header = _header(tar_name, entry.mode & 0o7777, entry.uid, entry.gid, size,
-                             entry.mtime_ns, typeflag, linkname, major, minor, pax)
+                             entry.mtime_ns if mtime_ns is None else mtime_ns, typeflag,
+                             linkname, major, minor, pax)
             pieces.append(header)
             gathered += len(header)
             if size <= CHUNK:
