@@ -204,3 +204,21 @@ def test_sub_path_must_stay_inside_the_context(tmp_path: Path) -> None:
     with pytest.raises(ContextError) as error:
         sub_path(tmp_path / "ctx", "../..", "git://h/r.git")
     assert str(error.value) == "--context-sub-path ../..: leads outside the context git://h/r.git"
+
+
+@pytest.mark.parametrize(("code", "status", "message"), [
+    ("NoSuchKey", 404, "no such object"),
+    ("NoSuchBucket", 404, "no such bucket"),
+    ("InvalidAccessKeyId", 403, "access denied (InvalidAccessKeyId; check the AWS credentials)"),
+    ("SignatureDoesNotMatch", 403,
+     "access denied (SignatureDoesNotMatch; check the AWS credentials)"),
+    ("SlowDown", 503, "SlowDown: Please reduce your request rate."),
+])
+def test_s3_errors_in_a_few_words(code: str, status: int, message: str) -> None:
+    from botocore.exceptions import ClientError
+
+    from executor.contexts.s3 import _client_error
+
+    error = ClientError({"Error": {"Code": code, "Message": "Please reduce your request rate."},
+                         "ResponseMetadata": {"HTTPStatusCode": status}}, "GetObject")
+    assert _client_error(error) == message
