@@ -30,7 +30,7 @@ from executor.dockerfile.stages import (
     stage_references,
     unused_build_args,
 )
-from executor.errors import DockerfileError, ImageError, KilnError
+from executor.errors import DockerfileError, ImageError, KilnError, RegistryError
 from executor.image.blob import VerifyingReader
 from executor.image.model import DOCKER_MANIFEST, ImageConfig, Layer, Platform, compression_of
 from executor.image.reference import ImageRef
@@ -367,7 +367,11 @@ class Builder:
         else:
             if ref.isdigit():
                 raise inst.error(f"COPY --from={ref}: there is no stage {ref}")
-            image = self._pull(ref, self.platform, str(inst.location))
+            try:
+                image = self._pull(ref, self.platform, str(inst.location))
+            except (RegistryError, ImageError) as exc:
+                raise inst.error(f"{inst.kind} --from={ref}: no stage of that name, and pulling "
+                                 f"it as an image failed: {exc}") from None
         target = Path(tempfile.mkdtemp(prefix="from-", dir=self.workspace.roots))
         none = IgnoreList(root=target, paths=frozenset(), globs=())
         self._extract(image, target, none)

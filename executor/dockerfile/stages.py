@@ -42,6 +42,10 @@ class BuildPlan:
     global_args: Mapping[str, str]
     target: int
     build_args: Mapping[str, str] = field(default_factory=dict)
+    #: TARGETPLATFORM, BUILDARCH, ...: what a stage's ``ARG NAME`` gets without a value.
+    predefined: Mapping[str, str] = field(default_factory=dict)
+    #: Names of the ARGs declared before the first FROM.
+    global_names: frozenset[str] = frozenset()
 
     def stage_by_ref(self, ref: str) -> Stage | None:
         """The stage ``ref`` names (a name or an index), if it is one."""
@@ -69,6 +73,7 @@ def plan_build(dockerfile: Dockerfile, build_args: Mapping[str, str], target: st
     escape = dockerfile.escape
     scope = platform_args(platform, Platform())
     global_args: dict[str, str] = {}
+    global_names: set[str] = set()
     stages: list[Stage] = []
     current: list[Instruction] = []
     header: Instruction | None = None
@@ -87,6 +92,7 @@ def plan_build(dockerfile: Dockerfile, build_args: Mapping[str, str], target: st
                 raise inst.error(f"{inst.kind} must come after FROM (only ARG may come "
                                  "before the first FROM)")
             for name, default in parse_arg(inst, {**scope, **global_args}, escape):
+                global_names.add(name)
                 if name in build_args:
                     global_args[name] = build_args[name]
                 elif default is not None:
@@ -103,10 +109,26 @@ def plan_build(dockerfile: Dockerfile, build_args: Mapping[str, str], target: st
             raise DockerfileError(dockerfile.path,
                                   f'target stage "{target}" could not be found')
         target_index = found.index
-    plan = BuildPlan(dockerfile, tuple(stages), global_args, target_index, dict(build_args))
+    plan = BuildPlan(dockerfile, tuple(stages), global_args, target_index, dict(build_args),
+                     scope, frozenset(global_names))
     for stage in stages:
         check_stage_references(plan, stage)
     return plan
+
+
+# Build args Docker lets every RUN see without an ARG line, and never warns about.
+PROXY_ARGS = ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "FTP_PROXY",
+              "ftp_proxy", "NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy")
+
+
+def unused_build_args(plan: BuildPlan, built: list[Stage]) -> list[str]:
+    """The ``--build-arg`` names no ARG of the global scope or of a built stage declares."""
+    declared = set(plan.global_names) | set(PROXY_ARGS)
+    for stage in built:
+        for inst in stage.instructions:
+            if inst.kind == "ARG":
+                declared.update(arg.partition("=")[0] for arg in inst.args)
+    return sorted(name for name in plan.build_args if name not in declared)
 
 
 def stage_references(inst: Instruction) -> list[str]:

@@ -63,6 +63,8 @@ def apply_arg(state: StageState, inst: Instruction) -> Step:
             state.args[name] = default
         elif name in state.plan.global_args:
             state.args[name] = state.plan.global_args[name]
+        elif name in state.plan.predefined:
+            state.args[name] = state.plan.predefined[name]
     return Step(None)
 
 

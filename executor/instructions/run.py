@@ -15,6 +15,7 @@ import subprocess
 import tempfile
 
 from executor.dockerfile.parse import Instruction
+from executor.dockerfile.stages import PROXY_ARGS
 from executor.errors import BuildStepError
 from executor.instructions.metadata import Step
 from executor.instructions.mounts import parse_mount, prepared_mounts
@@ -108,11 +109,6 @@ def _drop_flags(text: str, flags: tuple[str, ...]) -> str:
     for flag in flags:
         text = text.replace(flag, "", 1)
     return text.lstrip()
-
-
-# Build args every RUN sees without an ARG line, and that history never records (BuildKit).
-PROXY_ARGS = ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "FTP_PROXY",
-              "ftp_proxy", "NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy")
 
 
 def _environment(state: StageState) -> dict[str, str]:
