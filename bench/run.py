@@ -2,8 +2,11 @@
 
 Each scenario runs in a fresh interpreter (so its peak RSS is its own) over a tree this script
 builds in a temporary directory and removes afterwards, and reports the median of ``--runs``
-timed runs. Add a scenario by writing a function ``(workdir, runs) -> list[Result]`` and listing
-it in ``SCENARIOS``.
+timed runs. ``tiny``, ``files`` and ``bigfile`` build whole Dockerfiles with kiln and with
+buildah against a local registry (bench/builds.py); ``extract-*`` compare kiln, umoci and GNU
+tar (bench/extract.py). Push memory has its own script: ``python -m bench.push``. Add a
+scenario by writing a function ``(workdir, runs) -> list[Result]`` and listing it in
+``SCENARIOS``.
 """
 
 from __future__ import annotations
@@ -105,9 +108,61 @@ def layer_10k(workdir: Path, runs: int) -> list[Result]:
     return [Result("layer-10k", "kiln", statistics.median(times), _peak_rss_mb())]
 
 
+def _medians(scenario: str, samples: dict[str, list[tuple[float, float]]]) -> list[Result]:
+    """One Result per tool: the median time, and the median of the peak RSS figures."""
+    return [Result(scenario, tool, statistics.median(s for s, _ in runs),
+                   statistics.median(r for _, r in runs)) for tool, runs in samples.items()]
+
+
+def noop_100k(_workdir: Path, runs: int) -> list[Result]:
+    """One no-op RUN step on a 100,000-file tree: clock wait, ``RUN true``, walk, diff."""
+    from bench.builds import noop_step_seconds
+
+    times = [noop_step_seconds(100_000) for _ in range(runs)]
+    return [Result("noop100k", "kiln", statistics.median(times), _peak_rss_mb())]
+
+
+def _build_scenario(name: str) -> Callable[[Path, int], list[Result]]:
+    """A whole-build scenario of bench/builds.py, run by kiln and by buildah, cold."""
+
+    def run(_workdir: Path, runs: int) -> list[Result]:
+        from bench.builds import Measurement, measure_builds
+
+        samples: dict[str, list[tuple[float, float]]] = {"kiln": [], "buildah": []}
+
+        def collect(m: Measurement) -> None:
+            samples[m.tool].append((m.seconds, m.peak_rss_mb))
+
+        measure_builds([name], list(samples), runs, collect)
+        return _medians(name, samples)
+
+    return run
+
+
+def _extract_scenario(name: str) -> Callable[[Path, int], list[Result]]:
+    """Extraction of one blob by kiln, umoci and GNU tar (bench/extract.py)."""
+
+    def run(_workdir: Path, runs: int) -> list[Result]:
+        from bench.extract import TOOLS, default_workdir, measure_extraction
+
+        samples: dict[str, list[tuple[float, float]]] = {tool: [] for tool in TOOLS}
+        measure_extraction([name], runs, default_workdir(),
+                           lambda _s, tool, seconds: samples[tool].append((seconds, 0.0)))
+        return [Result(r.scenario, r.tool, r.seconds, _peak_rss_mb() if r.tool == "kiln"
+                       else float("nan")) for r in _medians(name, samples)]
+
+    return run
+
+
 SCENARIOS: dict[str, Callable[[Path, int], list[Result]]] = {
     "walk-diff-100k": walk_diff_100k,
     "layer-10k": layer_10k,
+    "noop100k": noop_100k,
+    "tiny": _build_scenario("tiny"),
+    "files": _build_scenario("files"),
+    "bigfile": _build_scenario("bigfile"),
+    "extract-debian": _extract_scenario("extract-debian"),
+    "extract-50k": _extract_scenario("extract-50k"),
 }
 
 
