@@ -31,10 +31,11 @@ def write_context(directory: Path, dockerfile: str, files: dict[str, str] | None
     return directory
 
 
-def run_executor(context: Path, root: Path, *args: str, timeout: float = 300) -> ExecutorRun:
+def run_executor(context: Path, root: Path, *args: str, timeout: float = 300,
+                 dockerfile: str = "Dockerfile") -> ExecutorRun:
     """``executor --context CONTEXT --root ROOT ARGS...``; the root is a fresh sandbox dir."""
     cmd = [sys.executable, "-m", "executor.cli", "--context", str(context),
-           "--dockerfile", str(context / "Dockerfile"), "--root", str(root), *args]
+           "--dockerfile", str(context / dockerfile), "--root", str(root), *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
     return ExecutorRun(proc.returncode, proc.stdout, proc.stderr)
 

@@ -1,0 +1,102 @@
+"""k8s/: the manifests validate, and the Job's container spec, run under crun, pushes an image."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from tests.support.container import Bind, ContainerSpec, run_container, write_config
+from tests.support.executor_image import busybox_dockerfile, docker_config
+from tests.support.registry import Registry
+from tests.support.runtime import inspect_config, run_image, unpack_image
+
+pytestmark = pytest.mark.e2e
+
+K8S = Path(__file__).resolve().parents[2] / "k8s"
+#: The Kubernetes version the manifests are checked against (kubernetes-validate's schemas).
+KUBERNETES_VERSION = "1.30.0"
+
+
+def load(name: str) -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load((K8S / name).read_text())
+    return data
+
+
+def test_the_job_validates_strictly() -> None:
+    kubernetes_validate.validate(load("job.yaml"), KUBERNETES_VERSION, strict=True)
+
+
+def test_the_tekton_task_steps_validate_as_kubernetes_containers() -> None:
+    # kubernetes-validate has no schema for Tekton's CRDs; a Step is a Container whose
+    # resources are called computeResources and which may carry a script instead of args.
+    task = load("tekton-task.yaml")
+    assert (task["apiVersion"], task["kind"]) == ("tekton.dev/v1", "Task")
+    containers = []
+    for step in task["spec"]["steps"]:
+        container = copy.deepcopy(step)
+        if "computeResources" in container:
+            container["resources"] = container.pop("computeResources")
+        if "script" in container:
+            container["command"] = ["sh", "-c", container.pop("script")]
+        containers.append(container)
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "kiln-task"},
+           "spec": {"containers": containers}}
+    kubernetes_validate.validate(pod, KUBERNETES_VERSION, strict=True)
+
+
+def test_the_gitlab_job_runs_the_debug_image_without_its_entrypoint() -> None:
+    job = yaml.safe_load((K8S / "gitlab-ci.yml").read_text())["build-image"]
+    assert job["image"]["name"].endswith("-debug")
+    assert job["image"]["entrypoint"] == [""]
+    assert any(line.startswith("/kaniko/executor") for line in job["script"])
+
+
+def kubelet_files(directory: Path) -> tuple[Bind, ...]:
+    """The files the kubelet mounts into every container."""
+    directory.mkdir(parents=True, exist_ok=True)
+    files = {"hosts": "127.0.0.1 localhost\n", "hostname": "kiln-build-x7k2p\n",
+             "resolv.conf": "nameserver 10.96.0.10\n", "termination-log": ""}
+    for name, text in files.items():
+        (directory / name).write_text(text)
+    return (Bind(directory / "hosts", "/etc/hosts"),
+            Bind(directory / "hostname", "/etc/hostname"),
+            Bind(directory / "resolv.conf", "/etc/resolv.conf"),
+            Bind(directory / "termination-log", "/dev/termination-log"))
+
+
+def test_the_jobs_container_spec_builds_and_pushes_under_crun(
+        plain_executor_image: str, registry: Registry, busybox_image: str,
+        tmp_path: Path) -> None:
+    pod = load("job.yaml")["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    dest = f"{registry.host}/k8s/app:1.0.0"
+    args = []
+    for arg in container["args"]:
+        # The one change: the destination is the test registry, which speaks plain HTTP.
+        args.append(f"--destination={dest}" if arg.startswith("--destination=") else arg)
+    args += ["--insecure", "--insecure-pull"]
+    config = inspect_config(plain_executor_image)["config"]
+    env = dict(e.split("=", 1) for e in config["Env"])
+    env.update({e["name"]: e["value"] for e in container.get("env", [])})
+    env.update({"KUBERNETES_SERVICE_HOST": "10.96.0.1", "KUBERNETES_SERVICE_PORT": "443",
+                "HOSTNAME": "kiln-build-x7k2p"})
+    # The volumes: the context the init container cloned, the Secret's config.json.
+    context = busybox_dockerfile(tmp_path / "context", busybox_image)
+    sources = {"context": context, "docker-config": docker_config(tmp_path / "secret", registry)}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["docker-config"]["secret"]["items"][0]["path"] == "config.json"
+    binds = [Bind(sources[m["name"]], m["mountPath"], m.get("readOnly", False))
+             for m in container["volumeMounts"]]
+    rootfs = unpack_image(plain_executor_image, tmp_path / "image")
+    spec = ContainerSpec(args=[*config["Entrypoint"], *args], env=env,
+                         binds=(*binds, *kubelet_files(tmp_path / "kubelet")),
+                         cwd=config.get("WorkingDir") or "/")
+    result = run_container(write_config(tmp_path / "bundle", rootfs, spec))
+    assert result.exit_code == 0, result.stderr[-4000:]
+    out = run_image(dest, workdir=tmp_path / "run")
+    assert out.stdout.splitlines() == ["built in place by executor", "BusyBox"]
