@@ -26,8 +26,8 @@ from executor.dockerfile.parse import Instruction, parse_dockerfile, parse_text
 from executor.dockerfile.stages import (
     BuildPlan,
     Stage,
+    build_order,
     plan_build,
-    stage_references,
     unused_build_args,
 )
 from executor.errors import DockerfileError, ImageError, KilnError, RegistryError
@@ -152,23 +152,13 @@ class Builder:
         return self.built[self.plan.target]
 
     def _stages_to_build(self) -> list[Stage]:
-        stages = [s for s in self.plan.stages if s.index <= self.plan.target]
-        if not self.options.skip_unused_stages:
-            return stages
-        needed = {self.plan.target}
-        for stage in reversed(stages):
-            if stage.index in needed:
-                needed |= self._dependencies(stage)
-        return [s for s in stages if s.index in needed]
-
-    def _dependencies(self, stage: Stage) -> set[int]:
-        deps = {stage.base_stage} if stage.base_stage is not None else set()
-        for inst in stage.instructions:
-            for ref in stage_references(inst):
-                other = self.plan.stage_by_ref(ref)
-                if other is not None:
-                    deps.add(other.index)
-        return deps
+        """Like kaniko, every stage up to the target (only what it needs with
+        --skip-unused-stages), plus the later stages they read, each after what it reads."""
+        if self.options.skip_unused_stages:
+            wanted = {self.plan.target}
+        else:
+            wanted = {s.index for s in self.plan.stages if s.index <= self.plan.target}
+        return build_order(self.plan, wanted)
 
     def _build_stage(self, stage: Stage) -> BuiltImage:
         self.current_stage = stage.index
@@ -358,9 +348,6 @@ class Builder:
             if image is None and stage.index == self.current_stage:
                 raise inst.error(f"circular dependency detected on stage: "
                                  f"{stage.display_name}")
-            if image is None and stage.index > self.current_stage:
-                raise inst.error(f"{inst.kind} reads from stage {ref!r}, which comes later in "
-                                 "the Dockerfile; kiln builds stages in order, move it up")
             if image is None:
                 raise inst.error(f"{inst.kind} --from={ref}: stage {ref!r} was not built "
                                  "(check --target and --skip-unused-stages)")

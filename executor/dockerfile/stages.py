@@ -111,9 +111,87 @@ def plan_build(dockerfile: Dockerfile, build_args: Mapping[str, str], target: st
         target_index = found.index
     plan = BuildPlan(dockerfile, tuple(stages), global_args, target_index, dict(build_args),
                      scope, frozenset(global_names))
-    for stage in stages:
-        check_stage_references(plan, stage)
+    check_cycles(plan)
     return plan
+
+
+def stage_dependencies(plan: BuildPlan, stage: Stage) -> list[tuple[int, Instruction | None]]:
+    """The stages ``stage`` reads: its base (None: the FROM line) and every literal
+    ``--from``/``from=`` that names a stage, with the instruction that reads it."""
+    deps: list[tuple[int, Instruction | None]] = []
+    if stage.base_stage is not None:
+        deps.append((stage.base_stage, None))
+    for inst in stage.instructions:
+        for ref in stage_references(inst):
+            other = plan.stage_by_ref(ref) if "$" not in ref else None
+            if other is not None:
+                deps.append((other.index, inst))
+    return deps
+
+
+def check_cycles(plan: BuildPlan) -> None:
+    """BuildKit resolves stages as a graph, so a stage may read a later one; a cycle (a stage
+    reading itself, or a -> b -> a) is an error at the instruction that starts it."""
+    state: dict[int, str] = {}
+
+    def visit(index: int) -> tuple[int, Instruction | None] | None:
+        state[index] = "open"
+        for dep, inst in stage_dependencies(plan, plan.stages[index]):
+            if state.get(dep) == "open":
+                return dep, inst
+            if dep not in state:
+                found = visit(dep)
+                if found is not None:
+                    return found
+        state[index] = "done"
+        return None
+
+    for stage in plan.stages:
+        if stage.index in state:
+            continue
+        found = visit(stage.index)
+        if found is not None:
+            start, _ = found
+            # Report at the start stage's own instruction that leads into the cycle.
+            first = next((inst for dep, inst in stage_dependencies(plan, plan.stages[start])
+                          if _reaches(plan, dep, start)), None)
+            where = str(first.location if first is not None else plan.stages[start].location)
+            raise DockerfileError(where, "circular dependency detected on stage: "
+                                  f"{plan.stages[start].display_name}")
+
+
+def _reaches(plan: BuildPlan, start: int, goal: int) -> bool:
+    seen: set[int] = set()
+    pending = [start]
+    while pending:
+        index = pending.pop()
+        if index == goal:
+            return True
+        if index in seen:
+            continue
+        seen.add(index)
+        pending.extend(dep for dep, _ in stage_dependencies(plan, plan.stages[index]))
+    return False
+
+
+def build_order(plan: BuildPlan, wanted: set[int]) -> list[Stage]:
+    """``wanted`` and every stage they read, each after the stages it reads (else in file
+    order)."""
+    order: list[Stage] = []
+    placed: set[int] = set()
+
+    def place(index: int) -> None:
+        if index in placed:
+            return
+        placed.add(index)
+        for dep, _ in sorted(stage_dependencies(plan, plan.stages[index]),
+                             key=lambda d: d[0]):
+            place(dep)
+        order.append(plan.stages[index])
+
+    for index in sorted(wanted):
+        place(index)
+    return order
 
 
 # Build args Docker lets every RUN see without an ARG line, and never warns about.
@@ -145,24 +223,6 @@ def stage_references(inst: Instruction) -> list[str]:
                 if key.strip().lower() == "from":
                     refs.append(val)
     return refs
-
-
-def check_stage_references(plan: BuildPlan, stage: Stage) -> None:
-    """A stage may read only from stages before it: from itself is a cycle, and kiln builds
-    stages in order, so a later stage cannot be read either."""
-    for inst in stage.instructions:
-        for ref in stage_references(inst):
-            if "$" in ref:
-                continue  # checked when the instruction runs, once ARGs are known
-            other = plan.stage_by_ref(ref)
-            if other is None:
-                continue
-            if other.index == stage.index:
-                raise inst.error(f"circular dependency detected on stage: "
-                                 f"{stage.display_name}")
-            if other.index > stage.index:
-                raise inst.error(f"{inst.kind} reads from stage {ref!r}, which comes later in "
-                                 "the Dockerfile; kiln builds stages in order, move it up")
 
 
 def _make_stage(inst: Instruction, index: int, body: tuple[Instruction, ...],

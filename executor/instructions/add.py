@@ -144,7 +144,8 @@ def download(inst: Instruction, url: str, directory: Path, checksum: str | None)
     if checksum is not None:
         got = f"{algorithm}:{digest.hexdigest()}"
         if got != checksum:
-            raise inst.error(f"ADD {url}: digest mismatch: expected {checksum}, got {got}")
+            raise inst.error(f"ADD --checksum: digest mismatch for {url}: expected {checksum}, "
+                             f"got {got}")
     if modified:
         parsed = _http_date(modified)
         if parsed is not None:

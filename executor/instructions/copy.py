@@ -275,10 +275,7 @@ def _ownership(state: StageState, inst: Instruction, flags: dict[str, str]) -> O
         try:
             chmod = Chmod.parse(text)
         except ValueError:
-            raise inst.error(f"invalid --chmod value {text!r}: expected octal permissions "
-                             "such as 0755 or symbolic ones such as u+x,g-w") from None
-        if chmod.octal is not None and chmod.octal > 0o7777:
-            raise inst.error(f"invalid --chmod value {text!r}")
+            raise inst.error(f'invalid --chmod value "{text}"') from None
     return Ownership(uid, gid, chmod)
 
 

@@ -75,17 +75,19 @@ def parse_mount(text: str, workdir: str) -> MountSpec:
         key, eq, value = field_.partition("=")
         key = key.lower()
         if key not in _KEYS:
-            raise ValueError(f"unexpected key '{key}' in '{field_}'")
+            raise ValueError(f"RUN --mount: unexpected key '{key}' in '{field_}'")
         if not eq:
             if key not in _BOOLS:
-                raise ValueError(f"invalid field '{field_}' must be a key=value pair")
+                raise ValueError(f"RUN --mount: invalid field '{field_}' must be a key=value "
+                                 "pair")
             value = "true"
         values[_canonical(key)] = value
     kind = values.pop("type", "bind").lower()
     if kind not in _TYPES:
         raise ValueError(f"unsupported mount type \"{kind}\"")
     if kind == "ssh":
-        raise ValueError("type=ssh is not supported: kiln has no SSH agent forwarding")
+        raise ValueError("RUN --mount=type=ssh is not supported: kiln has no SSH agent "
+                         "forwarding")
     readonly = _bool(values, "readonly", kind in ("bind", "secret"))
     if "readwrite" in values:
         readonly = not _bool(values, "readwrite", False)
@@ -98,13 +100,13 @@ def parse_mount(text: str, workdir: str) -> MountSpec:
         if mount_id is None and target is not None:
             mount_id = posixpath.basename(target)
         if not mount_id:
-            raise ValueError("a secret mount needs id= (or a target to name it)")
+            raise ValueError("RUN --mount=type=secret needs id= (or a target to name it)")
         if target is None and "env" not in values:
             target = f"/run/secrets/{mount_id}"
     elif target is None:
-        raise ValueError(f"a {kind} mount needs target=")
+        raise ValueError(f"RUN --mount=type={kind} needs target=")
     if target == "/":
-        raise ValueError("cannot mount over /")
+        raise ValueError("RUN --mount cannot mount over /")
     sharing = values.get("sharing", "shared").lower()
     if sharing not in ("shared", "private", "locked"):
         raise ValueError(f"unsupported sharing value \"{sharing}\"")
@@ -114,7 +116,7 @@ def parse_mount(text: str, workdir: str) -> MountSpec:
                          ("mode", ("cache", "secret")), ("uid", ("cache", "secret")),
                          ("gid", ("cache", "secret")), ("id", ("cache", "secret"))):
         if key in values and kind not in allowed:
-            raise ValueError(f"{key}= is not valid for a {kind} mount")
+            raise ValueError(f"RUN --mount: {key}= is not valid for type={kind}")
     return MountSpec(
         type=kind, target=target, source=source, from_ref=values.get("from"),
         id=mount_id if kind == "secret" else (mount_id or target),
@@ -195,8 +197,8 @@ def _prepare(state: StageState, inst: Instruction, spec: MountSpec,
         value = state.secrets.get(spec.id or "")
         if value is None:
             if spec.required:
-                raise inst.error(f"secret {spec.id} not found: pass it with --secret "
-                                 f"id={spec.id},src=PATH or env=VAR")
+                raise inst.error(f'secret "{spec.id}" is required but was not given '
+                                 f"(--secret id={spec.id},...)")
             return
         if spec.env:
             prepared.env[spec.env] = value.decode("utf-8", "surrogateescape")

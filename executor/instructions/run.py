@@ -32,7 +32,8 @@ def apply_run(state: StageState, inst: Instruction) -> Step:
     flags = inst.flag_values(("mount", "network", "security"), repeatable=("mount",))
     network = state.expand(inst, flags.get("network", "default"))
     if network not in ("default", "none", "host"):
-        raise inst.error(f"RUN --network={network}: expected default, none or host")
+        raise inst.error(f'unsupported network mode "{network}": expected default, none or '
+                         "host")
     security = state.expand(inst, flags.get("security", "sandbox"))
     if security != "sandbox":
         raise inst.error(f"RUN --security={security}: kiln does not grant insecure "
@@ -44,7 +45,7 @@ def apply_run(state: StageState, inst: Instruction) -> Step:
             try:
                 specs.append(parse_mount(state.expand(inst, value), state.workdir))
             except ValueError as exc:
-                raise inst.error(f"RUN --mount={value}: {exc}") from None
+                raise inst.error(str(exc)) from None
     argv, script = _command(state, inst)
     env = _environment(state)
     user = str(state.config.container.get("User") or "root")

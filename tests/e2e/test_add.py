@@ -156,8 +156,8 @@ def test_add_url_with_a_wrong_checksum_fails(tmp_path: Path, busybox_image: str,
     built = build(tmp_path, f"FROM {busybox_image}\nADD --checksum={wrong} {base}/data.bin /\n")
     assert built.run.exit_code == 1
     got = "sha256:" + hashlib.sha256(b"payload").hexdigest()
-    assert built.run.last_line == (f"error building image: Dockerfile:2: ADD {base}/data.bin: "
-                                   f"digest mismatch: expected {wrong}, got {got}")
+    assert built.run.last_line == ("error building image: Dockerfile:2: ADD --checksum: digest "
+                                   f"mismatch for {base}/data.bin: expected {wrong}, got {got}")
 
 
 def test_add_url_missing_fails_with_the_status(tmp_path: Path, busybox_image: str,
