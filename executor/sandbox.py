@@ -190,6 +190,28 @@ def _mount_all(libc: ctypes.CDLL, mounts: tuple[Mount, ...]) -> None:
         _check(libc.mount(None, target, None, flags, None), f"remount {mount.target}")
 
 
+# What a container runtime provides to every RUN; in sandbox mode the host's copies, read-only.
+_NAME_SERVICE_FILES = ("etc/resolv.conf", "etc/hosts")
+
+
+def _bind_name_service_files(libc: ctypes.CDLL, root: str) -> None:
+    """Bind the host's resolv.conf and hosts read-only over the image's, for name lookups.
+
+    Only over regular files the image has (a mount needs a target, and creating one would
+    leave a trace in the layer); never through a symlink, which could aim the bind anywhere.
+    The mounts live in the child's namespace: the snapshot sees the image's own files.
+    """
+    for name in _NAME_SERVICE_FILES:
+        host, target = f"/{name}", os.path.join(root, name)
+        if not os.path.isfile(host) or os.path.islink(target) or not os.path.isfile(target):
+            continue
+        if os.path.islink(os.path.dirname(target)):
+            continue
+        _check(libc.mount(host.encode(), target.encode(), None, MS_BIND, None), f"bind /{name}")
+        _check(libc.mount(None, target.encode(), None, MS_BIND | MS_REMOUNT | MS_RDONLY, None),
+               f"remount /{name} read-only")
+
+
 def _enter_sandbox(root: str, mounts: tuple[Mount, ...] = ()) -> None:
     """Private mount namespace, /proc, /dev and /sys inside ``root``, ``mounts``, then chroot."""
     libc = _libc()
@@ -207,6 +229,7 @@ def _enter_sandbox(root: str, mounts: tuple[Mount, ...] = ()) -> None:
            "mount proc")
     _check(libc.mount(b"/dev", base + b"/dev", None, MS_BIND | MS_REC, None), "bind /dev")
     _check(libc.mount(b"/sys", base + b"/sys", None, MS_BIND | MS_REC, None), "bind /sys")
+    _bind_name_service_files(libc, root)
     _mount_all(libc, mounts)
     os.chroot(root)
     os.chdir("/")

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from executor.inplace import running_in_container
 from tests.support.kiln import run_executor, write_context
 from tests.support.registry import Registry, free_port
 
@@ -66,16 +65,3 @@ def test_unreachable_registry(tmp_path: Path, registry: Registry) -> None:
     port = free_port()
     result = build(tmp_path, registry, f"FROM 127.0.0.1:{port}/some/image\n", "bad/reach")
     assert_failed(result, f"cannot reach registry 127.0.0.1:{port}: connection refused")
-
-
-def test_in_place_without_a_self_contained_executor_is_refused(tmp_path: Path) -> None:
-    context = write_context(tmp_path / "context", "FROM scratch\n")
-    result = run_executor(context, Path("/"), "--no-push")
-    assert result.exit_code == 1
-    if running_in_container():  # e.g. /.dockerenv: then the self-contained check speaks
-        assert result.last_line.startswith(
-            "error building image: refusing to build in place over /: this executor (")
-    else:
-        assert result.last_line == (
-            "error building image: kiln should only be run inside of a container, run with "
-            "the --force flag if you are sure you want to continue")

@@ -81,3 +81,18 @@ def test_a_mount_point_that_is_a_symlink_is_refused(tmp_path: Path) -> None:
     (root / "proc").symlink_to("/etc")
     with pytest.raises(KilnError, match="/proc in the image is not a directory"):
         Sandbox(root, in_place=False).run(["/bin/true"], env=ENV, cwd="/", identity=Identity())
+
+
+def test_name_service_files_are_the_hosts_read_only_and_leave_the_images_alone(
+        tmp_path: Path) -> None:
+    root = make_busybox_rootfs(tmp_path / "root")
+    (root / "etc/resolv.conf").write_text("nameserver 192.0.2.1\n")
+    (root / "etc/hosts").write_text("127.0.0.1 image\n")
+    code = Sandbox(root, in_place=False).run(
+        ["/bin/sh", "-c", "cat /etc/resolv.conf > /tmp/seen; echo x >> /etc/hosts || "
+         "echo refused > /tmp/write"], env=ENV, cwd="/", identity=Identity())
+    assert code == 0
+    assert (root / "tmp/seen").read_text() == Path("/etc/resolv.conf").read_text()
+    assert (root / "tmp/write").read_text() == "refused\n"
+    assert (root / "etc/hosts").read_text() == "127.0.0.1 image\n"
+    assert (root / "etc/resolv.conf").read_text() == "nameserver 192.0.2.1\n"
