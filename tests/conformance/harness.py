@@ -1,0 +1,403 @@
+"""The conformance corpus: cases, their contexts, and how an image built from one is observed.
+
+A case is a directory under ``cases/``: a ``Dockerfile``, the context files, and an optional
+``case.toml``. Top-level names starting with ``_`` and ``case.toml`` itself are material for the
+harness, not part of the build context: ``_parent/`` (a Dockerfile built first, pushed and used
+as ``@PARENT@``), ``_http/`` (files served over loopback HTTP as ``@HTTP@/NAME``), ``_secrets/``,
+``_archives/`` (directories packed into tar files at render time) and ``Dockerfile.buildah`` (an
+equivalent Dockerfile for buildah where it cannot parse the real one).
+
+Placeholders in every file whose name contains ``Dockerfile``: ``@REGISTRY@`` (the test
+registry), ``@BASE@`` (the busybox base image), ``@HTTP@`` (this case's HTTP directory) and
+``@PARENT@``. Both builders also get ``--build-arg BASE=<base image>``, so ``ARG BASE`` +
+``FROM $BASE`` works as it would with ``docker build``.
+
+``case.toml`` keys (all optional)::
+
+    notes = "what the case checks; where buildah differs from Docker and what Docker does"
+    dockerfile = "Dockerfile"          # the Dockerfile's name in the context
+    build_args = { NAME = "value" }
+    target = "stage"
+    skip_unused_stages = true
+    secrets = { id = "_secrets/file" } # --secret id=ID,src=FILE
+    chmod = { "path" = "0600" }        # modes of context files (git keeps only 644/755)
+    chown = { "path" = "1234:1234" }   # owners of context files
+    mkdirs = ["empty/dir"]             # empty directories git cannot hold
+    archives = { "a.tar.gz" = "_archives/a" }
+    mtime_paths = ["/file"]            # paths whose mtime is compared too
+    expect_error = "error building image: Dockerfile:N: ..."
+    xfail = "why kiln cannot pass yet"
+    [overrides]                        # corrections of buildah's result toward Docker
+    layers = 3
+    config = { WorkingDir = "/x" }
+    config_unset = ["Cmd"]
+    files = { "/path" = { type = "dir", mode = "0755", uid = 0, gid = 0 }, "/x" = "absent" }
+    removed = ["/usr/share/doc/base.txt"]
+"""
+
+from __future__ import annotations
+
+import bz2
+import email.utils
+import gzip
+import http.server
+import io
+import json
+import lzma
+import os
+import shutil
+import subprocess
+import tarfile
+import threading
+import tomllib
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tests.support.buildah import buildah_build_push
+from tests.support.compare import Description, describe_image
+from tests.support.kiln import run_executor
+from tests.support.runtime import unpack_image
+
+HERE = Path(__file__).parent
+CASES_DIR = HERE / "cases"
+EXPECTED_DIR = HERE / "expected"
+
+#: mtime of generated archive members, and the Last-Modified of every served file.
+FIXED_MTIME = 1_700_000_000
+
+_META_NAMES = frozenset({"case.toml", "Dockerfile.buildah"})
+
+
+@dataclass(frozen=True)
+class Case:
+    """One conformance case as ``case.toml`` describes it."""
+
+    name: str
+    directory: Path
+    notes: str = ""
+    dockerfile: str = "Dockerfile"
+    build_args: Mapping[str, str] = field(default_factory=dict)
+    target: str | None = None
+    skip_unused_stages: bool = False
+    secrets: Mapping[str, str] = field(default_factory=dict)
+    chmod: Mapping[str, str] = field(default_factory=dict)
+    chown: Mapping[str, str] = field(default_factory=dict)
+    mkdirs: tuple[str, ...] = ()
+    archives: Mapping[str, str] = field(default_factory=dict)
+    mtime_paths: tuple[str, ...] = ()
+    expect_error: str | None = None
+    xfail: str | None = None
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def has_parent(self) -> bool:
+        return (self.directory / "_parent").is_dir()
+
+    @property
+    def expected_path(self) -> Path:
+        return EXPECTED_DIR / f"{self.name}.json"
+
+    @property
+    def buildah_dockerfile(self) -> str:
+        """The Dockerfile buildah builds: ``Dockerfile.buildah`` where buildah cannot parse."""
+        alt = self.directory / "Dockerfile.buildah"
+        return alt.name if alt.exists() else self.dockerfile
+
+
+def load_case(directory: Path) -> Case:
+    data: dict[str, Any] = {}
+    toml_path = directory / "case.toml"
+    if toml_path.exists():
+        data = tomllib.loads(toml_path.read_text())
+    known = set(Case.__dataclass_fields__) - {"name", "directory"}
+    unknown = set(data) - known
+    if unknown:
+        raise ValueError(f"{toml_path}: unknown keys {sorted(unknown)}")
+    for key in ("mkdirs", "mtime_paths"):
+        if key in data:
+            data[key] = tuple(data[key])
+    return Case(name=directory.name, directory=directory, **data)
+
+
+def load_cases() -> list[Case]:
+    return [load_case(d) for d in sorted(CASES_DIR.iterdir()) if d.is_dir()]
+
+
+# --- contexts ---------------------------------------------------------------------------------
+
+
+def _substitute(text: str, subs: Mapping[str, str]) -> str:
+    for key, value in subs.items():
+        text = text.replace(key, value)
+    return text
+
+
+def _normalise_modes(root: Path) -> None:
+    """644 for files, 755 for executables and directories, whatever the checkout's umask."""
+    for directory, dirnames, filenames in os.walk(root):
+        for name in dirnames:
+            p = Path(directory) / name
+            if not p.is_symlink():
+                p.chmod(0o755)
+        for name in filenames:
+            p = Path(directory) / name
+            if not p.is_symlink():
+                p.chmod(0o755 if p.stat().st_mode & 0o100 else 0o644)
+
+
+def _pack(source: Path, dest: Path) -> None:
+    """``source``'s contents as a tar archive, compressed as ``dest``'s suffix says."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for path in sorted(source.rglob("*")):
+            info = tar.gettarinfo(str(path), arcname=path.relative_to(source).as_posix())
+            info.mtime = FIXED_MTIME
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            info.mode = 0o755 if path.is_dir() else 0o644
+            if info.isfile():
+                with path.open("rb") as f:
+                    tar.addfile(info, f)
+            else:
+                tar.addfile(info)
+    data = buf.getvalue()
+    name = dest.name
+    if name.endswith((".tar.gz", ".tgz")):
+        data = gzip.compress(data, mtime=0)
+    elif name.endswith(".tar.bz2"):
+        data = bz2.compress(data)
+    elif name.endswith(".tar.xz"):
+        data = lzma.compress(data)
+    elif name.endswith(".tar.zst"):
+        import zstandard
+
+        data = zstandard.ZstdCompressor().compress(data)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_bytes(data)
+
+
+def render_directory(source: Path, dest: Path, subs: Mapping[str, str],
+                     skip_meta: bool = True) -> Path:
+    """Copy ``source`` to ``dest`` without harness material, placeholders filled in."""
+    def ignore(directory: str, names: list[str]) -> list[str]:
+        if Path(directory) != source or not skip_meta:
+            return []
+        return [n for n in names if n.startswith("_") or n in _META_NAMES]
+
+    shutil.copytree(source, dest, symlinks=True, ignore=ignore)
+    _normalise_modes(dest)
+    for path in dest.rglob("*"):
+        if "Dockerfile" in path.name and path.is_file() and not path.is_symlink():
+            path.write_text(_substitute(path.read_text(), subs))
+    return dest
+
+
+def render_context(case: Case, dest: Path, subs: Mapping[str, str],
+                   for_buildah: bool = False) -> Path:
+    """The build context of ``case`` in ``dest``, ready for a builder."""
+    render_directory(case.directory, dest, subs)
+    if for_buildah and case.buildah_dockerfile != case.dockerfile:
+        alt = case.directory / case.buildah_dockerfile
+        (dest / case.buildah_dockerfile).write_text(_substitute(alt.read_text(), subs))
+    for rel in case.mkdirs:
+        (dest / rel).mkdir(parents=True, exist_ok=True)
+    for archive, source in case.archives.items():
+        _pack(case.directory / source, dest / archive)
+    for rel, mode in case.chmod.items():
+        (dest / rel).chmod(int(mode, 8))
+    for rel, owner in case.chown.items():
+        uid, _, gid = owner.partition(":")
+        os.lchown(dest / rel, int(uid), int(gid or uid))
+    return dest
+
+
+def secret_args(case: Case) -> list[str]:
+    return [a for sid, src in case.secrets.items()
+            for a in ("--secret", f"id={sid},src={case.directory / src}")]
+
+
+# --- observing an image -----------------------------------------------------------------------
+
+
+def observe(ref: str, workdir: Path, *, base: Description | None, registry_host: str,
+            mtime_paths: tuple[str, ...] = ()) -> Description:
+    """Pull ``ref``, unpack it with umoci, and describe it (files as a delta against ``base``)."""
+    rootfs = unpack_image(ref, workdir)
+    config = raw_config(ref)
+    layers = len(config.get("rootfs", {}).get("diff_ids", []))
+    try:
+        return describe_image(rootfs, config.get("config") or {}, layers, base=base,
+                              mtime_paths=mtime_paths, replace={registry_host: "@REGISTRY@"})
+    finally:
+        shutil.rmtree(rootfs.parent.parent, ignore_errors=True)
+
+
+def raw_config(ref: str) -> dict[str, Any]:
+    """The image config blob of ``ref`` as stored.
+
+    ``skopeo inspect --config`` without ``--raw`` converts a Docker config to the OCI struct,
+    which has no Healthcheck, Shell or OnBuild: they would vanish from both sides unseen.
+    """
+    proc = subprocess.run(["skopeo", "inspect", "--config", "--raw", "--tls-verify=false",
+                           f"docker://{ref}"], capture_output=True, text=True, check=False,
+                          timeout=120, stdin=subprocess.DEVNULL)
+    if proc.returncode != 0:
+        raise RuntimeError(f"skopeo inspect --config --raw {ref} failed: {proc.stderr}")
+    config: dict[str, Any] = json.loads(proc.stdout)
+    return config
+
+
+def apply_overrides(description: Description, overrides: Mapping[str, Any]) -> Description:
+    """``description`` with a case's corrections of buildah's result applied."""
+    out: Description = {k: (dict(v) if isinstance(v, dict) else v)
+                        for k, v in description.items()}
+    if "layers" in overrides:
+        out["layers"] = overrides["layers"]
+    for key, value in overrides.get("config", {}).items():
+        out["config"][key] = value
+    for key in overrides.get("config_unset", []):
+        out["config"][key] = None
+    for path, info in overrides.get("files", {}).items():
+        if info == "absent":
+            out["files"].pop(path, None)
+        else:
+            out["files"][path] = dict(info)
+    out["files"] = dict(sorted(out["files"].items()))
+    if "removed" in overrides:
+        out["removed"] = sorted(overrides["removed"])
+    return out
+
+
+# --- a file server for ADD <url> --------------------------------------------------------------
+
+
+class _CaseFiles(http.server.BaseHTTPRequestHandler):
+    """Serves ``cases/NAME/_http/PATH`` as ``/NAME/PATH`` with a fixed Last-Modified."""
+
+    def do_GET(self) -> None:
+        name, _, rest = self.path.lstrip("/").partition("/")
+        path = CASES_DIR / name / "_http" / rest.split("?", 1)[0]
+        if not rest or ".." in rest.split("/") or not path.is_file():
+            self.send_error(404)
+            return
+        data = path.read_bytes()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Last-Modified", email.utils.formatdate(FIXED_MTIME, usegmt=True))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@contextmanager
+def serve_case_files() -> Iterator[str]:
+    """An HTTP server on loopback for every case's ``_http``; yields ``http://127.0.0.1:PORT``."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _CaseFiles)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def placeholders(case: Case, registry_host: str, base: str, http_url: str,
+                 parent: str | None = None) -> dict[str, str]:
+    subs = {"@REGISTRY@": registry_host, "@BASE@": base, "@HTTP@": f"{http_url}/{case.name}"}
+    if parent is not None:
+        subs["@PARENT@"] = parent
+    return subs
+
+
+# --- building a case --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Environment:
+    """What every case builds against: the registry, the base image, the HTTP server."""
+
+    registry_host: str
+    base: str
+    http_url: str
+    base_description: Description
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A case built by one builder: exit code, output, last line, and the image described."""
+
+    exit_code: int
+    output: str
+    error_line: str
+    description: Description | None = None
+
+
+#: build(context, dockerfile, dest, work, case, env) -> (exit code, output, last line)
+Builder = Callable[[Path, str, str, Path, Case, Environment], tuple[int, str, str]]
+
+
+def kiln_builder(context: Path, dockerfile: str, dest: str, work: Path, case: Case,
+                 env: Environment) -> tuple[int, str, str]:
+    """Build with kiln's CLI in sandbox mode and push to ``dest``."""
+    args = ["--dockerfile", str(context / dockerfile), "--destination", dest, "--insecure",
+            "--insecure-pull", "--build-arg", f"BASE={env.base}"]
+    for key, value in case.build_args.items():
+        args += ["--build-arg", f"{key}={value}"]
+    if case.target:
+        args += ["--target", case.target]
+    if case.skip_unused_stages:
+        args.append("--skip-unused-stages")
+    args += secret_args(case)
+    result = run_executor(context, work / "root", *args, timeout=180)
+    shutil.rmtree(work / "root", ignore_errors=True)
+    return result.exit_code, result.stderr, result.last_line
+
+
+def buildah_builder(context: Path, dockerfile: str, dest: str, work: Path, case: Case,
+                    env: Environment) -> tuple[int, str, str]:
+    """Build with buildah (vfs, chroot isolation) and push to ``dest``."""
+    extra = [f"--skip-unused-stages={'true' if case.skip_unused_stages else 'false'}",
+             *secret_args(case)]
+    result = buildah_build_push(context, context / dockerfile, dest, work / "buildah",
+                                build_args={"BASE": env.base, **case.build_args},
+                                target=case.target, extra_args=extra)
+    return result.exit_code, result.output, result.error_line
+
+
+def run_case(case: Case, env: Environment, work: Path, builder: Builder, tag: str) -> Outcome:
+    """Build ``case`` (its ``_parent`` first, if any) with ``builder`` and describe the image."""
+    work.mkdir(parents=True, exist_ok=True)
+    for_buildah = builder is buildah_builder
+    parent: str | None = None
+    if case.has_parent:
+        parent = f"{env.registry_host}/conformance/{case.name}-parent:{tag}"
+        subs = placeholders(case, env.registry_host, env.base, env.http_url)
+        context = render_directory(case.directory / "_parent", work / "parent-context", subs)
+        code, output, last = builder(context, "Dockerfile", parent, work / "parent", case, env)
+        if code != 0:
+            return Outcome(code, output, f"building _parent failed: {last}")
+    subs = placeholders(case, env.registry_host, env.base, env.http_url, parent)
+    context = render_context(case, work / "context", subs, for_buildah=for_buildah)
+    dockerfile = case.buildah_dockerfile if for_buildah else case.dockerfile
+    dest = f"{env.registry_host}/conformance/{case.name}:{tag}"
+    code, output, last = builder(context, dockerfile, dest, work, case, env)
+    if code != 0:
+        # Addresses that change between runs become the placeholders the case file uses.
+        back = {subs[k]: k for k in ("@HTTP@", "@PARENT@", "@BASE@", "@REGISTRY@") if k in subs}
+        return Outcome(code, output, _substitute(last, back))
+    description = observe(dest, work / "observe", base=env.base_description,
+                          registry_host=env.registry_host, mtime_paths=case.mtime_paths)
+    return Outcome(code, output, last, description)
+
+
+def describe_base(base: str, registry_host: str, work: Path) -> Description:
+    """The full description of the base image, the reference point of every delta."""
+    return observe(base, work, base=None, registry_host=registry_host)
