@@ -179,6 +179,9 @@ class Builder:
         instructions = [*self._triggers(stage, triggers), *stage.instructions]
         for inst in instructions:
             snapshot = self._apply(state, inst, snapshot, layers)
+        if self.options.single_snapshot:
+            snapshot = self._commit_layer(state, snapshot, "kiln: single snapshot of the stage "
+                                          "(--single-snapshot)", layers)
         self.root_holds = stage.index
         for label, value in self.options.labels.items():
             labels = dict(config.container.get("Labels") or {})
@@ -208,14 +211,19 @@ class Builder:
         if inst.kind in ("RUN", "COPY", "ADD", "WORKDIR"):
             wait_for_clock_tick(snapshot)
         step = handler(state, inst)
-        if not step.touches_fs:
-            if step.history is not None:
-                state.config.add_empty_history(step.history, state.created)
+        if not step.touches_fs or self.options.single_snapshot:
+            # --single-snapshot: the stage's changes become one layer at its end.
+            if step.history is not None or step.touches_fs:
+                state.config.add_empty_history(step.history or inst.original, state.created)
             return snapshot
+        return self._commit_layer(state, snapshot, step.history or inst.original, layers)
+
+    def _commit_layer(self, state: StageState, before: Snapshot, history: str,
+                      layers: list[Layer]) -> Snapshot:
+        """Snapshot the root, and write what changed since ``before`` as a new layer."""
         log.info("Taking snapshot of full filesystem...")
         new = take_snapshot(self.root, self.ignore)
-        changes = diff_snapshots(snapshot, new)
-        history = step.history or inst.original
+        changes = diff_snapshots(before, new)
         if changes.is_empty():
             log.info("No files changed in this command, skipping snapshotting.")
             state.config.add_empty_history(history, state.created)

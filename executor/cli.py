@@ -102,6 +102,14 @@ _VERBOSITY = click.Choice(["panic", "fatal", "error", "warn", "info", "debug", "
               help="Path to leave out of snapshots; repeatable, globs allowed.")
 @click.option("--ignore-var-run", type=bool, default=True, show_default=True,
               help="Leave /var/run out of snapshots.")
+@click.option("--snapshot-mode", type=click.Choice(["full", "redo", "time"]), default="full",
+              show_default=True,
+              help="Accepted for kaniko compatibility: every mode is kiln's exact stat+ctime "
+                   "snapshot.")
+@click.option("--use-new-run", is_flag=True,
+              help="Accepted for kaniko compatibility: kiln's RUN snapshot is always exact.")
+@click.option("--single-snapshot", is_flag=True,
+              help="Take one snapshot at the end of each stage: one layer over the base.")
 @click.option("--skip-unused-stages", is_flag=True,
               help="Build only the stages the target depends on.")
 @click.option("--cleanup", is_flag=True, help="Remove the built filesystem at the end.")
@@ -237,6 +245,8 @@ def _options_from_flags(flags: dict[str, object]) -> BuildOptions:
         ignore_paths=_strs(flags["ignore_paths"]),
         ignore_var_run=bool(flags["ignore_var_run"]),
         skip_unused_stages=bool(flags["skip_unused_stages"]),
+        single_snapshot=bool(flags["single_snapshot"]),
+        snapshot_mode=str(flags["snapshot_mode"]),
         cleanup=bool(flags["cleanup"]),
         secrets=parse_secrets(_strs(flags["secrets"])),
         reproducible=bool(flags["reproducible"]),

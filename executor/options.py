@@ -61,6 +61,10 @@ class BuildOptions:
     ignore_paths: tuple[str, ...] = ()
     ignore_var_run: bool = True
     skip_unused_stages: bool = False
+    single_snapshot: bool = False
+    # kaniko's full|redo|time trade exactness for speed; kiln's one snapshot is exact and fast,
+    # so the mode is kept only to show in logs.
+    snapshot_mode: str = "full"
     cleanup: bool = False
     #: ``--secret id=NAME,src=PATH|env=VAR``: (id, "file" or "env", path or variable name).
     secrets: tuple[tuple[str, str, str], ...] = ()
