@@ -135,6 +135,7 @@ class Builder:
     pulled: dict[str, BuiltImage] = field(default_factory=dict)
     secrets: dict[str, bytes] = field(default_factory=dict)
     current_stage: int = -1
+    stage_args: dict[int, dict[str, str]] = field(default_factory=dict)
 
     @property
     def root(self) -> Path:
@@ -172,6 +173,8 @@ class Builder:
                            created=config.data["created"], source_root=self._source_root,
                            ignore=self.ignore, scratch_dir=self.workspace.scratch,
                            kiln_dir=self.workspace.kiln_dir, secrets=self.secrets)
+        if stage.base_stage is not None:  # BuildKit: a stage built FROM a stage keeps its ARGs
+            state.args.update(self.stage_args.get(stage.base_stage, {}))
         layers = list(base.layers)
         triggers = list(config.container.get("OnBuild") or [])
         config.container["OnBuild"] = None
@@ -183,6 +186,7 @@ class Builder:
             snapshot = self._commit_layer(state, snapshot, "kiln: single snapshot of the stage "
                                           "(--single-snapshot)", layers)
         self.root_holds = stage.index
+        self.stage_args[stage.index] = dict(state.args)
         for label, value in self.options.labels.items():
             labels = dict(config.container.get("Labels") or {})
             labels[label] = value

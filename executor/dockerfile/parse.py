@@ -181,6 +181,9 @@ def _to_instruction(cmd: dockerfile.Command, name: str) -> Instruction:
     if kind not in KNOWN_INSTRUCTIONS:
         raise DockerfileError(str(location), f"unknown instruction: {cmd.cmd}")
     args = tuple(cmd.value)
+    if kind == "ONBUILD" and (cmd.sub_cmd or "").upper() == "ONBUILD":
+        raise DockerfileError(str(location), "Chaining ONBUILD via `ONBUILD ONBUILD` isn't "
+                              "allowed")
     if kind in _NEEDS_ARGUMENTS and (not args or args == ("",)):
         raise DockerfileError(str(location), f"{kind} requires at least one argument")
     return Instruction(

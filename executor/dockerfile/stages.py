@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from executor.dockerfile.expand import ExpansionError, expand_word
 from executor.dockerfile.parse import Dockerfile, Instruction, Location
-from executor.errors import DockerfileError
+from executor.errors import DockerfileError, ImageError
 from executor.image.model import Platform
 
 
@@ -247,6 +247,11 @@ def _make_stage(inst: Instruction, index: int, body: tuple[Instruction, ...],
         raise inst.error(str(exc)) from None
     if not base:
         raise inst.error(f'base name ({args[0]}) should not be blank')
+    if platform is not None:
+        try:
+            Platform.parse(platform)
+        except ImageError as exc:
+            raise inst.error(str(exc)) from None
     base_stage = next((s.index for s in earlier if s.name == base.lower()), None)
     return Stage(index, name, base, base_stage, platform, body, inst.location)
 

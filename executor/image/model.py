@@ -194,12 +194,13 @@ class ImageConfig:
 
     @classmethod
     def empty(cls, platform: Platform) -> ImageConfig:
-        """The config of ``FROM scratch``."""
+        """The config of ``FROM scratch``: BuildKit gives it the default PATH."""
         return cls({
             "architecture": platform.architecture,
             "os": platform.os,
             **({"variant": platform.variant} if platform.variant else {}),
-            "config": {},
+            "config": {"Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:"
+                               "/bin"]} if platform.os == "linux" else {},
             "rootfs": {"type": "layers", "diff_ids": []},
             "history": [],
         })

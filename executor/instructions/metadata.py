@@ -142,6 +142,8 @@ def apply_expose(state: StageState, inst: Instruction) -> Step:
             start = int(match.group(1))
             end = int(match.group(2) or start)
             proto = (match.group(3) or "tcp").lower()
+            if proto not in ("tcp", "udp", "sctp"):
+                raise inst.error(f"invalid proto: {match.group(3)}")
             if end < start or end > 65535:
                 raise inst.error(f"invalid port range: {spec}")
             for port in range(start, end + 1):
@@ -160,10 +162,29 @@ def apply_shell(state: StageState, inst: Instruction) -> Step:
 
 def apply_stopsignal(state: StageState, inst: Instruction) -> Step:
     signal = state.expand(inst, inst.args[0])
-    if not re.fullmatch(r"(SIG)?[A-Z0-9+-]+|\d+", signal):
+    if not _valid_signal(signal):
         raise inst.error(f"invalid signal: {signal}")
     state.config.container["StopSignal"] = signal
     return Step(f"STOPSIGNAL {signal}")
+
+
+# Linux signal names as moby's signal.SignalMap knows them (without the SIG prefix).
+_SIGNALS = frozenset({
+    "ABRT", "ALRM", "BUS", "CHLD", "CLD", "CONT", "FPE", "HUP", "ILL", "INT", "IO", "IOT",
+    "KILL", "PIPE", "POLL", "PROF", "PWR", "QUIT", "SEGV", "STKFLT", "STOP", "SYS", "TERM",
+    "TRAP", "TSTP", "TTIN", "TTOU", "UNUSED", "URG", "USR1", "USR2", "VTALRM", "WINCH", "XCPU",
+    "XFSZ", "RTMIN", "RTMAX"})
+
+
+def _valid_signal(text: str) -> bool:
+    """A signal number, or a name (``SIGTERM``, ``TERM``, ``RTMIN+3``) as Docker parses it."""
+    if text.isdigit():
+        return 0 < int(text) <= 64
+    name = text.upper().removeprefix("SIG")
+    match = re.fullmatch(r"(RTMIN\+|RTMAX-)(\d+)", name)
+    if match:
+        return 1 <= int(match.group(2)) <= 15
+    return name in _SIGNALS
 
 
 def apply_volume(state: StageState, inst: Instruction) -> Step:

@@ -77,6 +77,20 @@ def test_platform_args_reach_a_stage_that_declares_them(tmp_path: Path,
     assert (built.root / "undeclared").read_text() == "[]\n"
 
 
+def test_a_stage_built_from_a_stage_keeps_its_args(tmp_path: Path, busybox_image: str) -> None:
+    built = build(tmp_path, f"FROM {busybox_image} AS one\nARG ONE=1\nFROM {busybox_image}\n"
+                  "FROM one\nRUN echo \"[$ONE]\" > /inherited\n")
+    assert built.ok, built.run.stderr
+    assert (built.root / "inherited").read_text() == "[1]\n"
+
+
+def test_scratch_images_get_the_default_path(tmp_path: Path) -> None:
+    built = build(tmp_path, "FROM scratch\nLABEL a=b\n")
+    assert built.ok, built.run.stderr
+    assert built.config["config"]["Env"] == [
+        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
+
+
 def test_proxy_build_args_reach_run_without_arg_and_stay_out_of_history(
         tmp_path: Path, busybox_image: str) -> None:
     built = build(tmp_path, f"FROM {busybox_image}\nARG VISIBLE\n"
@@ -126,6 +140,12 @@ def test_syntax_directive_is_warned_about_and_ignored(tmp_path: Path,
     ("FROM {base} AS a\nFROM a AS b\nFROM --bogus=1 b\n", "Dockerfile:3: unknown flag: --bogus "
      "for FROM"),
     ("# escape=x\nFROM {base}\n", "Dockerfile:1: invalid escape token 'x' does not match ` or \\"),
+    ("FROM --platform=not/a/real/platform {base}\n",
+     "Dockerfile:1: invalid platform 'not/a/real/platform': expected os/arch[/variant]"),
+    ("FROM {base}\nONBUILD ONBUILD RUN true\n",
+     "Dockerfile:2: Chaining ONBUILD via `ONBUILD ONBUILD` isn't allowed"),
+    ("FROM {base}\nEXPOSE 80/foo\n", "Dockerfile:2: invalid proto: foo"),
+    ("FROM {base}\nSTOPSIGNAL NOTASIGNAL\n", "Dockerfile:2: invalid signal: NOTASIGNAL"),
 ])
 def test_bad_stage_references_and_platforms(tmp_path: Path, busybox_image: str,
                                             multi_platform_image: str, dockerfile: str,
