@@ -50,6 +50,11 @@ _VERBOSITY = click.Choice(["panic", "fatal", "error", "warn", "info", "debug", "
               help="Write each destination as name:tag@digest to this file.")
 @click.option("--build-arg", "build_args", multiple=True,
               help="ARG value as KEY=VALUE; a bare KEY takes the value of $KEY.")
+@click.option("--image-format", type=click.Choice(["docker", "oci"]),
+              help="Manifest and media types of the image  [default: as the base image; OCI "
+                   "where only OCI can describe it]")
+@click.option("--annotation", "annotations", multiple=True,
+              help="Set a manifest annotation: KEY=VALUE; repeatable (makes the image OCI).")
 @click.option("--label", "labels", multiple=True, help="Set a label on the image: KEY=VALUE.")
 @click.option("--target", help="Build this stage, not the last one.")
 @click.option("--insecure", is_flag=True, help="Push to insecure registries over plain HTTP.")
@@ -216,6 +221,8 @@ def _options_from_flags(flags: dict[str, object]) -> BuildOptions:
         build_args=parse_key_values(_strs(flags["build_args"]), "--build-arg",
                                     bare_from_env=True),
         labels=parse_key_values(_strs(flags["labels"]), "--label"),
+        annotations=parse_key_values(_strs(flags["annotations"]), "--annotation"),
+        image_format=str(flags["image_format"]) if flags["image_format"] else None,
         target=str(flags["target"]) if flags["target"] else None,
         insecure=bool(flags["insecure"]),
         insecure_pull=bool(flags["insecure_pull"]),

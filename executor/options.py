@@ -30,6 +30,8 @@ class BuildOptions:
     image_name_tag_with_digest_file: Path | None = None
     build_args: dict[str, str] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
+    annotations: dict[str, str] = field(default_factory=dict)
+    image_format: str | None = None
     target: str | None = None
     insecure: bool = False
     insecure_pull: bool = False

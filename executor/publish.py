@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from executor.errors import RegistryError
+from executor.errors import OptionsError, RegistryError
 from executor.image import model
 from executor.image.model import Descriptor, Layer, Manifest, sha256_digest
 from executor.image.reference import DOCKER_HUB, ImageRef
@@ -92,11 +92,24 @@ def check_push_permissions(options: BuildOptions, client: RegistryClient) -> Non
         checked.add(ref.name)
 
 
-def finalize(image: BuiltImage) -> FinalImage:
-    """Choose the manifest kind and write the manifest for ``image``."""
-    oci = image.manifest_type == model.OCI_MANIFEST or any(
-        layer.media_type == model.OCI_LAYER_ZSTD or layer.media_type == model.OCI_LAYER
-        for layer in image.layers)
+def finalize(image: BuiltImage, image_format: str | None = None,
+             annotations: dict[str, str] | None = None) -> FinalImage:
+    """Choose the manifest kind and write the manifest for ``image``.
+
+    ``image_format`` (``--image-format``) forces ``docker`` or ``oci``; unset, the kind follows
+    the base image, and becomes OCI where only OCI can describe the image (zstd or plain tar
+    layers, manifest annotations).
+    """
+    needs_oci = [reason for reason, present in (
+        ("zstd or uncompressed layers", any(layer.media_type in (model.OCI_LAYER_ZSTD,
+                                                                model.OCI_LAYER)
+                                            for layer in image.layers)),
+        ("manifest annotations", bool(annotations))) if present]
+    if image_format == "docker" and needs_oci:
+        raise OptionsError(f"--image-format docker cannot describe {needs_oci[0]}; use "
+                           "--image-format oci (or --compression gzip)")
+    oci = image_format == "oci" or (image_format is None and (
+        image.manifest_type == model.OCI_MANIFEST or bool(needs_oci)))
     mapping = _TO_OCI if oci else _TO_DOCKER
     layers = tuple(Layer(layer.path, layer.digest, layer.diff_id, layer.size,
                          mapping.get(layer.media_type, layer.media_type))
@@ -105,13 +118,14 @@ def finalize(image: BuiltImage) -> FinalImage:
     config = Descriptor(model.OCI_CONFIG if oci else model.DOCKER_CONFIG,
                         sha256_digest(config_bytes), len(config_bytes))
     manifest = Manifest(model.OCI_MANIFEST if oci else model.DOCKER_MANIFEST, config,
-                        tuple(layer.descriptor() for layer in layers))
+                        tuple(layer.descriptor() for layer in layers),
+                        dict(annotations) if annotations else None)
     return FinalImage(manifest, manifest.to_bytes(), config_bytes, layers)
 
 
 def publish(image: BuiltImage, options: BuildOptions, client: RegistryClient) -> str:
     """Push to every destination and write every requested output; returns the digest."""
-    final = finalize(image)
+    final = finalize(image, options.image_format, options.annotations)
     destinations = [ImageRef.parse(d) for d in options.destinations]
     if options.no_push:
         log.info("Skipping push to container registry due to --no-push flag")
