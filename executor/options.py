@@ -97,6 +97,12 @@ class BuildOptions:
         if not limits[0] <= self.compression_level <= limits[1]:
             raise OptionsError(f"--compression-level {self.compression_level} is out of range "
                                f"for {self.compression} ({limits[0]}..{limits[1]})")
+        if self.image_format == "docker" and self.compression == "zstd":
+            raise OptionsError("--image-format docker cannot describe zstd or uncompressed "
+                               "layers; use --image-format oci (or --compression gzip)")
+        if self.image_format == "docker" and self.annotations:
+            raise OptionsError("--image-format docker cannot describe manifest annotations; "
+                               "use --image-format oci")
         if self.context_source is None and not self.context.is_dir():
             raise OptionsError(f"--context {self.context}: no such directory")
         if self.context_source is None and self.dockerfile_url is None \
