@@ -100,6 +100,12 @@ class DockerIgnore:
         found = (IgnorePattern.parse(line) for line in text.splitlines())
         return cls(tuple(p for p in found if p is not None))
 
+    def reincludes_below(self, directory: str) -> bool:
+        """True when a ``!`` pattern may bring back something under the excluded ``directory``,
+        so the walk must enter it (Docker's rule: the pattern starts with ``directory/``)."""
+        prefix = directory.rstrip("/") + "/"
+        return any(p.exclusion and (p.text + "/").startswith(prefix) for p in self.patterns)
+
     def excluded(self, rel: str) -> bool:
         """True when ``rel`` (a context-relative path) is left out of the context."""
         result = False

@@ -61,10 +61,12 @@ class _Words:
 class _Lexer:
     """One pass over one word; ``pos`` moves forward only."""
 
-    def __init__(self, text: str, env: Mapping[str, str], escape: str) -> None:
+    def __init__(self, text: str, env: Mapping[str, str], escape: str,
+                 process_quotes: bool = True) -> None:
         self.text = text
         self.env = env
         self.escape = escape
+        self.process_quotes = process_quotes
         self.pos = 0
         self.raw_escapes = False
 
@@ -97,11 +99,11 @@ class _Lexer:
                 value = self.dollar()
                 out.append(value)
                 words.add_text(value)  # a variable's value is split on whitespace
-            elif ch == "'":
+            elif ch == "'" and self.process_quotes:
                 value = self.single_quoted()
                 out.append(value)
                 words.add_raw(value)
-            elif ch == '"':
+            elif ch == '"' and self.process_quotes:
                 value = self.double_quoted()
                 out.append(value)
                 words.add_raw(value)
@@ -291,9 +293,13 @@ def _trim_suffix(pattern: str, value: str, greedy: bool) -> str:
     return _trim_prefix(_reverse_pattern(pattern), value[::-1], greedy)[::-1]
 
 
-def expand_word(text: str, env: Mapping[str, str], escape: str = "\\") -> str:
-    """Expand one word as Docker does for ENV, LABEL, WORKDIR, USER, COPY ... arguments."""
-    return _Lexer(text, env, escape).process()[0]
+def expand_word(text: str, env: Mapping[str, str], escape: str = "\\", *,
+                process_quotes: bool = True) -> str:
+    """Expand one word as Docker does for ENV, LABEL, WORKDIR, USER, COPY ... arguments.
+
+    ``process_quotes=False`` leaves quotes as text, as BuildKit does for heredoc bodies.
+    """
+    return _Lexer(text, env, escape, process_quotes).process()[0]
 
 
 def expand_words(text: str, env: Mapping[str, str], escape: str = "\\") -> list[str]:

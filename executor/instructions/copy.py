@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from executor.context import DockerIgnore
+from executor.dockerfile.expand import ExpansionError, expand_word
 from executor.dockerfile.parse import Instruction
 from executor.errors import ContextError
 from executor.instructions import archive
@@ -290,7 +291,15 @@ def collect_sources(state: StageState, inst: Instruction, request: CopyRequest, 
         if doc is None:
             raise inst.error(f"heredoc {source} has no body")
         path = scratch / name
-        path.write_text(doc.content)
+        content = doc.content
+        if not any(q in source for q in "'\""):
+            # BuildKit expands build variables in the body unless the delimiter is quoted.
+            try:
+                content = expand_word(content, state.expansion_env(), state.escape,
+                                      process_quotes=False)
+            except ExpansionError as exc:
+                raise inst.error(f"heredoc {source}: {exc}") from None
+        path.write_text(content)
         path.chmod(0o644)
         return [Source(path, name, keep_rel=name)]
     base, pattern = _pivot(source)
@@ -428,13 +437,17 @@ def _copy_tree(state: StageState, request: CopyRequest, source: Source, dst: Pat
                     and state.context.ignore.excluded(_context_path(context_rel, rel)))
             if not skip and request.excludes.patterns:
                 skip = _excluded(request, _context_path(source.rel, rel), rel)
-            if skip:
-                if name in dirnames:
-                    dirnames.remove(name)
-                continue
             entry = base / name
+            if skip:
+                if name in dirnames and not (
+                        context_rel is not None and state.context.ignore.reincludes_below(
+                            _context_path(context_rel, rel))):
+                    dirnames.remove(name)
+                continue  # an excluded directory that is entered is itself not copied
             info = os.lstat(entry)
             target = out_dir / name
+            if not out_dir.is_dir():
+                _make_parents(out_dir, owner)
             if stat.S_ISDIR(info.st_mode):
                 if os.path.lexists(target) and not target.is_dir():
                     target.unlink()
@@ -445,6 +458,19 @@ def _copy_tree(state: StageState, request: CopyRequest, source: Source, dst: Pat
                 _copy_file(entry, target, info, owner)
     for target, info in reversed(directories):
         _apply_metadata(target, info, owner)
+
+
+def _make_parents(directory: Path, owner: Ownership) -> None:
+    """Create the missing parents of a file re-included below an excluded directory, as
+    extracting Docker's context tar would (mode 0755)."""
+    missing = []
+    while not directory.is_dir():
+        missing.append(directory)
+        directory = directory.parent
+    for path in reversed(missing):
+        path.mkdir(mode=0o755)
+        os.chmod(path, 0o755)
+        os.lchown(path, owner.uid, owner.gid)
 
 
 def _context_path(context_rel: str, rel: str) -> str:

@@ -47,3 +47,18 @@ def test_a_directory_pattern_excludes_everything_below_it(parts: list[str]) -> N
 def test_reinclusion_after_exclusion_wins(parts: list[str]) -> None:
     path = "/".join(parts)
     assert not DockerIgnore.from_text(f"{path}\n!{path}").excluded(path)
+
+
+@pytest.mark.parametrize(
+    ("patterns", "directory", "entered"),
+    [
+        ("build/**\n!build/keep/**", "build", True),
+        ("build/**\n!build/keep/**", "build/keep", True),
+        ("build/**\n!build/keep/**", "other", False),
+        ("build", "build", False),
+        ("build\n!docs/x", "build", False),
+    ],
+)
+def test_an_excluded_directory_is_entered_only_when_a_reinclusion_starts_below_it(
+        patterns: str, directory: str, entered: bool) -> None:
+    assert DockerIgnore.from_text(patterns).reincludes_below(directory) is entered

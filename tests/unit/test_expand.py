@@ -107,3 +107,7 @@ def test_single_quotes_keep_anything_literal(text: str) -> None:
        st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,8}", fullmatch=True))
 def test_braced_variable_is_its_value_or_empty(env: dict[str, str], name: str) -> None:
     assert expand_word("${" + name + "}", env) == env.get(name, "")
+
+
+def test_heredoc_bodies_keep_their_quotes_but_expand_variables() -> None:
+    assert expand_word("it's \"$abc\"\n", ENV, process_quotes=False) == "it's \"hello\"\n"
