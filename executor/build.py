@@ -39,7 +39,7 @@ from executor.instructions import add, copy, metadata, run
 from executor.instructions.metadata import Step
 from executor.instructions.state import StageState
 from executor.options import BuildOptions, read_secrets
-from executor.publish import check_push_permissions, make_client, publish
+from executor.publish import check_push_permissions, make_client, publish, transfer_line
 from executor.registry.client import RegistryClient
 from executor.sandbox import SANDBOX_MOUNTS, Sandbox
 from snapshot.compress import Compression, open_decompressed
@@ -290,7 +290,10 @@ class Builder:
         def fetch(layer: Layer) -> Layer:
             if not layer.path.exists():
                 assert image.source is not None
+                started = time.monotonic()
                 self.client.fetch_blob(image.source, layer.descriptor(), layer.path)
+                log.info("%s", transfer_line("Pulled", layer.digest, layer.size,
+                                             time.monotonic() - started, True))
             return layer
 
         try:

@@ -8,7 +8,10 @@ does) unless a layer is zstd, which only OCI manifests can describe.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -145,6 +148,8 @@ def publish(image: BuiltImage, options: BuildOptions, client: RegistryClient) ->
         write_oci_layout(options.oci_layout_path, final.manifest_bytes, final.config_bytes,
                          list(final.layers), name)
     _write_digest_files(options, destinations, final.digest)
+    if not options.no_push:
+        _write_builder_output(destinations, final.digest)
     return final.digest
 
 
@@ -165,7 +170,11 @@ def push_image(client: RegistryClient, ref: ImageRef, final: FinalImage,
     while True:
         try:
             for layer in final.layers:
-                client.push_blob(ref, layer.descriptor(), layer.path, mount_from=mount_from)
+                started = time.monotonic()
+                uploaded = client.push_blob(ref, layer.descriptor(), layer.path,
+                                            mount_from=mount_from)
+                log.info("%s", transfer_line("Pushed" if uploaded else "Existing", layer.digest,
+                                             layer.size, time.monotonic() - started, uploaded))
             client.push_blob_bytes(ref, final.manifest.config, final.config_bytes)
             client.push_manifest(ref, final.manifest_bytes, final.manifest.media_type)
             break
@@ -191,6 +200,26 @@ def is_immutable_tag_error(exc: RegistryError) -> bool:
     if not isinstance(exc, RegistryHTTPError) or not str(exc).startswith("pushing manifest"):
         return False
     return "TAG_INVALID" in exc.codes or "immutable" in str(exc).lower()
+
+
+def transfer_line(verb: str, digest: str, size: int, seconds: float, moved: bool) -> str:
+    """``Pushed layer sha256:abcd1234 (12.3 MB in 0.4s, 30.1 MB/s)``: CI logs show progress."""
+    short = digest.split(":", 1)[-1][:12]
+    if not moved:
+        return f"{verb} layer sha256:{short} ({size / 1e6:.1f} MB, already there)"
+    rate = size / 1e6 / seconds if seconds > 0 else float("inf")
+    return f"{verb} layer sha256:{short} ({size / 1e6:.1f} MB in {seconds:.1f}s, {rate:.1f} MB/s)"
+
+
+def _write_builder_output(destinations: Sequence[ImageRef], digest: str) -> None:
+    """kaniko's ``BUILDER_OUTPUT``: a JSON line per pushed name in ``$BUILDER_OUTPUT/images``
+    (what Cloud Build reads to report the images a build pushed)."""
+    directory = os.environ.get("BUILDER_OUTPUT")
+    if not directory or not destinations:
+        return
+    with open(os.path.join(directory, "images"), "w") as out:
+        for ref in destinations:
+            out.write(json.dumps({"name": str(ref), "digest": digest}) + "\n")
 
 
 def _write_digest_files(options: BuildOptions, destinations: Sequence[ImageRef],

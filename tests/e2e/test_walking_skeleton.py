@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import pytest
@@ -80,3 +82,25 @@ def test_containerd_pulls_and_runs_the_pushed_image(built, containerd) -> None:
     assert result.exit_code == 0, result.stderr
     assert result.stdout.splitlines() == [
         "hello", "from the context", "written by RUN", "appended", "1000", "/app", "deleted"]
+
+
+def test_each_layer_pushed_or_pulled_is_logged_with_size_and_throughput(built) -> None:
+    _, result, _ = built
+    assert re.search(r"INFO\[\d+\] Pulled layer sha256:[0-9a-f]{12} \(\d+\.\d MB in "
+                     r"\d+\.\ds, [\d.]+ MB/s\)", result.stderr)
+    assert re.search(r"INFO\[\d+\] Pushed layer sha256:[0-9a-f]{12} \(\d+\.\d MB in ",
+                     result.stderr)
+
+
+def test_builder_output_lists_every_pushed_name(busybox_image: str, registry: Registry,
+                                                tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    context = write_context(tmp_path / "context", f"FROM {busybox_image}\nRUN true\n")
+    monkeypatch.setenv("BUILDER_OUTPUT", str(tmp_path))
+    one, two = f"{registry.host}/e2e/out:a", f"{registry.host}/e2e/out:b"
+    result = run_executor(context, tmp_path / "root", "-d", one, "-d", two, "--insecure",
+                          "--insecure-pull", "--digest-file", str(tmp_path / "digest"))
+    assert result.exit_code == 0, result.stderr
+    digest = (tmp_path / "digest").read_text()
+    lines = [json.loads(line) for line in (tmp_path / "images").read_text().splitlines()]
+    assert lines == [{"name": one, "digest": digest}, {"name": two, "digest": digest}]
