@@ -129,8 +129,10 @@ def measure_builds(scenarios: list[str], tools: list[str], runs: int,
                     report(Measurement(scenario, tool, seconds, rss))
 
 
-def noop_step_seconds(files: int = 100_000) -> float:
-    """One no-op RUN step on a tree of ``files`` files: clock wait, RUN true, walk, diff."""
+def noop_step_seconds(files: int = 100_000, steps: int = 1) -> list[float]:
+    """``steps`` no-op RUN steps on a tree of ``files`` files: clock wait, RUN true, walk,
+    diff. The first comes right after the tree was written (as a ``RUN true`` after a big
+    RUN); the later ones are the steady state of a long build."""
     from executor.sandbox import Identity, Sandbox
     from snapshot.ignore import IgnoreList
     from snapshot.snapshot import diff_snapshots, take_snapshot, wait_for_clock_tick
@@ -145,13 +147,16 @@ def noop_step_seconds(files: int = 100_000) -> float:
         ignore = IgnoreList.for_build(root, kiln_dir=Path(tmp) / "kiln",
                                       extra=["/proc", "/dev", "/sys"])
         before = take_snapshot(root, ignore)
-        started = time.perf_counter()
-        wait_for_clock_tick(before)
-        Sandbox(root, in_place=False).run(["/bin/true"], env={"PATH": "/bin"}, cwd="/",
-                                          identity=Identity())
-        after = take_snapshot(root, ignore)
-        changes = diff_snapshots(before, after)
-        elapsed = time.perf_counter() - started
-        if not changes.is_empty():
-            raise RuntimeError(f"a no-op step changed something: {changes}")
-        return elapsed
+        times = []
+        for _ in range(steps):
+            started = time.perf_counter()
+            wait_for_clock_tick(before)
+            Sandbox(root, in_place=False).run(["/bin/true"], env={"PATH": "/bin"}, cwd="/",
+                                              identity=Identity())
+            after = take_snapshot(root, ignore)
+            changes = diff_snapshots(before, after)
+            times.append(time.perf_counter() - started)
+            if not changes.is_empty():
+                raise RuntimeError(f"a no-op step changed something: {changes}")
+            before = after
+        return times

@@ -115,11 +115,14 @@ def _medians(scenario: str, samples: dict[str, list[tuple[float, float]]]) -> li
 
 
 def noop_100k(_workdir: Path, runs: int) -> list[Result]:
-    """One no-op RUN step on a 100,000-file tree: clock wait, ``RUN true``, walk, diff."""
+    """One no-op RUN step on a 100,000-file tree: clock wait, ``RUN true``, walk, diff; right
+    after the tree was written, and in the steady state of later steps."""
     from bench.builds import noop_step_seconds
 
-    times = [noop_step_seconds(100_000) for _ in range(runs)]
-    return [Result("noop100k", "kiln", statistics.median(times), _peak_rss_mb())]
+    first = [noop_step_seconds(100_000)[0] for _ in range(runs)]
+    steady = noop_step_seconds(100_000, steps=runs + 1)[1:]
+    return [Result("noop100k", "kiln", statistics.median(first), _peak_rss_mb()),
+            Result("noop100k:steady", "kiln", statistics.median(steady), _peak_rss_mb())]
 
 
 def _build_scenario(name: str) -> Callable[[Path, int], list[Result]]:
