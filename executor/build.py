@@ -30,7 +30,8 @@ from executor.dockerfile.stages import (
     plan_build,
     unused_build_args,
 )
-from executor.errors import DockerfileError, ImageError, KilnError, RegistryError
+from executor.errors import DockerfileError, ImageError, RegistryError
+from executor.image import model
 from executor.image.blob import VerifyingReader
 from executor.image.model import DOCKER_MANIFEST, ImageConfig, Layer, Platform, compression_of
 from executor.image.reference import ImageRef
@@ -142,11 +143,12 @@ class Builder:
         return self.options.root
 
     def build(self) -> BuiltImage:
-        for stage in self._stages_to_build():
+        stages = self._stages_to_build()
+        for stage in stages:
             log.info("Building stage '%s' [idx: '%d', base-idx: '%d']", stage.base, stage.index,
                      -1 if stage.base_stage is None else stage.base_stage)
             self.built[stage.index] = self._build_stage(stage)
-        unused = unused_build_args(self.plan, self._stages_to_build())
+        unused = unused_build_args(self.plan, stages)
         if unused:
             log.warning("[Warning] One or more build-args [%s] were not consumed",
                         " ".join(unused))
@@ -187,10 +189,9 @@ class Builder:
                                           "(--single-snapshot)", layers)
         self.root_holds = stage.index
         self.stage_args[stage.index] = dict(state.args)
-        for label, value in self.options.labels.items():
-            labels = dict(config.container.get("Labels") or {})
-            labels[label] = value
-            config.container["Labels"] = labels
+        if self.options.labels:  # --label, as kaniko applies it to every stage's image
+            config.container["Labels"] = {**(config.container.get("Labels") or {}),
+                                          **self.options.labels}
         return BuiltImage(config, layers, base.manifest_type, base.source, snapshot)
 
     def _triggers(self, stage: Stage, triggers: list[str]) -> list[Instruction]:
@@ -413,8 +414,6 @@ def delete_filesystem(root: Path, ignore: IgnoreList, workspace: Workspace) -> N
 
 
 def _media_type(compression: str) -> str:
-    from executor.image import model
-
     return {"gzip": model.DOCKER_LAYER_GZIP, "zstd": model.OCI_LAYER_ZSTD,
             "none": model.OCI_LAYER}[compression]
 
@@ -467,8 +466,6 @@ def _build(options: BuildOptions) -> str:
                               secrets=read_secrets(options.secrets))
             image = builder.build()
             return publish(image, options, client)
-    except KilnError:
-        raise
     finally:
         if options.cleanup and options.in_place and ignore is not None:
             delete_filesystem(options.root, ignore, Workspace(options.kaniko_dir))

@@ -2,8 +2,9 @@
 layout, and the digest files CI systems read.
 
 Blobs go first and the manifest last, so a push that fails part way leaves no tag pointing at
-missing blobs. The manifest kind follows the base image (Docker v2s2 for ``scratch``, as kaniko
-does) unless a layer is zstd, which only OCI manifests can describe.
+missing blobs. The manifest kind is ``--image-format``, or else follows the base image (Docker
+v2s2 for ``scratch``, as kaniko does) unless only OCI can describe the image (zstd layers,
+annotations).
 """
 
 from __future__ import annotations

@@ -104,3 +104,15 @@ def test_builder_output_lists_every_pushed_name(busybox_image: str, registry: Re
     digest = (tmp_path / "digest").read_text()
     lines = [json.loads(line) for line in (tmp_path / "images").read_text().splitlines()]
     assert lines == [{"name": one, "digest": digest}, {"name": two, "digest": digest}]
+
+
+def test_label_flags_add_to_the_dockerfiles_labels_and_win_over_them(
+        busybox_image: str, registry: Registry, tmp_path: Path) -> None:
+    context = write_context(tmp_path / "context", f"FROM {busybox_image}\n"
+                            "LABEL from.dockerfile=yes overridden=dockerfile\n")
+    ref = f"{registry.host}/e2e/labels:1"
+    result = run_executor(context, tmp_path / "root", "-d", ref, "--insecure", "--insecure-pull",
+                          "--label", "overridden=flag", "--label", "from.flag=yes")
+    assert result.exit_code == 0, result.stderr
+    assert inspect_config(ref)["config"]["Labels"] == {
+        "from.dockerfile": "yes", "overridden": "flag", "from.flag": "yes"}
