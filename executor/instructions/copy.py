@@ -37,6 +37,7 @@ from executor.dockerfile.expand import ExpansionError, expand_word
 from executor.dockerfile.parse import Instruction
 from executor.errors import ContextError
 from executor.instructions import archive
+from executor.instructions.directories import make_directories
 from executor.instructions.metadata import Step
 from executor.instructions.state import StageState
 from executor.passwd import UnknownUserError, lookup_group, lookup_user
@@ -402,18 +403,7 @@ def _is_dir_in_root(state: StageState, path: str) -> bool:
 def _ensure_dir(state: StageState, path: str, owner: Ownership) -> Path:
     """The host directory for image path ``path``, creating missing parents like BuildKit."""
     target = resolve_in_root(state.root, path)
-    missing: list[Path] = []
-    probe = target
-    while not os.path.lexists(probe) and probe != state.root:
-        missing.append(probe)
-        probe = probe.parent
-    if os.path.lexists(probe) and not probe.is_dir():
-        probe.unlink()
-        missing.append(probe)
-    for directory in reversed(missing):
-        directory.mkdir(mode=0o755)
-        os.chmod(directory, 0o755)
-        os.lchown(directory, owner.uid, owner.gid)
+    make_directories(target, owner.uid, owner.gid, root=state.root, replace_file=True)
     return target
 
 
@@ -447,7 +437,9 @@ def _copy_tree(state: StageState, request: CopyRequest, source: Source, dst: Pat
             info = os.lstat(entry)
             target = out_dir / name
             if not out_dir.is_dir():
-                _make_parents(out_dir, owner)
+                # The parents of a file re-included below an excluded directory, as
+                # extracting Docker's context tar would make them.
+                make_directories(out_dir, owner.uid, owner.gid, root=state.root)
             if stat.S_ISDIR(info.st_mode):
                 if os.path.lexists(target) and not target.is_dir():
                     target.unlink()
@@ -458,19 +450,6 @@ def _copy_tree(state: StageState, request: CopyRequest, source: Source, dst: Pat
                 _copy_file(entry, target, info, owner)
     for target, info in reversed(directories):
         _apply_metadata(target, info, owner)
-
-
-def _make_parents(directory: Path, owner: Ownership) -> None:
-    """Create the missing parents of a file re-included below an excluded directory, as
-    extracting Docker's context tar would (mode 0755)."""
-    missing = []
-    while not directory.is_dir():
-        missing.append(directory)
-        directory = directory.parent
-    for path in reversed(missing):
-        path.mkdir(mode=0o755)
-        os.chmod(path, 0o755)
-        os.lchown(path, owner.uid, owner.gid)
 
 
 def _context_path(context_rel: str, rel: str) -> str:

@@ -8,12 +8,13 @@ history line it leaves. Only WORKDIR touches the filesystem (it creates the dire
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 from executor.dockerfile.parse import Instruction
 from executor.dockerfile.stages import parse_arg
+from executor.instructions.directories import make_directories
 from executor.instructions.state import StageState
 from executor.passwd import UnknownUserError, resolve_identity
 from snapshot.rootpath import resolve_in_root
@@ -78,7 +79,7 @@ def apply_workdir(state: StageState, inst: Instruction) -> Step:
     return Step(f"WORKDIR {path}", touches_fs=created)
 
 
-def _make_dirs(state: StageState, inst: Instruction, target: os.PathLike[str]) -> None:
+def _make_dirs(state: StageState, inst: Instruction, target: Path) -> None:
     """Create WORKDIR's directory owned by the current USER, as BuildKit does."""
     user = str(state.config.container.get("User") or "")
     uid = gid = 0
@@ -88,15 +89,7 @@ def _make_dirs(state: StageState, inst: Instruction, target: os.PathLike[str]) -
         except UnknownUserError as exc:
             raise inst.error(str(exc)) from None
         uid, gid = ident.uid, ident.gid
-    missing = []
-    path = os.fspath(target)
-    while not os.path.lexists(path):
-        missing.append(path)
-        path = os.path.dirname(path)
-    for directory in reversed(missing):
-        os.mkdir(directory, 0o755)
-        os.chmod(directory, 0o755)
-        os.lchown(directory, uid, gid)
+    make_directories(target, uid, gid, root=state.root)
 
 
 def apply_user(state: StageState, inst: Instruction) -> Step:
