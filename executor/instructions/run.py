@@ -113,12 +113,10 @@ def _drop_flags(text: str, flags: tuple[str, ...]) -> str:
 
 
 def _environment(state: StageState) -> dict[str, str]:
+    """ENV over ARGs (as for expansion), over the proxy build args, which need no ARG line."""
     env = {name: state.plan.build_args[name] for name in PROXY_ARGS
            if name in state.plan.build_args}
-    env.update(state.args)
-    for item in state.config.env:
-        key, _, value = item.partition("=")
-        env[key] = value
+    env.update(state.expansion_env())
     env.setdefault("PATH", DEFAULT_PATH)
     env.setdefault("HOSTNAME", "kiln")
     return env
