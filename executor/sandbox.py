@@ -166,11 +166,17 @@ def _check(result: int, what: str) -> None:
         raise OSError(err, f"{what}: {os.strerror(err)}")
 
 
+def _private_namespace(libc: ctypes.CDLL) -> None:
+    """A mount namespace of our own, every mount private first, or what we mount next would
+    propagate back to the host."""
+    _check(libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
+    _check(libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None), "mount --make-rprivate /")
+
+
 def _private_mounts(mounts: tuple[Mount, ...]) -> None:
     """In place: a private mount namespace holding ``mounts``."""
     libc = _libc()
-    _check(libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
-    _check(libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None), "mount --make-rprivate /")
+    _private_namespace(libc)
     _mount_all(libc, mounts)
 
 
@@ -194,30 +200,28 @@ def _mount_all(libc: ctypes.CDLL, mounts: tuple[Mount, ...]) -> None:
 _NAME_SERVICE_FILES = ("etc/resolv.conf", "etc/hosts")
 
 
-def _bind_name_service_files(libc: ctypes.CDLL, root: str) -> None:
-    """Bind the host's resolv.conf and hosts read-only over the image's, for name lookups.
+def _name_service_mounts(root: str) -> tuple[Mount, ...]:
+    """The host's resolv.conf and hosts, read-only over the image's, for name lookups.
 
     Only over regular files the image has (a mount needs a target, and creating one would
     leave a trace in the layer); never through a symlink, which could aim the bind anywhere.
     The mounts live in the child's namespace: the snapshot sees the image's own files.
     """
+    found = []
     for name in _NAME_SERVICE_FILES:
         host, target = f"/{name}", os.path.join(root, name)
         if not os.path.isfile(host) or os.path.islink(target) or not os.path.isfile(target):
             continue
         if os.path.islink(os.path.dirname(target)):
             continue
-        _check(libc.mount(host.encode(), target.encode(), None, MS_BIND, None), f"bind /{name}")
-        _check(libc.mount(None, target.encode(), None, MS_BIND | MS_REMOUNT | MS_RDONLY, None),
-               f"remount /{name} read-only")
+        found.append(Mount(target=Path(target), source=Path(host), readonly=True))
+    return tuple(found)
 
 
 def _enter_sandbox(root: str, mounts: tuple[Mount, ...] = ()) -> None:
     """Private mount namespace, /proc, /dev and /sys inside ``root``, ``mounts``, then chroot."""
     libc = _libc()
-    _check(libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
-    # Make every mount private first, or our mounts would propagate back to the host.
-    _check(libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None), "mount --make-rprivate /")
+    _private_namespace(libc)
     base = root.encode()
     # The root itself becomes nodev: a device node shipped by a hostile base image outside
     # /dev (say /tmp/mem, char 1,1) must not open the host's device. /dev, bound on top next,
@@ -229,7 +233,6 @@ def _enter_sandbox(root: str, mounts: tuple[Mount, ...] = ()) -> None:
            "mount proc")
     _check(libc.mount(b"/dev", base + b"/dev", None, MS_BIND | MS_REC, None), "bind /dev")
     _check(libc.mount(b"/sys", base + b"/sys", None, MS_BIND | MS_REC, None), "bind /sys")
-    _bind_name_service_files(libc, root)
-    _mount_all(libc, mounts)
+    _mount_all(libc, (*_name_service_mounts(root), *mounts))
     os.chroot(root)
     os.chdir("/")
