@@ -181,28 +181,24 @@ def run_image(
 
 def inspect_image(ref: str) -> dict[str, Any]:
     """``skopeo inspect`` of ``ref``: Digest, RepoTags, Created, Architecture, Env, Layers..."""
-    require_tool("skopeo", "skopeo")
-    out = _run_tool(["skopeo", "inspect", *_inspect_source(ref)], f"skopeo inspect of {ref}")
-    result: dict[str, Any] = json.loads(out.stdout)
-    return result
+    return _skopeo_inspect(ref)
 
 
 def inspect_config(ref: str) -> dict[str, Any]:
-    """The image config of ``ref`` as stored (``skopeo inspect --config``)."""
-    require_tool("skopeo", "skopeo")
-    out = _run_tool(
-        ["skopeo", "inspect", "--config", *_inspect_source(ref)], f"skopeo inspect of {ref}"
-    )
-    result: dict[str, Any] = json.loads(out.stdout)
-    return result
+    """The image config of ``ref`` as stored (``--config --raw``: without ``--raw`` skopeo
+    converts a Docker config to OCI and drops Healthcheck, Shell and OnBuild)."""
+    return _skopeo_inspect(ref, "--config", "--raw")
 
 
 def inspect_manifest(ref: str) -> dict[str, Any]:
     """The manifest (or index) of ``ref`` exactly as the registry serves it (``--raw``)."""
+    return _skopeo_inspect(ref, "--raw")
+
+
+def _skopeo_inspect(ref: str, *flags: str) -> dict[str, Any]:
     require_tool("skopeo", "skopeo")
-    out = _run_tool(
-        ["skopeo", "inspect", "--raw", *_inspect_source(ref)], f"skopeo inspect of {ref}"
-    )
+    out = _run_tool(["skopeo", "inspect", *flags, *_inspect_source(ref)],
+                    f"skopeo inspect of {ref}")
     result: dict[str, Any] = json.loads(out.stdout)
     return result
 
