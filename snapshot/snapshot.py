@@ -17,20 +17,21 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import gc
 import marshal
 import os
 import signal
 import tempfile
 import time
-import warnings
 import weakref
 from dataclasses import dataclass, field
 from operator import attrgetter
 from pathlib import Path
-from typing import Any, NamedTuple, NoReturn
+from typing import Any, NamedTuple
 
 from snapshot.errors import SnapshotError
+from snapshot.forking import default_workers, fork_helper
 from snapshot.ignore import IgnoreList
 
 S_IFMT = 0o170000
@@ -160,54 +161,6 @@ def take_snapshot(root: Path, ignore: IgnoreList, *, previous: Snapshot | None =
 _last_snapshot: dict[str, weakref.ref[Snapshot]] = {}
 
 
-def default_workers() -> int:
-    """Processes for a walk: CPUs this process may use (affinity, cgroup quota) and that are
-    idle right now, at most four. A helper on a CPU that something else is using only adds the
-    cost of sending its entries back."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cpus = os.cpu_count() or 1
-    quota = _cpu_quota()
-    if quota is not None:
-        cpus = min(cpus, quota)
-    running = _procs_running()
-    if running is not None:  # this process is one of them
-        cpus = min(cpus, (os.cpu_count() or 1) - (running - 1))
-    return max(1, min(cpus, 4))
-
-
-def _procs_running() -> int | None:
-    """Runnable tasks on the machine now (``procs_running`` in /proc/stat)."""
-    try:
-        with open("/proc/stat", "rb") as stat:
-            for line in stat:
-                if line.startswith(b"procs_running "):
-                    return int(line.split()[1])
-    except (OSError, ValueError):
-        pass
-    return None
-
-
-def _cpu_quota() -> int | None:
-    """CPUs the cgroup's CFS quota allows (rounded up), or None when there is no quota."""
-    cgroup = Path("/sys/fs/cgroup")
-    try:  # cgroup v2: "max 100000" or "<quota> <period>"
-        quota, period = (cgroup / "cpu.max").read_text().split()
-    except (OSError, ValueError):
-        try:  # cgroup v1: -1 for no quota
-            quota = (cgroup / "cpu/cpu.cfs_quota_us").read_text().strip()
-            period = (cgroup / "cpu/cpu.cfs_period_us").read_text().strip()
-        except OSError:
-            return None
-    try:
-        if quota == "max" or int(quota) <= 0:
-            return None
-        return max(1, -(-int(quota) // int(period)))
-    except (ValueError, ZeroDivisionError):
-        return None
-
-
 def _walk(root_str: str, ignore: IgnoreList, entries: dict[str, FileEntry],
           pending: list[str]) -> None:
     """Depth-first from the directories in ``pending`` (``""`` is the root)."""
@@ -275,20 +228,13 @@ def _walk_in_parallel(root_str: str, ignore: IgnoreList, entries: dict[str, File
     try:
         for _ in range(helpers):
             result_r, result_w = os.pipe()
-            try:
-                with warnings.catch_warnings():
-                    # Python 3.12 warns about fork() with threads alive. The helper runs only
-                    # syscalls and marshal on modules already imported, takes no lock another
-                    # thread could hold, and leaves by os._exit: the warned-of hazard is absent.
-                    warnings.simplefilter("ignore", DeprecationWarning)
-                    pid = os.fork()
-            except OSError:
-                os.close(result_r)
-                os.close(result_w)
-                break  # no more processes to be had: walk with those there are
-            if pid == 0:
-                _helper_main(root_str, ignore, units, groups, tokens_r, result_w, previous)
+            pid = fork_helper(functools.partial(_helper_main, root_str, ignore, units, groups,
+                                                tokens_r, result_w, previous),
+                              close=(result_r, *(r for _, r in children)))
             os.close(result_w)
+            if pid is None:
+                os.close(result_r)
+                break  # no more processes to be had: walk with those there are
             children.append((pid, result_r))
         _walk_tokens(root_str, ignore, units, groups, tokens_r, entries)
         new = tuple.__new__
@@ -324,33 +270,26 @@ def _walk_tokens(root_str: str, ignore: IgnoreList, units: list[str], groups: in
 
 
 def _helper_main(root_str: str, ignore: IgnoreList, units: list[str], groups: int,
-                 tokens_r: int, result_w: int, previous: dict[str, FileEntry]) -> NoReturn:
-    """A forked helper's whole life: walk tokens, send entries (or the error), exit."""
-    payload = b""
+                 tokens_r: int, result_w: int, previous: dict[str, FileEntry]) -> None:
+    """A forked helper's whole life: walk tokens, send entries (or the error)."""
+    found: dict[str, FileEntry] = {}
     try:
-        # The parent's handlers (kiln as PID 1 forwards SIGTERM to the build) are not ours.
-        for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
-            signal.signal(number, signal.SIG_DFL)
-        found: dict[str, FileEntry] = {}
-        try:
-            _walk_tokens(root_str, ignore, units, groups, tokens_r, found)
-            unchanged: list[str] = []
-            changed: list[tuple[Any, ...]] = []
-            previous_get = previous.get
-            for path, entry in found.items():
-                if previous_get(path) == entry:
-                    unchanged.append(path)
-                else:
-                    changed.append(tuple(entry))  # marshal takes tuples, not subclasses
-            # A path never holds NUL, so one joined string carries them all.
-            payload = marshal.dumps((None, "\0".join(unchanged), changed))
-        except SnapshotError as exc:
-            payload = marshal.dumps((str(exc), "", []))
-        view = memoryview(payload)
-        while view:
-            view = view[os.write(result_w, view):]
-    finally:
-        os._exit(0)  # never return into the parent's stack, never run its exit handlers
+        _walk_tokens(root_str, ignore, units, groups, tokens_r, found)
+        unchanged: list[str] = []
+        changed: list[tuple[Any, ...]] = []
+        previous_get = previous.get
+        for path, entry in found.items():
+            if previous_get(path) == entry:
+                unchanged.append(path)
+            else:
+                changed.append(tuple(entry))  # marshal takes tuples, not subclasses
+        # A path never holds NUL, so one joined string carries them all.
+        payload = marshal.dumps((None, "\0".join(unchanged), changed))
+    except SnapshotError as exc:
+        payload = marshal.dumps((str(exc), "", []))
+    view = memoryview(payload)
+    while view:
+        view = view[os.write(result_w, view):]
 
 
 def _collect(pid: int, result_r: int) -> tuple[str | None, str, list[tuple[Any, ...]]] | None:

@@ -450,7 +450,7 @@ def test_a_helper_that_dies_leaves_a_complete_walk(wide: Path,
 
 
 def test_default_workers_is_between_one_and_four() -> None:
-    from snapshot.snapshot import default_workers
+    from snapshot.forking import default_workers
 
     assert 1 <= default_workers() <= 4
 
