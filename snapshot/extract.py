@@ -33,13 +33,14 @@ import logging
 import os
 import posixpath
 import stat
-import struct
 import urllib.parse
 import zlib
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from snapshot.errors import CorruptLayerError, SnapshotError, UnsafeLayerError
+from snapshot.forking import default_workers
+from snapshot.writers import CREATE_FLAGS, FileWriters, WriterFailed
 
 log = logging.getLogger("kiln")
 
@@ -65,13 +66,15 @@ _LNK, _SYM, _CHR, _BLK, _DIR, _FIFO = (ord(c) for c in "123456")
 _PAX, _GLOBAL_PAX, _GNU_LONGNAME, _GNU_LONGLINK = (ord(c) for c in "xgLK")
 _EXTENDED = frozenset((_PAX, _GLOBAL_PAX, _GNU_LONGNAME, _GNU_LONGLINK))
 _POSIX_MAGIC = b"ustar\x00"
-# name mode uid gid size mtime chksum typeflag linkname magic version uname gname devmajor
-# devminor prefix (ustar; GNU keeps atime and ctime where ustar has the prefix).
-_USTAR = struct.Struct("100s8s8s8s12s12s8sB100s6s2s32s32s8s8s155s12x")
+# The ustar header: name [0:100], mode uid gid [100:124], size mtime [124:148], chksum
+# [148:156], typeflag [156], linkname [157:257], magic [257:263], version, uname, gname,
+# devmajor [329:337], devminor [337:345], prefix [345:500] (GNU keeps atime and ctime there).
 
-# O_EXCL never follows a symlink in the last component and fails on anything already there, so
-# a file is always a new inode: data never goes through an existing symlink or hardlink.
-_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+# Files handed to helper processes (snapshot/writers.py): only once a layer has shown this many
+# that qualify (a fork is not free), and only up to this size (larger ones would cross a pipe
+# for nothing: this process writes them while the helpers work).
+_HAND_OFF_AFTER = 256
+_HAND_OFF_SIZE = 64 << 10
 _OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -80,8 +83,11 @@ class Ignores(Protocol):
 
     def is_ignored(self, rel: str) -> bool: ...
 
+    def may_ignore_in(self, directory: str) -> bool: ...
 
-def extract_layer(root: Path, tar_stream: BinaryIO, *, ignore: Ignores, layer_name: str) -> None:
+
+def extract_layer(root: Path, tar_stream: BinaryIO, *, ignore: Ignores, layer_name: str,
+                  helpers: int | None = None) -> None:
     """Apply the uncompressed layer tar ``tar_stream`` over ``root``.
 
     The stream is read once, to its end (so a digest computed as it passes is complete).
@@ -89,12 +95,20 @@ def extract_layer(root: Path, tar_stream: BinaryIO, *, ignore: Ignores, layer_na
     :class:`CorruptLayerError` for a stream that is not a whole tar, and :class:`SnapshotError`
     when the filesystem refuses a write; each message is one line naming ``layer_name`` and the
     entry. Ignored paths are never written or deleted.
+
+    ``helpers`` is how many forked processes may make small files (:mod:`snapshot.writers`);
+    None picks one per idle CPU besides this process, 0 makes everything here.
     """
     reader = _TarReader(tar_stream, layer_name)
-    extractor = _Extractor(root, ignore, layer_name, reader)
-    while (header := reader.next()) is not None:
-        extractor.apply(header)
-    extractor.finish()
+    if helpers is None:
+        helpers = default_workers() - 1
+    extractor = _Extractor(root, ignore, layer_name, reader, helpers)
+    try:
+        while (header := reader.next()) is not None:
+            extractor.apply(header)
+        extractor.finish()
+    finally:
+        extractor.stop_helpers()
 
 
 def show_name(name: str) -> str:
@@ -226,6 +240,21 @@ class _TarReader:
         if pad:
             self._skip(pad)
 
+    def take_data(self, size: int) -> bytes:
+        """The current entry's ``size`` data bytes (a small file's), stepping over its padding."""
+        self._pending = 0
+        pad = -size % _BLOCK
+        pos = self._pos
+        if len(self._buf) - pos >= size + pad:
+            self._pos = pos + size + pad
+            return self._buf[pos:pos + size]
+        data = self._take(size)
+        if len(data) < size:
+            raise self._truncated()
+        if pad:
+            self._skip(pad)
+        return data
+
     def _drain(self) -> None:
         """Read to the end, so that whoever hashes the stream as it passes sees all of it."""
         self._buf, self._pos = b"", 0
@@ -313,61 +342,68 @@ class _TarReader:
     def _build(self, block: bytes, numbers: tuple[int, ...], kind: int,
                pax: dict[bytes, bytes] | None, long_name: bytes | None,
                long_link: bytes | None) -> _Header:
-        fields = _USTAR.unpack(block)
         mode, uid, gid, size, mtime, _ = numbers
         if long_name is not None:
             raw_name = long_name
         else:
-            raw_name = fields[0].split(b"\0", 1)[0]
-            prefix = fields[15]
-            if prefix[0] and fields[9] == _POSIX_MAGIC:
-                raw_name = prefix.split(b"\0", 1)[0] + b"/" + raw_name
-        raw_link = fields[8].split(b"\0", 1)[0] if long_link is None else long_link
+            end = block.find(0, 0, 100)
+            raw_name = block[:end] if end >= 0 else block[:100]
+            if block[345] and block[257:263] == _POSIX_MAGIC:  # a ustar name prefix
+                end = block.find(0, 345, 500)
+                raw_name = block[345:end if end >= 0 else 500] + b"/" + raw_name
+        if long_link is not None:
+            raw_link = long_link
+        elif kind in (_SYM, _LNK):
+            end = block.find(0, 157, 257)
+            raw_link = block[157:end if end >= 0 else 257]
+        else:
+            raw_link = b""
         if kind == _AREG and raw_name.endswith(b"/"):
             kind = _DIR  # pre-POSIX tars mark directories by the trailing slash only
-        mtime_ns = mtime * 1_000_000_000
-        atime_ns = None
-        xattrs: dict[str, bytes] | None = None
+        header = _Header(raw_name.decode("utf-8", "surrogateescape"), kind, mode & 0o7777,
+                         uid, gid, size, mtime * 1_000_000_000,
+                         raw_link.decode("utf-8", "surrogateescape"))
         if self._global_pax:
             pax = self._global_pax if pax is None else self._global_pax | pax
-        if pax:
-            for key, value in pax.items():
-                if key == b"path":
-                    raw_name = value
-                elif key == b"linkpath":
-                    raw_link = value
-                elif key == b"size":
-                    size = int(value)
-                elif key == b"uid":
-                    uid = int(value)
-                elif key == b"gid":
-                    gid = int(value)
-                elif key == b"mtime":
-                    mtime_ns = _pax_time_ns(value)
-                elif key == b"atime":
-                    atime_ns = _pax_time_ns(value)
-                elif key.startswith(b"SCHILY.xattr."):
-                    xattrs = xattrs or {}
-                    xattrs[key[13:].decode("utf-8", "surrogateescape")] = value
-                elif key.startswith(b"LIBARCHIVE.xattr."):
-                    xattrs = xattrs or {}
-                    attr = urllib.parse.unquote_to_bytes(key[17:])
-                    xattrs[attr.decode("utf-8", "surrogateescape")] = base64.b64decode(
-                        value + b"=" * (-len(value) % 4))
-                elif key.startswith(b"GNU.sparse."):
-                    raise _BadHeader("a sparse file, which layers do not use")
-            if size < 0:
-                raise _BadHeader("a header with a bad size")
-        header = _Header(raw_name.decode("utf-8", "surrogateescape"), kind,
-                         mode & 0o7777, uid, gid, size, mtime_ns,
-                         raw_link.decode("utf-8", "surrogateescape"))
-        if atime_ns is not None:
-            header.atime_ns = atime_ns
-        header.xattrs = xattrs
+        if pax:  # rare: most entries are plain ustar headers
+            _fold_pax(header, pax)
         if kind in (_CHR, _BLK):
-            header.devmajor = _number(fields[13])
-            header.devminor = _number(fields[14])
+            header.devmajor = _number(block[329:337])
+            header.devminor = _number(block[337:345])
         return header
+
+
+def _fold_pax(header: _Header, pax: dict[bytes, bytes]) -> None:
+    """Let the PAX records of an entry override its ustar fields."""
+    for key, value in pax.items():
+        if key == b"path":
+            header.name = value.decode("utf-8", "surrogateescape")
+        elif key == b"linkpath":
+            header.linkname = value.decode("utf-8", "surrogateescape")
+        elif key == b"size":
+            header.size = int(value)
+        elif key == b"uid":
+            header.uid = int(value)
+        elif key == b"gid":
+            header.gid = int(value)
+        elif key == b"mtime":
+            header.mtime_ns = _pax_time_ns(value)
+            if b"atime" not in pax:
+                header.atime_ns = header.mtime_ns
+        elif key == b"atime":
+            header.atime_ns = _pax_time_ns(value)
+        elif key.startswith(b"SCHILY.xattr."):
+            header.xattrs = header.xattrs or {}
+            header.xattrs[key[13:].decode("utf-8", "surrogateescape")] = value
+        elif key.startswith(b"LIBARCHIVE.xattr."):
+            header.xattrs = header.xattrs or {}
+            attr = urllib.parse.unquote_to_bytes(key[17:])
+            header.xattrs[attr.decode("utf-8", "surrogateescape")] = base64.b64decode(
+                value + b"=" * (-len(value) % 4))
+        elif key.startswith(b"GNU.sparse."):
+            raise _BadHeader("a sparse file, which layers do not use")
+    if header.size < 0:
+        raise _BadHeader("a header with a bad size")
 
 
 class _BadHeader(ValueError):
@@ -505,7 +541,8 @@ class _Missing(Exception):
 class _Extractor:
     """The state of one layer's application: verified directories, what it wrote, what's left."""
 
-    def __init__(self, root: Path, ignore: Ignores, layer: str, reader: _TarReader) -> None:
+    def __init__(self, root: Path, ignore: Ignores, layer: str, reader: _TarReader,
+                 helpers: int) -> None:
         self.root = os.fspath(root)
         self.prefix = self.root if self.root.endswith("/") else self.root + "/"
         self.ignore = ignore
@@ -526,6 +563,18 @@ class _Extractor:
         umask = _process_umask()
         self.keep_mode_bits = 0o7000 | (umask if umask is not None else 0o777)
         self.plain: set[str] = {""} if umask is not None and self.is_plain_root() else set()
+        # Directories this layer made (mkdir): nothing is in one but what this layer wrote, so
+        # a name in one that is not in ``upper`` is free, and its file can be handed to a helper
+        # without a look at the disk.
+        self.fresh: set[str] = set()
+        # Verified directories whose entries the ignore list cannot name (most of them).
+        self.unguarded: set[str] = set()
+        self.helpers = helpers
+        self.writers: FileWriters | None = None
+        self.candidates = 0  # files that could have been handed off, before helpers started
+        # Files handed to helpers since they last settled: they may not exist yet, so nothing
+        # here looks at or removes such a path (or a directory above one) before settling.
+        self.inflight: set[str] = set()
 
     def is_plain_root(self) -> bool:
         """The root's group is ours and it has no default ACL (which would replace the umask).
@@ -544,7 +593,8 @@ class _Extractor:
         return False
 
     def made_dir(self, rel: str) -> None:
-        """``rel`` was just made with mkdir: it is plain if its parent is."""
+        """``rel`` was just made with mkdir: fresh, and plain if its parent is."""
+        self.fresh.add(rel)
         if rel.rpartition("/")[0] in self.plain:
             self.plain.add(rel)
         else:
@@ -610,6 +660,8 @@ class _Extractor:
             if is_ignored(candidate):
                 return None
             host = prefix + candidate
+            if candidate in self.inflight:
+                self.settle()
             try:
                 st = os.lstat(host)
             except FileNotFoundError:
@@ -689,15 +741,25 @@ class _Extractor:
                 raise _Refused("would replace the root with something that is not a directory")
             self.deferred[""] = h
             return
-        real_parent = self.resolve_dir(parent, create=True)
+        real_parent = self.dirs.get(parent)
         if real_parent is None:
-            log.debug("layer %s: skipping %s, under an ignored path", self.layer, h.name)
-            return
+            real_parent = self.resolve_dir(parent, create=True)
+            if real_parent is None:
+                log.debug("layer %s: skipping %s, under an ignored path", self.layer, h.name)
+                return
         rel = real_parent + "/" + base if real_parent else base
-        if self.ignore.is_ignored(rel):
-            log.debug("layer %s: skipping ignored path %s", self.layer, rel)
-            return
+        if real_parent not in self.unguarded:
+            if self.ignore.is_ignored(rel):
+                log.debug("layer %s: skipping ignored path %s", self.layer, rel)
+                return
+            if not self.ignore.may_ignore_in(real_parent):
+                self.unguarded.add(real_parent)
+        if rel in self.inflight:
+            self.settle()
         if kind in (_REG, _AREG, _CONT):
+            if (real_parent in self.fresh and rel not in self.upper and not h.xattrs
+                    and h.size <= _HAND_OFF_SIZE and self.hand_off(rel, real_parent, h)):
+                return
             self.write_file(rel, h, real_parent in self.plain)
         elif kind == _DIR:
             self.write_dir(name, rel, h)
@@ -714,11 +776,13 @@ class _Extractor:
     def make_room(self, rel: str, st: os.stat_result) -> bool:
         """Remove what is at ``rel`` so a new entry can take its place (False: it must stay)."""
         if stat.S_ISDIR(st.st_mode):
+            self.settle()  # files below may still be on their way
             # Like containerd's RemoveAll: the later entry wins over the whole tree, this
             # layer's earlier entries included; but an ignored path inside is never deleted.
             gone = self.prune(rel, keep_top=False, spare_upper=False)
             self.forget_dirs()
             self.plain &= {""}  # what is made again is judged again
+            self.fresh.clear()
             below = rel + "/"
             for path in [p for p in self.deferred if p == rel or p.startswith(below)]:
                 del self.deferred[path]
@@ -732,19 +796,70 @@ class _Extractor:
                 self.forget_dirs()
         return True
 
+    def needs(self, h: _Header, plain_parent: bool) -> tuple[bool, bool]:
+        """Whether a new file for ``h`` needs chown, and chmod.
+
+        In a plain directory the new file already has the right owner and mode when they are
+        ours and survive the umask: no syscall to set them again (most of a base layer).
+        """
+        return (not plain_parent or h.uid != self.euid or h.gid != self.egid,
+                not plain_parent or bool(h.mode & self.keep_mode_bits))
+
+    def hand_off(self, rel: str, real_parent: str, h: _Header) -> bool:
+        """Give the new file ``rel`` to a helper; False when there are no helpers (yet)."""
+        writers = self.writers
+        if writers is None:
+            self.candidates += 1
+            if self.helpers <= 0 or self.candidates < _HAND_OFF_AFTER:
+                return False
+            writers = self.writers = FileWriters.start(self.helpers)
+            if writers is None:
+                self.helpers = 0
+                return False
+        chown, chmod = self.needs(h, real_parent in self.plain)
+        data = self.reader.take_data(h.size) if h.size else b""
+        writers.submit((self.prefix + rel, h.name, data, 0o600 if chmod else h.mode, h.uid,
+                        h.gid, h.mode, h.atime_ns, h.mtime_ns, chown, chmod), real_parent)
+        self.inflight.add(rel)
+        self.upper.add(rel)  # its parent is fresh, so already there (mark_upper's loop)
+        return True
+
+    def settle(self) -> None:
+        """Wait until every file handed to helpers exists (or raise why one does not)."""
+        if not self.inflight:
+            return
+        assert self.writers is not None
+        try:
+            self.writers.settle()
+        except WriterFailed as e:
+            self.stop_helpers()
+            if e.name is None:
+                raise SnapshotError(f"layer {self.layer}: {e.reason}") from None
+            raise SnapshotError(f"layer {self.layer}: entry {show_name(e.name)} cannot be "
+                                f"applied: {e.reason}") from None
+        self.inflight.clear()
+        if self.writers.chown_refused is not None:
+            name, reason = self.writers.chown_refused
+            self.warn_once("chown", "layer %s: cannot set owners here (chown %s: %s); files "
+                           "keep kiln's own user", self.layer, name, reason)
+
+    def stop_helpers(self) -> None:
+        """Let the helpers go; after a failure, at once."""
+        writers, self.writers = self.writers, None
+        if writers is not None:
+            writers.stop(kill=bool(self.inflight))
+        self.helpers = 0
+
     def write_file(self, rel: str, h: _Header, plain_parent: bool) -> None:
         host = self.prefix + rel
-        # In a plain directory the new file already has the right owner and mode when they
-        # are ours and survive the umask: no syscall to set them again (most of a base layer).
-        chown = not plain_parent or h.uid != self.euid or h.gid != self.egid
-        chmod = not plain_parent or bool(h.mode & self.keep_mode_bits)
+        chown, chmod = self.needs(h, plain_parent)
         create_mode = 0o600 if chmod else h.mode
         try:
-            fd = os.open(host, _CREATE, create_mode)
+            fd = os.open(host, CREATE_FLAGS, create_mode)
         except FileExistsError:
             if not self.make_room(rel, os.lstat(host)):
                 return
-            fd = os.open(host, _CREATE, create_mode)
+            fd = os.open(host, CREATE_FLAGS, create_mode)
         try:
             if h.size:
                 self.reader.copy_to(fd, h.size)
@@ -845,6 +960,8 @@ class _Extractor:
             # Stops a layer from giving the image a name for the builder's secrets or a mount
             # (/var/run/secrets, the kiln dir): a later snapshot would carry them.
             return None
+        if rel in self.inflight:
+            self.settle()
         try:
             st = os.lstat(self.host(rel))
         except FileNotFoundError:
@@ -909,9 +1026,11 @@ class _Extractor:
         except FileNotFoundError:
             return
         if stat.S_ISDIR(st.st_mode):
+            self.settle()  # files below may still be on their way
             self.prune(rel, keep_top=opaque, spare_upper=True)
             self.forget_dirs()
             self.plain &= {""}
+            self.fresh.clear()
         elif rel not in self.upper:
             os.unlink(self.host(rel))
             if stat.S_ISLNK(st.st_mode):
@@ -1000,6 +1119,8 @@ class _Extractor:
 
     def finish(self) -> None:
         """Directory metadata, deepest first, once nothing more is written inside them."""
+        self.settle()
+        self.stop_helpers()
         for rel in sorted(self.deferred, reverse=True):
             h = self.deferred[rel]
             try:

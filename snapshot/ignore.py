@@ -76,6 +76,13 @@ class IgnoreList:
                 candidate = candidate[:cut]
         return self._glob_prefix is not None and bool(self._glob_prefix(rel))
 
+    def may_ignore_in(self, directory: str) -> bool:
+        """Whether anything directly inside ``directory`` (itself not ignored) may be ignored.
+
+        False lets a caller that has checked a directory skip asking about each of its entries.
+        """
+        return bool(self.globs) or directory in self._children
+
     def ignored_names_in(self, directory: str) -> frozenset[str]:
         """Names listed in ``paths`` directly inside ``directory`` (``""`` for the root).
 

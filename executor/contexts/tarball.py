@@ -27,6 +27,9 @@ class _NothingIgnored:
     def is_ignored(self, rel: str) -> bool:
         return False
 
+    def may_ignore_in(self, directory: str) -> bool:
+        return False
+
 
 def unpack_tarball(stream: BinaryIO, target: Path, source: str) -> None:
     """Extract the (possibly compressed) tar ``stream`` into ``target``; ``source`` names it."""

@@ -227,11 +227,15 @@ class _SubIgnore:
     directory: Path
 
     def is_ignored(self, rel: str) -> bool:
-        if self.state.ignore is None:
-            return False
+        return self.state.ignore is not None and self.state.ignore.is_ignored(self._in_root(rel))
+
+    def may_ignore_in(self, directory: str) -> bool:
+        return (self.state.ignore is not None
+                and self.state.ignore.may_ignore_in(self._in_root(directory)))
+
+    def _in_root(self, rel: str) -> str:
         prefix = os.path.relpath(self.directory, self.state.root)
-        path = rel if prefix == "." else f"{prefix}/{rel}"
-        return self.state.ignore.is_ignored(path)
+        return rel if prefix == "." else f"{prefix}/{rel}" if rel else prefix
 
 
 def _check_link_destination(state: StageState, inst: Instruction, dest: str) -> None:

@@ -12,6 +12,8 @@ import io
 import json
 import logging
 import os
+import re
+import signal
 import stat
 import subprocess
 import tarfile
@@ -76,6 +78,18 @@ class World:
     def assert_canary_unchanged(self) -> None:
         assert self.canary.read_bytes() == CANARY
         assert _tree(self.outside) == self.before
+
+
+@pytest.fixture(autouse=True, params=["in-process", "helpers"])
+def file_writers(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs twice: files made by the extracting process, and every file that may be
+    handed to a helper process (snapshot/writers.py) handed to one."""
+    if request.param == "helpers":
+        monkeypatch.setattr("snapshot.extract._HAND_OFF_AFTER", 1)
+        monkeypatch.setattr("snapshot.extract.default_workers", lambda: 2)
+    else:
+        monkeypatch.setattr("snapshot.extract.default_workers", lambda: 1)
+    return str(request.param)
 
 
 @pytest.fixture
@@ -988,3 +1002,85 @@ def test_a_setgid_root_of_another_group_does_not_leak_its_group(world: World) ->
                          file("top", b"t", gid=os.getegid())))
     assert os.lstat(world.root / "d/f").st_gid == os.getegid()
     assert os.lstat(world.root / "top").st_gid == os.getegid()
+
+
+# --- files handed to helper processes -------------------------------------------------------
+# In the "helpers" runs, every file below made in a directory of the same layer is still on its
+# way when the next entry arrives; each later entry touches it in one of the ways a layer can.
+
+
+def test_an_entry_over_a_file_still_on_its_way_replaces_it(world: World) -> None:
+    extract(world, layer(directory("d"), file("d/a", b"first"), file("d/a", b"second"),
+                         file("d/b", b"file"), directory("d/b"), file("d/b/c", b"c"),
+                         file("d/s", b"file"), symlink("d/s", "a")))
+    assert (world.root / "d/a").read_bytes() == b"second"
+    assert (world.root / "d/b/c").read_bytes() == b"c"
+    assert os.readlink(world.root / "d/s") == "a"
+
+
+def test_a_hardlink_to_a_file_still_on_its_way_shares_its_inode(world: World) -> None:
+    extract(world, layer(directory("d"), file("d/a", b"busybox", mode=0o755),
+                         hardlink("d/b", "d/a")))
+    assert os.lstat(world.root / "d/a").st_ino == os.lstat(world.root / "d/b").st_ino
+    assert (world.root / "d/b").read_bytes() == b"busybox"
+
+
+def test_a_file_replacing_a_directory_of_files_on_their_way_wins(world: World) -> None:
+    files = [file(f"d/sub/f{i}", b"x") for i in range(100)]
+    extract(world, layer(directory("d"), directory("d/sub"), *files, file("d/sub", b"file")))
+    assert (world.root / "d/sub").read_bytes() == b"file"
+
+
+def test_a_whiteout_spares_files_of_its_own_layer_still_on_their_way(world: World) -> None:
+    extract(world, layer(directory("d"), file("d/a", b"a"), whiteout("d/a"), opaque("d")))
+    assert (world.root / "d/a").read_bytes() == b"a"
+
+
+def test_an_entry_under_a_file_still_on_its_way_is_corrupt(world: World) -> None:
+    message = refusal(world, layer(directory("d"), file("d/a", b"a"), file("d/a/b", b"b")),
+                      CorruptLayerError)
+    assert message == (f'layer {LAYER}: entry "d/a/b" needs "d/a" to be a directory, and it is '
+                       "not")
+
+
+def test_many_small_files_in_many_directories_come_out_exact(world: World) -> None:
+    members = []
+    for d in range(20):
+        members.append(directory(f"t/d{d}", mode=0o750, uid=d, gid=d + 1))
+        members += [file(f"t/d{d}/f{f}", f"{d}/{f}".encode() * f, mode=0o4755 if f == 3 else 0o640,
+                         uid=1000 + f, gid=2000 + d, mtime=MTIME + f) for f in range(60)]
+    extract(world, layer(*members))
+    for d in range(20):
+        for f in range(60):
+            st = os.lstat(world.root / f"t/d{d}/f{f}")
+            assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_mtime_ns) == (
+                0o4755 if f == 3 else 0o640, 1000 + f, 2000 + d, (MTIME + f) * 10**9)
+            assert (world.root / f"t/d{d}/f{f}").read_bytes() == f"{d}/{f}".encode() * f
+        st = os.lstat(world.root / f"t/d{d}")
+        assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o750, d, d + 1)
+
+
+def test_a_helper_that_dies_is_one_line_and_leaves_no_process(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("snapshot.extract._HAND_OFF_AFTER", 1)
+    monkeypatch.setattr("snapshot.writers._make_file",
+                        lambda *job: os.kill(os.getpid(), signal.SIGKILL))
+    with pytest.raises(SnapshotError) as caught:
+        extract_layer(world.root, io.BytesIO(layer(directory("d"), file("d/a", b"a"))),
+                      ignore=IgnoreList(root=world.root, paths=frozenset()), layer_name=LAYER,
+                      helpers=1)
+    assert re.fullmatch(rf"layer {LAYER}: a file-writing helper process \(pid \d+\) died",
+                        str(caught.value))
+    with pytest.raises(ChildProcessError):
+        os.waitpid(-1, os.WNOHANG)
+
+
+def test_helpers_are_gone_when_a_layer_is_applied(world: World,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("snapshot.extract._HAND_OFF_AFTER", 1)
+    extract_layer(world.root, io.BytesIO(layer(directory("d"), file("d/a", b"a"))),
+                  ignore=IgnoreList(root=world.root, paths=frozenset()), layer_name=LAYER,
+                  helpers=2)
+    assert (world.root / "d/a").read_bytes() == b"a"
+    with pytest.raises(ChildProcessError):
+        os.waitpid(-1, os.WNOHANG)
