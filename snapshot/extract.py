@@ -13,7 +13,10 @@ It is also a hot path (a debian base, 50,000-file layers), so the stream is pars
 than through :mod:`tarfile` (several times slower per entry), read once with a 1 MiB buffer and
 never held in memory, and verified directories are cached within the layer, so that a file
 costs at most the syscalls GNU tar makes for it (open, write, fchown, fchmod, futimens, close),
-and fewer when the new file's owner and mode are already the ones the tar asks for.
+and fewer when the new file's owner and mode are already the ones the tar asks for. Those
+syscalls and this module's Python cost about the same per file, so small new files are made by
+forked helpers (:mod:`snapshot.writers`) while this process reads on; every decision stays
+here, and nothing here looks at a path a helper may still be writing (``inflight``).
 
 Why string paths and not directory fds: nothing else writes the root while a layer is applied
 (kiln is alone in its container, and RUN steps never overlap extraction), so the only adversary is
@@ -39,7 +42,7 @@ from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from snapshot.errors import CorruptLayerError, SnapshotError, UnsafeLayerError
-from snapshot.forking import default_workers
+from snapshot.forking import usable_cpus
 from snapshot.writers import CREATE_FLAGS, FileWriters, WriterFailed
 
 log = logging.getLogger("kiln")
@@ -75,6 +78,7 @@ _POSIX_MAGIC = b"ustar\x00"
 # for nothing: this process writes them while the helpers work).
 _HAND_OFF_AFTER = 256
 _HAND_OFF_SIZE = 64 << 10
+_MAX_HELPERS = 3
 _OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -97,15 +101,17 @@ def extract_layer(root: Path, tar_stream: BinaryIO, *, ignore: Ignores, layer_na
     entry. Ignored paths are never written or deleted.
 
     ``helpers`` is how many forked processes may make small files (:mod:`snapshot.writers`);
-    None picks one per idle CPU besides this process, 0 makes everything here.
+    None picks one per usable CPU besides this one, at most three; 0 makes everything here.
+    Unlike the walk's, the choice ignores the machine's momentary load: the helpers and this
+    process form a pipeline, and a second CPU that is busy now is seldom busy for the seconds
+    a base image takes.
     """
     reader = _TarReader(tar_stream, layer_name)
     if helpers is None:
-        helpers = default_workers() - 1
+        helpers = min(usable_cpus() - 1, _MAX_HELPERS)
     extractor = _Extractor(root, ignore, layer_name, reader, helpers)
     try:
-        while (header := reader.next()) is not None:
-            extractor.apply(header)
+        extractor.apply_all()
         extractor.finish()
     finally:
         extractor.stop_helpers()
@@ -716,16 +722,23 @@ class _Extractor:
 
     # Entries.
 
-    def apply(self, h: _Header) -> None:
+    def apply_all(self) -> None:
+        """Apply the stream's entries in order; an error names the entry it came from."""
+        next_header, apply_entry = self.reader.next, self.apply_entry
+        h = None
         try:
-            self.apply_entry(h)
+            while (h := next_header()) is not None:
+                apply_entry(h)
         except _Refused as e:
+            assert h is not None  # only entries are refused
             cls = UnsafeLayerError if e.unsafe else CorruptLayerError
             raise cls(f"layer {self.layer}: entry {show_name(h.name)} {e.reason}") from None
-        except OSError as e:
+        except OSError as e:  # the reader raises its own errors: these come from an entry
+            assert h is not None
             raise SnapshotError(f"layer {self.layer}: entry {show_name(h.name)} cannot be "
                                 f"applied: {e.strerror or e}") from None
         except ValueError as e:  # a NUL byte in a link target, say
+            assert h is not None
             raise CorruptLayerError(f"layer {self.layer}: entry {show_name(h.name)} cannot be "
                                     f"applied: {_one_line(e)}") from None
 

@@ -16,17 +16,20 @@ from collections.abc import Callable
 from pathlib import Path
 
 
-def default_workers() -> int:
-    """Processes for a parallel hot path: CPUs this process may use (affinity, cgroup quota)
-    and that are idle right now, at most four. A helper on a CPU that something else is using
-    only adds the cost of handing it work."""
+def usable_cpus() -> int:
+    """CPUs this process may use: its affinity mask, bounded by the cgroup's CPU quota."""
     try:
         cpus = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         cpus = os.cpu_count() or 1
     quota = _cpu_quota()
-    if quota is not None:
-        cpus = min(cpus, quota)
+    return max(1, min(cpus, quota) if quota is not None else cpus)
+
+
+def default_workers() -> int:
+    """Processes for a walk: usable CPUs that are idle right now, at most four. A walk helper
+    on a CPU that something else is using only adds the cost of sending its entries back."""
+    cpus = usable_cpus()
     running = _procs_running()
     if running is not None:  # this process is one of them
         cpus = min(cpus, (os.cpu_count() or 1) - (running - 1))

@@ -86,9 +86,9 @@ def file_writers(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
     handed to a helper process (snapshot/writers.py) handed to one."""
     if request.param == "helpers":
         monkeypatch.setattr("snapshot.extract._HAND_OFF_AFTER", 1)
-        monkeypatch.setattr("snapshot.extract.default_workers", lambda: 2)
+        monkeypatch.setattr("snapshot.extract.usable_cpus", lambda: 2)
     else:
-        monkeypatch.setattr("snapshot.extract.default_workers", lambda: 1)
+        monkeypatch.setattr("snapshot.extract.usable_cpus", lambda: 1)
     return str(request.param)
 
 
