@@ -19,7 +19,9 @@ import bz2
 import contextlib
 import gzip
 import lzma
+import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
@@ -85,6 +87,28 @@ def is_archive(path: Path) -> bool:
     except (OSError, EOFError, lzma.LZMAError, zstandard.ZstdError):
         return False
     return is_tar_header(head)
+
+
+@dataclass(frozen=True)
+class IgnoredBelow:
+    """The build's ignore list (paths relative to ``root``) seen from ``directory`` inside
+    the root, where an archive is extracted: its entries are named relative to ``directory``."""
+
+    ignore: Ignores | None
+    root: Path
+    directory: Path
+
+    def is_ignored(self, rel: str) -> bool:
+        return self.ignore is not None and self.ignore.is_ignored(self._in_root(rel))
+
+    def may_ignore_in(self, directory: str) -> bool:
+        return self.ignore is not None and self.ignore.may_ignore_in(self._in_root(directory))
+
+    def _in_root(self, rel: str) -> str:
+        prefix = os.path.relpath(self.directory, self.root)
+        if prefix == ".":
+            return rel
+        return f"{prefix}/{rel}" if rel else prefix
 
 
 def extract_archive(path: Path, destination: Path, ignore: Ignores) -> None:

@@ -211,31 +211,13 @@ def place_sources(state: StageState, inst: Instruction, request: CopyRequest,
         try:
             if source.unpack:
                 directory = _ensure_dir(state, target.rstrip("/") or "/", request.owner)
-                archive.extract_archive(source.host, directory,
-                                        _SubIgnore(state, directory))
+                archive.extract_archive(
+                    source.host, directory,
+                    archive.IgnoredBelow(state.ignore, state.root, directory))
             else:
                 _copy_source(state, inst, request, source, target)
         except ContextError as exc:
             raise inst.error(str(exc)) from None
-
-
-@dataclass(frozen=True)
-class _SubIgnore:
-    """The build's ignore list seen from a directory inside the root."""
-
-    state: StageState
-    directory: Path
-
-    def is_ignored(self, rel: str) -> bool:
-        return self.state.ignore is not None and self.state.ignore.is_ignored(self._in_root(rel))
-
-    def may_ignore_in(self, directory: str) -> bool:
-        return (self.state.ignore is not None
-                and self.state.ignore.may_ignore_in(self._in_root(directory)))
-
-    def _in_root(self, rel: str) -> str:
-        prefix = os.path.relpath(self.directory, self.state.root)
-        return rel if prefix == "." else f"{prefix}/{rel}" if rel else prefix
 
 
 def _check_link_destination(state: StageState, inst: Instruction, dest: str) -> None:

@@ -83,6 +83,13 @@ def test_names_to_skip_are_given_per_directory() -> None:
     assert listed.ignored_names_in("etc") == frozenset()
 
 
+def test_a_directory_with_nothing_listed_inside_needs_no_question_per_entry() -> None:
+    listed = ignore({"proc", "var/run"})
+    assert listed.may_ignore_in("") and listed.may_ignore_in("var")
+    assert not listed.may_ignore_in("etc") and not listed.may_ignore_in("var/lib")
+    assert ignore(globs=("tmp/x*",)).may_ignore_in("etc")  # a glob may match anywhere
+
+
 def test_globs_are_given_per_depth() -> None:
     listed = ignore(globs=("tmp/x*", "*.log"))
     depth_two = listed.glob_at_depth(2)
