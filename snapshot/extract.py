@@ -61,6 +61,7 @@ _CHUNK = 1 << 20
 _MAX_EXTENDED_HEADERS = 16 << 20
 _PATH_MAX = 4095  # bytes in a path the kernel accepts (PATH_MAX 4096 less the NUL)
 _MAX_LINKS = 40  # symlinks followed in one lookup before the kernel says ELOOP
+_NO_ID = 0xFFFF_FFFF  # (uid_t) -1: chown's "no change", so no owner can be it
 _SHOWN_NAME = 120  # characters of a name an error message shows
 
 # Entry types (the typeflag byte).
@@ -373,6 +374,9 @@ class _TarReader:
             pax = self._global_pax if pax is None else self._global_pax | pax
         if pax:  # rare: most entries are plain ustar headers
             _fold_pax(header, pax)
+        if not (0 <= header.uid < _NO_ID and 0 <= header.gid < _NO_ID):
+            # Only PAX and base-256 numbers reach this far; chown would take -1 as "leave it".
+            raise _BadHeader(f"an owner {header.uid}:{header.gid} out of range")
         if kind in (_CHR, _BLK):
             header.devmajor = _number(block[329:337])
             header.devminor = _number(block[337:345])

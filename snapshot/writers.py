@@ -19,6 +19,7 @@ a file fails.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
 import marshal
 import os
@@ -33,6 +34,7 @@ CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEX
 
 _BATCH_FILES = 64
 _BATCH_BYTES = 256 << 10
+_PIPE_SIZE = 1 << 20
 
 FileJob = tuple[str, str, bytes, int, int, int, int, int, int, bool, bool]
 """``(host path, entry name, data, create mode, uid, gid, mode, atime_ns, mtime_ns, chown,
@@ -65,6 +67,8 @@ class FileWriters:
         helpers: list[tuple[int, int, int]] = []
         for _ in range(count):
             jobs_r, jobs_w = os.pipe()
+            with contextlib.suppress(OSError):
+                fcntl.fcntl(jobs_w, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
             reports_r, reports_w = os.pipe()
             others = tuple(fd for _, w, r in helpers for fd in (w, r))
             pid = fork_helper(functools.partial(_helper_main, jobs_r, reports_w),
@@ -130,15 +134,6 @@ class FileWriters:
         if failure is not None:
             raise WriterFailed(*failure)
 
-    def close(self) -> None:
-        """Settle, then let the helpers exit and reap them."""
-        settled = False
-        try:
-            self.settle()
-            settled = True
-        finally:
-            self.stop(kill=not settled)
-
     def stop(self, *, kill: bool = True) -> None:
         """Let the helpers exit, and reap them; ``kill`` ends them at once (after a failure,
         what they still hold is not wanted)."""
@@ -177,8 +172,9 @@ def _helper_main(jobs_r: int, reports_w: int) -> None:
             for job in batch:
                 try:
                     refused = _make_file(*job)
-                except OSError as e:
-                    _send_report(reports_w, (job[1], e.strerror or str(e)), chown_refused)
+                except Exception as e:  # whatever it is, the parent says it, naming the entry
+                    reason = (e.strerror if isinstance(e, OSError) else None) or str(e)
+                    _send_report(reports_w, (job[1], reason), chown_refused)
                     return
                 if refused is not None and chown_refused is None:
                     chown_refused = (job[1], refused)

@@ -870,6 +870,14 @@ def test_an_extended_header_claiming_a_gigabyte_is_refused_before_reading_it(
         "than 16777216 bytes")
 
 
+@pytest.mark.parametrize("uid", ["4294967295", "99999999999", "-1"])
+def test_an_owner_out_of_range_is_corrupt(world: World, uid: str) -> None:
+    message = refusal(world, layer(directory("d"), file("d/a", b"a", pax={"uid": uid})),
+                      CorruptLayerError)
+    assert message == (f'layer {LAYER}: not a valid tar stream after entry "d/": an owner '
+                       f"{uid}:0 out of range")
+
+
 def test_a_malformed_pax_record_is_corrupt(world: World) -> None:
     data = _with_pax_record(layer(file("a", b"a")), b"path", b"b")
     broken = data.replace(b"10 path=b\n", b"11 path=b\n")
