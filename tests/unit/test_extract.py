@@ -21,6 +21,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -1068,9 +1069,34 @@ def test_many_small_files_in_many_directories_come_out_exact(world: World) -> No
         assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o750, d, d + 1)
 
 
-def test_a_helper_that_dies_is_one_line_and_leaves_no_process(
-        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def helper_pids(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The pids of the helper processes forked while the test runs (and every file handed)."""
+    import snapshot.writers
+
+    pids: list[int] = []
+    fork = snapshot.writers.fork_helper
+
+    def recording_fork(*args: Any, **kwargs: Any) -> int | None:
+        pid = fork(*args, **kwargs)
+        if pid is not None:
+            pids.append(pid)
+        return pid
+
+    monkeypatch.setattr("snapshot.writers.fork_helper", recording_fork)
     monkeypatch.setattr("snapshot.extract._HAND_OFF_AFTER", 1)
+    return pids
+
+
+def assert_reaped(pids: list[int]) -> None:
+    assert pids
+    for pid in pids:
+        with pytest.raises(ChildProcessError):  # waited for already: no such child
+            os.waitpid(pid, os.WNOHANG)
+
+
+def test_a_helper_that_dies_is_one_line_and_leaves_no_process(
+        world: World, monkeypatch: pytest.MonkeyPatch, helper_pids: list[int]) -> None:
     monkeypatch.setattr("snapshot.writers._make_file",
                         lambda *job: os.kill(os.getpid(), signal.SIGKILL))
     with pytest.raises(SnapshotError) as caught:
@@ -1079,16 +1105,14 @@ def test_a_helper_that_dies_is_one_line_and_leaves_no_process(
                       helpers=1)
     assert re.fullmatch(rf"layer {LAYER}: a file-writing helper process \(pid \d+\) died",
                         str(caught.value))
-    with pytest.raises(ChildProcessError):
-        os.waitpid(-1, os.WNOHANG)
+    assert_reaped(helper_pids)
 
 
 def test_helpers_are_gone_when_a_layer_is_applied(world: World,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("snapshot.extract._HAND_OFF_AFTER", 1)
+                                                  helper_pids: list[int]) -> None:
     extract_layer(world.root, io.BytesIO(layer(directory("d"), file("d/a", b"a"))),
                   ignore=IgnoreList(root=world.root, paths=frozenset()), layer_name=LAYER,
                   helpers=2)
     assert (world.root / "d/a").read_bytes() == b"a"
-    with pytest.raises(ChildProcessError):
-        os.waitpid(-1, os.WNOHANG)
+    assert len(helper_pids) == 2
+    assert_reaped(helper_pids)
