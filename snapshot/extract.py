@@ -102,14 +102,16 @@ def extract_layer(root: Path, tar_stream: BinaryIO, *, ignore: Ignores, layer_na
     entry. Ignored paths are never written or deleted.
 
     ``helpers`` is how many forked processes may make small files (:mod:`snapshot.writers`);
-    None picks one per usable CPU besides this one, at most three; 0 makes everything here.
-    Unlike the walk's, the choice ignores the machine's momentary load: the helpers and this
-    process form a pipeline, and a second CPU that is busy now is seldom busy for the seconds
-    a base image takes.
+    None picks one per usable CPU, at most three, and none on a single CPU; 0 makes everything
+    here. One per CPU, not one fewer: this process waits whenever the helper it feeds is
+    behind, and a second helper keeps the CPU busy meanwhile (extract-50k on two CPUs: 0.50 s
+    with two helpers, 0.57 s with one). Unlike the walk's, the choice ignores the machine's
+    momentary load: a CPU that is busy now is seldom busy for the seconds a base image takes.
     """
     reader = _TarReader(tar_stream, layer_name)
     if helpers is None:
-        helpers = min(usable_cpus() - 1, _MAX_HELPERS)
+        cpus = usable_cpus()
+        helpers = min(cpus, _MAX_HELPERS) if cpus > 1 else 0
     extractor = _Extractor(root, ignore, layer_name, reader, helpers)
     try:
         extractor.apply_all()
