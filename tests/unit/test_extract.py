@@ -1072,10 +1072,9 @@ def test_many_small_files_in_many_directories_come_out_exact(world: World) -> No
 @pytest.fixture
 def helper_pids(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """The pids of the helper processes forked while the test runs (and every file handed)."""
-    import snapshot.writers
+    from snapshot.forking import fork_helper as fork
 
     pids: list[int] = []
-    fork = snapshot.writers.fork_helper
 
     def recording_fork(*args: Any, **kwargs: Any) -> int | None:
         pid = fork(*args, **kwargs)
