@@ -577,7 +577,7 @@ class _Extractor:
         self.plain: set[str] = {""} if umask is not None and self.is_plain_root() else set()
         # Directories this layer made (mkdir): nothing is in one but what this layer wrote, so
         # a name in one that is not in ``upper`` is free, and its file can be handed to a helper
-        # without a look at the disk.
+        # without a look at the disk (elsewhere, one access() call tells).
         self.fresh: set[str] = set()
         # Verified directories whose entries the ignore list cannot name (most of them).
         self.unguarded: set[str] = set()
@@ -776,8 +776,8 @@ class _Extractor:
         if rel in self.inflight:
             self.settle()
         if kind in (_REG, _AREG, _CONT):
-            if (real_parent in self.fresh and rel not in self.upper and not h.xattrs
-                    and h.size <= _HAND_OFF_SIZE and self.hand_off(rel, real_parent, h)):
+            if (rel not in self.upper and not h.xattrs and h.size <= _HAND_OFF_SIZE
+                    and self.hand_off(rel, real_parent, h)):
                 return
             self.write_file(rel, h, real_parent in self.plain)
         elif kind == _DIR:
@@ -825,7 +825,9 @@ class _Extractor:
                 not plain_parent or bool(h.mode & self.keep_mode_bits))
 
     def hand_off(self, rel: str, real_parent: str, h: _Header) -> bool:
-        """Give the new file ``rel`` to a helper; False when there are no helpers (yet)."""
+        """Give the file ``rel`` to a helper if nothing is there yet; False when it is this
+        process's to write: something is there (to be replaced), or there are no helpers (yet).
+        """
         writers = self.writers
         if writers is None:
             self.candidates += 1
@@ -835,12 +837,18 @@ class _Extractor:
             if writers is None:
                 self.helpers = 0
                 return False
+        fresh = real_parent in self.fresh  # nothing in it but what this layer wrote (upper)
+        if not fresh and os.access(self.prefix + rel, os.F_OK, follow_symlinks=False):
+            return False
         chown, chmod = self.needs(h, real_parent in self.plain)
         data = self.reader.take_data(h.size) if h.size else b""
         writers.submit((self.prefix + rel, h.name, data, 0o600 if chmod else h.mode, h.uid,
                         h.gid, h.mode, h.atime_ns, h.mtime_ns, chown, chmod), real_parent)
         self.inflight.add(rel)
-        self.upper.add(rel)  # its parent is fresh, so already there (mark_upper's loop)
+        if fresh:
+            self.upper.add(rel)  # a fresh parent is in upper already
+        else:
+            self.mark_upper(rel)
         return True
 
     def settle(self) -> None:

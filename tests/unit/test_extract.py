@@ -1115,3 +1115,17 @@ def test_helpers_are_gone_when_a_layer_is_applied(world: World,
     assert (world.root / "d/a").read_bytes() == b"a"
     assert len(helper_pids) == 2
     assert_reaped(helper_pids)
+
+
+def test_files_into_a_lower_layers_directory_are_new_or_replace_what_is_there(
+        world: World) -> None:
+    lib = world.root / "usr/lib"
+    lib.mkdir(parents=True)
+    (lib / "old").write_bytes(b"lower")
+    (lib / "link").symlink_to(world.canary)
+    extract(world, layer(*(file(f"usr/lib/new{i}", b"%d" % i) for i in range(50)),
+                         file("usr/lib/old", b"upper"), file("usr/lib/link", b"not through")))
+    assert [(lib / f"new{i}").read_bytes() for i in range(50)] == [b"%d" % i for i in range(50)]
+    assert (lib / "old").read_bytes() == b"upper"
+    assert not (lib / "link").is_symlink() and (lib / "link").read_bytes() == b"not through"
+    world.assert_canary_unchanged()
