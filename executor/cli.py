@@ -11,7 +11,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -21,6 +21,11 @@ if TYPE_CHECKING:
     from executor.options import BuildOptions
 
 log = logging.getLogger("kiln")
+
+# A kaniko boolean flag (Go's pflag): bare means true, and "--flag=false" or "--flag=true"
+# (any of strconv.ParseBool's spellings) says so explicitly; CI files use all three forms.
+_BOOL: dict[str, Any] = {"type": click.BOOL, "is_flag": False, "flag_value": True,
+                         "default": False, "metavar": "[=true|false]"}
 
 _VERBOSITY = click.Choice(["panic", "fatal", "error", "warn", "info", "debug", "trace"])
 
@@ -37,7 +42,7 @@ _VERBOSITY = click.Choice(["panic", "fatal", "error", "warn", "info", "debug", "
               help="Path to the Dockerfile (relative paths are looked up in the context).")
 @click.option("-d", "--destination", "destinations", multiple=True,
               help="Registry and tag to push to; repeat for several.")
-@click.option("--no-push", is_flag=True, help="Build the image without pushing it.")
+@click.option("--no-push", **_BOOL, help="Build the image without pushing it.")
 @click.option("--tar-path", type=click.Path(path_type=Path),
               help="Also save the image as a docker-save tarball at this path.")
 @click.option("--oci-layout-path", type=click.Path(path_type=Path),
@@ -57,12 +62,12 @@ _VERBOSITY = click.Choice(["panic", "fatal", "error", "warn", "info", "debug", "
               help="Set a manifest annotation: KEY=VALUE; repeatable (makes the image OCI).")
 @click.option("--label", "labels", multiple=True, help="Set a label on the image: KEY=VALUE.")
 @click.option("--target", help="Build this stage, not the last one.")
-@click.option("--insecure", is_flag=True, help="Push to insecure registries over plain HTTP.")
-@click.option("--insecure-pull", is_flag=True, help="Pull from insecure registries over HTTP.")
+@click.option("--insecure", **_BOOL, help="Push to insecure registries over plain HTTP.")
+@click.option("--insecure-pull", **_BOOL, help="Pull from insecure registries over HTTP.")
 @click.option("--insecure-registry", "insecure_registries", multiple=True,
               help="Registry to reach over plain HTTP; repeatable.")
-@click.option("--skip-tls-verify", is_flag=True, help="Push without verifying TLS certificates.")
-@click.option("--skip-tls-verify-pull", is_flag=True,
+@click.option("--skip-tls-verify", **_BOOL, help="Push without verifying TLS certificates.")
+@click.option("--skip-tls-verify-pull", **_BOOL,
               help="Pull without verifying TLS certificates.")
 @click.option("--skip-tls-verify-registry", "skip_tls_verify_registries", multiple=True,
               help="Registry whose TLS certificate is not verified; repeatable.")
@@ -70,14 +75,14 @@ _VERBOSITY = click.Choice(["panic", "fatal", "error", "warn", "info", "debug", "
               help="CA certificate to trust for a registry, as REGISTRY=PATH; repeatable.")
 @click.option("--registry-client-cert", "registry_client_certs", multiple=True,
               help="Client certificate for a registry (mTLS), as REGISTRY=CERT,KEY; repeatable.")
-@click.option("--skip-push-permission-check", is_flag=True,
+@click.option("--skip-push-permission-check", **_BOOL,
               help="Do not check before building that the destinations can be pushed to.")
 @click.option("--registry-mirror", "registry_mirrors", multiple=True,
               help="Mirror of Docker Hub to pull from first (host[/prefix]); repeatable.")
 @click.option("--registry-map", "registry_maps", multiple=True,
               help="Mirrors of other registries, as REGISTRY=MIRROR[;REGISTRY=MIRROR]; "
               "repeatable.")
-@click.option("--skip-default-registry-fallback", is_flag=True,
+@click.option("--skip-default-registry-fallback", **_BOOL,
               help="Fail when no mirror has the image instead of trying the registry itself.")
 @click.option("--image-download-retry", type=int, default=0, show_default=True,
               help="Number of retries for downloading the remote image.")
@@ -85,15 +90,15 @@ _VERBOSITY = click.Choice(["panic", "fatal", "error", "warn", "info", "debug", "
               help="Number of retries for extracting the base image's filesystem.")
 @click.option("--push-retry", type=int, default=0, show_default=True,
               help="Number of retries for the push operation.")
-@click.option("--push-ignore-immutable-tag-errors", is_flag=True,
+@click.option("--push-ignore-immutable-tag-errors", **_BOOL,
               help="Do not fail when a registry refuses to overwrite an immutable tag.")
 @click.option("--custom-platform", help="Platform of the image to build, as os/arch[/variant].")
 @click.option("-v", "--verbosity", type=_VERBOSITY, default="info", show_default=True,
               help="Log level.")
 @click.option("--log-format", type=click.Choice(["text", "color", "json"]), default="color",
               show_default=True, help="Log format.")
-@click.option("--log-timestamp", is_flag=True, help="Timestamp each log line.")
-@click.option("--force", is_flag=True,
+@click.option("--log-timestamp", **_BOOL, help="Timestamp each log line.")
+@click.option("--force", **_BOOL,
               help="Build in place even outside a container (overwrites this machine's /).")
 @click.option("--kaniko-dir", envvar="KANIKO_DIR", type=click.Path(path_type=Path),
               help="Directory for kiln's own state.  [default: /kaniko]")
@@ -105,23 +110,23 @@ _VERBOSITY = click.Choice(["panic", "fatal", "error", "warn", "info", "debug", "
               help="Compression level; -1 for the algorithm's default.")
 @click.option("--ignore-path", "ignore_paths", multiple=True,
               help="Path to leave out of snapshots; repeatable, globs allowed.")
-@click.option("--ignore-var-run", type=bool, default=True, show_default=True,
+@click.option("--ignore-var-run", **{**_BOOL, "default": True}, show_default=True,
               help="Leave /var/run out of snapshots.")
 @click.option("--snapshot-mode", type=click.Choice(["full", "redo", "time"]), default="full",
               show_default=True,
               help="Accepted for kaniko compatibility: every mode is kiln's exact stat+ctime "
                    "snapshot.")
-@click.option("--use-new-run", is_flag=True,
+@click.option("--use-new-run", **_BOOL,
               help="Accepted for kaniko compatibility: kiln's RUN snapshot is always exact.")
-@click.option("--single-snapshot", is_flag=True,
+@click.option("--single-snapshot", **_BOOL,
               help="Take one snapshot at the end of each stage: one layer over the base.")
-@click.option("--skip-unused-stages", is_flag=True,
+@click.option("--skip-unused-stages", **_BOOL,
               help="Build only the stages the target depends on.")
-@click.option("--cleanup", is_flag=True, help="Remove the built filesystem at the end.")
+@click.option("--cleanup", **_BOOL, help="Remove the built filesystem at the end.")
 @click.option("--secret", "secrets", multiple=True,
               help="(kiln) Build secret for RUN --mount=type=secret, as id=NAME,src=PATH or "
               "id=NAME,env=VAR; repeatable.")
-@click.option("--reproducible", is_flag=True,
+@click.option("--reproducible", **_BOOL,
               help="Strip timestamps out of the built image and make it reproducible.")
 @click.pass_context
 def main(ctx: click.Context, /, **flags: object) -> None:

@@ -1,0 +1,48 @@
+"""Boolean flags read as kaniko's (Go pflag) do: bare is true, ``=true``/``=false`` say so."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from executor.cli import main
+from executor.options import BuildOptions
+
+
+def options_for(args: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> BuildOptions:
+    seen: list[BuildOptions] = []
+    monkeypatch.setattr("executor.build.run_build", seen.append)
+    (tmp_path / "Dockerfile").write_text("FROM scratch\n")
+    result = CliRunner().invoke(main, ["--context", str(tmp_path), *args])
+    assert result.exit_code == 0, result.output
+    return seen[0]
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["--no-push"], True),
+    (["--no-push=true"], True),
+    (["--no-push=TRUE"], True),
+    (["--no-push=1", "--reproducible=false"], True),
+])
+def test_a_bare_or_true_flag_is_on(args: list[str], expected: bool, tmp_path: Path,
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    options = options_for(args, tmp_path, monkeypatch)
+    assert options.no_push is expected
+    assert options.reproducible is False
+
+
+def test_false_turns_a_flag_off_and_a_default_true_flag_can_be_bare(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    options = options_for(["--no-push", "--cleanup=false", "--ignore-var-run"], tmp_path,
+                          monkeypatch)
+    assert options.cleanup is False and options.ignore_var_run is True
+    options = options_for(["--no-push", "--ignore-var-run=false"], tmp_path, monkeypatch)
+    assert options.ignore_var_run is False
+
+
+def test_a_value_that_is_not_a_boolean_is_a_usage_error(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["--context", str(tmp_path), "--no-push=maybe"])
+    assert result.exit_code == 2
+    assert "'maybe' is not a valid boolean" in result.output
