@@ -18,8 +18,17 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO, cast
+from typing import BinaryIO, NamedTuple, cast
 
+from executor.cache import (
+    CachedLayer,
+    CacheSettings,
+    KeyChain,
+    LayerCache,
+    chain,
+    stage_seed,
+    written_content,
+)
 from executor.context import BuildContext
 from executor.contexts import local_context
 from executor.dockerfile.parse import Instruction, parse_dockerfile, parse_text
@@ -30,7 +39,7 @@ from executor.dockerfile.stages import (
     plan_build,
     unused_build_args,
 )
-from executor.errors import DockerfileError, ImageError, RegistryError
+from executor.errors import DockerfileError, ImageError, KilnError, RegistryError
 from executor.image import model
 from executor.image.blob import VerifyingReader
 from executor.image.model import DOCKER_MANIFEST, ImageConfig, Layer, Platform, compression_of
@@ -38,6 +47,7 @@ from executor.image.reference import ImageRef
 from executor.inplace import check_in_place_allowed, executor_image_paths
 from executor.instructions import add, copy, metadata, run
 from executor.instructions.metadata import Step
+from executor.instructions.mounts import parse_mount
 from executor.instructions.state import StageState
 from executor.options import BuildOptions, read_secrets
 from executor.publish import check_push_permissions, make_client, publish, transfer_line
@@ -48,7 +58,13 @@ from snapshot.errors import CorruptLayerError, UnsafeLayerError
 from snapshot.extract import extract_layer
 from snapshot.ignore import IgnoreList
 from snapshot.layer import write_layer
-from snapshot.snapshot import Snapshot, diff_snapshots, take_snapshot, wait_for_clock_tick
+from snapshot.snapshot import (
+    Changes,
+    Snapshot,
+    diff_snapshots,
+    take_snapshot,
+    wait_for_clock_tick,
+)
 
 log = logging.getLogger("kiln")
 
@@ -87,6 +103,10 @@ class BuiltImage:
     manifest_type: str = DOCKER_MANIFEST
     source: ImageRef | None = None  # the registry image it came from, for cross-repo mounts
     snapshot: Snapshot | None = None  # the root's state when the stage ended
+    # The layer cache's view (executor/cache.py): what a stage FROM this image starts its key
+    # chain from, and whether lookups may go on there (no RUN of this stage missed).
+    cache_key: str = "scratch"
+    cache_trusted: bool = True
 
 
 @dataclass
@@ -137,6 +157,7 @@ class Builder:
     secrets: dict[str, bytes] = field(default_factory=dict)
     current_stage: int = -1
     stage_args: dict[int, dict[str, str]] = field(default_factory=dict)
+    cache: LayerCache | None = None  # --cache
 
     @property
     def root(self) -> Path:
@@ -182,17 +203,20 @@ class Builder:
         config.container["OnBuild"] = None
         log.info("Executing %d build triggers", len(triggers))
         instructions = [*self._triggers(stage, triggers), *stage.instructions]
+        keys = (KeyChain(stage_seed(base.cache_key, self.platform), base.cache_trusted)
+                if self.cache is not None else None)
         for inst in instructions:
-            snapshot = self._apply(state, inst, snapshot, layers)
+            snapshot = self._apply(state, inst, snapshot, layers, keys)
         if self.options.single_snapshot:
             snapshot = self._commit_layer(state, snapshot, "kiln: single snapshot of the stage "
-                                          "(--single-snapshot)", layers)
+                                          "(--single-snapshot)", layers).snapshot
         self.root_holds = stage.index
         self.stage_args[stage.index] = dict(state.args)
         if self.options.labels:  # --label, as kaniko applies it to every stage's image
             config.container["Labels"] = {**(config.container.get("Labels") or {}),
                                           **self.options.labels}
-        return BuiltImage(config, layers, base.manifest_type, base.source, snapshot)
+        return BuiltImage(config, layers, base.manifest_type, base.source, snapshot,
+                          keys.key if keys else "", keys.looking if keys else False)
 
     def _triggers(self, stage: Stage, triggers: list[str]) -> list[Instruction]:
         """ONBUILD triggers of the base image, run first, reported at the FROM line."""
@@ -208,23 +232,68 @@ class Builder:
         return out
 
     def _apply(self, state: StageState, inst: Instruction, snapshot: Snapshot,
-               layers: list[Layer]) -> Snapshot:
+               layers: list[Layer], keys: KeyChain | None) -> Snapshot:
         handler = HANDLERS.get(inst.kind)
         if handler is None:
             raise inst.error(f"{inst.kind} is not supported")
         log.info("%s", inst.original.split("\n", 1)[0])
         if inst.kind in ("RUN", "COPY", "ADD", "WORKDIR"):
             wait_for_clock_tick(snapshot)
+        key = None
+        if keys is not None:  # before the step: the ARGs and ENVs it sees
+            key = chain(keys.key, inst.original, [h.content for h in inst.heredocs],
+                        sorted(state.expansion_env().items()))
+            if inst.kind == "RUN" and self.options.cache_run_layers:
+                return self._run_with_cache(state, inst, snapshot, layers, keys, key)
+            keys.key = key
         step = handler(state, inst)
         if not step.touches_fs or self.options.single_snapshot:
             # --single-snapshot: the stage's changes become one layer at its end.
             if step.history is not None or step.touches_fs:
                 state.config.add_empty_history(step.history or inst.original, state.created)
             return snapshot
-        return self._commit_layer(state, snapshot, step.history or inst.original, layers)
+        committed = self._commit_layer(state, snapshot, step.history or inst.original, layers)
+        if keys is not None and key is not None and inst.kind in ("COPY", "ADD"):
+            # Their inputs are files, not text: the key goes on from what they wrote.
+            keys.key = chain(key, written_content(self.root, committed.changes))
+        return committed.snapshot
+
+    def _run_with_cache(self, state: StageState, inst: Instruction, snapshot: Snapshot,
+                        layers: list[Layer], keys: KeyChain, key: str) -> Snapshot:
+        """RUN with --cache: the stored layer when there is one to trust, else run and store."""
+        assert self.cache is not None
+        command = inst.original.split("\n", 1)[0]
+        keyed = not _reads_unkeyed_files(state, inst)
+        if keys.looking and keyed:
+            found = self.cache.lookup(key, command)
+            if found is not None:
+                keys.key = key
+                return self._apply_cached(state, found, snapshot, layers)
+        if not keyed:
+            log.info("Not caching cmd %s: RUN --mount=type=bind reads files its cache key "
+                     "cannot see", command)
+        keys.looking = False  # later layers in the cache were made on another run's output
+        keys.key = key
+        step = HANDLERS["RUN"](state, inst)
+        history = step.history or inst.original
+        committed = self._commit_layer(state, snapshot, history, layers)
+        if keyed:
+            self.cache.store(key, committed.layer, history)
+        return committed.snapshot
+
+    def _apply_cached(self, state: StageState, found: CachedLayer, snapshot: Snapshot,
+                      layers: list[Layer]) -> Snapshot:
+        """Apply a layer from the cache as if its RUN had just run."""
+        if found.layer is None:  # the RUN changed no file
+            state.config.add_empty_history(found.history, state.created)
+            return snapshot
+        self._extract_layer(found.layer, self.root, self.ignore)
+        layers.append(found.layer)
+        state.config.add_layer(found.layer.diff_id, found.history, state.created)
+        return take_snapshot(self.root, self.ignore)
 
     def _commit_layer(self, state: StageState, before: Snapshot, history: str,
-                      layers: list[Layer]) -> Snapshot:
+                      layers: list[Layer]) -> Committed:
         """Snapshot the root, and write what changed since ``before`` as a new layer."""
         log.info("Taking snapshot of full filesystem...")
         new = take_snapshot(self.root, self.ignore)
@@ -232,14 +301,14 @@ class Builder:
         if changes.is_empty():
             log.info("No files changed in this command, skipping snapshotting.")
             state.config.add_empty_history(history, state.created)
-            return new
+            return Committed(new, changes, None)
         blob = write_layer(self.root, changes, new, self.workspace.blobs, self._compression(),
                            mtime_ns=0 if self.options.reproducible else None)
         layer = Layer(blob.path, blob.digest, blob.diff_id, blob.size,
                       _media_type(blob.compression))
         layers.append(layer)
         state.config.add_layer(layer.diff_id, history, state.created)
-        return new
+        return Committed(new, changes, layer)
 
     def _compression(self) -> Compression:
         level = self.options.compression_level
@@ -280,7 +349,8 @@ class Builder:
         layers = [Layer(self.workspace.blobs / desc.digest.split(":", 1)[1], desc.digest,
                         diff_id, desc.size, desc.media_type)
                   for desc, diff_id in zip(resolved.manifest.layers, diff_ids, strict=True)]
-        image = BuiltImage(config, layers, resolved.manifest.media_type, ref)
+        image = BuiltImage(config, layers, resolved.manifest.media_type, ref,
+                           cache_key="image:" + resolved.manifest_digest)
         self.pulled[name] = image
         return image
 
@@ -308,13 +378,18 @@ class Builder:
         for future in self._fetch_layers(image):
             layer = future.result()
             started = time.monotonic()
-            with open(layer.path, "rb") as raw:
-                verified = VerifyingReader(raw, layer.digest)
-                stream = open_decompressed(cast(BinaryIO, verified),
-                                           compression_of(layer.media_type))
-                extract_layer(root, stream, ignore=ignore, layer_name=layer.digest)
-                verified.verify()
+            self._extract_layer(layer, root, ignore)
             log.debug("extracted %s in %.2fs", layer.digest, time.monotonic() - started)
+
+    @staticmethod
+    def _extract_layer(layer: Layer, root: Path, ignore: IgnoreList) -> None:
+        """Apply one downloaded layer blob, checking its digest as it is read."""
+        with open(layer.path, "rb") as raw:
+            verified = VerifyingReader(raw, layer.digest)
+            stream = open_decompressed(cast(BinaryIO, verified),
+                                       compression_of(layer.media_type))
+            extract_layer(root, stream, ignore=ignore, layer_name=layer.digest)
+            verified.verify()
 
     def _prepare_root(self, stage: Stage, base: BuiltImage) -> Snapshot:
         """Put the base's filesystem in the root; free when the root already holds it."""
@@ -382,6 +457,28 @@ class Builder:
         return target
 
 
+class Committed(NamedTuple):
+    """A step's end: the root's snapshot, what changed, and the layer (None: no change)."""
+
+    snapshot: Snapshot
+    changes: Changes
+    layer: Layer | None
+
+
+def _reads_unkeyed_files(state: StageState, inst: Instruction) -> bool:
+    """A RUN with a bind mount (BuildKit's default mount type) reads files of the context or
+    of another stage: its key would not change when they do."""
+    for name, value in inst.flag_list(("mount", "network", "security")):
+        if name != "mount":
+            continue
+        try:
+            if parse_mount(state.expand(inst, value), state.workdir).type == "bind":
+                return True
+        except (ValueError, KilnError):
+            return True  # the RUN itself will say what is wrong
+    return False
+
+
 def clear_root(root: Path, ignore: IgnoreList, rel: str = "") -> None:
     """Remove everything under ``root`` that is not ignored (and keep ignored paths' parents)."""
     directory = root / rel if rel else root
@@ -411,6 +508,21 @@ def delete_filesystem(root: Path, ignore: IgnoreList, workspace: Workspace) -> N
     log.info("Deleting filesystem...")
     clear_root(root, ignore)
     shutil.rmtree(workspace.roots, ignore_errors=True)
+
+
+def _layer_cache(options: BuildOptions, client: RegistryClient, workspace: Workspace,
+                 platform: Platform) -> LayerCache | None:
+    """The layer cache ``--cache`` asks for, in ``--cache-repo`` or next to the destination."""
+    if not options.cache:
+        return None
+    if options.single_snapshot:
+        log.info("--cache is not used with --single-snapshot: the stage is one layer")
+        return None
+    repo = ImageRef.parse(options.cache_repository)
+    log.info("Using layer cache %s (layers kept %s)", repo.name,
+             f"{options.cache_ttl_s / 3600:g}h")
+    return LayerCache(CacheSettings(repo, options.cache_ttl_s, not options.no_push_cache),
+                      client, workspace.blobs, platform)
 
 
 def _media_type(compression: str) -> str:
@@ -463,7 +575,8 @@ def _build(options: BuildOptions) -> str:
             client = make_client(options)
             check_push_permissions(options, client)
             builder = Builder(options, plan, client, workspace, context, platform, ignore,
-                              secrets=read_secrets(options.secrets))
+                              secrets=read_secrets(options.secrets),
+                              cache=_layer_cache(options, client, workspace, platform))
             image = builder.build()
             return publish(image, options, client)
     finally:

@@ -126,6 +126,22 @@ _VERBOSITY = click.Choice(["panic", "fatal", "error", "warn", "info", "debug", "
 @click.option("--secret", "secrets", multiple=True,
               help="(kiln) Build secret for RUN --mount=type=secret, as id=NAME,src=PATH or "
               "id=NAME,env=VAR; repeatable.")
+@click.option("--cache", **_BOOL,
+              help="Reuse RUN layers stored in the cache repository, and store new ones.")
+@click.option("--cache-repo", default="",
+              help="Repository for cached layers  [default: <destination>/cache]")
+@click.option("--cache-ttl", default="336h0m0s", show_default=True,
+              help="Cached layers older than this (a Go duration) are not used.")
+@click.option("--cache-run-layers", **{**_BOOL, "default": True}, show_default=True,
+              help="Cache RUN layers (with --cache).")
+@click.option("--cache-copy-layers", **_BOOL,
+              help="Accepted for kaniko command lines: kiln always runs COPY and ADD (reading "
+              "the files costs what fetching their layer would) and keys the RUNs after them "
+              "by what they copied.")
+@click.option("--no-push-cache", **_BOOL, help="Use the cache, but store no new layers in it.")
+@click.option("--compressed-caching", **{**_BOOL, "default": True}, show_default=True,
+              help="Accepted for kaniko command lines: kiln never holds a layer in memory, "
+              "so either value keeps memory low.")
 @click.option("--reproducible", **_BOOL,
               help="Strip timestamps out of the built image and make it reproducible.")
 @click.pass_context
@@ -266,7 +282,22 @@ def _options_from_flags(flags: dict[str, object]) -> BuildOptions:
         context_sub_path=sub_path if remote else "",
         git=parse_git_options(_strs(flags["git_options"])),
         dockerfile_url=dockerfile_url,
+        cache=bool(flags["cache"]),
+        cache_repo=str(flags["cache_repo"] or ""),
+        cache_ttl_s=_duration_s("--cache-ttl", str(flags["cache_ttl"])),
+        cache_run_layers=bool(flags["cache_run_layers"]),
+        no_push_cache=bool(flags["no_push_cache"]),
     ).validate()
+
+
+def _duration_s(flag: str, text: str) -> float:
+    from executor.durations import parse_duration_ns
+    from executor.errors import OptionsError
+
+    try:
+        return parse_duration_ns(text) / 1e9
+    except ValueError:
+        raise OptionsError(f"{flag} {text}: not a duration (like 336h or 90m)") from None
 
 
 def _path(value: object) -> Path | None:

@@ -10,7 +10,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from executor.errors import OptionsError
+from executor.errors import ImageError, OptionsError
+from executor.image.reference import ImageRef
 
 DEFAULT_KANIKO_DIR = Path("/kaniko")
 
@@ -81,6 +82,21 @@ class BuildOptions:
     git: GitOptions = field(default_factory=lambda: GitOptions())
     #: ``--dockerfile`` when it is an ``http(s)://`` URL: downloaded before the build.
     dockerfile_url: str | None = None
+    #: ``--cache``: reuse RUN layers from the cache repository (executor/cache.py).
+    cache: bool = False
+    #: ``--cache-repo``; empty: ``<first destination's repository>/cache``, as kaniko infers.
+    cache_repo: str = ""
+    #: ``--cache-ttl``: cached layers older than this are not used (kaniko: two weeks).
+    cache_ttl_s: float = 336 * 3600
+    cache_run_layers: bool = True
+    no_push_cache: bool = False
+
+    @property
+    def cache_repository(self) -> str:
+        """Where cached layers live: ``--cache-repo``, or beside the first destination."""
+        if self.cache_repo:
+            return self.cache_repo
+        return f"{ImageRef.parse(self.destinations[0]).name}/cache"
 
     @property
     def in_place(self) -> bool:
@@ -125,6 +141,14 @@ class BuildOptions:
                 if not path.is_file():
                     raise OptionsError(f"--registry-client-cert {registry}={cert},{key}: "
                                        f"{path}: no such file")
+        if self.cache and not self.cache_repo and not self.destinations:
+            raise OptionsError("--cache needs --cache-repo, or a --destination to keep the "
+                               "cache beside")
+        if self.cache:
+            try:
+                ImageRef.parse(self.cache_repository)
+            except ImageError as exc:
+                raise OptionsError(f"--cache-repo: {exc}") from None
         if not self.in_place:
             _check_sandbox_root(self.root, self.kaniko_dir if self.kaniko_dir_given else None)
         return self

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from executor.dockerfile.parse import Instruction
 from executor.dockerfile.stages import parse_arg
+from executor.durations import parse_duration_ns
 from executor.instructions.directories import make_directories
 from executor.instructions.state import StageState
 from executor.passwd import UnknownUserError, resolve_identity
@@ -202,18 +203,11 @@ def apply_onbuild(state: StageState, inst: Instruction) -> Step:
     return Step(f"ONBUILD {trigger}")
 
 
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
-_UNIT_NS = {"ns": 1, "us": 1_000, "µs": 1_000, "ms": 1_000_000, "s": 1_000_000_000,
-            "m": 60_000_000_000, "h": 3_600_000_000_000}
-
-
 def _duration_ns(inst: Instruction, flag: str, text: str) -> int:
-    if text == "0":
-        return 0
-    parts = _DURATION.findall(text)
-    if not parts or "".join(n + u for n, u in parts) != text:
-        raise inst.error(f"invalid duration for --{flag}: {text}")
-    return int(sum(float(n) * _UNIT_NS[u] for n, u in parts))
+    try:
+        return parse_duration_ns(text)
+    except ValueError:
+        raise inst.error(f"invalid duration for --{flag}: {text}") from None
 
 
 def apply_healthcheck(state: StageState, inst: Instruction) -> Step:

@@ -1,0 +1,137 @@
+"""--cache: RUN layers come back from the cache repository when, and only when, nothing that
+decides them changed; images built from the cache are the images a build without it makes.
+
+Each RUN writes a fresh UUID, so a test can tell a layer that was reused from one that ran.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support.kiln import ExecutorRun, run_executor, write_context
+from tests.support.registry import Registry
+from tests.support.runtime import inspect_config, inspect_image, run_image
+
+pytestmark = pytest.mark.e2e
+
+DOCKERFILE = """FROM {base}
+ARG FLAVOUR=plain
+RUN cat /proc/sys/kernel/random/uuid > /first
+COPY app.txt /app.txt
+RUN cat /proc/sys/kernel/random/uuid > /second && cat /app.txt >> /second
+RUN true
+"""
+FIRST = "RUN cat /proc/sys/kernel/random/uuid > /first"
+SECOND = "RUN cat /proc/sys/kernel/random/uuid > /second && cat /app.txt >> /second"
+
+
+def build(context: Path, workdir: Path, ref: str, *args: str) -> ExecutorRun:
+    result = run_executor(context, workdir, "--destination", ref, "--insecure",
+                          "--insecure-pull", "--cache", *args)
+    assert result.exit_code == 0, result.stderr
+    return result
+
+
+def created_by(ref: str) -> list[str]:
+    return [entry["created_by"] for entry in inspect_config(ref)["history"]]
+
+
+def contents(ref: str, workdir: Path) -> str:
+    return run_image(ref, ["cat", "/first", "/second"], workdir=workdir).stdout
+
+
+@pytest.fixture
+def context(tmp_path: Path, busybox_image: str) -> Path:
+    return write_context(tmp_path / "context", DOCKERFILE.format(base=busybox_image),
+                         {"app.txt": "version 1\n"})
+
+
+def test_a_second_build_reuses_every_run_layer(context: Path, tmp_path: Path,
+                                               registry: Registry) -> None:
+    ref = f"{registry.host}/cache/again:1"
+    first = build(context, tmp_path / "root1", ref)
+    assert f"No cached layer found for cmd {FIRST}" in first.stderr
+    before, layers, history = (contents(ref, tmp_path / "run1"), inspect_image(ref)["Layers"],
+                               created_by(ref))
+    second = build(context, tmp_path / "root2", ref)
+    for command in (FIRST, SECOND, "RUN true"):
+        assert f"Using caching version of cmd: {command}" in second.stderr
+    assert contents(ref, tmp_path / "run2") == before
+    assert inspect_image(ref)["Layers"] == layers
+    assert created_by(ref) == history
+
+
+def test_a_changed_file_reruns_the_runs_after_its_copy(context: Path, tmp_path: Path,
+                                                      registry: Registry) -> None:
+    ref = f"{registry.host}/cache/file:1"
+    build(context, tmp_path / "root1", ref)
+    first, second = contents(ref, tmp_path / "run1").splitlines()[:2]
+    (context / "app.txt").write_text("version 2\n")
+    again = build(context, tmp_path / "root2", ref)
+    assert f"Using caching version of cmd: {FIRST}" in again.stderr
+    assert f"No cached layer found for cmd {SECOND}" in again.stderr
+    assert "Using caching version of cmd: RUN true" not in again.stderr  # no lookups after a miss
+    lines = contents(ref, tmp_path / "run2").splitlines()
+    assert lines[0] == first and lines[1] != second and lines[2] == "version 2"
+
+
+def test_a_changed_build_arg_reruns_everything_in_its_scope(context: Path, tmp_path: Path,
+                                                           registry: Registry) -> None:
+    ref = f"{registry.host}/cache/arg:1"
+    build(context, tmp_path / "root1", ref)
+    first = contents(ref, tmp_path / "run1").splitlines()[0]
+    again = build(context, tmp_path / "root2", ref, "--build-arg", "FLAVOUR=spicy")
+    assert f"No cached layer found for cmd {FIRST}" in again.stderr
+    assert contents(ref, tmp_path / "run2").splitlines()[0] != first
+
+
+def test_a_layer_older_than_the_ttl_is_not_used(context: Path, tmp_path: Path,
+                                                registry: Registry) -> None:
+    ref = f"{registry.host}/cache/ttl:1"
+    build(context, tmp_path / "root1", ref)
+    first = contents(ref, tmp_path / "run1").splitlines()[0]
+    time.sleep(2)
+    again = build(context, tmp_path / "root2", ref, "--cache-ttl=1s")
+    assert "expired" in again.stderr
+    assert contents(ref, tmp_path / "run2").splitlines()[0] != first
+
+
+def test_no_push_cache_stores_nothing_and_cache_repo_is_where_layers_live(
+        context: Path, tmp_path: Path, registry: Registry) -> None:
+    ref = f"{registry.host}/cache/where:1"
+    repo = f"{registry.host}/elsewhere/layers"
+    build(context, tmp_path / "root1", ref, f"--cache-repo={repo}", "--no-push-cache")
+    stored = build(context, tmp_path / "root2", ref, f"--cache-repo={repo}")
+    assert "Using caching version" not in stored.stderr
+    assert f"Pushing layer {repo}:" in stored.stderr
+    reused = build(context, tmp_path / "root3", ref, f"--cache-repo={repo}")
+    assert f"Using caching version of cmd: {FIRST}" in reused.stderr
+
+
+def test_a_run_reading_a_bind_mount_is_never_taken_from_the_cache(
+        tmp_path: Path, registry: Registry, busybox_image: str) -> None:
+    dockerfile = (f"FROM {busybox_image}\n"
+                  "RUN --mount=type=bind,source=app.txt,target=/mnt/app.txt "
+                  "cp /mnt/app.txt /copy\n")
+    context = write_context(tmp_path / "context", dockerfile, {"app.txt": "one\n"})
+    ref = f"{registry.host}/cache/bind:1"
+    build(context, tmp_path / "root1", ref)
+    (context / "app.txt").write_text("two\n")
+    again = build(context, tmp_path / "root2", ref)
+    assert "Not caching cmd RUN --mount=type=bind" in again.stderr
+    assert run_image(ref, ["cat", "/copy"], workdir=tmp_path / "run").stdout == "two\n"
+
+
+def test_an_unreadable_cache_repository_is_a_warning_not_a_failure(
+        context: Path, tmp_path: Path, registry: Registry) -> None:
+    ref = f"{registry.host}/cache/broken:1"
+    result = build(context, tmp_path / "root", ref, "--cache-repo=127.0.0.1:9/nothing/here",
+                   "--push-retry=0")
+    warnings = [line for line in result.stderr.splitlines() if "Cannot read the layer cache"
+                in line]
+    assert len(warnings) == 1 and "127.0.0.1:9/nothing/here" in warnings[0]
+    assert "the build goes on" in warnings[0]
+    assert len(contents(ref, tmp_path / "run").splitlines()) == 3
