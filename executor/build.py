@@ -203,8 +203,8 @@ class Builder:
         config.container["OnBuild"] = None
         log.info("Executing %d build triggers", len(triggers))
         instructions = [*self._triggers(stage, triggers), *stage.instructions]
-        keys = (KeyChain(stage_seed(base.cache_key, self.platform), base.cache_trusted)
-                if self.cache is not None else None)
+        keys = (KeyChain(stage_seed(base.cache_key, self.platform, self._layer_settings()),
+                         base.cache_trusted) if self.cache is not None else None)
         for inst in instructions:
             snapshot = self._apply(state, inst, snapshot, layers, keys)
         if self.options.single_snapshot:
@@ -309,6 +309,12 @@ class Builder:
         layers.append(layer)
         state.config.add_layer(layer.diff_id, history, state.created)
         return Committed(new, changes, layer)
+
+    def _layer_settings(self) -> list[object]:
+        """What besides the steps decides a layer's bytes (for the layer cache's keys)."""
+        o = self.options  # --ignore-path as given: mount points differ from pod to pod
+        return [o.compression, o.compression_level, o.reproducible, sorted(o.ignore_paths),
+                o.ignore_var_run]
 
     def _compression(self) -> Compression:
         level = self.options.compression_level

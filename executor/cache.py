@@ -56,9 +56,11 @@ def chain(previous: str, *parts: object) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
 
 
-def stage_seed(base: str, platform: Platform) -> str:
-    """Where a stage's chain starts: its base (see the module docstring) and platform."""
-    return chain(_VERSION, base, str(platform))
+def stage_seed(base: str, platform: Platform, layer_settings: object = None) -> str:
+    """Where a stage's chain starts: its base (see the module docstring), the platform, and
+    the build settings that shape a layer's bytes (compression, --reproducible, what is
+    ignored), so a layer made under other settings is never reused."""
+    return chain(_VERSION, base, str(platform), layer_settings)
 
 
 def written_content(root: Path, changes: Changes) -> str:

@@ -16,6 +16,8 @@ def test_a_chain_depends_on_every_part_and_on_its_order() -> None:
     assert chain(seed, "RUN a", [("X", "1")]) != chain(seed, "RUN a", [("X", "2")])
     assert chain(chain(seed, "RUN a"), "RUN b") != chain(chain(seed, "RUN b"), "RUN a")
     assert stage_seed("scratch", Platform()) != stage_seed("scratch", Platform.parse("linux/arm64"))
+    assert stage_seed("scratch", Platform(), ["gzip"]) != stage_seed("scratch", Platform(),
+                                                                      ["zstd"])
 
 
 def test_what_was_written_counts_and_mtimes_do_not(tmp_path: Path) -> None:
