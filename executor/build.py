@@ -107,6 +107,9 @@ class BuiltImage:
     # chain from, and whether lookups may go on there (no RUN of this stage missed).
     cache_key: str = "scratch"
     cache_trusted: bool = True
+    # Layer digest -> another repository of the same registry holding it (the layer cache):
+    # the push mounts from there rather than uploading.
+    blob_homes: dict[str, ImageRef] = field(default_factory=dict)
 
 
 @dataclass
@@ -584,6 +587,8 @@ def _build(options: BuildOptions) -> str:
                               secrets=read_secrets(options.secrets),
                               cache=_layer_cache(options, client, workspace, platform))
             image = builder.build()
+            if builder.cache is not None:
+                image.blob_homes.update(builder.cache.homes)
             return publish(image, options, client)
     finally:
         if options.cleanup and options.in_place and ignore is not None:

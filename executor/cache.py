@@ -129,6 +129,9 @@ class LayerCache:
         # Set at the first answer that is not "not found": a repository that fails once is not
         # asked again (each request would be retried and fail the same way).
         self.unusable = False
+        # Layer digest -> the cache repository that holds it: the final push mounts from
+        # there instead of uploading again (same registry).
+        self.homes: dict[str, ImageRef] = {}
 
     def ref(self, key: str) -> ImageRef:
         return self.settings.repo.with_tag(key)
@@ -182,6 +185,7 @@ class LayerCache:
             self._give_up("read", exc)
             return None
         log.info("Using caching version of cmd: %s", command)
+        self.homes[descriptor.digest] = self.settings.repo
         return CachedLayer(Layer(path, descriptor.digest, diff_ids[0], descriptor.size,
                                  descriptor.media_type), history)
 
@@ -210,6 +214,8 @@ class LayerCache:
                 self.client.push_blob(ref, layer.descriptor(), layer.path)
             self.client.push_blob_bytes(ref, manifest.config, config)
             self.client.push_manifest(ref, manifest.to_bytes(), manifest.media_type)
+            if layer is not None:
+                self.homes[layer.digest] = self.settings.repo
         except (RegistryError, ImageError) as exc:
             self._give_up("write", exc)
 

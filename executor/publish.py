@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -136,7 +136,8 @@ def publish(image: BuiltImage, options: BuildOptions, client: RegistryClient) ->
     else:
         for ref in destinations:
             push_image(client, ref, final, image.source, retries=options.push_retry,
-                       ignore_immutable_tag=options.push_ignore_immutable_tag_errors)
+                       ignore_immutable_tag=options.push_ignore_immutable_tag_errors,
+                       homes=image.blob_homes)
     if options.tar_path:
         from executor.image.tarball import write_docker_tarball
 
@@ -156,7 +157,8 @@ def publish(image: BuiltImage, options: BuildOptions, client: RegistryClient) ->
 
 def push_image(client: RegistryClient, ref: ImageRef, final: FinalImage,
                source: ImageRef | None, *, retries: int = 0,
-               ignore_immutable_tag: bool = False) -> None:
+               ignore_immutable_tag: bool = False,
+               homes: Mapping[str, ImageRef] | None = None) -> None:
     """Blobs first (skipping what the registry has), the manifest last.
 
     A failed push is started again ``retries`` times (``--push-retry``), after 1 s, 2 s, 4 s...
@@ -165,15 +167,14 @@ def push_image(client: RegistryClient, ref: ImageRef, final: FinalImage,
     logged and the build goes on, as kaniko does.
     """
     log.info("Pushing image to %s", ref)
-    mount_from = (source if source is not None and source.registry == ref.registry
-                  and source.repository != ref.repository else None)
     attempt = 0
     while True:
         try:
             for layer in final.layers:
                 started = time.monotonic()
                 uploaded = client.push_blob(ref, layer.descriptor(), layer.path,
-                                            mount_from=mount_from)
+                                            mount_from=_mount_source(
+                                                ref, (homes or {}).get(layer.digest, source)))
                 log.info("%s", transfer_line("Pushed" if uploaded else "Existing", layer.digest,
                                              layer.size, time.monotonic() - started, uploaded))
             client.push_blob_bytes(ref, final.manifest.config, final.config_bytes)
@@ -193,6 +194,13 @@ def push_image(client: RegistryClient, ref: ImageRef, final: FinalImage,
             client.transport.sleep(delay)
             attempt += 1
     log.info("Pushed %s@%s", ref.name, final.digest)
+
+
+def _mount_source(ref: ImageRef, home: ImageRef | None) -> ImageRef | None:
+    """``home`` when a blob there can be mounted into ``ref``'s repository (same registry)."""
+    if home is not None and home.registry == ref.registry and home.repository != ref.repository:
+        return home
+    return None
 
 
 def is_immutable_tag_error(exc: RegistryError) -> bool:
