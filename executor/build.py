@@ -47,7 +47,6 @@ from executor.image.reference import ImageRef
 from executor.inplace import check_in_place_allowed, executor_image_paths
 from executor.instructions import add, copy, metadata, run
 from executor.instructions.metadata import Step
-from executor.instructions.mounts import parse_mount
 from executor.instructions.state import StageState
 from executor.options import BuildOptions, read_secrets
 from executor.publish import check_push_permissions, make_client, publish, transfer_line
@@ -104,9 +103,8 @@ class BuiltImage:
     source: ImageRef | None = None  # the registry image it came from, for cross-repo mounts
     snapshot: Snapshot | None = None  # the root's state when the stage ended
     # The layer cache's view (executor/cache.py): what a stage FROM this image starts its key
-    # chain from, and whether lookups may go on there (no RUN of this stage missed).
+    # chain from.
     cache_key: str = "scratch"
-    cache_trusted: bool = True
     # Layer digest -> another repository of the same registry holding it (the layer cache):
     # the push mounts from there rather than uploading.
     blob_homes: dict[str, ImageRef] = field(default_factory=dict)
@@ -206,8 +204,8 @@ class Builder:
         config.container["OnBuild"] = None
         log.info("Executing %d build triggers", len(triggers))
         instructions = [*self._triggers(stage, triggers), *stage.instructions]
-        keys = (KeyChain(stage_seed(base.cache_key, self.platform, self._layer_settings()),
-                         base.cache_trusted) if self.cache is not None else None)
+        keys = (KeyChain(stage_seed(base.cache_key, self.platform, self._layer_settings()))
+                if self.cache is not None else None)
         for inst in instructions:
             snapshot = self._apply(state, inst, snapshot, layers, keys)
         if self.options.single_snapshot:
@@ -219,7 +217,7 @@ class Builder:
             config.container["Labels"] = {**(config.container.get("Labels") or {}),
                                           **self.options.labels}
         return BuiltImage(config, layers, base.manifest_type, base.source, snapshot,
-                          keys.key if keys else "", keys.looking if keys else False)
+                          keys.key if keys else "scratch")
 
     def _triggers(self, stage: Stage, triggers: list[str]) -> list[Instruction]:
         """ONBUILD triggers of the base image, run first, reported at the FROM line."""
@@ -242,7 +240,6 @@ class Builder:
         log.info("%s", inst.original.split("\n", 1)[0])
         if inst.kind in ("RUN", "COPY", "ADD", "WORKDIR"):
             wait_for_clock_tick(snapshot)
-        key = None
         if keys is not None:  # before the step: the ARGs and ENVs it sees
             key = chain(keys.key, inst.original, [h.content for h in inst.heredocs],
                         sorted(state.expansion_env().items()))
@@ -256,32 +253,33 @@ class Builder:
                 state.config.add_empty_history(step.history or inst.original, state.created)
             return snapshot
         committed = self._commit_layer(state, snapshot, step.history or inst.original, layers)
-        if keys is not None and key is not None and inst.kind in ("COPY", "ADD"):
+        if keys is not None and inst.kind in ("COPY", "ADD"):
             # Their inputs are files, not text: the key goes on from what they wrote.
-            keys.key = chain(key, written_content(self.root, committed.changes))
+            keys.key = chain(keys.key, written_content(self.root, committed.changes))
+        elif keys is not None and inst.kind == "RUN":  # --cache-run-layers=false
+            keys.key = chain(keys.key, _layer_id(committed.layer))
         return committed.snapshot
 
     def _run_with_cache(self, state: StageState, inst: Instruction, snapshot: Snapshot,
                         layers: list[Layer], keys: KeyChain, key: str) -> Snapshot:
-        """RUN with --cache: the stored layer when there is one to trust, else run and store."""
+        """RUN with --cache: the stored layer when there is one, else run it and store it.
+        Either way the chain goes on from the layer the root now holds."""
         assert self.cache is not None
         command = inst.original.split("\n", 1)[0]
         keyed = not _reads_unkeyed_files(state, inst)
-        if keys.looking and keyed:
+        if keyed:
             found = self.cache.lookup(key, command)
             if found is not None:
-                keys.key = key
+                keys.key = chain(key, _layer_id(found.layer))
                 return self._apply_cached(state, found, snapshot, layers)
-        if not keyed:
-            log.info("Not caching cmd %s: RUN --mount=type=bind reads files its cache key "
-                     "cannot see", command)
-        keys.looking = False  # later layers in the cache were made on another run's output
-        keys.key = key
+        else:
+            log.info("Not caching cmd %s: it mounts files its cache key cannot see", command)
         step = HANDLERS["RUN"](state, inst)
         history = step.history or inst.original
         committed = self._commit_layer(state, snapshot, history, layers)
         if keyed:
             self.cache.store(key, committed.layer, history)
+        keys.key = chain(key, _layer_id(committed.layer))
         return committed.snapshot
 
     def _apply_cached(self, state: StageState, found: CachedLayer, snapshot: Snapshot,
@@ -317,7 +315,7 @@ class Builder:
         """What besides the steps decides a layer's bytes (for the layer cache's keys)."""
         o = self.options  # --ignore-path as given: mount points differ from pod to pod
         return [o.compression, o.compression_level, o.reproducible, sorted(o.ignore_paths),
-                o.ignore_var_run]
+                o.ignore_var_run, o.in_place]
 
     def _compression(self) -> Compression:
         level = self.options.compression_level
@@ -474,18 +472,19 @@ class Committed(NamedTuple):
     layer: Layer | None
 
 
+def _layer_id(layer: Layer | None) -> str:
+    """What a RUN's output adds to the cache key: its layer's diff_id."""
+    return layer.diff_id if layer is not None else "no change"
+
+
 def _reads_unkeyed_files(state: StageState, inst: Instruction) -> bool:
-    """A RUN with a bind mount (BuildKit's default mount type) reads files of the context or
-    of another stage: its key would not change when they do."""
-    for name, value in inst.flag_list(("mount", "network", "security")):
-        if name != "mount":
-            continue
-        try:
-            if parse_mount(state.expand(inst, value), state.workdir).type == "bind":
-                return True
-        except (ValueError, KilnError):
-            return True  # the RUN itself will say what is wrong
-    return False
+    """A RUN mounting files of the context or of another stage (a bind mount, BuildKit's
+    default type, or any mount with ``from=``): its key would not change when they do."""
+    try:
+        specs = run.mount_specs(state, inst)
+    except KilnError:
+        return True  # the RUN itself will say what is wrong
+    return any(spec.type == "bind" or spec.from_ref is not None for spec in specs)
 
 
 def clear_root(root: Path, ignore: IgnoreList, rel: str = "") -> None:

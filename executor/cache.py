@@ -1,31 +1,35 @@
 """kaniko's layer cache (``--cache``): RUN layers kept in a registry repository, and reused
 instead of running the command again.
 
-The key of a RUN is a chain of hashes. A stage starts from its base: the pulled image's manifest
-digest, ``scratch``, or the chain a stage built FROM ended with. Every instruction then folds in
-its text (heredoc bodies included) and the ARG and ENV values in scope. COPY and ADD also fold
-in what they wrote (paths, types, modes, owners, link targets and file contents, but not
-mtimes, as Docker's cache leaves them out), because their inputs live outside the Dockerfile;
-they always run, which costs what fetching their layer would. A RUN's layer is stored as the
-one-layer image ``<cache repo>:<key>``, its config dated when it was stored (for
-``--cache-ttl``).
+The key of a RUN is a chain of hashes. A stage starts from its base (the pulled image's manifest
+digest, ``scratch``, or the chain a stage built FROM ended with), the platform, kiln's version
+and the settings that shape a layer's bytes. Every instruction then folds in its text (heredoc
+bodies included) and the ARG and ENV values in scope, and every step that writes files folds in
+what it wrote: a RUN its layer's diff_id (or "no change"), a COPY or ADD the paths, types,
+modes, owners, link targets and contents of what it wrote (not mtimes, as Docker's cache leaves
+them out; COPY and ADD always run, which costs what fetching their layer would). A RUN's layer
+is stored as the one-layer image ``<cache repo>:<key>``, its config dated when it was stored
+(for ``--cache-ttl``).
 
-Where a cache can make a wrong image, this one builds instead:
+Because each key names the output of every step before it, an entry is only ever applied on
+top of the very layers it was made on: builds that overlap, entries that expire or fail to be
+stored one by one, a RUN that prints a new date each time: each can only make a lookup miss,
+never mix layers of different runs. A RUN whose result depends on files the key cannot see
+(a bind mount, or any mount filled from another stage or the context) is neither looked up nor
+stored; the steps after it are keyed by its output like any other.
 
-- after the first RUN in a stage that finds nothing (or an expired layer), nothing later in the
-  stage is looked up: the later layers stored under the same keys were made on top of the old
-  run's output, not this one's (kaniko's rule too), and a stage built FROM such a stage looks
-  nothing up either;
-- a RUN whose result depends on files the key cannot see (``RUN --mount=type=bind``, which reads
-  the context or another stage) is never stored, and ends lookups like a miss;
-- a cached image that is not one layer of a known media type is a miss.
+Left out of the key on purpose, as Docker's cache leaves them out: the contents of secrets and
+of cache mounts, the proxy variables (``HTTP_PROXY`` and the like reach RUN without an ARG), and
+the mtimes of copied files.
 
-The cache never fails a build: a repository that cannot be read is a miss, one that cannot be
-written is skipped; each with a warning that names the registry's answer.
+The cache never fails a build: an entry that cannot be read or used is a miss; a repository
+that refuses reads is not read again, one that refuses writes not written again; each with one
+warning naming the registry's answer.
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import logging
@@ -36,16 +40,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from executor import __version__
 from executor.errors import ImageError, RegistryError
 from executor.image import model
 from executor.image.model import Descriptor, Layer, Manifest, Platform, sha256_digest
-from executor.image.reference import ImageRef
+from executor.image.reference import ImageRef, validate_digest
 from executor.registry.client import RegistryClient, RegistryHTTPError
 from snapshot.snapshot import Changes
 
 log = logging.getLogger("kiln")
 
-_VERSION = "kiln-layer-cache/1"
+_VERSION = f"kiln-layer-cache/2 kiln/{__version__}"
 _READ_CHUNK = 1 << 20
 
 
@@ -102,10 +107,9 @@ class CachedLayer:
 
 @dataclass
 class KeyChain:
-    """A stage's chain so far, and whether lookups may still be trusted (no miss yet)."""
+    """A stage's key chain so far (see the module docstring)."""
 
     key: str
-    looking: bool = True
 
 
 @dataclass(frozen=True)
@@ -117,6 +121,13 @@ class CacheSettings:
     push: bool
 
 
+# A RUN that changed nothing is stored as an empty tar (registries need not take a manifest
+# without layers), marked by this label so that a hit records no layer, as the run did.
+_NO_CHANGE_LABEL = "dev.kiln.cache.no-change"
+_EMPTY_TAR = bytes(1024)
+_EMPTY_TAR_GZIP = gzip.compress(_EMPTY_TAR, mtime=0)
+
+
 class LayerCache:
     """Looks up and stores RUN layers in the cache repository."""
 
@@ -126,100 +137,120 @@ class LayerCache:
         self.client = client
         self.blobs = blobs
         self.platform = platform
-        # Set at the first answer that is not "not found": a repository that fails once is not
-        # asked again (each request would be retried and fail the same way).
-        self.unusable = False
+        # Cleared at the first answer that says the repository cannot be used that way (each
+        # later request would be retried and fail alike). Reads and writes fail apart.
+        self.can_read = True
+        self.can_write = settings.push
         # Layer digest -> the cache repository that holds it: the final push mounts from
         # there instead of uploading again (same registry).
         self.homes: dict[str, ImageRef] = {}
 
     def ref(self, key: str) -> ImageRef:
+        """The image an entry is stored as: the cache repository, tagged with the key."""
         return self.settings.repo.with_tag(key)
 
     def lookup(self, key: str, command: str) -> CachedLayer | None:
         """The cached layer for ``key``, downloaded into the blob directory; None on a miss."""
-        if self.unusable:
+        if not self.can_read:
             return None
         ref = self.ref(key)
         log.info("Checking for cached layer %s...", ref)
         try:
-            body, media_type, _ = self.client.get_manifest(ref)
-            manifest = Manifest.from_bytes(body, media_type)
-            if len(manifest.layers) > 1:
-                raise ImageError(f"a cached layer image has {len(manifest.layers)} layers")
-            config = json.loads(self.client.get_blob_bytes(ref, manifest.config,
-                                                           what="config"))
-            diff_ids = config["rootfs"]["diff_ids"]
-            if len(diff_ids) != len(manifest.layers):
-                raise ImageError("its config and manifest list different layers")
-            for descriptor in manifest.layers:  # refuses a media type we cannot read
-                model.compression_of(descriptor.media_type)
-            created = datetime.fromisoformat(config["created"].replace("Z", "+00:00"))
-            history = str(config["history"][0]["created_by"])
+            found = self._read_entry(ref)
         except RegistryHTTPError as exc:
-            if exc.status != 404:
+            if exc.status == 404:  # no such entry, or its blob is gone (garbage collected)
+                log.info("No cached layer found for cmd %s", command)
+            else:
                 self._give_up("read", exc)
-                return None
-            log.info("No cached layer found for cmd %s", command)
             return None
         except RegistryError as exc:  # no answer at all: refused, TLS, timeout
             self._give_up("read", exc)
             return None
-        except (ImageError, ValueError, KeyError, TypeError) as exc:
+        except (ImageError, ValueError, KeyError, IndexError, TypeError,
+                AttributeError) as exc:
             log.warning("Ignoring the cached layer %s: %s", ref, exc)
             return None
-        age = time.time() - created.timestamp()
-        if age > self.settings.ttl_s:
-            log.info("Cached layer %s expired (stored %s); building cmd %s", ref,
-                     config["created"], command)
-            return None
-        if not manifest.layers:
-            log.info("Using caching version of cmd: %s", command)
-            return CachedLayer(None, history)
-        descriptor = manifest.layers[0]
-        path = self.blobs / descriptor.digest.split(":", 1)[1]
-        try:
-            if not path.exists():
-                self.client.fetch_blob(ref, descriptor, path)
-        except RegistryError as exc:
-            self._give_up("read", exc)
+        if found is None:
+            log.info("Cached layer %s is older than --cache-ttl; building cmd %s", ref,
+                     command)
             return None
         log.info("Using caching version of cmd: %s", command)
-        self.homes[descriptor.digest] = self.settings.repo
-        return CachedLayer(Layer(path, descriptor.digest, diff_ids[0], descriptor.size,
+        if found.layer is not None:
+            self.homes[found.layer.digest] = self.settings.repo
+        return found
+
+    def _read_entry(self, ref: ImageRef) -> CachedLayer | None:
+        """The entry at ``ref`` with its layer downloaded; None when it has expired. Raises
+        on anything that makes it unusable."""
+        body, media_type, _ = self.client.get_manifest(ref, push=True)
+        manifest = Manifest.from_bytes(body, media_type)
+        config = json.loads(self.client.get_blob_bytes(ref, manifest.config, what="config",
+                                                       push=True))
+        diff_ids = config["rootfs"]["diff_ids"]
+        if len(manifest.layers) != 1 or len(diff_ids) != 1:
+            raise ImageError("a cache entry is an image of exactly one layer")
+        descriptor = manifest.layers[0]
+        why = validate_digest(descriptor.digest)
+        if why:
+            raise ImageError(f"its layer digest {descriptor.digest!r}: {why}")
+        model.compression_of(descriptor.media_type)  # refuses a media type we cannot read
+        created = datetime.fromisoformat(str(config["created"]).replace("Z", "+00:00"))
+        if created.tzinfo is None:
+            created = created.replace(tzinfo=UTC)
+        history = str(config["history"][0]["created_by"])
+        if time.time() - created.timestamp() > self.settings.ttl_s:
+            return None
+        if ((config.get("config") or {}).get("Labels") or {}).get(_NO_CHANGE_LABEL):
+            return CachedLayer(None, history)
+        path = self.blobs / descriptor.digest.split(":", 1)[1]
+        if not path.exists():
+            self.client.fetch_blob(ref, descriptor, path, push=True)
+        return CachedLayer(Layer(path, descriptor.digest, str(diff_ids[0]), descriptor.size,
                                  descriptor.media_type), history)
 
     def store(self, key: str, layer: Layer | None, history: str) -> None:
-        """Push ``layer`` as the image ``<repo>:<key>`` (unless ``--no-push-cache``), with the
-        history line the image records for it, so a build that finds it records the same."""
-        if not self.settings.push or self.unusable:
+        """Push ``layer`` (None: the RUN changed nothing) as the image ``<repo>:<key>``, with
+        the history line the image records for it, so a build that finds it records the same."""
+        if not self.can_write:
             return
         ref = self.ref(key)
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        labels = {_NO_CHANGE_LABEL: "true"} if layer is None else {}
+        diff_id = layer.diff_id if layer is not None else sha256_digest(_EMPTY_TAR)
         config = json.dumps({
             "architecture": self.platform.architecture, "os": self.platform.os,
-            "created": now, "config": {},
-            "rootfs": {"type": "layers", "diff_ids": [layer.diff_id] if layer else []},
+            "created": now, "config": {"Labels": labels} if labels else {},
+            "rootfs": {"type": "layers", "diff_ids": [diff_id]},
             "history": [{"created": now, "created_by": history}],
         }, indent=2).encode()
-        oci = layer is not None and layer.media_type in (model.OCI_LAYER_GZIP,
-                                                         model.OCI_LAYER_ZSTD, model.OCI_LAYER)
+        layer_descriptor = (layer.descriptor() if layer is not None else
+                            Descriptor(model.DOCKER_LAYER_GZIP, sha256_digest(_EMPTY_TAR_GZIP),
+                                       len(_EMPTY_TAR_GZIP)))
+        oci = layer_descriptor.media_type in (model.OCI_LAYER_GZIP, model.OCI_LAYER_ZSTD,
+                                              model.OCI_LAYER)
         manifest = Manifest(model.OCI_MANIFEST if oci else model.DOCKER_MANIFEST,
                             Descriptor(model.OCI_CONFIG if oci else model.DOCKER_CONFIG,
                                        sha256_digest(config), len(config)),
-                            (layer.descriptor(),) if layer else ())
+                            (layer_descriptor,))
         log.info("Pushing layer %s to cache now", ref)
         try:
             if layer is not None:
-                self.client.push_blob(ref, layer.descriptor(), layer.path)
+                self.client.push_blob(ref, layer_descriptor, layer.path)
+            else:
+                self.client.push_blob_bytes(ref, layer_descriptor, _EMPTY_TAR_GZIP)
             self.client.push_blob_bytes(ref, manifest.config, config)
             self.client.push_manifest(ref, manifest.to_bytes(), manifest.media_type)
-            if layer is not None:
-                self.homes[layer.digest] = self.settings.repo
         except (RegistryError, ImageError) as exc:
             self._give_up("write", exc)
+            return
+        if layer is not None:
+            self.homes[layer.digest] = self.settings.repo
 
     def _give_up(self, action: str, exc: Exception) -> None:
-        self.unusable = True
-        log.warning("Cannot %s the layer cache %s (%s); building without it, the build goes on",
-                    action, self.settings.repo.name, exc)
+        if action == "read":
+            self.can_read = False
+        else:
+            self.can_write = False
+        log.warning("Cannot %s the layer cache %s (%s); the build goes on without %s it",
+                    action, self.settings.repo.name, exc,
+                    "reading" if action == "read" else "writing")

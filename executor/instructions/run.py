@@ -18,7 +18,7 @@ from executor.dockerfile.parse import Instruction
 from executor.dockerfile.stages import PROXY_ARGS
 from executor.errors import BuildStepError
 from executor.instructions.metadata import Step
-from executor.instructions.mounts import parse_mount, prepared_mounts
+from executor.instructions.mounts import MountSpec, parse_mount, prepared_mounts
 from executor.instructions.state import DEFAULT_PATH, StageState
 from executor.passwd import UnknownUserError, resolve_identity
 
@@ -39,13 +39,7 @@ def apply_run(state: StageState, inst: Instruction) -> Step:
         raise inst.error(f"RUN --security={security}: kiln does not grant insecure "
                          "entitlements" if security == "insecure" else
                          f"RUN --security={security}: expected sandbox or insecure")
-    specs = []
-    for name, value in inst.flag_list(("mount", "network", "security")):
-        if name == "mount":
-            try:
-                specs.append(parse_mount(state.expand(inst, value), state.workdir))
-            except ValueError as exc:
-                raise inst.error(str(exc)) from None
+    specs = mount_specs(state, inst)
     argv, script = _command(state, inst)
     env = _environment(state)
     user = str(state.config.container.get("User") or "root")
@@ -78,6 +72,18 @@ def apply_run(state: StageState, inst: Instruction) -> Step:
     if code != 0:
         raise BuildStepError(str(inst.location), f"RUN exited with code {code}")
     return Step(_history(state, inst, argv if script is None else []), touches_fs=True)
+
+
+def mount_specs(state: StageState, inst: Instruction) -> list[MountSpec]:
+    """The RUN's ``--mount`` values, expanded and parsed; a bad one fails at its line."""
+    specs = []
+    for name, value in inst.flag_list(("mount", "network", "security")):
+        if name == "mount":
+            try:
+                specs.append(parse_mount(state.expand(inst, value), state.workdir))
+            except ValueError as exc:
+                raise inst.error(str(exc)) from None
+    return specs
 
 
 def _command(state: StageState, inst: Instruction) -> tuple[list[str], str | None]:

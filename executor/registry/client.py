@@ -205,14 +205,15 @@ class RegistryClient:
         return ResolvedImage(ref, manifest, body, digest, ImageConfig.from_bytes(config_bytes),
                              config_bytes)
 
-    def get_manifest(self, ref: ImageRef) -> tuple[bytes, str | None, str]:
+    def get_manifest(self, ref: ImageRef, *, push: bool = False) -> tuple[bytes, str | None, str]:
         """(body, media type, digest) of the manifest or index ``ref`` names, in one request.
 
-        When ``ref`` has a digest the body is checked against it.
+        When ``ref`` has a digest the body is checked against it. ``push``: ``ref`` is a
+        repository kiln pushes to (the layer cache), reached with the push-side TLS settings.
         """
         operation = f"pulling manifest {ref.name}{_at(ref)}"
         response = self._request("GET", ref, f"/v2/{ref.repository}/manifests/{ref.reference}",
-                                 headers={"Accept": ACCEPT_MANIFESTS})
+                                 headers={"Accept": ACCEPT_MANIFESTS}, push=push)
         with response:
             if response.status_code != 200:
                 raise http_error(operation, response)
@@ -225,14 +226,15 @@ class RegistryClient:
         return body, content_type or None, digest
 
     def get_blob_bytes(self, ref: ImageRef, descriptor: Descriptor, *, what: str = "blob",
-                       limit: int = MAX_CONFIG_SIZE) -> bytes:
+                       limit: int = MAX_CONFIG_SIZE, push: bool = False) -> bytes:
         """A small blob (a config) in memory, checked against ``descriptor``."""
         operation = f"pulling {what} {ref.name}@{descriptor.digest}"
         _check_descriptor(descriptor, operation)
         if descriptor.size > limit:
             raise RegistryError(f"{operation}: {descriptor.size} bytes is more than the "
                                 f"{limit} kiln reads into memory")
-        response = self._request("GET", ref, f"/v2/{ref.repository}/blobs/{descriptor.digest}")
+        response = self._request("GET", ref, f"/v2/{ref.repository}/blobs/{descriptor.digest}",
+                                 push=push)
         with response:
             if response.status_code != 200:
                 raise http_error(operation, response)
@@ -241,24 +243,26 @@ class RegistryClient:
                 operation)
         return body
 
-    def fetch_blob(self, ref: ImageRef, descriptor: Descriptor, dest: Path) -> None:
+    def fetch_blob(self, ref: ImageRef, descriptor: Descriptor, dest: Path, *,
+                   push: bool = False) -> None:
         """Download the blob ``descriptor`` names to ``dest``, verified, in 1 MiB chunks.
 
         The bytes go to a temporary file next to ``dest`` that is renamed into place only when
         digest and size match, so ``dest`` never holds a partial or corrupt blob. A download
         that breaks off is started again, up to the transport's retry count.
         """
-        ref = self._pulled_from.get(ref.name, ref)
-        self._retrying_pull(partial(self._fetch_blob, ref, descriptor, dest))
+        ref = ref if push else self._pulled_from.get(ref.name, ref)
+        self._retrying_pull(partial(self._fetch_blob, ref, descriptor, dest, push))
 
-    def _fetch_blob(self, ref: ImageRef, descriptor: Descriptor, dest: Path) -> None:
+    def _fetch_blob(self, ref: ImageRef, descriptor: Descriptor, dest: Path,
+                    push: bool = False) -> None:
         operation = f"fetching blob {ref.name}@{descriptor.digest}"
         _check_descriptor(descriptor, operation)
         dest.parent.mkdir(parents=True, exist_ok=True)
         attempt = 0
         while True:
             try:
-                self._download(ref, descriptor, dest, operation)
+                self._download(ref, descriptor, dest, operation, push)
                 return
             except (requests.ConnectionError, requests.Timeout,
                     requests.exceptions.ChunkedEncodingError) as exc:
@@ -268,9 +272,9 @@ class RegistryClient:
                 attempt += 1
 
     def _download(self, ref: ImageRef, descriptor: Descriptor, dest: Path,
-                  operation: str) -> None:
+                  operation: str, push: bool) -> None:
         response = self._request("GET", ref, f"/v2/{ref.repository}/blobs/{descriptor.digest}",
-                                 stream=True)
+                                 stream=True, push=push)
         with response:
             if response.status_code != 200:
                 raise http_error(operation, response)

@@ -6,11 +6,19 @@ Each RUN writes a fresh UUID, so a test can tell a layer that was reused from on
 
 from __future__ import annotations
 
+import gzip
+import json
 import time
 from pathlib import Path
 
 import pytest
 
+from executor.cache import CacheSettings, LayerCache
+from executor.image import model
+from executor.image.model import Descriptor, Manifest, Platform, sha256_digest
+from executor.image.reference import ImageRef
+from executor.registry.client import RegistryClient
+from executor.registry.transport import TransportOptions
 from tests.support.kiln import ExecutorRun, run_executor, write_context
 from tests.support.registry import Registry
 from tests.support.runtime import inspect_config, inspect_image, run_image
@@ -95,7 +103,7 @@ def test_a_layer_older_than_the_ttl_is_not_used(context: Path, tmp_path: Path,
     first = contents(ref, tmp_path / "run1").splitlines()[0]
     time.sleep(2)
     again = build(context, tmp_path / "root2", ref, "--cache-ttl=1s")
-    assert "expired" in again.stderr
+    assert "is older than --cache-ttl" in again.stderr
     assert contents(ref, tmp_path / "run2").splitlines()[0] != first
 
 
@@ -111,18 +119,44 @@ def test_no_push_cache_stores_nothing_and_cache_repo_is_where_layers_live(
     assert f"Using caching version of cmd: {FIRST}" in reused.stderr
 
 
-def test_a_run_reading_a_bind_mount_is_never_taken_from_the_cache(
+def test_every_stage_of_a_multi_stage_build_comes_back_from_the_cache(
         tmp_path: Path, registry: Registry, busybox_image: str) -> None:
-    dockerfile = (f"FROM {busybox_image}\n"
-                  "RUN --mount=type=bind,source=app.txt,target=/mnt/app.txt "
-                  "cp /mnt/app.txt /copy\n")
+    dockerfile = (f"FROM {busybox_image} AS tools\n"
+                  "RUN cat /proc/sys/kernel/random/uuid > /tool\n"
+                  "FROM tools\n"
+                  "RUN cat /proc/sys/kernel/random/uuid > /app\n"
+                  f"FROM {busybox_image}\n"
+                  "COPY --from=1 /tool /app /\n"
+                  "RUN cat /tool /app > /both\n")
+    context = write_context(tmp_path / "context", dockerfile)
+    ref = f"{registry.host}/cache/stages:1"
+    build(context, tmp_path / "root1", ref)
+    before = run_image(ref, ["cat", "/both"], workdir=tmp_path / "run1").stdout
+    again = build(context, tmp_path / "root2", ref)
+    assert again.stderr.count("Using caching version of cmd") == 3
+    assert run_image(ref, ["cat", "/both"], workdir=tmp_path / "run2").stdout == before
+
+
+@pytest.mark.parametrize("mount", [
+    "--mount=type=bind,source=app.txt,target=/mnt/app.txt",
+    "--mount=type=cache,from=files,source=/,target=/mnt",
+])
+def test_a_run_reading_mounted_files_is_never_taken_from_the_cache(
+        mount: str, tmp_path: Path, registry: Registry, busybox_image: str) -> None:
+    dockerfile = (f"FROM {busybox_image} AS files\n"
+                  "COPY app.txt /app.txt\n"
+                  f"FROM {busybox_image}\n"
+                  f"RUN {mount} cp /mnt/app.txt /copy\n"
+                  "RUN cat /copy > /after\n")
     context = write_context(tmp_path / "context", dockerfile, {"app.txt": "one\n"})
-    ref = f"{registry.host}/cache/bind:1"
+    ref = f"{registry.host}/cache/mounted:1"
     build(context, tmp_path / "root1", ref)
     (context / "app.txt").write_text("two\n")
     again = build(context, tmp_path / "root2", ref)
-    assert "Not caching cmd RUN --mount=type=bind" in again.stderr
-    assert run_image(ref, ["cat", "/copy"], workdir=tmp_path / "run").stdout == "two\n"
+    assert "it mounts files its cache key cannot see" in again.stderr
+    assert "Using caching version of cmd: RUN cat /copy" not in again.stderr
+    out = run_image(ref, ["cat", "/copy", "/after"], workdir=tmp_path / "run").stdout
+    assert out == "two\ntwo\n"
 
 
 def test_an_unreadable_cache_repository_is_a_warning_not_a_failure(
@@ -135,3 +169,29 @@ def test_an_unreadable_cache_repository_is_a_warning_not_a_failure(
     assert len(warnings) == 1 and "127.0.0.1:9/nothing/here" in warnings[0]
     assert "the build goes on" in warnings[0]
     assert len(contents(ref, tmp_path / "run").splitlines()) == 3
+
+
+@pytest.mark.parametrize("config", [
+    {"rootfs": {"diff_ids": ["sha256:" + "0" * 64]}, "created": "2026-01-01T00:00:00Z",
+     "history": []},
+    {"rootfs": {"diff_ids": ["sha256:" + "0" * 64]}, "created": None,
+     "history": [{"created_by": "x"}]},
+    {"rootfs": {}, "history": [{"created_by": "x"}]},
+])
+def test_a_malformed_cache_entry_is_a_miss(config: dict[str, object], tmp_path: Path,
+                                           registry: Registry,
+                                           caplog: pytest.LogCaptureFixture) -> None:
+    body = json.dumps(config).encode()
+    layer = gzip.compress(bytes(1024), mtime=0)
+    repo = ImageRef.parse(f"{registry.host}/cache/malformed")
+    with RegistryClient(TransportOptions(insecure_registries=frozenset({registry.host}))) as c:
+        config_descriptor = Descriptor(model.OCI_CONFIG, sha256_digest(body), len(body))
+        layer_descriptor = Descriptor(model.OCI_LAYER_GZIP, sha256_digest(layer), len(layer))
+        c.push_blob_bytes(repo, config_descriptor, body)
+        c.push_blob_bytes(repo, layer_descriptor, layer)
+        manifest = Manifest(model.OCI_MANIFEST, config_descriptor, (layer_descriptor,))
+        c.push_manifest(repo.with_tag("k" * 64), manifest.to_bytes(), model.OCI_MANIFEST)
+        cache = LayerCache(CacheSettings(repo, 3600.0, True), c, tmp_path, Platform())
+        assert cache.lookup("k" * 64, "RUN x") is None
+    assert cache.can_read and cache.can_write
+    assert "Ignoring the cached layer" in caplog.text
