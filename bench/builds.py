@@ -72,12 +72,14 @@ def _context(scenario: str, base: str, directory: Path) -> Path:
     return directory
 
 
-def kiln_build(context: Path, work: Path) -> tuple[float, float]:
+def kiln_build(context: Path, work: Path, *push: str) -> tuple[float, float]:
+    """A cold kiln build; ``push`` replaces ``--no-push`` (``--destination ... --cache``)."""
     root, kiln_dir = work / "root", work / "kiln"
     try:
         return _timed([sys.executable, "-m", "executor.cli", "--context", str(context),
                        "--dockerfile", str(context / "Dockerfile"), "--root", str(root),
-                       "--kaniko-dir", str(kiln_dir), "--no-push", "--insecure-pull"])
+                       "--kaniko-dir", str(kiln_dir), *(push or ("--no-push",)),
+                       "--insecure-pull"])
     finally:
         shutil.rmtree(root, ignore_errors=True)
         shutil.rmtree(kiln_dir, ignore_errors=True)
@@ -127,6 +129,21 @@ def measure_builds(scenarios: list[str], tools: list[str], runs: int,
                 for _ in range(runs):
                     seconds, rss = builders[tool](context, Path(tmp) / scenario / tool)
                     report(Measurement(scenario, tool, seconds, rss))
+
+
+def measure_cached_rebuild(runs: int, report: Callable[[Measurement], None]) -> None:
+    """The ``files`` build with ``--cache`` into an empty cache repository (cold: it runs and
+    stores both RUNs), then again on a fresh root and kiln dir (warm: both come from the
+    cache), as a CI job building an unchanged Dockerfile would; both push the image."""
+    with busybox_registry() as base, tempfile.TemporaryDirectory(prefix="kiln-bench-") as tmp:
+        context = _context("files", base, Path(tmp) / "context")
+        registry = base.split("/", 1)[0]
+        for run in range(runs):
+            push = ("--cache", "--insecure", "--destination",
+                    f"{registry}/bench/cached{run}:1")
+            for tool in ("kiln-cold", "kiln-warm"):
+                seconds, rss = kiln_build(context, Path(tmp) / tool, *push)
+                report(Measurement("files-cache", tool, seconds, rss))
 
 
 def noop_step_seconds(files: int = 100_000, steps: int = 1) -> list[float]:

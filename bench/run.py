@@ -3,7 +3,8 @@
 Each scenario runs in a fresh interpreter (so its peak RSS is its own) over a tree this script
 builds in a temporary directory and removes afterwards, and reports the median of ``--runs``
 timed runs. ``tiny``, ``files`` and ``bigfile`` build whole Dockerfiles with kiln and with
-buildah against a local registry (bench/builds.py); ``extract-*`` compare kiln, umoci and GNU
+buildah against a local registry (bench/builds.py), and ``files-cache`` builds ``files`` with
+``--cache`` twice (cold, then warm from the cache); ``extract-*`` compare kiln, umoci and GNU
 tar (bench/extract.py). Push memory has its own script: ``python -m bench.push``. Add a
 scenario by writing a function ``(workdir, runs) -> list[Result]`` and listing it in
 ``SCENARIOS``.
@@ -157,6 +158,19 @@ def _extract_scenario(name: str) -> Callable[[Path, int], list[Result]]:
     return run
 
 
+def files_cache(_workdir: Path, runs: int) -> list[Result]:
+    """The ``files`` build with --cache, cold and warm (bench/builds.py)."""
+    from bench.builds import Measurement, measure_cached_rebuild
+
+    samples: dict[str, list[tuple[float, float]]] = {"kiln-cold": [], "kiln-warm": []}
+
+    def collect(m: Measurement) -> None:
+        samples[m.tool].append((m.seconds, m.peak_rss_mb))
+
+    measure_cached_rebuild(runs, collect)
+    return _medians("files-cache", samples)
+
+
 SCENARIOS: dict[str, Callable[[Path, int], list[Result]]] = {
     "walk-diff-100k": walk_diff_100k,
     "layer-10k": layer_10k,
@@ -164,6 +178,7 @@ SCENARIOS: dict[str, Callable[[Path, int], list[Result]]] = {
     "tiny": _build_scenario("tiny"),
     "files": _build_scenario("files"),
     "bigfile": _build_scenario("bigfile"),
+    "files-cache": files_cache,
     "extract-debian": _extract_scenario("extract-debian"),
     "extract-50k": _extract_scenario("extract-50k"),
 }
