@@ -172,9 +172,9 @@ def push_image(client: RegistryClient, ref: ImageRef, final: FinalImage,
         try:
             for layer in final.layers:
                 started = time.monotonic()
+                # The client mounts only from another repository of the same registry.
                 uploaded = client.push_blob(ref, layer.descriptor(), layer.path,
-                                            mount_from=_mount_source(
-                                                ref, (homes or {}).get(layer.digest, source)))
+                                            mount_from=(homes or {}).get(layer.digest, source))
                 log.info("%s", transfer_line("Pushed" if uploaded else "Existing", layer.digest,
                                              layer.size, time.monotonic() - started, uploaded))
             client.push_blob_bytes(ref, final.manifest.config, final.config_bytes)
@@ -194,13 +194,6 @@ def push_image(client: RegistryClient, ref: ImageRef, final: FinalImage,
             client.transport.sleep(delay)
             attempt += 1
     log.info("Pushed %s@%s", ref.name, final.digest)
-
-
-def _mount_source(ref: ImageRef, home: ImageRef | None) -> ImageRef | None:
-    """``home`` when a blob there can be mounted into ``ref``'s repository (same registry)."""
-    if home is not None and home.registry == ref.registry and home.repository != ref.repository:
-        return home
-    return None
 
 
 def is_immutable_tag_error(exc: RegistryError) -> bool:
