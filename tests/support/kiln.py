@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import errno
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+#: exec(2) errors that say the machine was briefly short of something, not that the command is
+#: wrong. CI once lost a whole run to one of them, with the executor never started.
+_TRANSIENT_SPAWN_ERRORS = frozenset({errno.ETXTBSY, errno.EAGAIN, errno.ENOMEM})
 
 
 @dataclass(frozen=True)
@@ -36,8 +43,23 @@ def run_executor(context: Path, root: Path, *args: str, timeout: float = 300,
     """``executor --context CONTEXT --root ROOT ARGS...``; the root is a fresh sandbox dir."""
     cmd = [sys.executable, "-m", "executor.cli", "--context", str(context),
            "--dockerfile", str(context / dockerfile), "--root", str(root), *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    proc = run_spawning(cmd, capture_output=True, text=True, timeout=timeout, check=False)
     return ExecutorRun(proc.returncode, proc.stdout, proc.stderr)
+
+
+def run_spawning(cmd: list[str], **kwargs: Any) -> subprocess.CompletedProcess[Any]:
+    """``subprocess.run`` that tries the spawn again when exec fails for a passing reason.
+
+    The retry covers only the start of the process: once the executor runs, its exit code and
+    output are the test's to judge. A spawn that keeps failing says which command and why."""
+    for attempt in range(3):
+        try:
+            return subprocess.run(cmd, **kwargs)
+        except OSError as e:
+            if e.errno not in _TRANSIENT_SPAWN_ERRORS or attempt == 2:
+                raise OSError(e.errno, f"could not start {cmd[:3]}: {e.strerror}") from e
+            time.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def run_executor_on(context: str, root: Path, *args: str, timeout: float = 300,
@@ -51,7 +73,7 @@ def run_executor_on(context: str, root: Path, *args: str, timeout: float = 300,
     cmd = [sys.executable, "-m", "executor.cli", "--context", context, "--root", str(root),
            *args]
     environ = {**os.environ, **(env or {})}
-    proc = subprocess.run(cmd, capture_output=True, input=stdin, timeout=timeout, check=False,
+    proc = run_spawning(cmd, capture_output=True, input=stdin, timeout=timeout, check=False,
                           env={k: v for k, v in environ.items() if v is not None},
                           stdin=None if stdin is not None else subprocess.DEVNULL)
     return ExecutorRun(proc.returncode, proc.stdout.decode(errors="replace"),
