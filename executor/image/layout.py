@@ -11,16 +11,15 @@ index behind.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from executor.errors import ImageError
+from executor.image.atomic import replacing, write_atomically
 from executor.image.model import OCI_INDEX, Descriptor, Layer, Manifest, sha256_digest
 
 LAYOUT_VERSION = "1.0.0"
@@ -62,7 +61,7 @@ def init_layout(path: Path) -> None:
             raise ImageError(f"OCI layout {path}: unsupported imageLayoutVersion "
                              f"{data.get('imageLayoutVersion')!r}")
     else:
-        _write_atomically(marker, json.dumps({"imageLayoutVersion": LAYOUT_VERSION}).encode())
+        write_atomically(marker, json.dumps({"imageLayoutVersion": LAYOUT_VERSION}).encode())
     if not (path / "index.json").exists():
         _write_index(path, {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []})
 
@@ -80,7 +79,7 @@ def write_blob(path: Path, data: bytes, media_type: str) -> Descriptor:
     digest = sha256_digest(data)
     target = blob_path(path, digest)
     if not _has_blob(target, len(data)):
-        _write_atomically(target, data)
+        write_atomically(target, data)
     return Descriptor(media_type, digest, len(data))
 
 
@@ -98,7 +97,7 @@ def link_blob(path: Path, source: Path, digest: str, size: int) -> Path:
     try:
         os.link(source, temporary)
     except OSError:  # another filesystem, or links not allowed: copy instead
-        with _temporary_file(target) as handle, source.open("rb") as src:
+        with replacing(target) as handle, source.open("rb") as src:
             shutil.copyfileobj(src, handle, 1 << 20)
         return target
     os.replace(temporary, target)
@@ -149,25 +148,4 @@ def _read_json(file: Path) -> dict[str, Any]:
 
 def _write_index(path: Path, index: dict[str, Any]) -> None:
     index.setdefault("schemaVersion", 2)
-    _write_atomically(path / "index.json", json.dumps(index, indent=2).encode())
-
-
-def _write_atomically(target: Path, data: bytes) -> None:
-    with _temporary_file(target) as handle:
-        handle.write(data)
-
-
-@contextlib.contextmanager
-def _temporary_file(target: Path) -> Iterator[IO[bytes]]:
-    """A file that becomes ``target`` when the block succeeds and vanishes when it fails."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile(  # noqa: SIM115 - renamed or removed below
-        dir=target.parent, prefix=f".{target.name}.", delete=False)
-    try:
-        with handle:
-            yield handle
-        os.chmod(handle.name, 0o644)
-        os.replace(handle.name, target)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
+    write_atomically(path / "index.json", json.dumps(index, indent=2).encode())

@@ -13,11 +13,11 @@ import io
 import json
 import os
 import tarfile
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 from executor.errors import ImageError
+from executor.image.atomic import replacing
 from executor.image.model import ImageConfig, Layer, compression_of, sha256_digest
 from executor.image.reference import ImageRef
 
@@ -40,25 +40,16 @@ def write_docker_tarball(path: Path, ref: str | Sequence[str], config_bytes: byt
     layer_names = [_layer_name(layer) for layer in layers]
     manifest = [{"Config": config_name, "RepoTags": tags, "Layers": layer_names}]
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile(  # noqa: SIM115 - renamed or removed below
-        dir=path.parent, prefix=f".{path.name}.", delete=False)
-    try:
-        with handle, tarfile.open(fileobj=handle, mode="w",
-                                  format=tarfile.PAX_FORMAT) as tar:
-            _add_bytes(tar, config_name, config_bytes)
-            written: set[str] = set()
-            for layer, name in zip(layers, layer_names, strict=True):
-                if name in written:  # an image may repeat a layer; the file is stored once
-                    continue
-                written.add(name)
-                _add_file(tar, name, layer)
-            _add_bytes(tar, "manifest.json", json.dumps(manifest).encode())
-        os.chmod(handle.name, 0o644)
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
+    with replacing(path) as handle, tarfile.open(fileobj=handle, mode="w",
+                                                 format=tarfile.PAX_FORMAT) as tar:
+        _add_bytes(tar, config_name, config_bytes)
+        written: set[str] = set()
+        for layer, name in zip(layers, layer_names, strict=True):
+            if name in written:  # an image may repeat a layer; the file is stored once
+                continue
+            written.add(name)
+            _add_file(tar, name, layer)
+        _add_bytes(tar, "manifest.json", json.dumps(manifest).encode())
 
 
 def _repo_tag(text: str) -> str:
