@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO, NamedTuple, cast
 
+from executor.basecache import BaseImageCache
 from executor.cache import (
     CachedLayer,
     CacheSettings,
@@ -346,8 +347,11 @@ class Builder:
         except ImageError as exc:
             raise DockerfileError(where, str(exc)) from None
         log.info("Retrieving image manifest %s", name)
-        log.info("Retrieving image %s from registry %s", ref, ref.registry)
-        resolved = self.client.resolve(ref, platform)
+        base_cache = BaseImageCache(self.options.cache_dir, self.options.cache_ttl_s)
+        resolved = base_cache.resolve(ref, platform) if ref.digest else None
+        if resolved is None:
+            log.info("Retrieving image %s from registry %s", ref, ref.registry)
+            resolved = self.client.resolve(ref, platform)
         config = resolved.config
         diff_ids = config.diff_ids
         if len(diff_ids) != len(resolved.manifest.layers):
@@ -356,6 +360,7 @@ class Builder:
         layers = [Layer(self.workspace.blobs / desc.digest.split(":", 1)[1], desc.digest,
                         diff_id, desc.size, desc.media_type)
                   for desc, diff_id in zip(resolved.manifest.layers, diff_ids, strict=True)]
+        base_cache.copy_layers(name, resolved.manifest_digest, layers)
         image = BuiltImage(config, layers, resolved.manifest.media_type, ref,
                            cache_key="image:" + resolved.manifest_digest)
         self.pulled[name] = image

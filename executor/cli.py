@@ -7,27 +7,23 @@ are imported inside the command so ``executor version`` and ``--help`` start qui
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import click
 
 from executor import __version__
+from executor.flags import BOOL as _BOOL
+from executor.flags import log_flags, pull_flags
 
 if TYPE_CHECKING:
     from executor.options import BuildOptions
 
 log = logging.getLogger("kiln")
-
-# A kaniko boolean flag (Go's pflag): bare means true, and "--flag=false" or "--flag=true"
-# (any of strconv.ParseBool's spellings) says so explicitly; CI files use all three forms.
-_BOOL: dict[str, Any] = {"type": click.BOOL, "is_flag": False, "flag_value": True,
-                         "default": False, "metavar": "[=true|false]"}
-
-_VERBOSITY = click.Choice(["panic", "fatal", "error", "warn", "info", "debug", "trace"])
 
 
 @click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
@@ -62,30 +58,9 @@ _VERBOSITY = click.Choice(["panic", "fatal", "error", "warn", "info", "debug", "
               help="Set a manifest annotation: KEY=VALUE; repeatable (makes the image OCI).")
 @click.option("--label", "labels", multiple=True, help="Set a label on the image: KEY=VALUE.")
 @click.option("--target", help="Build this stage, not the last one.")
-@click.option("--insecure", **_BOOL, help="Push to insecure registries over plain HTTP.")
-@click.option("--insecure-pull", **_BOOL, help="Pull from insecure registries over HTTP.")
-@click.option("--insecure-registry", "insecure_registries", multiple=True,
-              help="Registry to reach over plain HTTP; repeatable.")
-@click.option("--skip-tls-verify", **_BOOL, help="Push without verifying TLS certificates.")
-@click.option("--skip-tls-verify-pull", **_BOOL,
-              help="Pull without verifying TLS certificates.")
-@click.option("--skip-tls-verify-registry", "skip_tls_verify_registries", multiple=True,
-              help="Registry whose TLS certificate is not verified; repeatable.")
-@click.option("--registry-certificate", "registry_certificates", multiple=True,
-              help="CA certificate to trust for a registry, as REGISTRY=PATH; repeatable.")
-@click.option("--registry-client-cert", "registry_client_certs", multiple=True,
-              help="Client certificate for a registry (mTLS), as REGISTRY=CERT,KEY; repeatable.")
+@pull_flags
 @click.option("--skip-push-permission-check", **_BOOL,
               help="Do not check before building that the destinations can be pushed to.")
-@click.option("--registry-mirror", "registry_mirrors", multiple=True,
-              help="Mirror of Docker Hub to pull from first (host[/prefix]); repeatable.")
-@click.option("--registry-map", "registry_maps", multiple=True,
-              help="Mirrors of other registries, as REGISTRY=MIRROR[;REGISTRY=MIRROR]; "
-              "repeatable.")
-@click.option("--skip-default-registry-fallback", **_BOOL,
-              help="Fail when no mirror has the image instead of trying the registry itself.")
-@click.option("--image-download-retry", type=int, default=0, show_default=True,
-              help="Number of retries for downloading the remote image.")
 @click.option("--image-fs-extract-retry", type=int, default=0, show_default=True,
               help="Number of retries for extracting the base image's filesystem.")
 @click.option("--push-retry", type=int, default=0, show_default=True,
@@ -93,11 +68,7 @@ _VERBOSITY = click.Choice(["panic", "fatal", "error", "warn", "info", "debug", "
 @click.option("--push-ignore-immutable-tag-errors", **_BOOL,
               help="Do not fail when a registry refuses to overwrite an immutable tag.")
 @click.option("--custom-platform", help="Platform of the image to build, as os/arch[/variant].")
-@click.option("-v", "--verbosity", type=_VERBOSITY, default="info", show_default=True,
-              help="Log level.")
-@click.option("--log-format", type=click.Choice(["text", "color", "json"]), default="color",
-              show_default=True, help="Log format.")
-@click.option("--log-timestamp", **_BOOL, help="Timestamp each log line.")
+@log_flags
 @click.option("--force", **_BOOL,
               help="Build in place even outside a container (overwrites this machine's /).")
 @click.option("--kaniko-dir", envvar="KANIKO_DIR", type=click.Path(path_type=Path),
@@ -139,6 +110,8 @@ _VERBOSITY = click.Choice(["panic", "fatal", "error", "warn", "info", "debug", "
               "the files costs what fetching their layer would) and keys the RUNs after them "
               "by what they copied.")
 @click.option("--no-push-cache", **_BOOL, help="Use the cache, but store no new layers in it.")
+@click.option("--cache-dir", default="/cache", show_default=True, type=click.Path(path_type=Path),
+              help="Base images warmed onto a volume (kaniko's warmer layout); used when there.")
 @click.option("--compressed-caching", **{**_BOOL, "default": True}, show_default=True,
               help="Accepted for kaniko command lines: kiln never holds a layer in memory, "
               "so either value keeps memory low.")
@@ -177,22 +150,23 @@ def _run_build(flags: dict[str, object]) -> int:
         log.error("build interrupted: nothing was pushed")
         return 130
     except Exception as exc:
-        return _report(exc, debug)
+        return report_error(exc, debug)
     return 0
 
 
-def _report(exc: BaseException, debug: bool) -> int:
-    """Print a user error as one line; keep the traceback for what is a kiln bug."""
+def report_error(exc: BaseException, debug: bool, doing: str = "building image") -> int:
+    """Print a user error as one line (``error DOING: ...``); keep the traceback for what is a
+    kiln bug."""
     from executor.errors import KilnError
     from snapshot.errors import SnapshotError
 
     if isinstance(exc, KilnError | SnapshotError):
         if debug:
             log.debug("traceback", exc_info=exc)
-        click.echo(f"error building image: {exc}", err=True)
+        click.echo(f"error {doing}: {exc}", err=True)
         return exc.exit_code if isinstance(exc, KilnError) else 1
     if isinstance(exc, OSError) and exc.errno is not None and exc.filename:
-        click.echo(f"error building image: {exc.filename}: {exc.strerror}", err=True)
+        click.echo(f"error {doing}: {exc.filename}: {exc.strerror}", err=True)
         if debug:
             log.debug("traceback", exc_info=exc)
         return 1
@@ -204,11 +178,8 @@ def _options_from_flags(flags: dict[str, object]) -> BuildOptions:
     from executor.errors import OptionsError
     from executor.options import (
         DEFAULT_KANIKO_DIR,
-        BuildOptions,
-        parse_client_certs,
         parse_git_options,
         parse_key_values,
-        parse_registry_maps,
         parse_secrets,
     )
 
@@ -229,7 +200,8 @@ def _options_from_flags(flags: dict[str, object]) -> BuildOptions:
     if not remote and not dockerfile.is_absolute() and not dockerfile.exists():
         dockerfile = context / dockerfile
     root = Path(str(flags["root"]))
-    return BuildOptions(
+    return dataclasses.replace(
+        pull_options(flags),
         context=context,
         dockerfile=dockerfile,
         destinations=tuple(str(d) for d in flags["destinations"]),  # type: ignore[attr-defined]
@@ -245,25 +217,10 @@ def _options_from_flags(flags: dict[str, object]) -> BuildOptions:
         annotations=parse_key_values(_strs(flags["annotations"]), "--annotation"),
         image_format=str(flags["image_format"]) if flags["image_format"] else None,
         target=str(flags["target"]) if flags["target"] else None,
-        insecure=bool(flags["insecure"]),
-        insecure_pull=bool(flags["insecure_pull"]),
-        insecure_registries=_strs(flags["insecure_registries"]),
-        skip_tls_verify=bool(flags["skip_tls_verify"]),
-        skip_tls_verify_pull=bool(flags["skip_tls_verify_pull"]),
-        skip_tls_verify_registries=_strs(flags["skip_tls_verify_registries"]),
-        registry_certificates={
-            registry: Path(path) for registry, path in parse_key_values(
-                _strs(flags["registry_certificates"]), "--registry-certificate").items()},
-        registry_client_certs=parse_client_certs(_strs(flags["registry_client_certs"])),
         skip_push_permission_check=bool(flags["skip_push_permission_check"]),
-        registry_mirrors=_strs(flags["registry_mirrors"]),
-        registry_maps=parse_registry_maps(_strs(flags["registry_maps"])),
-        skip_default_registry_fallback=bool(flags["skip_default_registry_fallback"]),
-        image_download_retry=int(str(flags["image_download_retry"])),
         image_fs_extract_retry=int(str(flags["image_fs_extract_retry"])),
         push_retry=int(str(flags["push_retry"])),
         push_ignore_immutable_tag_errors=bool(flags["push_ignore_immutable_tag_errors"]),
-        custom_platform=str(flags["custom_platform"]) if flags["custom_platform"] else None,
         force=bool(flags["force"]),
         kaniko_dir=Path(str(kaniko_dir)) if kaniko_dir else DEFAULT_KANIKO_DIR,
         kaniko_dir_given=bool(kaniko_dir),
@@ -284,13 +241,45 @@ def _options_from_flags(flags: dict[str, object]) -> BuildOptions:
         dockerfile_url=dockerfile_url,
         cache=bool(flags["cache"]),
         cache_repo=str(flags["cache_repo"] or ""),
-        cache_ttl_s=_duration_s("--cache-ttl", str(flags["cache_ttl"])),
+        cache_ttl_s=duration_s("--cache-ttl", str(flags["cache_ttl"])),
         cache_run_layers=bool(flags["cache_run_layers"]),
         no_push_cache=bool(flags["no_push_cache"]),
+        cache_dir=Path(str(flags["cache_dir"])),
     ).validate()
 
 
-def _duration_s(flag: str, text: str) -> float:
+def pull_options(flags: dict[str, object]) -> BuildOptions:
+    """The settings of ``pull_flags`` (and ``--custom-platform``), the part of BuildOptions the
+    ``warmer`` shares; the executor adds the rest."""
+    from executor.options import (
+        BuildOptions,
+        parse_client_certs,
+        parse_key_values,
+        parse_registry_maps,
+    )
+
+    return BuildOptions(
+        context=Path("."),
+        dockerfile=Path("Dockerfile"),
+        insecure=bool(flags["insecure"]),
+        insecure_pull=bool(flags["insecure_pull"]),
+        insecure_registries=_strs(flags["insecure_registries"]),
+        skip_tls_verify=bool(flags["skip_tls_verify"]),
+        skip_tls_verify_pull=bool(flags["skip_tls_verify_pull"]),
+        skip_tls_verify_registries=_strs(flags["skip_tls_verify_registries"]),
+        registry_certificates={
+            registry: Path(path) for registry, path in parse_key_values(
+                _strs(flags["registry_certificates"]), "--registry-certificate").items()},
+        registry_client_certs=parse_client_certs(_strs(flags["registry_client_certs"])),
+        registry_mirrors=_strs(flags["registry_mirrors"]),
+        registry_maps=parse_registry_maps(_strs(flags["registry_maps"])),
+        skip_default_registry_fallback=bool(flags["skip_default_registry_fallback"]),
+        image_download_retry=int(str(flags["image_download_retry"])),
+        custom_platform=str(flags["custom_platform"]) if flags["custom_platform"] else None,
+    )
+
+
+def duration_s(flag: str, text: str) -> float:
     from executor.durations import parse_duration_ns
     from executor.errors import OptionsError
 

@@ -14,6 +14,8 @@ from executor.errors import ImageError, OptionsError
 from executor.image.reference import ImageRef
 
 DEFAULT_KANIKO_DIR = Path("/kaniko")
+#: kaniko's default ``--cache-dir``: where its documentation mounts the warmed volume.
+DEFAULT_CACHE_DIR = Path("/cache")
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,8 @@ class BuildOptions:
     cache_ttl_s: float = 336 * 3600
     cache_run_layers: bool = True
     no_push_cache: bool = False
+    #: ``--cache-dir``: base images warmed onto a volume (executor/basecache.py).
+    cache_dir: Path = DEFAULT_CACHE_DIR
 
     @property
     def cache_repository(self) -> str:

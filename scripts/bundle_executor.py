@@ -13,6 +13,7 @@ Layout written under DEST (normally ``/kaniko``)::
     lib/python3.X/       stdlib (no tests, no tkinter, no static libpython)
     lib/python3.X/site-packages/   kiln and its dependencies (no pip, no setuptools)
     executor             ``#!DEST/bin/python3 -IS`` launcher: the kernel runs it, no /bin/sh
+    warmer               the same for ``executor.warmer`` (kaniko's /kaniko/warmer)
 
 The interpreter is patched with ``patchelf`` rather than started through ``ld.so
 --library-path`` from a wrapper: then the interpreter is runnable on its own (``sys.executable``
@@ -104,15 +105,17 @@ def bundle(venv: Path, dest: Path, patchelf: str, at: Path | None = None) -> Non
     subprocess.run([patchelf, "--set-interpreter", f"{at}/lib/{loader}", "--force-rpath",
                     "--set-rpath", f"{at}/lib", str(dest / "bin" / "python3")], check=True)
 
-    launcher = dest / "executor"
-    launcher.write_text(
-        f"#!{at}/bin/python3 -IS\n"
-        '"""kiln\'s executor: a self-contained interpreter running executor.cli."""\n'
-        "import sys\n"
-        f"sys.path.append({f'{at}/lib/{version}/site-packages'!r})\n"
-        "from executor.cli import main\n"
-        "main()\n")
-    launcher.chmod(0o755)
+    for name, module, what in (("executor", "executor.cli", "executor"),
+                               ("warmer", "executor.warmer", "base-image cache warmer")):
+        launcher = dest / name
+        launcher.write_text(
+            f"#!{at}/bin/python3 -IS\n"
+            f'"""kiln\'s {what}: a self-contained interpreter running {module}."""\n'
+            "import sys\n"
+            f"sys.path.append({f'{at}/lib/{version}/site-packages'!r})\n"
+            f"from {module} import main\n"
+            "main()\n")
+        launcher.chmod(0o755)
 
 
 def main() -> None:

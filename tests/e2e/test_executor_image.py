@@ -161,3 +161,12 @@ def test_the_executor_starts_in_the_plain_image_with_nothing_but_kaniko(
     assert out.exit_code == 0, out.stderr
     assert out.stdout.startswith("Kiln version")
     assert info["Env"] and "DOCKER_CONFIG=/kaniko/.docker/" in info["Env"]
+
+
+def test_the_warmer_runs_in_the_plain_image_as_kanikos_does(
+        plain_executor_image: str, busybox_image: str, tmp_path: Path) -> None:
+    out = run_image(plain_executor_image,
+                    ["/kaniko/warmer", "--cache-dir=/workspace/cache", "--insecure-pull",
+                     f"--image={busybox_image}"], workdir=tmp_path)
+    assert out.exit_code == 0, out.stderr
+    assert f"Wrote {busybox_image} to cache as sha256:" in out.stderr
