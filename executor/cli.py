@@ -115,6 +115,12 @@ log = logging.getLogger("kiln")
 @click.option("--compressed-caching", **{**_BOOL, "default": True}, show_default=True,
               help="Accepted for kaniko command lines: kiln never holds a layer in memory, "
               "so either value keeps memory low.")
+@click.option("--materialize", **_BOOL,
+              help="Accepted for kaniko command lines: kiln always extracts the layers it takes "
+              "from the cache, so the filesystem is always the build's.")
+@click.option("--preserve-context", **_BOOL,
+              help="Accepted for kaniko command lines: an in-place build always keeps its "
+              "context (copied first when it lies on the filesystem the base replaces).")
 @click.option("--reproducible", **_BOOL,
               help="Strip timestamps out of the built image and make it reproducible.")
 @click.pass_context

@@ -31,6 +31,7 @@ import dataclasses
 import logging
 import os
 import shutil
+import stat
 import tempfile
 import urllib.parse
 from collections.abc import Iterator
@@ -137,22 +138,31 @@ def sub_path(root: Path, sub: str, source: str) -> Path:
 def local_context(options: BuildOptions) -> Iterator[BuildOptions]:
     """``options`` with ``context`` and ``dockerfile`` as local paths, fetched if need be.
 
-    A directory context comes back as it is. A remote one is fetched into
-    ``<kaniko-dir>/buildcontext`` (which is emptied first: it is kiln's own place), or into a
-    temporary directory for a sandbox build without ``--kaniko-dir``, removed afterwards.
+    A directory context comes back as it is, unless an in-place build would extract the base
+    image over it: then it is copied to ``<kaniko-dir>/buildcontext`` first. A remote one is
+    fetched there (the directory is emptied first: it is kiln's own place), or into a temporary
+    directory for a sandbox build without ``--kaniko-dir``, removed afterwards.
     """
-    if options.context_source is None and options.dockerfile_url is None:
+    on_root = context_on_replaced_filesystem(options)
+    if options.context_source is None and options.dockerfile_url is None and not on_root:
         yield options
         return
     with _kiln_home(options) as home:
         context = options.context
         source = options.context_source
+        dockerfile = options.dockerfile
         if source is not None:
             target = home / BUILD_CONTEXT_DIR
             _make_empty(target)
             fetch(source, target, options.git)
             context = sub_path(target, options.context_sub_path, source)
-        dockerfile = options.dockerfile
+        elif on_root:
+            target = home / BUILD_CONTEXT_DIR
+            _make_empty(target)
+            copy_context(context, target)
+            if dockerfile.is_relative_to(context):
+                dockerfile = target / dockerfile.relative_to(context)
+            context = target
         if options.dockerfile_url is not None:
             from executor.contexts.http import download
 
@@ -165,6 +175,48 @@ def local_context(options: BuildOptions) -> Iterator[BuildOptions]:
                 raise OptionsError(f"--dockerfile {options.dockerfile}: no such file in the "
                                    f"context {display(source)}")
         yield dataclasses.replace(options, context=context, dockerfile=dockerfile)
+
+
+def context_on_replaced_filesystem(options: BuildOptions) -> bool:
+    """Whether an in-place build's local context lies where the base image is extracted.
+
+    Sources baked into a derived executor image, or put there by a CI step, are on the
+    container's own filesystem rather than a volume (a mount point, which builds leave alone);
+    extracting a base over ``/`` would remove them before the first COPY.
+    """
+    from snapshot.ignore import IgnoreList
+
+    if not options.in_place or options.context_source is not None:
+        return False
+    real = os.path.realpath(options.context)
+    rel = os.path.relpath(real, os.path.realpath(options.root))
+    if rel == "." or rel.startswith("../") or not os.path.isdir(real):
+        return False
+    ignore = IgnoreList.for_build(options.root, kiln_dir=options.kaniko_dir,
+                                  extra=options.ignore_paths)
+    return not ignore.is_ignored(rel)
+
+
+def copy_context(context: Path, target: Path) -> None:
+    """Copy the context directory to ``target``: files, modes, mtimes, xattrs and symlinks as
+    they are; sockets, FIFOs and devices, which COPY cannot read, are left out."""
+    log.info("Copying the build context %s to %s: it is on the filesystem the base image "
+             "replaces", context, target)
+
+    def special_files(directory: str, names: list[str]) -> set[str]:
+        skipped = set()
+        for name in names:
+            mode = os.lstat(os.path.join(directory, name)).st_mode
+            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISLNK(mode)):
+                skipped.add(name)
+        return skipped
+
+    try:
+        shutil.copytree(context, target, symlinks=True, ignore=special_files,
+                        dirs_exist_ok=True)
+    except shutil.Error as exc:
+        first = exc.args[0][0] if exc.args and exc.args[0] else exc
+        raise ContextError(f"copying the build context {context}: {first}") from None
 
 
 @contextlib.contextmanager

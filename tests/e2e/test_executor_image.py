@@ -170,3 +170,27 @@ def test_the_warmer_runs_in_the_plain_image_as_kanikos_does(
                      f"--image={busybox_image}"], workdir=tmp_path)
     assert out.exit_code == 0, out.stderr
     assert f"Wrote {busybox_image} to cache as sha256:" in out.stderr
+
+
+def test_a_context_on_the_containers_own_filesystem_outlives_every_stage(
+        executor_rootfs: Path, registry: Registry, busybox_image: str, tmp_path: Path) -> None:
+    # Sources baked into a derived image, or copied in by a CI step, are on the container's own
+    # filesystem rather than a volume: extracting a base over / must not take them away, in the
+    # first stage or a later one (kaniko needs --preserve-context for the later ones).
+    dockerfile = (f"FROM {busybox_image} AS one\nCOPY app.txt /one.txt\n"
+                  f"FROM {busybox_image}\nCOPY --from=one /one.txt /one.txt\n"
+                  'COPY app.txt /app.txt\nCMD ["cat", "/one.txt", "/app.txt"]\n')
+    dest = f"{registry.host}/inplace/own-context:1"
+    bundle = executor_bundle(tmp_path / "c", executor_rootfs, registry,
+                             write_dockerfile(tmp_path / "unused", "FROM scratch\n"),
+                             build_args(dest, "--context", "/src/app", "--dockerfile",
+                                        "/src/app/Dockerfile"))
+    sources = tmp_path / "c" / "rootfs" / "src" / "app"
+    sources.mkdir(parents=True)
+    (sources / "Dockerfile").write_text(dockerfile)
+    (sources / "app.txt").write_text("from the context\n")
+    result = run_container(bundle)
+    assert result.exit_code == 0, result.stderr[-4000:]
+    assert "Copying the build context /src/app to /kaniko/buildcontext" in result.stderr
+    out = run_image(dest, workdir=tmp_path / "run")
+    assert out.stdout == "from the context\nfrom the context\n", out.stderr

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import os
 import tarfile
 from pathlib import Path
 
@@ -222,3 +224,42 @@ def test_s3_errors_in_a_few_words(code: str, status: int, message: str) -> None:
     error = ClientError({"Error": {"Code": code, "Message": "Please reduce your request rate."},
                          "ResponseMetadata": {"HTTPStatusCode": status}}, "GetObject")
     assert _client_error(error) == message
+
+
+def test_only_an_in_place_context_outside_volumes_and_the_kiln_dir_is_copied(
+        tmp_path: Path) -> None:
+    from executor.contexts import context_on_replaced_filesystem
+    from executor.options import BuildOptions
+
+    sandbox = BuildOptions(context=tmp_path, dockerfile=tmp_path / "Dockerfile",
+                           root=tmp_path / "root")
+    assert not context_on_replaced_filesystem(sandbox)
+    in_place = BuildOptions(context=Path("/"), dockerfile=Path("/Dockerfile"), root=Path("/"),
+                            kaniko_dir=tmp_path / "kaniko")
+    assert not context_on_replaced_filesystem(in_place)  # the whole root: nothing to save
+    (tmp_path / "kaniko" / "buildcontext").mkdir(parents=True)
+    assert not context_on_replaced_filesystem(
+        dataclasses.replace(in_place, context=tmp_path / "kaniko" / "buildcontext"))
+    assert not context_on_replaced_filesystem(
+        dataclasses.replace(in_place, context=tmp_path, ignore_paths=(str(tmp_path),)))
+    assert not context_on_replaced_filesystem(
+        dataclasses.replace(in_place, context=tmp_path / "missing"))
+
+
+def test_a_copied_context_keeps_modes_times_and_symlinks_and_leaves_out_fifos(
+        tmp_path: Path) -> None:
+    from executor.contexts import copy_context
+
+    source = tmp_path / "src"
+    (source / "bin").mkdir(parents=True)
+    (source / "bin" / "tool").write_text("#!/bin/sh\n")
+    (source / "bin" / "tool").chmod(0o750)
+    os.utime(source / "bin" / "tool", (1_000_000, 1_000_000))
+    (source / "link").symlink_to("bin/tool")
+    os.mkfifo(source / "pipe")
+    copy_context(source, tmp_path / "copy")
+    copied = tmp_path / "copy"
+    assert sorted(p.name for p in copied.iterdir()) == ["bin", "link"]
+    assert (copied / "bin" / "tool").stat().st_mode & 0o777 == 0o750
+    assert (copied / "bin" / "tool").stat().st_mtime == 1_000_000
+    assert os.readlink(copied / "link") == "bin/tool"
