@@ -121,6 +121,15 @@ log = logging.getLogger("kiln")
 @click.option("--preserve-context", **_BOOL,
               help="Accepted for kaniko command lines: an in-place build always keeps its "
               "context (copied first when it lies on the filesystem the base replaces).")
+@click.option("-b", "--bucket", hidden=True,
+              help="kaniko's older way to name a context in a bucket: NAME (gs://NAME) or URL.")
+@click.option("--snapshotMode", "snapshot_mode_deprecated", hidden=True,
+              type=click.Choice(["full", "redo", "time"]),
+              help="Deprecated: use --snapshot-mode.")
+@click.option("--customPlatform", "custom_platform_deprecated", hidden=True,
+              help="Deprecated: use --custom-platform.")
+@click.option("--tarPath", "tar_path_deprecated", hidden=True,
+              help="Deprecated: use --tar-path.")
 @click.option("--reproducible", **_BOOL,
               help="Strip timestamps out of the built image and make it reproducible.")
 @click.pass_context
@@ -179,6 +188,27 @@ def report_error(exc: BaseException, debug: bool, doing: str = "building image")
     raise exc
 
 
+#: kaniko's deprecated spellings, still common in CI files: the flag each stands for.
+_DEPRECATED = {"snapshot_mode_deprecated": ("--snapshotMode", "snapshot_mode", "--snapshot-mode"),
+               "custom_platform_deprecated": ("--customPlatform", "custom_platform",
+                                              "--custom-platform"),
+               "tar_path_deprecated": ("--tarPath", "tar_path", "--tar-path")}
+
+
+def _resolve_old_spellings(flags: dict[str, object]) -> dict[str, object]:
+    """Flags as kaniko reads them: a deprecated spelling wins, with kaniko's warning, and
+    ``--bucket NAME`` is the context ``gs://NAME``."""
+    flags = dict(flags)
+    for key, (old, name, new) in _DEPRECATED.items():
+        if flags.get(key):
+            log.warning("Flag %s is deprecated. Use: %s", old, new)
+            flags[name] = flags[key]
+    bucket = flags.get("bucket")
+    if bucket:
+        flags["context"] = bucket if "://" in str(bucket) else f"gs://{bucket}"
+    return flags
+
+
 def _options_from_flags(flags: dict[str, object]) -> BuildOptions:
     from executor.contexts import is_remote
     from executor.errors import OptionsError
@@ -189,6 +219,7 @@ def _options_from_flags(flags: dict[str, object]) -> BuildOptions:
         parse_secrets,
     )
 
+    flags = _resolve_old_spellings(flags)
     raw_context, sub_path = str(flags["context"]), str(flags["context_sub_path"] or "")
     kaniko_dir = flags["kaniko_dir"]
     remote = is_remote(raw_context)

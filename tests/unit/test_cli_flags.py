@@ -46,3 +46,30 @@ def test_a_value_that_is_not_a_boolean_is_a_usage_error(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["--context", str(tmp_path), "--no-push=maybe"])
     assert result.exit_code == 2
     assert "'maybe' is not a valid boolean" in result.output
+
+
+def test_kanikos_deprecated_spellings_still_work_with_its_warning(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[BuildOptions] = []
+    monkeypatch.setattr("executor.build.run_build", seen.append)
+    (tmp_path / "Dockerfile").write_text("FROM scratch\n")
+    result = CliRunner().invoke(main, ["--context", str(tmp_path), "--no-push",
+                                       "--snapshotMode=redo", "--customPlatform=linux/arm64",
+                                       "--tarPath", str(tmp_path / "image.tar")])
+    assert result.exit_code == 0, result.output
+    options = seen[0]
+    assert (options.snapshot_mode, options.custom_platform, options.tar_path) == (
+        "redo", "linux/arm64", tmp_path / "image.tar")
+    for old, new in (("--snapshotMode", "--snapshot-mode"),
+                     ("--customPlatform", "--custom-platform"), ("--tarPath", "--tar-path")):
+        assert f"Flag {old} is deprecated. Use: {new}" in result.output
+
+
+@pytest.mark.parametrize(("bucket", "context"), [
+    ("my-bucket", "gs://my-bucket"),
+    ("s3://my-bucket/ctx.tar.gz", "s3://my-bucket/ctx.tar.gz"),
+])
+def test_a_bucket_is_a_context_in_it(bucket: str, context: str, tmp_path: Path,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    options = options_for(["--no-push", "--bucket", bucket], tmp_path, monkeypatch)
+    assert options.context_source == context
