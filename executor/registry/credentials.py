@@ -293,7 +293,9 @@ class Keychain:
 
     def _lookup(self, registry: str) -> Credential | None:
         helper = self.config.helper_for(registry)
-        if helper:
+        if helper and self._google_helper_missing(helper, registry):
+            found = None  # kaniko's image bundles docker-credential-gcr; kiln asks Google itself
+        elif helper:
             found = run_credential_helper(helper, registry, self.environ)
         else:
             entry = self.config.auth_entry(registry)
@@ -305,3 +307,12 @@ class Keychain:
         if found is None and is_google_registry(registry):
             found = self.google()
         return found
+
+    def _google_helper_missing(self, helper: str, registry: str) -> bool:
+        """A config naming Google's helper (``gcr``, as kaniko's image sets up, or ``gcloud``)
+        for a Google registry, with the helper not on ``PATH``: the application default
+        credentials are what that helper would have answered with."""
+        if helper not in ("gcr", "gcloud") or not is_google_registry(registry):
+            return False
+        path = (os.environ if self.environ is None else self.environ).get("PATH")
+        return shutil.which(f"docker-credential-{helper}", path=path) is None

@@ -290,3 +290,19 @@ def test_a_registry_map_without_a_mirror_is_refused() -> None:
 
     with pytest.raises(OptionsError, match="expected REGISTRY=MIRROR"):
         parse_registry_maps(("quay.io",))
+
+
+def test_googles_helper_named_but_not_installed_means_application_default_credentials(
+        tmp_path: Path) -> None:
+    def fake_google() -> Credential:
+        return Credential("Google application default credentials",
+                          username="oauth2accesstoken", password="ya29.token")
+
+    chain = Keychain(DockerConfig.load(write_config(tmp_path, {"credHelpers": {
+        "gcr.io": "gcr", "europe-docker.pkg.dev": "gcloud", "quay.io": "gcr"}})),
+        environ={"PATH": str(tmp_path / "empty")}, google=fake_google)
+    for registry in ("gcr.io", "europe-docker.pkg.dev"):
+        found = chain.resolve(registry)
+        assert found is not None and found.username == "oauth2accesstoken"
+    with pytest.raises(RegistryError, match="docker-credential-gcr is not on PATH"):
+        chain.resolve("quay.io")
