@@ -14,6 +14,7 @@ Layout written under DEST (normally ``/kaniko``)::
     lib/python3.X/site-packages/   kiln and its dependencies (no pip, no setuptools)
     executor             ``#!DEST/bin/python3 -IS`` launcher: the kernel runs it, no /bin/sh
     warmer               the same for ``executor.warmer`` (kaniko's /kaniko/warmer)
+    docker-credential-*  credential helpers given with ``--helper`` (ECR's, as in kaniko's image)
 
 The interpreter is patched with ``patchelf`` rather than started through ``ld.so
 --library-path`` from a wrapper: then the interpreter is runnable on its own (``sys.executable``
@@ -73,8 +74,12 @@ def copy_tree(src: Path, dest: Path, skip: set[str]) -> None:
                     ignore=lambda _d, names: [n for n in names if n in skip])
 
 
-def bundle(venv: Path, dest: Path, patchelf: str, at: Path | None = None) -> None:
-    """Fill ``dest``; ``at`` is where it will be seen when run (default: ``dest`` itself)."""
+def bundle(venv: Path, dest: Path, patchelf: str, at: Path | None = None,
+           helpers: tuple[Path, ...] = ()) -> None:
+    """Fill ``dest``; ``at`` is where it will be seen when run (default: ``dest`` itself).
+
+    ``helpers`` are programs copied to ``dest`` beside the executor (credential helpers) and
+    patched like the interpreter, so they too run whatever base image was extracted over /."""
     at = at or dest
     version = f"python{sys.version_info.major}.{sys.version_info.minor}"
     interpreter = Path(os.path.realpath(venv / "bin" / "python3"))
@@ -88,8 +93,10 @@ def bundle(venv: Path, dest: Path, patchelf: str, at: Path | None = None) -> Non
                                            if f.startswith("config-")})
     copy_tree(site, pylib / "site-packages", SITE_SKIP)
 
+    for helper in helpers:
+        shutil.copy2(helper, dest / helper.name)
     libraries: dict[str, Path] = {}
-    elves = [dest / "bin" / "python3"]
+    elves = [dest / "bin" / "python3", *(dest / helper.name for helper in helpers)]
     elves += [p for p in pylib.rglob("*.so*") if p.is_file() and is_elf(p)]
     for elf in elves:
         libraries.update(shared_libraries(elf))
@@ -102,8 +109,10 @@ def bundle(venv: Path, dest: Path, patchelf: str, at: Path | None = None) -> Non
             continue
         shutil.copy2(os.path.realpath(path), lib / name)
     loader = next(n for n in libraries if n.startswith("ld-linux"))
-    subprocess.run([patchelf, "--set-interpreter", f"{at}/lib/{loader}", "--force-rpath",
-                    "--set-rpath", f"{at}/lib", str(dest / "bin" / "python3")], check=True)
+    for elf in (dest / "bin" / "python3", *(dest / helper.name for helper in helpers)):
+        if shared_libraries(elf):  # a static helper needs nothing
+            subprocess.run([patchelf, "--set-interpreter", f"{at}/lib/{loader}",
+                            "--force-rpath", "--set-rpath", f"{at}/lib", str(elf)], check=True)
 
     for name, module, what in (("executor", "executor.cli", "executor"),
                                ("warmer", "executor.warmer", "base-image cache warmer")):
@@ -124,9 +133,11 @@ def main() -> None:
                         help="virtualenv made by this interpreter, with kiln installed")
     parser.add_argument("--patchelf", default="patchelf")
     parser.add_argument("--at", type=Path, help="where DEST is seen at run time (default: DEST)")
+    parser.add_argument("--helper", type=Path, action="append", default=[],
+                        help="a program to bundle beside the executor; repeatable")
     parser.add_argument("dest", type=Path, help="where the executor goes (/kaniko)")
     args = parser.parse_args()
-    bundle(args.venv, args.dest, args.patchelf, args.at)
+    bundle(args.venv, args.dest, args.patchelf, args.at, tuple(args.helper))
 
 
 if __name__ == "__main__":

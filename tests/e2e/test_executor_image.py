@@ -194,3 +194,12 @@ def test_a_context_on_the_containers_own_filesystem_outlives_every_stage(
     assert "Copying the build context /src/app to /kaniko/buildcontext" in result.stderr
     out = run_image(dest, workdir=tmp_path / "run")
     assert out.stdout == "from the context\nfrom the context\n", out.stderr
+
+
+def test_ecrs_credential_helper_runs_in_the_plain_image_as_in_kanikos(
+        plain_executor_image: str, tmp_path: Path) -> None:
+    # kaniko users on ECR name "ecr-login" in credHelpers and rely on the image to have it.
+    out = run_image(plain_executor_image, ["/kaniko/docker-credential-ecr-login", "version"],
+                    workdir=tmp_path)
+    assert out.exit_code == 0, out.stderr
+    assert out.stdout.strip().startswith("0.")
