@@ -148,9 +148,10 @@ def version() -> None:
 
 def _run_build(flags: dict[str, object]) -> int:
     from executor.log import setup_logging
-    from executor.pid1 import BuildInterrupted, install_handlers
+    from executor.pid1 import BuildInterrupted, install_handlers, spawn_by_fork
 
     install_handlers()
+    spawn_by_fork()
     setup_logging(str(flags["verbosity"]), str(flags["log_format"]), bool(flags["log_timestamp"]))
     debug = flags["verbosity"] in ("debug", "trace")
     try:

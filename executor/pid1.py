@@ -45,6 +45,20 @@ class BuildInterrupted(BaseException):
         return 128 + self.signum
 
 
+def spawn_by_fork() -> None:
+    """Make ``subprocess`` start children with fork() rather than vfork().
+
+    CPython 3.11.6+ releases the GIL while a vfork()ed child, which shares the parent's memory,
+    gets to exec(); with other threads of the parent running meanwhile, exec failed now and then
+    with EFAULT ("Bad address") in kiln's test process. kiln starts processes while its pull and
+    push threads run (credential helpers), and a fork costs it well under a millisecond.
+    """
+    import subprocess
+
+    if hasattr(subprocess, "_USE_VFORK"):
+        setattr(subprocess, "_USE_VFORK", False)  # noqa: B010 - typeshed marks it Final
+
+
 def install_handlers() -> None:
     """Stop signals raise :class:`BuildInterrupted`; as PID 1, SIGCHLD reaps orphans."""
     for signum in STOP_SIGNALS:

@@ -49,6 +49,9 @@ def main(**flags: object) -> None:
     """Download base images into a cache directory that builds read with --cache-dir."""
     from executor.cli import report_error
     from executor.log import setup_logging
+    from executor.pid1 import spawn_by_fork
+
+    spawn_by_fork()
 
     setup_logging(str(flags["verbosity"]), str(flags["log_format"]),
                   bool(flags["log_timestamp"]))

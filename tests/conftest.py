@@ -7,7 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from executor.pid1 import spawn_by_fork
 from tests.support.registry import Registry
+
+# Tests start processes from several threads at once (the conformance pool): with vfork, CI saw
+# exec fail with EFAULT twice (see spawn_by_fork).
+spawn_by_fork()
 
 
 @pytest.fixture(scope="session")

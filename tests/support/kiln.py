@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any
 
 #: exec(2) errors that say the machine was briefly short of something, not that the command is
-#: wrong. CI once lost a whole run to one of them, with the executor never started.
-_TRANSIENT_SPAWN_ERRORS = frozenset({errno.ETXTBSY, errno.EAGAIN, errno.ENOMEM})
+#: wrong. CI lost whole runs to EFAULT from a vfork()ed child (see executor.pid1.spawn_by_fork),
+#: with the executor never started.
+_TRANSIENT_SPAWN_ERRORS = frozenset({errno.ETXTBSY, errno.EAGAIN, errno.ENOMEM, errno.EFAULT})
 
 
 @dataclass(frozen=True)
