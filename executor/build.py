@@ -279,7 +279,7 @@ class Builder:
         history = step.history or inst.original
         committed = self._commit_layer(state, snapshot, history, layers)
         if keyed:
-            self.cache.store(key, committed.layer, history)
+            self.cache.store_layer(key, committed.layer, history)
         keys.key = chain(key, _layer_id(committed.layer))
         return committed.snapshot
 
@@ -531,11 +531,13 @@ def _layer_cache(options: BuildOptions, client: RegistryClient, workspace: Works
     if options.single_snapshot:
         log.info("--cache is not used with --single-snapshot: the stage is one layer")
         return None
-    repo = ImageRef.parse(options.cache_repository)
-    log.info("Using layer cache %s (layers kept %s)", repo.name,
+    where = options.cache_repository
+    repo = (Path(where.removeprefix("oci:")).absolute() if where.startswith("oci:")
+            else ImageRef.parse(where))
+    settings = CacheSettings(repo, options.cache_ttl_s, not options.no_push_cache)
+    log.info("Using layer cache %s (layers kept %s)", settings.name,
              f"{options.cache_ttl_s / 3600:g}h")
-    return LayerCache(CacheSettings(repo, options.cache_ttl_s, not options.no_push_cache),
-                      client, workspace.blobs, platform)
+    return LayerCache(settings, client, workspace.blobs, platform)
 
 
 def _media_type(compression: str) -> str:
@@ -583,6 +585,8 @@ def _build(options: BuildOptions) -> str:
                 extra += [f"/{name}" for name in SANDBOX_MOUNTS]
             else:
                 extra += executor_image_paths(options.root)
+                if options.cache and options.cache_repository.startswith("oci:"):
+                    extra.append(os.path.abspath(options.cache_repository[4:]))
             ignore = IgnoreList.for_build(options.root, kiln_dir=workspace.kiln_dir,
                                           extra=extra, ignore_var_run=options.ignore_var_run)
             client = make_client(options)

@@ -1,4 +1,5 @@
-"""kaniko's layer cache (``--cache``): RUN layers kept in a registry repository, and reused
+"""kaniko's layer cache (``--cache``): RUN layers kept in a registry repository (or, with
+``--cache-repo oci:DIR``, in OCI layouts in a directory), and reused
 instead of running the command again.
 
 The key of a RUN is a chain of hashes. A stage starts from its base (the pulled image's manifest
@@ -29,6 +30,7 @@ warning naming the registry's answer.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import json
@@ -36,6 +38,7 @@ import logging
 import os
 import stat
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,9 +46,11 @@ from pathlib import Path
 from executor import __version__
 from executor.errors import ImageError, RegistryError
 from executor.image import model
+from executor.image.atomic import write_atomically
+from executor.image.layout import REF_NAME_ANNOTATION, blob_path, write_oci_layout
 from executor.image.model import Descriptor, Layer, Manifest, Platform, sha256_digest
 from executor.image.reference import ImageRef, validate_digest
-from executor.registry.client import RegistryClient, RegistryHTTPError
+from executor.registry.client import MAX_CONFIG_SIZE, RegistryClient, RegistryHTTPError
 from snapshot.snapshot import Changes
 
 log = logging.getLogger("kiln")
@@ -116,9 +121,111 @@ class KeyChain:
 class CacheSettings:
     """``--cache-repo`` (resolved), ``--cache-ttl`` and ``--no-push-cache``."""
 
-    repo: ImageRef
+    repo: ImageRef | Path  # a registry repository, or (``oci:DIR``) a directory of layouts
     ttl_s: float
     push: bool
+
+    @property
+    def name(self) -> str:
+        return f"oci:{self.repo}" if isinstance(self.repo, Path) else self.repo.name
+
+
+class EntryMissing(Exception):
+    """No entry under that key (or its blob is gone): a plain miss."""
+
+
+@contextlib.contextmanager
+def _missing_on_404() -> Iterator[None]:
+    """A registry's 404 is a miss; every other answer says something about the registry."""
+    try:
+        yield
+    except RegistryHTTPError as exc:
+        if exc.status == 404:
+            raise EntryMissing from None
+        raise
+
+
+class RegistryStore:
+    """Entries as images ``<repository>:<key>`` of a registry, reached with the push-side TLS
+    settings (the cache is a repository kiln pushes to)."""
+
+    def __init__(self, client: RegistryClient, repo: ImageRef) -> None:
+        self.client = client
+        self.repo = repo
+
+    def read_manifest(self, key: str) -> tuple[bytes, str | None]:
+        with _missing_on_404():
+            body, media_type, _ = self.client.get_manifest(self.repo.with_tag(key), push=True)
+        return body, media_type
+
+    def read_blob(self, key: str, descriptor: Descriptor) -> bytes:
+        with _missing_on_404():
+            return self.client.get_blob_bytes(self.repo.with_tag(key), descriptor,
+                                              what="config", push=True)
+
+    def layer_file(self, key: str, descriptor: Descriptor, blobs: Path) -> Path:
+        path = blobs / descriptor.digest.split(":", 1)[1]
+        if not path.exists():
+            with _missing_on_404():  # a blob garbage collected under its manifest
+                self.client.fetch_blob(self.repo.with_tag(key), descriptor, path, push=True)
+        return path
+
+    def write(self, key: str, manifest: Manifest, config: bytes, layer: Layer) -> None:
+        ref = self.repo.with_tag(key)
+        self.client.push_blob(ref, layer.descriptor(), layer.path)
+        self.client.push_blob_bytes(ref, manifest.config, config)
+        self.client.push_manifest(ref, manifest.to_bytes(), manifest.media_type)
+
+
+class LayoutStore:
+    """Entries as OCI image layouts ``<directory>/<key>`` (``--cache-repo oci:DIR``), for a
+    cache on a volume: one layout per key, so that builds writing at once never race on a
+    shared ``index.json``. Layers are used where they lie; extraction checks their digests."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def read_manifest(self, key: str) -> tuple[bytes, str | None]:
+        entry = self.directory / key
+        try:
+            index = json.loads((entry / "index.json").read_bytes())
+        except FileNotFoundError:
+            raise EntryMissing from None
+        named = [m for m in index.get("manifests") or []
+                 if (m.get("annotations") or {}).get(REF_NAME_ANNOTATION) == key]
+        if len(named) != 1:
+            raise ImageError(f"{entry}/index.json names no single image {key}")
+        descriptor = Descriptor.from_json(named[0])
+        return self._read(entry, descriptor), descriptor.media_type
+
+    def read_blob(self, key: str, descriptor: Descriptor) -> bytes:
+        return self._read(self.directory / key, descriptor)
+
+    def layer_file(self, key: str, descriptor: Descriptor, blobs: Path) -> Path:
+        path = blob_path(self.directory / key, descriptor.digest)
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            raise EntryMissing from None
+        if size != descriptor.size:
+            raise ImageError(f"{path} is {size} bytes, the manifest says {descriptor.size}")
+        return path
+
+    def write(self, key: str, manifest: Manifest, config: bytes, layer: Layer) -> None:
+        write_oci_layout(self.directory / key, manifest.to_bytes(), config, [layer],
+                         ref_name=key)
+
+    @staticmethod
+    def _read(entry: Path, descriptor: Descriptor) -> bytes:
+        path = blob_path(entry, descriptor.digest)
+        try:
+            with path.open("rb") as handle:
+                data = handle.read(MAX_CONFIG_SIZE + 1)
+        except FileNotFoundError:
+            raise EntryMissing from None
+        if sha256_digest(data) != descriptor.digest:
+            raise ImageError(f"{path} does not hold {descriptor.digest}")
+        return data
 
 
 # A RUN that changed nothing is stored as an empty tar (registries need not take a manifest
@@ -129,12 +236,14 @@ _EMPTY_TAR_GZIP = gzip.compress(_EMPTY_TAR, mtime=0)
 
 
 class LayerCache:
-    """Looks up and stores RUN layers in the cache repository."""
+    """Looks up and stores RUN layers in the cache repository (or layout directory)."""
 
     def __init__(self, settings: CacheSettings, client: RegistryClient, blobs: Path,
                  platform: Platform) -> None:
         self.settings = settings
-        self.client = client
+        self.store: RegistryStore | LayoutStore = (
+            LayoutStore(settings.repo) if isinstance(settings.repo, Path)
+            else RegistryStore(client, settings.repo))
         self.blobs = blobs
         self.platform = platform
         # Cleared at the first answer that says the repository cannot be used that way (each
@@ -145,47 +254,44 @@ class LayerCache:
         # there instead of uploading again (same registry).
         self.homes: dict[str, ImageRef] = {}
 
-    def ref(self, key: str) -> ImageRef:
-        """The image an entry is stored as: the cache repository, tagged with the key."""
-        return self.settings.repo.with_tag(key)
+    def where(self, key: str) -> str:
+        """An entry's name in log lines: ``<repo>:<key>`` or ``oci:<dir>/<key>``."""
+        return (f"oci:{self.settings.repo / key}" if isinstance(self.settings.repo, Path)
+                else str(self.settings.repo.with_tag(key)))
 
     def lookup(self, key: str, command: str) -> CachedLayer | None:
         """The cached layer for ``key``, downloaded into the blob directory; None on a miss."""
         if not self.can_read:
             return None
-        ref = self.ref(key)
-        log.info("Checking for cached layer %s...", ref)
+        where = self.where(key)
+        log.info("Checking for cached layer %s...", where)
         try:
-            found = self._read_entry(ref)
-        except RegistryHTTPError as exc:
-            if exc.status == 404:  # no such entry, or its blob is gone (garbage collected)
-                log.info("No cached layer found for cmd %s", command)
-            else:
-                self._give_up("read", exc)
+            found = self._read_entry(key)
+        except EntryMissing:
+            log.info("No cached layer found for cmd %s", command)
             return None
-        except RegistryError as exc:  # no answer at all: refused, TLS, timeout
+        except (RegistryError, PermissionError) as exc:  # refused, TLS, timeout, unreadable
             self._give_up("read", exc)
             return None
-        except (ImageError, ValueError, KeyError, IndexError, TypeError,
+        except (ImageError, OSError, ValueError, KeyError, IndexError, TypeError,
                 AttributeError) as exc:
-            log.warning("Ignoring the cached layer %s: %s", ref, exc)
+            log.warning("Ignoring the cached layer %s: %s", where, exc)
             return None
         if found is None:
-            log.info("Cached layer %s is older than --cache-ttl; building cmd %s", ref,
+            log.info("Cached layer %s is older than --cache-ttl; building cmd %s", where,
                      command)
             return None
         log.info("Using caching version of cmd: %s", command)
-        if found.layer is not None:
+        if found.layer is not None and isinstance(self.settings.repo, ImageRef):
             self.homes[found.layer.digest] = self.settings.repo
         return found
 
-    def _read_entry(self, ref: ImageRef) -> CachedLayer | None:
-        """The entry at ``ref`` with its layer downloaded; None when it has expired. Raises
-        on anything that makes it unusable."""
-        body, media_type, _ = self.client.get_manifest(ref, push=True)
+    def _read_entry(self, key: str) -> CachedLayer | None:
+        """The entry ``key`` with its layer on disk; None when it has expired. Raises on
+        anything that makes it unusable."""
+        body, media_type = self.store.read_manifest(key)
         manifest = Manifest.from_bytes(body, media_type)
-        config = json.loads(self.client.get_blob_bytes(ref, manifest.config, what="config",
-                                                       push=True))
+        config = json.loads(self.store.read_blob(key, manifest.config))
         diff_ids = config["rootfs"]["diff_ids"]
         if len(manifest.layers) != 1 or len(diff_ids) != 1:
             raise ImageError("a cache entry is an image of exactly one layer")
@@ -202,49 +308,47 @@ class LayerCache:
             return None
         if ((config.get("config") or {}).get("Labels") or {}).get(_NO_CHANGE_LABEL):
             return CachedLayer(None, history)
-        path = self.blobs / descriptor.digest.split(":", 1)[1]
-        if not path.exists():
-            self.client.fetch_blob(ref, descriptor, path, push=True)
+        path = self.store.layer_file(key, descriptor, self.blobs)
         return CachedLayer(Layer(path, descriptor.digest, str(diff_ids[0]), descriptor.size,
                                  descriptor.media_type), history)
 
-    def store(self, key: str, layer: Layer | None, history: str) -> None:
-        """Push ``layer`` (None: the RUN changed nothing) as the image ``<repo>:<key>``, with
-        the history line the image records for it, so a build that finds it records the same."""
+    def store_layer(self, key: str, layer: Layer | None, history: str) -> None:
+        """Store ``layer`` (None: the RUN changed nothing) as the entry ``key``, with the
+        history line the image records for it, so a build that finds it records the same."""
         if not self.can_write:
             return
-        ref = self.ref(key)
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         labels = {_NO_CHANGE_LABEL: "true"} if layer is None else {}
-        diff_id = layer.diff_id if layer is not None else sha256_digest(_EMPTY_TAR)
+        stored = layer if layer is not None else self._empty_layer()
         config = json.dumps({
             "architecture": self.platform.architecture, "os": self.platform.os,
             "created": now, "config": {"Labels": labels} if labels else {},
-            "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+            "rootfs": {"type": "layers", "diff_ids": [stored.diff_id]},
             "history": [{"created": now, "created_by": history}],
         }, indent=2).encode()
-        layer_descriptor = (layer.descriptor() if layer is not None else
-                            Descriptor(model.DOCKER_LAYER_GZIP, sha256_digest(_EMPTY_TAR_GZIP),
-                                       len(_EMPTY_TAR_GZIP)))
-        oci = layer_descriptor.media_type in (model.OCI_LAYER_GZIP, model.OCI_LAYER_ZSTD,
-                                              model.OCI_LAYER)
+        oci = stored.media_type in (model.OCI_LAYER_GZIP, model.OCI_LAYER_ZSTD,
+                                    model.OCI_LAYER)
         manifest = Manifest(model.OCI_MANIFEST if oci else model.DOCKER_MANIFEST,
                             Descriptor(model.OCI_CONFIG if oci else model.DOCKER_CONFIG,
                                        sha256_digest(config), len(config)),
-                            (layer_descriptor,))
-        log.info("Pushing layer %s to cache now", ref)
+                            (stored.descriptor(),))
+        log.info("Pushing layer %s to cache now", self.where(key))
         try:
-            if layer is not None:
-                self.client.push_blob(ref, layer_descriptor, layer.path)
-            else:
-                self.client.push_blob_bytes(ref, layer_descriptor, _EMPTY_TAR_GZIP)
-            self.client.push_blob_bytes(ref, manifest.config, config)
-            self.client.push_manifest(ref, manifest.to_bytes(), manifest.media_type)
-        except (RegistryError, ImageError) as exc:
+            self.store.write(key, manifest, config, stored)
+        except (RegistryError, ImageError, OSError) as exc:
             self._give_up("write", exc)
             return
-        if layer is not None:
+        if layer is not None and isinstance(self.settings.repo, ImageRef):
             self.homes[layer.digest] = self.settings.repo
+
+    def _empty_layer(self) -> Layer:
+        """The labelled empty tar that stands for "this RUN changed nothing", as a blob file."""
+        digest = sha256_digest(_EMPTY_TAR_GZIP)
+        path = self.blobs / digest.split(":", 1)[1]
+        if not path.exists():
+            write_atomically(path, _EMPTY_TAR_GZIP)
+        return Layer(path, digest, sha256_digest(_EMPTY_TAR), len(_EMPTY_TAR_GZIP),
+                     model.DOCKER_LAYER_GZIP)
 
     def _give_up(self, action: str, exc: Exception) -> None:
         if action == "read":
@@ -252,5 +356,5 @@ class LayerCache:
         else:
             self.can_write = False
         log.warning("Cannot %s the layer cache %s (%s); the build goes on without %s it",
-                    action, self.settings.repo.name, exc,
+                    action, self.settings.name, exc,
                     "reading" if action == "read" else "writing")

@@ -148,7 +148,10 @@ class BuildOptions:
         if self.cache and not self.cache_repo and not self.destinations:
             raise OptionsError("--cache needs --cache-repo, or a --destination to keep the "
                                "cache beside")
-        if self.cache:
+        if self.cache and self.cache_repository.startswith("oci:"):
+            if not self.cache_repository.removeprefix("oci:"):
+                raise OptionsError("--cache-repo oci:DIR: name the directory")
+        elif self.cache:
             try:
                 ImageRef.parse(self.cache_repository)
             except ImageError as exc:

@@ -195,3 +195,32 @@ def test_a_malformed_cache_entry_is_a_miss(config: dict[str, object], tmp_path: 
         assert cache.lookup("k" * 64, "RUN x") is None
     assert cache.can_read and cache.can_write
     assert "Ignoring the cached layer" in caplog.text
+
+
+def test_a_cache_in_an_oci_layout_directory_serves_the_second_build(
+        context: Path, tmp_path: Path, registry: Registry) -> None:
+    # kaniko's --cache-repo oci:DIR: a cache on a volume, no registry repository needed.
+    layouts = tmp_path / "layer-cache"
+    ref = f"{registry.host}/cache/layout:1"
+    first = build(context, tmp_path / "root1", ref, "--cache-repo", f"oci:{layouts}")
+    assert f"No cached layer found for cmd {FIRST}" in first.stderr
+    entries = sorted(layouts.iterdir())
+    assert len(entries) == 3  # the three RUNs
+    stored = inspect_image(f"oci:{entries[0]}")  # skopeo reads the layout's one image
+    assert len(stored["Layers"]) == 1
+    before, layers = contents(ref, tmp_path / "run1"), inspect_image(ref)["Layers"]
+    second = build(context, tmp_path / "root2", ref, "--cache-repo", f"oci:{layouts}")
+    for command in (FIRST, SECOND, "RUN true"):
+        assert f"Using caching version of cmd: {command}" in second.stderr
+    assert contents(ref, tmp_path / "run2") == before
+    assert inspect_image(ref)["Layers"] == layers
+
+
+def test_an_oci_layout_cache_that_cannot_be_written_costs_a_warning(
+        context: Path, tmp_path: Path, registry: Registry) -> None:
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("a file where the cache directory should be\n")
+    result = build(context, tmp_path / "root", f"{registry.host}/cache/blocked:1",
+                   "--cache-repo", f"oci:{blocked}")
+    warnings = [line for line in result.stderr.splitlines() if "Cannot write" in line]
+    assert len(warnings) == 1 and f"oci:{blocked}" in warnings[0]
