@@ -100,3 +100,38 @@ def test_the_jobs_container_spec_builds_and_pushes_under_crun(
     assert result.exit_code == 0, result.stderr[-4000:]
     out = run_image(dest, workdir=tmp_path / "run")
     assert out.stdout.splitlines() == ["built in place by executor", "BusyBox"]
+
+
+def test_the_warmer_cronjob_and_its_claim_validate_strictly() -> None:
+    documents = list(yaml.safe_load_all((K8S / "warmer-cronjob.yaml").read_text()))
+    assert [d["kind"] for d in documents] == ["PersistentVolumeClaim", "CronJob"]
+    for document in documents:
+        kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
+
+
+def test_the_warmer_cronjobs_container_fills_the_volume_under_crun(
+        plain_executor_image: str, registry: Registry, busybox_image: str,
+        tmp_path: Path) -> None:
+    cronjob = list(yaml.safe_load_all((K8S / "warmer-cronjob.yaml").read_text()))[1]
+    pod = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    # The one change: the images come from the test registry, which speaks plain HTTP.
+    args = [a for a in container["args"] if not a.startswith("--image=")]
+    args += [f"--image={busybox_image}", "--insecure-pull"]
+    config = inspect_config(plain_executor_image)["config"]
+    env = dict(e.split("=", 1) for e in config["Env"])
+    env.update({e["name"]: e["value"] for e in container.get("env", [])})
+    cache = tmp_path / "volume"
+    cache.mkdir()
+    sources = {"base-cache": cache,
+               "docker-config": docker_config(tmp_path / "secret", registry)}
+    binds = [Bind(sources[m["name"]], m["mountPath"], m.get("readOnly", False))
+             for m in container["volumeMounts"]]
+    rootfs = unpack_image(plain_executor_image, tmp_path / "image")
+    spec = ContainerSpec(args=[*container["command"], *args], env=env,
+                         binds=(*binds, *kubelet_files(tmp_path / "kubelet")),
+                         cwd=config.get("WorkingDir") or "/")
+    result = run_container(write_config(tmp_path / "bundle", rootfs, spec))
+    assert result.exit_code == 0, result.stderr[-4000:]
+    names = sorted(p.name for p in cache.iterdir())
+    assert len(names) == 2 and names[1] == f"{names[0]}.json", names
