@@ -158,6 +158,8 @@ def _copy_verified(source: BinaryIO, layer: Layer, where: str) -> None:
             reader.verify()
     except CorruptLayerError:
         raise CacheEntryError(f"{where}: content does not match {layer.digest}") from None
+    except OSError as exc:  # an unreadable volume, or no room for the blob
+        raise CacheEntryError(f"{where}: {exc.strerror or exc}") from None
 
 
 def _open_tarball(tarball: Path) -> tarfile.TarFile:
@@ -189,4 +191,7 @@ def _read_member(tar: tarfile.TarFile, tarball: Path, name: str, limit: int) -> 
         raise CacheEntryError(f"{tarball}: {name} is not a file of at most {limit} bytes")
     source = tar.extractfile(member)
     assert source is not None
-    return source.read()
+    try:
+        return source.read()
+    except (OSError, tarfile.TarError, EOFError) as exc:
+        raise CacheEntryError(f"{tarball}: reading {name}: {exc}") from None

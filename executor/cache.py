@@ -193,6 +193,8 @@ class LayoutStore:
             raise EntryMissing from None
         named = [m for m in index.get("manifests") or []
                  if (m.get("annotations") or {}).get(REF_NAME_ANNOTATION) == key]
+        if not named:  # another build is writing this entry right now
+            raise EntryMissing
         if len(named) != 1:
             raise ImageError(f"{entry}/index.json names no single image {key}")
         descriptor = Descriptor.from_json(named[0])

@@ -27,8 +27,8 @@ log = logging.getLogger("kiln")
 
 
 @click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("-c", "--context", default="/workspace/", show_default=True,
-              help="Path to the build context directory.")
+@click.option("-c", "--context", default=None,
+              help="Path to the build context directory.  [default: /workspace/]")
 @click.option("--context-sub-path", default="",
               help="Sub path within the given context.")
 @click.option("--git", "git_options", multiple=True,
@@ -198,15 +198,19 @@ _DEPRECATED = {"snapshot_mode_deprecated": ("--snapshotMode", "snapshot_mode", "
 
 def _resolve_old_spellings(flags: dict[str, object]) -> dict[str, object]:
     """Flags as kaniko reads them: a deprecated spelling wins, with kaniko's warning, and
-    ``--bucket NAME`` is the context ``gs://NAME``."""
+    ``--bucket NAME`` is the context ``gs://NAME`` unless ``--context`` names a directory
+    (kaniko ignores the bucket even when ``--context`` is left at its default)."""
     flags = dict(flags)
     for key, (old, name, new) in _DEPRECATED.items():
         if flags.get(key):
             log.warning("Flag %s is deprecated. Use: %s", old, new)
             flags[name] = flags[key]
-    bucket = flags.get("bucket")
-    if bucket:
+    bucket, context = flags.get("bucket"), flags.get("context")
+    if bucket and context and "://" not in str(context):
+        log.warning("--bucket %s is not used: --context %s names a directory", bucket, context)
+    elif bucket:
         flags["context"] = bucket if "://" in str(bucket) else f"gs://{bucket}"
+    flags["context"] = flags["context"] or "/workspace/"
     return flags
 
 

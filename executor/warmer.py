@@ -11,10 +11,12 @@ complete, the manifest first, so a build never sees half an entry.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,6 +30,9 @@ if TYPE_CHECKING:
     from executor.registry.client import RegistryClient
 
 log = logging.getLogger("kiln")
+
+#: The prefix of a warmer's download directory inside the cache directory.
+_WARMING = ".warming-"
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -84,6 +89,7 @@ def warm(flags: dict[str, object]) -> int:
     cache = BaseImageCache(Path(str(flags["cache_dir"])),
                            duration_s("--cache-ttl", str(flags["cache_ttl"])))
     cache.directory.mkdir(parents=True, exist_ok=True)
+    remove_stale_downloads(cache.directory)
     warmed = 0
     with make_client(options) as client:
         for image in dict.fromkeys(images):
@@ -100,6 +106,7 @@ def warm(flags: dict[str, object]) -> int:
 def warm_image(client: RegistryClient, cache: BaseImageCache, image: str, platform: Platform,
                *, force: bool) -> None:
     """Download ``image`` for ``platform`` into the cache, unless a live entry has it."""
+    from executor.errors import ImageError
     from executor.image.atomic import write_atomically
     from executor.image.model import Layer
     from executor.image.reference import ImageRef
@@ -112,12 +119,15 @@ def warm_image(client: RegistryClient, cache: BaseImageCache, image: str, platfo
     if not force and cache.entry(digest) is not None:
         log.info("Image %s is already in the cache as %s", image, digest)
         return
-    blobs = Path(tempfile.mkdtemp(prefix=".warming-", dir=cache.directory))
+    descriptors, diff_ids = resolved.manifest.layers, resolved.config.diff_ids
+    if len(descriptors) != len(diff_ids):
+        raise ImageError(f"{ref}: the config lists {len(diff_ids)} layers but the manifest "
+                         f"has {len(descriptors)}")
+    blobs = Path(tempfile.mkdtemp(prefix=_WARMING, dir=cache.directory))
     try:
         layers = [Layer(blobs / desc.digest.replace(":", "-"), desc.digest, diff_id, desc.size,
                         desc.media_type)
-                  for desc, diff_id in zip(resolved.manifest.layers, resolved.config.diff_ids,
-                                           strict=True)]
+                  for desc, diff_id in zip(descriptors, diff_ids, strict=True)]
         for layer in layers:
             if not layer.path.exists():
                 client.fetch_blob(ref, layer.descriptor(), layer.path)
@@ -127,6 +137,17 @@ def warm_image(client: RegistryClient, cache: BaseImageCache, image: str, platfo
     finally:
         shutil.rmtree(blobs, ignore_errors=True)
     log.info("Wrote %s to cache as %s", image, digest)
+
+
+def remove_stale_downloads(directory: Path, older_than_s: float = 86400) -> None:
+    """Remove what a warmer killed mid-download (a deadline, the OOM killer) left behind: its
+    ``.warming-*`` directories, once they are a day old (younger ones may be another warmer's
+    on the same volume)."""
+    cutoff = time.time() - older_than_s
+    for stale in directory.glob(f"{_WARMING}*"):
+        with contextlib.suppress(OSError):
+            if stale.is_dir() and stale.stat().st_mtime < cutoff:
+                shutil.rmtree(stale, ignore_errors=True)
 
 
 def dockerfile_bases(dockerfile: Path, build_args: dict[str, str],

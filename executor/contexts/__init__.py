@@ -159,7 +159,7 @@ def local_context(options: BuildOptions) -> Iterator[BuildOptions]:
         elif on_root:
             target = home / BUILD_CONTEXT_DIR
             _make_empty(target)
-            copy_context(context, target)
+            copy_context(context, target, leave_out=options.kaniko_dir)
             if dockerfile.is_relative_to(context):
                 dockerfile = target / dockerfile.relative_to(context)
             context = target
@@ -190,33 +190,41 @@ def context_on_replaced_filesystem(options: BuildOptions) -> bool:
         return False
     real = os.path.realpath(options.context)
     rel = os.path.relpath(real, os.path.realpath(options.root))
-    if rel == "." or rel.startswith("../") or not os.path.isdir(real):
+    if rel in (".", "..") or rel.startswith("../") or not os.path.isdir(real):
         return False
     ignore = IgnoreList.for_build(options.root, kiln_dir=options.kaniko_dir,
-                                  extra=options.ignore_paths)
+                                  extra=options.ignore_paths,
+                                  ignore_var_run=options.ignore_var_run)
     return not ignore.is_ignored(rel)
 
 
-def copy_context(context: Path, target: Path) -> None:
+def copy_context(context: Path, target: Path, *, leave_out: Path | None = None) -> None:
     """Copy the context directory to ``target``: files, modes, mtimes, xattrs and symlinks as
-    they are; sockets, FIFOs and devices, which COPY cannot read, are left out."""
+    they are; sockets, FIFOs and devices, which COPY cannot read, are left out, and so are
+    ``target`` and ``leave_out`` (the kiln dir) should the context hold them."""
     log.info("Copying the build context %s to %s: it is on the filesystem the base image "
              "replaces", context, target)
+    skip = {os.path.realpath(target), *([os.path.realpath(leave_out)] if leave_out else [])}
 
-    def special_files(directory: str, names: list[str]) -> set[str]:
+    def not_copied(directory: str, names: list[str]) -> set[str]:
         skipped = set()
         for name in names:
-            mode = os.lstat(os.path.join(directory, name)).st_mode
-            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISLNK(mode)):
+            path = os.path.join(directory, name)
+            mode = os.lstat(path).st_mode
+            if (not (stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISLNK(mode))
+                    or (stat.S_ISDIR(mode) and os.path.realpath(path) in skip)):
                 skipped.add(name)
         return skipped
 
     try:
-        shutil.copytree(context, target, symlinks=True, ignore=special_files,
+        shutil.copytree(context, target, symlinks=True, ignore=not_copied,
                         dirs_exist_ok=True)
     except shutil.Error as exc:
         first = exc.args[0][0] if exc.args and exc.args[0] else exc
         raise ContextError(f"copying the build context {context}: {first}") from None
+    except OSError as exc:
+        raise ContextError(f"copying the build context {context} to {target}: "
+                           f"{exc.strerror}") from None
 
 
 @contextlib.contextmanager

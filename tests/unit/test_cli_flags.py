@@ -69,7 +69,21 @@ def test_kanikos_deprecated_spellings_still_work_with_its_warning(
     ("my-bucket", "gs://my-bucket"),
     ("s3://my-bucket/ctx.tar.gz", "s3://my-bucket/ctx.tar.gz"),
 ])
-def test_a_bucket_is_a_context_in_it(bucket: str, context: str, tmp_path: Path,
+def test_a_bucket_is_a_context_in_it(bucket: str, context: str,
                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    options = options_for(["--no-push", "--bucket", bucket], tmp_path, monkeypatch)
-    assert options.context_source == context
+    seen: list[BuildOptions] = []
+    monkeypatch.setattr("executor.build.run_build", seen.append)
+    result = CliRunner().invoke(main, ["--no-push", "--bucket", bucket])
+    assert result.exit_code == 0, result.output
+    assert seen[0].context_source == context
+
+
+def test_a_bucket_does_not_override_a_context_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[BuildOptions] = []
+    monkeypatch.setattr("executor.build.run_build", seen.append)
+    (tmp_path / "Dockerfile").write_text("FROM scratch\n")
+    result = CliRunner().invoke(main, ["--context", str(tmp_path), "--no-push", "--bucket", "b"])
+    assert result.exit_code == 0, result.output
+    assert seen[0].context == tmp_path and seen[0].context_source is None
+    assert "--bucket b is not used" in result.output

@@ -263,3 +263,16 @@ def test_a_copied_context_keeps_modes_times_and_symlinks_and_leaves_out_fifos(
     assert (copied / "bin" / "tool").stat().st_mode & 0o777 == 0o750
     assert (copied / "bin" / "tool").stat().st_mtime == 1_000_000
     assert os.readlink(copied / "link") == "bin/tool"
+
+
+def test_a_context_holding_the_kiln_dir_is_copied_without_it(tmp_path: Path) -> None:
+    from executor.contexts import copy_context
+
+    source = tmp_path / "workspace"
+    (source / "src").mkdir(parents=True)
+    (source / "src" / "main.c").write_text("int main(void) { return 0; }\n")
+    kiln_dir = source / ".kaniko"
+    copy_context(source, kiln_dir / "buildcontext", leave_out=kiln_dir)
+    copied = kiln_dir / "buildcontext"
+    assert sorted(p.name for p in copied.iterdir()) == ["src"]
+    assert (copied / "src" / "main.c").read_text().startswith("int main")
