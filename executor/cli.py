@@ -200,10 +200,17 @@ def _resolve_old_spellings(flags: dict[str, object]) -> dict[str, object]:
     """Flags as kaniko reads them: a deprecated spelling wins, with kaniko's warning, and
     ``--bucket NAME`` is the context ``gs://NAME`` unless ``--context`` names a directory
     (kaniko ignores the bucket even when ``--context`` is left at its default)."""
+    from executor.errors import OptionsError
+
     flags = dict(flags)
     for key, (old, name, new) in _DEPRECATED.items():
         if flags.get(key):
             log.warning("Flag %s is deprecated. Use: %s", old, new)
+            given = flags.get(name)
+            if given and given != flags[key] and not (name == "snapshot_mode"
+                                                      and given == "full"):
+                raise OptionsError(f"{old} {flags[key]} and {new} {given} disagree; "
+                                   f"give {new} only")
             flags[name] = flags[key]
     bucket, context = flags.get("bucket"), flags.get("context")
     if bucket and context and "://" not in str(context):

@@ -87,3 +87,13 @@ def test_a_bucket_does_not_override_a_context_directory(
     assert result.exit_code == 0, result.output
     assert seen[0].context == tmp_path and seen[0].context_source is None
     assert "--bucket b is not used" in result.output
+
+
+def test_an_old_and_a_new_spelling_that_disagree_are_refused(tmp_path: Path) -> None:
+    (tmp_path / "Dockerfile").write_text("FROM scratch\n")
+    result = CliRunner().invoke(main, ["--context", str(tmp_path), "--no-push",
+                                       "--customPlatform=linux/arm64",
+                                       "--custom-platform=linux/amd64"])
+    assert result.exit_code == 1
+    assert ("--customPlatform linux/arm64 and --custom-platform linux/amd64 disagree"
+            in result.output)
