@@ -13,7 +13,7 @@ import yaml
 from tests.support.container import Bind, ContainerSpec, run_container, write_config
 from tests.support.executor_image import busybox_dockerfile, docker_config
 from tests.support.registry import Registry
-from tests.support.runtime import inspect_config, run_image, unpack_image
+from tests.support.runtime import RunResult, inspect_config, run_image, unpack_image
 
 pytestmark = pytest.mark.e2e
 
@@ -69,6 +69,26 @@ def kubelet_files(directory: Path) -> tuple[Bind, ...]:
             Bind(directory / "termination-log", "/dev/termination-log"))
 
 
+def run_pod_container(container: dict[str, Any], args: list[str], image: str,
+                      sources: dict[str, Path], tmp_path: Path,
+                      extra_env: dict[str, str] | None = None) -> RunResult:
+    """Run ``container`` of a pod spec as the kubelet would, under crun: ``image`` (the
+    executor image stands in for the manifest's), the image's environment under the
+    container's, its command (or the image's entrypoint) with ``args``, each volume mount
+    bound from ``sources`` (by volume name), and the files the kubelet mounts."""
+    config = inspect_config(image)["config"]
+    env = dict(e.split("=", 1) for e in config["Env"])
+    env.update({e["name"]: e["value"] for e in container.get("env", [])})
+    env.update(extra_env or {})
+    binds = [Bind(sources[m["name"]], m["mountPath"], m.get("readOnly", False))
+             for m in container["volumeMounts"]]
+    rootfs = unpack_image(image, tmp_path / "image")
+    spec = ContainerSpec(args=[*(container.get("command") or config["Entrypoint"]), *args],
+                         env=env, binds=(*binds, *kubelet_files(tmp_path / "kubelet")),
+                         cwd=config.get("WorkingDir") or "/")
+    return run_container(write_config(tmp_path / "bundle", rootfs, spec))
+
+
 def test_the_jobs_container_spec_builds_and_pushes_under_crun(
         plain_executor_image: str, registry: Registry, busybox_image: str,
         tmp_path: Path) -> None:
@@ -80,23 +100,14 @@ def test_the_jobs_container_spec_builds_and_pushes_under_crun(
         # The one change: the destination is the test registry, which speaks plain HTTP.
         args.append(f"--destination={dest}" if arg.startswith("--destination=") else arg)
     args += ["--insecure", "--insecure-pull"]
-    config = inspect_config(plain_executor_image)["config"]
-    env = dict(e.split("=", 1) for e in config["Env"])
-    env.update({e["name"]: e["value"] for e in container.get("env", [])})
-    env.update({"KUBERNETES_SERVICE_HOST": "10.96.0.1", "KUBERNETES_SERVICE_PORT": "443",
-                "HOSTNAME": "kiln-build-x7k2p"})
     # The volumes: the context the init container cloned, the Secret's config.json.
     context = busybox_dockerfile(tmp_path / "context", busybox_image)
     sources = {"context": context, "docker-config": docker_config(tmp_path / "secret", registry)}
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert volumes["docker-config"]["secret"]["items"][0]["path"] == "config.json"
-    binds = [Bind(sources[m["name"]], m["mountPath"], m.get("readOnly", False))
-             for m in container["volumeMounts"]]
-    rootfs = unpack_image(plain_executor_image, tmp_path / "image")
-    spec = ContainerSpec(args=[*config["Entrypoint"], *args], env=env,
-                         binds=(*binds, *kubelet_files(tmp_path / "kubelet")),
-                         cwd=config.get("WorkingDir") or "/")
-    result = run_container(write_config(tmp_path / "bundle", rootfs, spec))
+    result = run_pod_container(container, args, plain_executor_image, sources, tmp_path, {
+        "KUBERNETES_SERVICE_HOST": "10.96.0.1", "KUBERNETES_SERVICE_PORT": "443",
+        "HOSTNAME": "kiln-build-x7k2p"})
     assert result.exit_code == 0, result.stderr[-4000:]
     out = run_image(dest, workdir=tmp_path / "run")
     assert out.stdout.splitlines() == ["built in place by executor", "BusyBox"]
@@ -113,25 +124,15 @@ def test_the_warmer_cronjobs_container_fills_the_volume_under_crun(
         plain_executor_image: str, registry: Registry, busybox_image: str,
         tmp_path: Path) -> None:
     cronjob = list(yaml.safe_load_all((K8S / "warmer-cronjob.yaml").read_text()))[1]
-    pod = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]
-    container = pod["containers"][0]
+    container = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
     # The one change: the images come from the test registry, which speaks plain HTTP.
     args = [a for a in container["args"] if not a.startswith("--image=")]
     args += [f"--image={busybox_image}", "--insecure-pull"]
-    config = inspect_config(plain_executor_image)["config"]
-    env = dict(e.split("=", 1) for e in config["Env"])
-    env.update({e["name"]: e["value"] for e in container.get("env", [])})
     cache = tmp_path / "volume"
     cache.mkdir()
     sources = {"base-cache": cache,
                "docker-config": docker_config(tmp_path / "secret", registry)}
-    binds = [Bind(sources[m["name"]], m["mountPath"], m.get("readOnly", False))
-             for m in container["volumeMounts"]]
-    rootfs = unpack_image(plain_executor_image, tmp_path / "image")
-    spec = ContainerSpec(args=[*container["command"], *args], env=env,
-                         binds=(*binds, *kubelet_files(tmp_path / "kubelet")),
-                         cwd=config.get("WorkingDir") or "/")
-    result = run_container(write_config(tmp_path / "bundle", rootfs, spec))
+    result = run_pod_container(container, args, plain_executor_image, sources, tmp_path)
     assert result.exit_code == 0, result.stderr[-4000:]
     names = sorted(p.name for p in cache.iterdir())
     assert len(names) == 2 and names[1] == f"{names[0]}.json", names
