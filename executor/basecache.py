@@ -79,8 +79,7 @@ class BaseImageCache:
         if found.architecture and not platform.matches(found):
             log.debug("Image %s in cache is for %s, not %s", ref, found, platform)
             return None
-        log.info("Found %s in local cache", ref.digest)
-        log.info("Found manifest at %s.json", tarball)
+        log.info("Found manifest at %s.json", tarball)  # copy_layers says "Found <digest>"
         return resolved
 
     def copy_layers(self, name: str, digest: str, layers: Sequence[Layer]) -> None:

@@ -352,16 +352,9 @@ class Builder:
         if resolved is None:
             log.info("Retrieving image %s from registry %s", ref, ref.registry)
             resolved = self.client.resolve(ref, platform)
-        config = resolved.config
-        diff_ids = config.diff_ids
-        if len(diff_ids) != len(resolved.manifest.layers):
-            raise ImageError(f"{ref}: the config lists {len(diff_ids)} layers but the manifest "
-                             f"has {len(resolved.manifest.layers)}")
-        layers = [Layer(self.workspace.blobs / desc.digest.split(":", 1)[1], desc.digest,
-                        diff_id, desc.size, desc.media_type)
-                  for desc, diff_id in zip(resolved.manifest.layers, diff_ids, strict=True)]
+        layers = resolved.layer_files(self.workspace.blobs)
         base_cache.copy_layers(name, resolved.manifest_digest, layers)
-        image = BuiltImage(config, layers, resolved.manifest.media_type, ref,
+        image = BuiltImage(resolved.config, layers, resolved.manifest.media_type, ref,
                            cache_key="image:" + resolved.manifest_digest)
         self.pulled[name] = image
         return image
@@ -531,9 +524,7 @@ def _layer_cache(options: BuildOptions, client: RegistryClient, workspace: Works
     if options.single_snapshot:
         log.info("--cache is not used with --single-snapshot: the stage is one layer")
         return None
-    where = options.cache_repository
-    repo = (Path(where.removeprefix("oci:")).absolute() if where.startswith("oci:")
-            else ImageRef.parse(where))
+    repo = options.cache_layout or ImageRef.parse(options.cache_repository)
     settings = CacheSettings(repo, options.cache_ttl_s, not options.no_push_cache)
     log.info("Using layer cache %s (layers kept %s)", settings.name,
              f"{options.cache_ttl_s / 3600:g}h")
@@ -585,8 +576,8 @@ def _build(options: BuildOptions) -> str:
                 extra += [f"/{name}" for name in SANDBOX_MOUNTS]
             else:
                 extra += executor_image_paths(options.root)
-                if options.cache and options.cache_repository.startswith("oci:"):
-                    extra.append(os.path.abspath(options.cache_repository[4:]))
+                if options.cache_layout is not None:
+                    extra.append(str(options.cache_layout))
             ignore = IgnoreList.for_build(options.root, kiln_dir=workspace.kiln_dir,
                                           extra=extra, ignore_var_run=options.ignore_var_run)
             client = make_client(options)

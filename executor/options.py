@@ -103,6 +103,13 @@ class BuildOptions:
         return f"{ImageRef.parse(self.destinations[0]).name}/cache"
 
     @property
+    def cache_layout(self) -> Path | None:
+        """``--cache-repo oci:DIR`` (with ``--cache``): the directory, made absolute."""
+        if not self.cache or not self.cache_repository.startswith("oci:"):
+            return None
+        return Path(self.cache_repository.removeprefix("oci:")).absolute()
+
+    @property
     def in_place(self) -> bool:
         """True when building over this process's own ``/`` (kaniko's only mode)."""
         return self.root.resolve() == Path("/")
@@ -148,8 +155,8 @@ class BuildOptions:
         if self.cache and not self.cache_repo and not self.destinations:
             raise OptionsError("--cache needs --cache-repo, or a --destination to keep the "
                                "cache beside")
-        if self.cache and self.cache_repository.startswith("oci:"):
-            if not self.cache_repository.removeprefix("oci:"):
+        if self.cache_layout is not None:
+            if self.cache_repository == "oci:":
                 raise OptionsError("--cache-repo oci:DIR: name the directory")
         elif self.cache:
             try:

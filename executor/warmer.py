@@ -77,15 +77,14 @@ def warm(flags: dict[str, object]) -> int:
     from executor.publish import make_client
 
     options = pull_options(flags)
+    platform = Platform.parse(options.custom_platform) if options.custom_platform else Platform()
     images = [str(image) for image in flags["images"]]  # type: ignore[attr-defined]
     if flags["dockerfile"]:
         build_args = parse_key_values(tuple(flags["build_args"]),  # type: ignore[arg-type]
                                       "--build-arg", bare_from_env=True)
-        images += dockerfile_bases(Path(str(flags["dockerfile"])), build_args,
-                                   options.custom_platform)
+        images += dockerfile_bases(Path(str(flags["dockerfile"])), build_args, platform)
     if not images:
         raise OptionsError("nothing to cache: give --image or --dockerfile")
-    platform = Platform.parse(options.custom_platform) if options.custom_platform else Platform()
     cache = BaseImageCache(Path(str(flags["cache_dir"])),
                            duration_s("--cache-ttl", str(flags["cache_ttl"])))
     cache.directory.mkdir(parents=True, exist_ok=True)
@@ -106,9 +105,7 @@ def warm(flags: dict[str, object]) -> int:
 def warm_image(client: RegistryClient, cache: BaseImageCache, image: str, platform: Platform,
                *, force: bool) -> None:
     """Download ``image`` for ``platform`` into the cache, unless a live entry has it."""
-    from executor.errors import ImageError
     from executor.image.atomic import write_atomically
-    from executor.image.model import Layer
     from executor.image.reference import ImageRef
     from executor.image.tarball import write_docker_tarball
 
@@ -119,15 +116,9 @@ def warm_image(client: RegistryClient, cache: BaseImageCache, image: str, platfo
     if not force and cache.entry(digest) is not None:
         log.info("Image %s is already in the cache as %s", image, digest)
         return
-    descriptors, diff_ids = resolved.manifest.layers, resolved.config.diff_ids
-    if len(descriptors) != len(diff_ids):
-        raise ImageError(f"{ref}: the config lists {len(diff_ids)} layers but the manifest "
-                         f"has {len(descriptors)}")
     blobs = Path(tempfile.mkdtemp(prefix=_WARMING, dir=cache.directory))
     try:
-        layers = [Layer(blobs / desc.digest.replace(":", "-"), desc.digest, diff_id, desc.size,
-                        desc.media_type)
-                  for desc, diff_id in zip(descriptors, diff_ids, strict=True)]
+        layers = resolved.layer_files(blobs)
         for layer in layers:
             if not layer.path.exists():
                 client.fetch_blob(ref, layer.descriptor(), layer.path)
@@ -151,13 +142,11 @@ def remove_stale_downloads(directory: Path, older_than_s: float = 86400) -> None
 
 
 def dockerfile_bases(dockerfile: Path, build_args: dict[str, str],
-                     custom_platform: str | None) -> list[str]:
+                     platform: Platform) -> list[str]:
     """The images the stages of ``dockerfile`` start from (not scratch, not other stages)."""
     from executor.dockerfile.parse import parse_dockerfile
     from executor.dockerfile.stages import plan_build
-    from executor.image.model import Platform
 
-    platform = Platform.parse(custom_platform) if custom_platform else Platform()
     plan = plan_build(parse_dockerfile(dockerfile, str(dockerfile)), build_args, None, platform)
     return [stage.base for stage in plan.stages
             if stage.base_stage is None and stage.base.lower() != "scratch"]

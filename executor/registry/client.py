@@ -36,6 +36,7 @@ from executor.image.model import (
     Descriptor,
     ImageConfig,
     Index,
+    Layer,
     Manifest,
     Platform,
     sha256_digest,
@@ -115,6 +116,17 @@ class ResolvedImage:
     manifest_digest: str
     config: ImageConfig
     config_bytes: bytes
+
+    def layer_files(self, directory: Path) -> list[Layer]:
+        """The manifest's layers, bottom first, each paired with its diff_id and named
+        ``directory/<hex digest>``, where it is (or will be) downloaded."""
+        descriptors, diff_ids = self.manifest.layers, self.config.diff_ids
+        if len(diff_ids) != len(descriptors):
+            raise ImageError(f"{self.ref}: the config lists {len(diff_ids)} layers but the "
+                             f"manifest has {len(descriptors)}")
+        return [Layer(directory / desc.digest.split(":", 1)[1], desc.digest, diff_id,
+                      desc.size, desc.media_type)
+                for desc, diff_id in zip(descriptors, diff_ids, strict=True)]
 
 
 class RegistryClient:

@@ -7,6 +7,7 @@ import os
 import time
 from pathlib import Path
 
+from executor.image.model import Platform
 from executor.warmer import dockerfile_bases, remove_stale_downloads
 
 
@@ -28,5 +29,5 @@ def test_the_bases_of_a_dockerfile_skip_scratch_and_stages(tmp_path: Path) -> No
     dockerfile = tmp_path / "Dockerfile"
     dockerfile.write_text("ARG BASE=alpine:3.20\nFROM $BASE AS build\nFROM build AS test\n"
                           "FROM scratch\nFROM debian:bookworm-slim\n")
-    assert dockerfile_bases(dockerfile, {}, None) == ["alpine:3.20", "debian:bookworm-slim"]
-    assert dockerfile_bases(dockerfile, {"BASE": "busybox"}, None)[0] == "busybox"
+    assert dockerfile_bases(dockerfile, {}, Platform()) == ["alpine:3.20", "debian:bookworm-slim"]
+    assert dockerfile_bases(dockerfile, {"BASE": "busybox"}, Platform())[0] == "busybox"
