@@ -139,23 +139,32 @@ class BuildContext:
         """The context paths that a COPY source names, as (relative path, host path) pairs.
 
         ``where`` is the ``file:line`` for errors. A source that climbs out of the context is
-        refused, as BuildKit refuses it; a pattern that matches nothing is an error.
+        refused, as BuildKit refuses it. A wildcard that matches nothing gives nothing (Docker
+        copies the other sources); a missing path that is not a wildcard is an error. A
+        directory excluded by ``.dockerignore`` is still found when a ``!`` pattern brings
+        back something below it, as Docker sends that directory with what it re-includes.
         """
         cleaned = posixpath.normpath("/" + pattern).lstrip("/") or "."
         if posixpath.normpath(pattern).startswith("../") or posixpath.normpath(pattern) == "..":
             raise ContextError(f"{where}: COPY source {pattern!r} is outside the build context")
-        if glob.has_magic(cleaned):
+        wildcard = glob.has_magic(cleaned)
+        if wildcard:
             matches = sorted(glob.glob(cleaned, root_dir=self.root, include_hidden=True))
         else:
             matches = [cleaned] if os.path.lexists(self.root / cleaned) else []
-        found = [(rel, self.root / rel) for rel in matches
-                 if rel == "." or not self.ignore.excluded(rel)]
+        found = [(rel, self.root / rel) for rel in matches if rel == "." or self._sent(rel)]
         for _, path in found:
             real = os.path.realpath(path)
             if real != self._real_root and not real.startswith(self._real_root + os.sep):
                 raise ContextError(f"{where}: COPY source {pattern!r} is outside the build "
                                    "context")
-        if not found:
+        if not found and not wildcard:
             raise ContextError(f"{where}: COPY source {pattern!r} matched no files in the "
                                "build context")
         return found
+
+    def _sent(self, rel: str) -> bool:
+        """True when ``rel`` is part of the context Docker would send."""
+        if not self.ignore.excluded(rel):
+            return True
+        return (self.root / rel).is_dir() and self.ignore.reincludes_below(rel)

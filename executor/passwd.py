@@ -65,6 +65,29 @@ def supplementary_groups(root: Path, user: str, primary: int) -> tuple[int, ...]
     return tuple(groups)
 
 
+def owner_ids(root: Path, spec: str) -> tuple[int, int]:
+    """The uid and gid that ``--chown=SPEC`` gives, which WORKDIR also gives under ``USER SPEC``.
+
+    BuildKit's rule: a numeric user without a group means uid:uid, whatever passwd says; a
+    user name means its passwd uid and primary gid; ``:group`` overrides the gid; an empty
+    user (``:group``) is root. A name missing from passwd or group is UnknownUserError.
+    """
+    user, _, group = spec.partition(":")
+    if not user:
+        uid = gid = 0
+    elif user.isdigit():
+        uid = gid = int(user)
+    else:
+        entry = lookup_user(root, user)
+        if entry is None:
+            raise UnknownUserError(f"unable to find user {user}: no matching entries in "
+                                   "passwd file")
+        uid, gid = entry.uid, entry.gid
+    if group:
+        gid = lookup_group(root, group)
+    return uid, gid
+
+
 def resolve_identity(root: Path, spec: str) -> Identity:
     """``USER`` value (``name``, ``uid``, ``name:group``, ``uid:gid``) as an Identity.
 

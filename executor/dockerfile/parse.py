@@ -50,6 +50,12 @@ class Heredoc:
     fd: int = 0
 
 
+def strip_heredoc_tabs(body: str) -> str:
+    """A ``<<-NAME`` body: the leading tabs of every line removed, as a shell does (and
+    BuildKit, for RUN and COPY alike)."""
+    return "".join(line.lstrip("\t") for line in body.splitlines(keepends=True))
+
+
 @dataclass(frozen=True)
 class Instruction:
     """One Dockerfile instruction as parsed: nothing expanded yet.

@@ -1,28 +1,47 @@
 """COPY (and ADD's local part): Docker's source and destination rules, owners and modes.
 
-The rules BuildKit applies, in one place: a directory source copies its contents; several
-sources need a destination ending in ``/``; a relative destination is under WORKDIR; files are
-owned by root unless ``--chown`` says otherwise (kaniko #2921 kept the context's owners);
-permission bits and mtimes come from the source unless ``--chmod`` (octal, or symbolic such as
-``u+x,g-w``, applied to each file's own mode); parent directories that COPY creates get
-``--chown``'s owner (kaniko #1524); symlinks inside a copied tree stay links.
+The rules BuildKit applies, in one place (each checked against BuildKit v0.32):
+
+- a directory source copies its contents; several sources need a destination ending in ``/``;
+  a relative destination is under WORKDIR; a source that is a symlink is followed, and the copy
+  keeps the name the source was given (``COPY --from=t /link /d/`` writes ``/d/link``);
+- a wildcard that matches nothing is skipped; a COPY fails only for a missing source that is
+  not a wildcard (a COPY whose only source is a wildcard matching nothing copies nothing);
+- owners: from the build context everything is root's (kaniko #2921 kept the context's
+  owners); ``--from`` a stage or an image keeps each file's owner and group (moby#38599,
+  kaniko #1806); ``--chown`` overrides both, and also owns every directory the COPY creates
+  on the way to its destination (kaniko #1524);
+- modes and mtimes come from the source unless ``--chmod`` (octal, or symbolic such as
+  ``u+x,g-w`` applied to each file's own mode); an octal ``--chmod`` gives the directories it
+  creates that mode too (tonistiigi/fsutil#228);
+- hard links inside one copied directory stay hard links (from the context and from
+  ``--from``); symlinks inside a copied tree stay links;
+- ``--from`` copies extended attributes (``security.capability`` survives in Docker's image);
+  context files' attributes are not sent with the build context, so they are not copied;
+- a copied directory never merges through a non-directory of the image, nor a file or link
+  replace a directory of the image: both fail, as in Docker ("cannot copy to non-directory",
+  moby/buildkit#2626), as does a file standing where a destination directory must be created.
 
 ``--parents`` keeps each source's path (below a ``/./`` pivot, if any) under the destination;
 ``--exclude`` leaves out paths matching a ``.dockerignore``-style pattern, matched against the
 path relative to the context (or the ``--from`` root) and relative to the copied directory.
 
-``--link``: BuildKit copies into an empty layer that is later laid over the image, so for a
-single-platform build the result equals a plain COPY, except where the destination path passes
-through a symlink in the image: BuildKit's layer then holds a real directory that replaces the
-link when the image is unpacked (``COPY --link f /bin/`` on a usr-merged image replaces
-``/bin -> usr/bin``). kiln refuses that case with an error instead of building a broken image,
-and otherwise treats ``--link`` as COPY.
+``--link`` (without ``--chmod``): BuildKit copies onto an empty tree and lays that layer over the
+image, so every directory on the way to the destination is in the layer as if just created
+(root's, or ``--chown``'s, mode 0755) and replaces the metadata below; a file copied to a path
+without a trailing ``/`` replaces a directory standing there; nothing of the image is merged
+through. kiln does the same, except where the destination passes through a symlink of the
+image: BuildKit's layer then holds a real directory that replaces the link (``COPY --link f
+/bin/`` on a usr-merged image replaces ``/bin -> usr/bin``), and kiln refuses with an error
+instead of building that broken image. With ``--chmod``, BuildKit's ``--link`` gives what a
+plain COPY gives, and so does kiln.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import glob
+import logging
 import os
 import posixpath
 import re
@@ -34,15 +53,17 @@ from pathlib import Path
 
 from executor.context import DockerIgnore
 from executor.dockerfile.expand import ExpansionError, expand_word
-from executor.dockerfile.parse import Instruction
+from executor.dockerfile.parse import Instruction, strip_heredoc_tabs
 from executor.errors import ContextError
 from executor.instructions import archive
-from executor.instructions.directories import make_directories
+from executor.instructions.directories import NotADirectory, make_directories, remove_path
 from executor.instructions.metadata import Step
 from executor.instructions.state import StageState
-from executor.passwd import UnknownUserError, lookup_group, lookup_user
+from executor.passwd import UnknownUserError, owner_ids
 from snapshot.errors import SnapshotError
 from snapshot.rootpath import resolve_in_root
+
+log = logging.getLogger("kiln")
 
 COPY_FLAGS = ("from", "chown", "chmod", "link", "parents", "exclude")
 
@@ -104,16 +125,47 @@ _PERM = {"r": 0o444, "w": 0o222, "x": 0o111, "s": 0o6000, "t": 0o1000}
 
 @dataclass(frozen=True)
 class Ownership:
-    """Owner and mode applied to what COPY writes (chmod None: keep the source's bits)."""
+    """Owner and mode applied to what COPY writes (chmod None: keep the source's bits).
+
+    ``keep_source_owner``: COPY --from without --chown, where every file keeps its own owner
+    and only the directories the COPY creates are root's.
+    """
 
     uid: int = 0
     gid: int = 0
     chmod: Chmod | None = None
+    keep_source_owner: bool = False
+
+    def ids_for(self, info: os.stat_result) -> tuple[int, int]:
+        if self.keep_source_owner:
+            return info.st_uid, info.st_gid
+        return self.uid, self.gid
 
     def mode_for(self, info: os.stat_result) -> int:
         if self.chmod is None:
             return stat.S_IMODE(info.st_mode)
         return self.chmod.apply(info.st_mode, stat.S_ISDIR(info.st_mode))
+
+    @property
+    def created_dir_mode(self) -> int:
+        """The mode of a directory the COPY creates: 0755, or an octal --chmod's bits."""
+        if self.chmod is not None and self.chmod.octal is not None:
+            return self.chmod.octal
+        return 0o755
+
+
+@dataclass(frozen=True)
+class Placement:
+    """How one COPY writes: owners and modes, xattrs (``--from`` only), and ``fresh`` for
+    ``--link`` without ``--chmod`` (as if on an empty tree: replace, never merge)."""
+
+    owner: Ownership
+    xattrs: bool = False
+    fresh: bool = False
+
+
+class CopyConflict(Exception):
+    """What a COPY would write meets something of the image it must not replace."""
 
 
 @dataclass(frozen=True)
@@ -197,7 +249,9 @@ def place_sources(state: StageState, inst: Instruction, request: CopyRequest,
             raise inst.error(f"When using {inst.kind} with more than one source file, the "
                              "destination must be a directory and end with a /")
         dest += "/"
-    if request.link:
+    placement = Placement(request.owner, xattrs=request.from_ref is not None,
+                          fresh=request.link and request.owner.chmod is None)
+    if placement.fresh:
         _check_link_destination(state, inst, dest)
     for source in found:
         target = dest
@@ -210,14 +264,24 @@ def place_sources(state: StageState, inst: Instruction, request: CopyRequest,
                 target = dest.rstrip("/") + ("/" + parent if parent else "") + "/"
         try:
             if source.unpack:
-                directory = _ensure_dir(state, target.rstrip("/") or "/", request.owner)
+                directory = _ensure_dir(state, target.rstrip("/") or "/", placement)
                 archive.extract_archive(
                     source.host, directory,
                     archive.IgnoredBelow(state.ignore, state.root, directory))
             else:
-                _copy_source(state, inst, request, source, target)
+                _copy_source(state, request, placement, source, target)
         except ContextError as exc:
             raise inst.error(str(exc)) from None
+        except CopyConflict as exc:
+            raise inst.error(str(exc)) from None
+        except NotADirectory as exc:
+            raise inst.error(f"cannot copy to non-directory: {_shown(state, exc.path)}") \
+                from None
+
+
+def _shown(state: StageState, host: Path) -> str:
+    """The image path of ``host``, a path under the root, for messages."""
+    return "/" + host.relative_to(state.root).as_posix()
 
 
 def _check_link_destination(state: StageState, inst: Instruction, dest: str) -> None:
@@ -240,21 +304,8 @@ def _check_link_destination(state: StageState, inst: Instruction, dest: str) -> 
 def _ownership(state: StageState, inst: Instruction, flags: dict[str, str]) -> Ownership:
     uid = gid = 0
     if "chown" in flags:
-        spec = state.expand(inst, flags["chown"])
-        user, _, group = spec.partition(":")
         try:
-            if user.isdigit():
-                uid = int(user)
-            else:
-                entry = lookup_user(state.root, user)
-                if entry is None:
-                    raise inst.error(f"unable to find user {user}: no matching entries in "
-                                     "passwd file")
-                uid, gid = entry.uid, entry.gid
-            if group:
-                gid = lookup_group(state.root, group)
-            elif user.isdigit():
-                gid = uid
+            uid, gid = owner_ids(state.root, state.expand(inst, flags["chown"]))
         except UnknownUserError as exc:
             raise inst.error(str(exc)) from None
     chmod = None
@@ -264,7 +315,8 @@ def _ownership(state: StageState, inst: Instruction, flags: dict[str, str]) -> O
             chmod = Chmod.parse(text)
         except ValueError:
             raise inst.error(f'invalid --chmod value "{text}"') from None
-    return Ownership(uid, gid, chmod)
+    return Ownership(uid, gid, chmod,
+                     keep_source_owner="from" in flags and "chown" not in flags)
 
 
 def collect_sources(state: StageState, inst: Instruction, request: CopyRequest, source: str,
@@ -279,6 +331,8 @@ def collect_sources(state: StageState, inst: Instruction, request: CopyRequest, 
             raise inst.error(f"heredoc {source} has no body")
         path = scratch / name
         content = doc.content
+        if source.startswith("<<-"):
+            content = strip_heredoc_tabs(content)  # before expansion, as BuildKit's parser
         if not any(q in source for q in "'\""):
             # BuildKit expands build variables in the body unless the delimiter is quoted.
             try:
@@ -295,7 +349,7 @@ def collect_sources(state: StageState, inst: Instruction, request: CopyRequest, 
             raise inst.error(f"{inst.kind} --from is not available here")
         other = state.source_root(inst, request.from_ref)
         matches = _glob_in_root(other, pattern)
-        if not matches:
+        if not matches and not glob.has_magic(pattern):
             raise inst.error(f"{inst.kind} --from={request.from_ref}: {source}: no such file "
                              "or directory")
         return [Source(resolve_in_root(other, rel), rel,
@@ -363,20 +417,26 @@ def _glob_in_root(root: Path, pattern: str) -> list[str]:
     return current
 
 
-def _copy_source(state: StageState, inst: Instruction, request: CopyRequest, source: Source,
-                 dest: str) -> None:
+def _copy_source(state: StageState, request: CopyRequest, placement: Placement,
+                 source: Source, dest: str) -> None:
     host = source.host
     info = os.stat(host)  # the named source itself is followed, as BuildKit follows it
-    owner = request.owner
     if stat.S_ISDIR(info.st_mode):
-        target = _ensure_dir(state, dest.rstrip("/") or "/", owner)
-        _copy_tree(state, request, source, target)
+        target = _ensure_dir(state, dest.rstrip("/") or "/", placement)
+        _copy_tree(state, request, placement, source, target)
         return
-    into_dir = dest.endswith("/") or _is_dir_in_root(state, dest)
-    path = (dest.rstrip("/") + "/" + host.name) if into_dir else dest
+    # On an empty tree (--link) a path without a trailing slash is the file's own name.
+    into_dir = dest.endswith("/") or (not placement.fresh and _is_dir_in_root(state, dest))
+    name = posixpath.basename(source.rel.rstrip("/")) or host.name  # the name as given
+    path = (dest.rstrip("/") + "/" + name) if into_dir else dest
     parent, name = path.rsplit("/", 1)
-    directory = _ensure_dir(state, parent or "/", owner)
-    _copy_file(host, directory / name, info, owner)
+    directory = _ensure_dir(state, parent or "/", placement)
+    target = directory / name
+    if placement.fresh and target.is_dir() and not target.is_symlink():
+        log.warning("%s is a directory in the image; COPY --link writes the file in its "
+                    "place, as Docker does (end the destination with / to copy into it)",
+                    _shown(state, target))
+    _copy_file(state, host, target, info, placement)
 
 
 def _is_dir_in_root(state: StageState, path: str) -> bool:
@@ -386,23 +446,39 @@ def _is_dir_in_root(state: StageState, path: str) -> bool:
         return False
 
 
-def _ensure_dir(state: StageState, path: str, owner: Ownership) -> Path:
-    """The host directory for image path ``path``, creating missing parents like BuildKit."""
+def _ensure_dir(state: StageState, path: str, placement: Placement) -> Path:
+    """The host directory for image path ``path``, creating missing parents like BuildKit.
+
+    Created directories are ``--chown``'s (root's without it) with mode 0755 or an octal
+    ``--chmod``'s. On an empty tree (``--link``) every directory on the way is as if created,
+    and a file standing in the way is replaced.
+    """
+    owner = placement.owner
     target = resolve_in_root(state.root, path)
-    make_directories(target, owner.uid, owner.gid, root=state.root, replace_file=True)
+    make_directories(target, owner.uid, owner.gid, root=state.root,
+                     mode=owner.created_dir_mode, replace=placement.fresh)
+    if placement.fresh:
+        directory = state.root
+        for part in target.relative_to(state.root).parts:
+            directory = directory / part
+            os.lchown(directory, owner.uid, owner.gid)
+            os.chmod(directory, owner.created_dir_mode)
     return target
 
 
-def _copy_tree(state: StageState, request: CopyRequest, source: Source, dst: Path) -> None:
+def _copy_tree(state: StageState, request: CopyRequest, placement: Placement, source: Source,
+               dst: Path) -> None:
     """Copy the contents of ``source`` into the directory ``dst`` (not following symlinks).
 
     ``dst`` itself keeps its metadata (kaniko #550 changed /tmp's mode on ``COPY dir /tmp``);
     directory metadata is applied last, so copying children does not disturb their mtimes.
+    Files that are hard links of each other in the source are hard links in the copy.
     """
-    owner = request.owner
+    owner = placement.owner
     src = source.host
     context_rel = source.context_rel
     directories: list[tuple[Path, os.stat_result]] = []
+    linked: dict[tuple[int, int], Path] = {}
     for dirpath, dirnames, filenames in os.walk(src):
         base = Path(dirpath)
         rel_dir = base.relative_to(src)
@@ -427,27 +503,52 @@ def _copy_tree(state: StageState, request: CopyRequest, source: Source, dst: Pat
                 # extracting Docker's context tar would make them.
                 make_directories(out_dir, owner.uid, owner.gid, root=state.root)
             if stat.S_ISDIR(info.st_mode):
-                if os.path.lexists(target) and not target.is_dir():
-                    target.unlink()
-                if not os.path.lexists(target):
-                    target.mkdir()
+                _make_tree_dir(state, target, placement)
                 directories.append((target, info))
-            else:
-                _copy_file(entry, target, info, owner)
+                continue
+            key = (info.st_dev, info.st_ino)
+            if stat.S_ISREG(info.st_mode) and info.st_nlink > 1 and key in linked:
+                _clear_for_file(state, target, placement)
+                os.link(linked[key], target)
+                continue
+            _copy_file(state, entry, target, info, placement)
+            if stat.S_ISREG(info.st_mode) and info.st_nlink > 1:
+                linked[key] = target
     for target, info in reversed(directories):
-        _apply_metadata(target, info, owner)
+        _apply_metadata(target, src / target.relative_to(dst), info, placement)
+
+
+def _make_tree_dir(state: StageState, target: Path, placement: Placement) -> None:
+    """A directory of a copied tree: merged into an existing directory, never through a
+    file or link of the image (on an empty tree, ``--link``, that file or link goes)."""
+    if os.path.lexists(target) and (target.is_symlink() or not target.is_dir()):
+        if not placement.fresh:
+            kind = "a symlink" if target.is_symlink() else "a file"
+            raise CopyConflict(f"cannot copy to non-directory: {_shown(state, target)} "
+                               f"({kind} in the image)")
+        target.unlink()
+    if not os.path.lexists(target):
+        target.mkdir()
+
+
+def _clear_for_file(state: StageState, target: Path, placement: Placement) -> None:
+    """Make room for a file or link at ``target``: a directory of the image is never
+    replaced by one (except on an empty tree, ``--link``)."""
+    if not os.path.lexists(target):
+        return
+    if target.is_dir() and not target.is_symlink() and not placement.fresh:
+        raise CopyConflict(f"cannot replace directory {_shown(state, target)} with a file "
+                           "or link")
+    remove_path(target)
 
 
 def _context_path(context_rel: str, rel: str) -> str:
     return rel if context_rel in ("", ".") else f"{context_rel.strip('/')}/{rel}"
 
 
-def _copy_file(src: Path, target: Path, info: os.stat_result, owner: Ownership) -> None:
-    if os.path.lexists(target):
-        if target.is_dir() and not target.is_symlink():
-            shutil.rmtree(target)
-        else:
-            target.unlink()
+def _copy_file(state: StageState, src: Path, target: Path, info: os.stat_result,
+               placement: Placement) -> None:
+    _clear_for_file(state, target, placement)
     if stat.S_ISLNK(info.st_mode):
         os.symlink(os.readlink(src), target)
     elif stat.S_ISREG(info.st_mode):
@@ -455,12 +556,31 @@ def _copy_file(src: Path, target: Path, info: os.stat_result, owner: Ownership) 
             shutil.copyfileobj(reader, writer, 1 << 20)
     else:
         raise ContextError(f"{src.name}: cannot copy a special file (device, FIFO or socket)")
-    _apply_metadata(target, info, owner)
+    _apply_metadata(target, src, info, placement)
 
 
-def _apply_metadata(target: Path, info: os.stat_result, owner: Ownership) -> None:
-    os.lchown(target, owner.uid, owner.gid)
+def _apply_metadata(target: Path, src: Path, info: os.stat_result,
+                    placement: Placement) -> None:
+    owner = placement.owner
+    os.lchown(target, *owner.ids_for(info))
     if not stat.S_ISLNK(info.st_mode):
         # chown clears setuid bits, so the mode goes on after it.
         os.chmod(target, owner.mode_for(info))
+    if placement.xattrs:
+        _copy_xattrs(src, target)  # after chown, which drops security.capability
     os.utime(target, ns=(info.st_atime_ns, info.st_mtime_ns), follow_symlinks=False)
+
+
+def _copy_xattrs(src: Path, target: Path) -> None:
+    """Copy the extended attributes this process may set (trusted.* needs CAP_SYS_ADMIN;
+    links take no user.* attributes)."""
+    try:
+        names = os.listxattr(src, follow_symlinks=False)
+    except OSError:
+        return
+    for name in names:
+        try:
+            os.setxattr(target, name, os.getxattr(src, name, follow_symlinks=False),
+                        follow_symlinks=False)
+        except OSError:
+            continue

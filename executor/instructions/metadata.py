@@ -15,9 +15,9 @@ from pathlib import Path
 from executor.dockerfile.parse import Instruction
 from executor.dockerfile.stages import parse_arg
 from executor.durations import parse_duration_ns
-from executor.instructions.directories import make_directories
+from executor.instructions.directories import NotADirectory, make_directories
 from executor.instructions.state import StageState
-from executor.passwd import UnknownUserError, resolve_identity
+from executor.passwd import UnknownUserError, owner_ids
 from snapshot.rootpath import resolve_in_root
 
 
@@ -81,16 +81,17 @@ def apply_workdir(state: StageState, inst: Instruction) -> Step:
 
 
 def _make_dirs(state: StageState, inst: Instruction, target: Path) -> None:
-    """Create WORKDIR's directory owned by the current USER, as BuildKit does."""
+    """Create WORKDIR's directory owned as ``--chown=<USER>`` would own it, as BuildKit does:
+    a numeric ``USER 10001`` gives 10001:10001, a name its passwd uid and primary gid."""
     user = str(state.config.container.get("User") or "")
-    uid = gid = 0
-    if user:
-        try:
-            ident = resolve_identity(state.root, user)
-        except UnknownUserError as exc:
-            raise inst.error(str(exc)) from None
-        uid, gid = ident.uid, ident.gid
-    make_directories(target, uid, gid, root=state.root)
+    try:
+        uid, gid = owner_ids(state.root, user) if user else (0, 0)
+        make_directories(target, uid, gid, root=state.root)
+    except UnknownUserError as exc:
+        raise inst.error(str(exc)) from None
+    except NotADirectory as exc:
+        shown = "/" + exc.path.relative_to(state.root).as_posix()
+        raise inst.error(f"WORKDIR {inst.args[0]}: {shown} is not a directory") from None
 
 
 def apply_user(state: StageState, inst: Instruction) -> Step:

@@ -22,6 +22,8 @@ registry), ``@BASE@`` (the busybox base image), ``@HTTP@`` (this case's HTTP dir
     secrets = { id = "_secrets/file" } # --secret id=ID,src=FILE
     chmod = { "path" = "0600" }        # modes of context files (git keeps only 644/755)
     chown = { "path" = "1234:1234" }   # owners of context files
+    xattrs = { "path" = { "user.a" = "test" } }  # extended attributes of context files
+    hardlinks = { "path" = "existing/path" }     # context files made hard links (git cannot)
     mkdirs = ["empty/dir"]             # empty directories git cannot hold
     archives = { "a.tar.gz" = "_archives/a" }
     mtime_paths = ["/file"]            # paths whose mtime is compared too
@@ -85,6 +87,8 @@ class Case:
     secrets: Mapping[str, str] = field(default_factory=dict)
     chmod: Mapping[str, str] = field(default_factory=dict)
     chown: Mapping[str, str] = field(default_factory=dict)
+    xattrs: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    hardlinks: Mapping[str, str] = field(default_factory=dict)
     mkdirs: tuple[str, ...] = ()
     archives: Mapping[str, str] = field(default_factory=dict)
     mtime_paths: tuple[str, ...] = ()
@@ -206,12 +210,23 @@ def render_context(case: Case, dest: Path, subs: Mapping[str, str],
         (dest / rel).mkdir(parents=True, exist_ok=True)
     for archive, source in case.archives.items():
         _pack(case.directory / source, dest / archive)
+    for rel, existing in case.hardlinks.items():
+        (dest / rel).unlink(missing_ok=True)
+        os.link(dest / existing, dest / rel)
     for rel, mode in case.chmod.items():
         (dest / rel).chmod(int(mode, 8))
     for rel, owner in case.chown.items():
         uid, _, gid = owner.partition(":")
         os.lchown(dest / rel, int(uid), int(gid or uid))
+    for rel, attributes in case.xattrs.items():
+        for name, value in attributes.items():
+            os.setxattr(dest / rel, name, _xattr_value(value), follow_symlinks=False)
     return dest
+
+
+def _xattr_value(text: str) -> bytes:
+    """An xattr value from case.toml: ``hex:0100...`` for binary values, else the text."""
+    return bytes.fromhex(text[4:]) if text.startswith("hex:") else text.encode()
 
 
 def secret_args(case: Case) -> list[str]:

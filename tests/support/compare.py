@@ -85,15 +85,29 @@ def describe_file(path: Path, mtime: bool = False) -> FileInfo:
 
 
 def describe_rootfs(rootfs: Path, mtime_paths: Iterable[str] = ()) -> dict[str, FileInfo]:
-    """Every path below ``rootfs`` (as ``/etc/motd``) mapped to its description."""
+    """Every path below ``rootfs`` (as ``/etc/motd``) mapped to its description.
+
+    Files that are hard links of each other carry ``hardlink_group``, the first of their paths
+    in sorted order, so a builder that turns links into copies shows in the comparison.
+    """
     with_mtime = set(mtime_paths)
     files: dict[str, FileInfo] = {}
+    # Hard links: every path of an inode that has several names here, tagged with the first.
+    inodes: dict[tuple[int, int], list[str]] = {}
     for directory, dirnames, filenames in os.walk(rootfs):
         dirnames.sort()
         for name in [*dirnames, *sorted(filenames)]:
             full = Path(directory) / name
             rel = "/" + full.relative_to(rootfs).as_posix()
             files[rel] = describe_file(full, mtime=rel in with_mtime)
+            st = full.lstat()
+            if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+                inodes.setdefault((st.st_dev, st.st_ino), []).append(rel)
+    for paths in inodes.values():
+        if len(paths) > 1:
+            first = min(paths)
+            for rel in paths:
+                files[rel]["hardlink_group"] = first
     return dict(sorted(files.items()))
 
 
