@@ -174,7 +174,8 @@ class Source:
 
     ``context_rel`` is the path in the build context (``.dockerignore`` applies below it), or
     None for other sources; ``keep_rel`` is the path ``--parents`` keeps under the
-    destination; ``unpack`` is set for an ADD archive that is extracted, not copied.
+    destination; ``unpack`` is set for an ADD archive that is extracted, not copied;
+    ``origin`` is the directory ``rel`` is relative to (the context, or a ``--from`` root).
     """
 
     host: Path
@@ -182,6 +183,7 @@ class Source:
     context_rel: str | None = None
     keep_rel: str | None = None
     unpack: bool = False
+    origin: Path | None = None
 
 
 @dataclass
@@ -270,6 +272,8 @@ def place_sources(state: StageState, inst: Instruction, request: CopyRequest,
                     archive.IgnoredBelow(state.ignore, state.root, directory))
             else:
                 _copy_source(state, request, placement, source, target)
+                if request.parents and source.keep_rel and source.origin is not None:
+                    _copy_kept_directories(state, placement, source, dest)
         except ContextError as exc:
             raise inst.error(str(exc)) from None
         except CopyConflict as exc:
@@ -277,6 +281,24 @@ def place_sources(state: StageState, inst: Instruction, request: CopyRequest,
         except NotADirectory as exc:
             raise inst.error(f"cannot copy to non-directory: {_shown(state, exc.path)}") \
                 from None
+
+
+def _copy_kept_directories(state: StageState, placement: Placement, source: Source,
+                           dest: str) -> None:
+    """``--parents``: the directories of the kept path are copies of the source's own
+    directories (owner, mode, mtime), as BuildKit copies them, not directories it creates."""
+    assert source.origin is not None and source.keep_rel is not None
+    rel = posixpath.normpath(source.rel.lstrip("/"))
+    keep = source.keep_rel
+    prefix = rel[:len(rel) - len(keep)]
+    parts = keep.split("/")
+    count = len(parts) if source.host.is_dir() else len(parts) - 1
+    for index in range(count, 0, -1):  # deepest first: a parent's mtime is set after its child
+        sub = "/".join(parts[:index])
+        origin_dir = resolve_in_root(source.origin, prefix + sub)
+        target = resolve_in_root(state.root, dest.rstrip("/") + "/" + sub)
+        if origin_dir.is_dir() and target.is_dir() and not target.is_symlink():
+            _apply_metadata(target, origin_dir, os.stat(origin_dir), placement)
 
 
 def _shown(state: StageState, host: Path) -> str:
@@ -352,14 +374,15 @@ def collect_sources(state: StageState, inst: Instruction, request: CopyRequest, 
         if not matches and not glob.has_magic(pattern):
             raise inst.error(f"{inst.kind} --from={request.from_ref}: {source}: no such file "
                              "or directory")
-        return [Source(resolve_in_root(other, rel), rel,
-                       keep_rel=_keep(rel, base)) for rel in matches
+        return [Source(resolve_in_root(other, rel), rel, keep_rel=_keep(rel, base),
+                       origin=other) for rel in matches
                 if not _excluded(request, rel, None)]
     try:
         found = state.context.sources(pattern, str(inst.location))
     except ContextError as exc:
         raise inst.error(str(exc).split(": ", 1)[1]) from None
-    return [Source(host, rel, context_rel=rel, keep_rel=_keep(rel, base))
+    return [Source(host, rel, context_rel=rel, keep_rel=_keep(rel, base),
+                   origin=state.context.root)
             for rel, host in found if not _excluded(request, rel, None)]
 
 
