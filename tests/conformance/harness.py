@@ -262,8 +262,10 @@ def _without_user_xattrs(description: Description) -> Description:
     for info in out["files"].values():
         xattrs = {k: v for k, v in (info.get("xattrs") or {}).items()
                   if k == "security.capability"}
-        if "xattrs" in info:
+        if xattrs:
             info["xattrs"] = xattrs
+        else:
+            info.pop("xattrs", None)  # a file left with none has no key, as in a fixture
     return out
 
 
@@ -276,6 +278,7 @@ DEPARTURES: dict[str, Callable[[Description], Description] | None] = {
     "several-sources-to-file-refused": None,
     "duplicate-stage-refused": None,
     "ssh-without-agent-refused": None,
+    "link-through-symlink-refused": None,
 }
 
 

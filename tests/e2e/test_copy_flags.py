@@ -58,11 +58,41 @@ def test_copy_exclude_leaves_out_matching_paths(tmp_path: Path, busybox_image: s
                   for p in (built.root / "app").rglob("*")) == ["main.py", "sub", "sub/keep.py"]
 
 
-def test_copy_link_acts_as_copy(tmp_path: Path, busybox_image: str) -> None:
-    built = build(tmp_path, f"FROM {busybox_image}\nCOPY --link f.txt /opt/new/\n",
-                  {"f.txt": "f\n"})
+def test_copy_link_puts_every_parent_in_its_layer_as_if_created(tmp_path: Path,
+                                                                 busybox_image: str) -> None:
+    built = build(tmp_path, f"FROM {busybox_image}\n"
+                  "RUN mkdir -p /opt/app && chown 1000:1000 /opt/app && chmod 0700 /opt/app\n"
+                  "COPY --link f.txt /opt/app/new/\n", {"f.txt": "f\n"})
     assert built.ok, built.run.stderr
-    assert (built.root / "opt/new/f.txt").read_text() == "f\n"
+    layer = built.layers[-1]
+    for name in ("opt", "opt/app", "opt/app/new"):
+        assert (layer[name].uid, layer[name].gid, layer[name].mode) == (0, 0, 0o755), name
+    assert (built.root / "opt/app/new/f.txt").read_text() == "f\n"
+
+
+def test_copy_link_file_named_as_a_directory_replaces_it_and_says_so(
+        tmp_path: Path, busybox_image: str) -> None:
+    built = build(tmp_path, f"FROM {busybox_image}\nRUN mkdir /data && touch /data/old\n"
+                  "COPY --link f.txt /data\n", {"f.txt": "f\n"})
+    assert built.ok, built.run.stderr
+    assert (built.root / "data").read_text() == "f\n"
+    assert "/data is a directory in the image; COPY --link writes the file in its place" \
+        in built.run.stderr
+
+
+def test_copy_from_a_stage_keeps_owners_and_writes_hard_links_as_links(
+        tmp_path: Path, busybox_image: str) -> None:
+    built = build(tmp_path, f"FROM {busybox_image} AS build\n"
+                  "RUN mkdir /out && echo x > /out/a && ln /out/a /out/b && chown 65:66 /out/a\n"
+                  f"FROM {busybox_image}\nCOPY --from=build /out /app\n")
+    assert built.ok, built.run.stderr
+    first, second = (built.root / "app/a").stat(), (built.root / "app/b").stat()
+    assert (first.st_uid, first.st_gid) == (65, 66)
+    assert (first.st_dev, first.st_ino) == (second.st_dev, second.st_ino)
+    layer = built.layers[-1]
+    linked = [info for name, info in layer.items() if name.startswith("app/")
+              and info.islnk()]
+    assert [(info.name, info.linkname) for info in linked] == [("app/b", "app/a")]
 
 
 def test_copy_link_through_an_image_symlink_is_refused(tmp_path: Path,
