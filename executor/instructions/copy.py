@@ -15,7 +15,8 @@ The rules BuildKit applies, in one place (each checked against BuildKit v0.32):
   ``u+x,g-w`` applied to each file's own mode); an octal ``--chmod`` gives the directories it
   creates that mode too (tonistiigi/fsutil#228);
 - hard links inside one copied directory stay hard links (from the context and from
-  ``--from``); symlinks inside a copied tree stay links;
+  ``--from``); symlinks inside a copied tree stay links; FIFOs and device nodes are copied as
+  nodes;
 - ``--from`` copies extended attributes (``security.capability`` survives in Docker's image);
   context files' attributes are not sent with the build context, so they are not copied;
 - a copied directory never merges through a non-directory of the image, nor a file or link
@@ -577,8 +578,10 @@ def _copy_file(state: StageState, src: Path, target: Path, info: os.stat_result,
     elif stat.S_ISREG(info.st_mode):
         with open(src, "rb") as reader, open(target, "xb") as writer:
             shutil.copyfileobj(reader, writer, 1 << 20)
+    elif stat.S_ISFIFO(info.st_mode) or stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode):
+        os.mknod(target, info.st_mode, info.st_rdev)  # copied as the node it is, as BuildKit
     else:
-        raise ContextError(f"{src.name}: cannot copy a special file (device, FIFO or socket)")
+        raise ContextError(f"{src.name}: cannot copy a socket")
     _apply_metadata(target, src, info, placement)
 
 
