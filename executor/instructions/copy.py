@@ -277,7 +277,7 @@ def place_sources(state: StageState, inst: Instruction, request: CopyRequest,
                     _copy_kept_directories(state, placement, source, dest)
         except ContextError as exc:
             raise inst.error(str(exc)) from None
-        except CopyConflict as exc:
+        except (CopyConflict, SnapshotError) as exc:
             raise inst.error(str(exc)) from None
         except NotADirectory as exc:
             raise inst.error(f"cannot copy to non-directory: {_shown(state, exc.path)}") \
@@ -456,6 +456,11 @@ def _copy_source(state: StageState, request: CopyRequest, placement: Placement,
     parent, name = path.rsplit("/", 1)
     directory = _ensure_dir(state, parent or "/", placement)
     target = directory / name
+    if target.is_symlink() and not placement.fresh:
+        # The destination named is a link of the image: written through, the link kept
+        # (a dangling link's target is created), as BuildKit writes it.
+        target = resolve_in_root(state.root, path)
+        _ensure_dir(state, _shown(state, target.parent), placement)
     if placement.fresh and target.is_dir() and not target.is_symlink():
         log.warning("%s is a directory in the image; COPY --link writes the file in its "
                     "place, as Docker does (end the destination with / to copy into it)",
