@@ -43,7 +43,8 @@ from executor.dockerfile.stages import (
 from executor.errors import DockerfileError, ImageError, KilnError, RegistryError
 from executor.image import model
 from executor.image.blob import VerifyingReader
-from executor.image.model import DOCKER_MANIFEST, ImageConfig, Layer, Platform, compression_of
+from executor.image.built import BuiltImage
+from executor.image.model import ImageConfig, Layer, Platform, compression_of
 from executor.image.reference import ImageRef
 from executor.inplace import check_in_place_allowed, executor_image_paths
 from executor.instructions import add, copy, metadata, run
@@ -92,23 +93,6 @@ HANDLERS: dict[str, Handler] = {
     "HEALTHCHECK": metadata.apply_healthcheck,
     "ONBUILD": metadata.apply_onbuild,
 }
-
-
-@dataclass
-class BuiltImage:
-    """An image whose layers are blob files on local disk, ready to publish or build on."""
-
-    config: ImageConfig
-    layers: list[Layer]
-    manifest_type: str = DOCKER_MANIFEST
-    source: ImageRef | None = None  # the registry image it came from, for cross-repo mounts
-    snapshot: Snapshot | None = None  # the root's state when the stage ended
-    # The layer cache's view (executor/cache.py): what a stage FROM this image starts its key
-    # chain from.
-    cache_key: str = "scratch"
-    # Layer digest -> another repository of the same registry holding it (the layer cache):
-    # the push mounts from there rather than uploading.
-    blob_homes: dict[str, ImageRef] = field(default_factory=dict)
 
 
 @dataclass

@@ -15,10 +15,10 @@ import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from executor.errors import OptionsError, RegistryError
 from executor.image import model
+from executor.image.built import BuiltImage
 from executor.image.model import Descriptor, Layer, Manifest, sha256_digest
 from executor.image.reference import DOCKER_HUB, ImageRef
 from executor.options import BuildOptions
@@ -26,9 +26,6 @@ from executor.registry.auth import RegistryAuth
 from executor.registry.client import PullSources, RegistryClient, RegistryHTTPError
 from executor.registry.credentials import Keychain, registry_host
 from executor.registry.transport import Transport, TransportOptions
-
-if TYPE_CHECKING:
-    from executor.build import BuiltImage
 
 log = logging.getLogger("kiln")
 
