@@ -58,7 +58,7 @@ def _hold(path: Path) -> int:
 
 def remove_abandoned(parent: Path) -> list[Path]:
     """Remove the workspaces under ``parent`` that no running build holds; returns them."""
-    removed = []
+    removed: list[Path] = []
     try:
         entries = [e for e in os.scandir(parent) if e.name.startswith(PREFIX)]
     except OSError:
