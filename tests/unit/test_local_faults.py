@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from executor.dockerfile.parse import parse_dockerfile
 from executor.errors import BuildStepError, OptionsError, RegistryError, at_step
 from executor.image.atomic import write_output
 from executor.image.layout import write_oci_layout
@@ -261,3 +262,17 @@ def test_a_workspace_is_held_while_in_use_and_removed_after(tmp_path: Path) -> N
         with temporary_workspace(tmp_path) as second:
             assert path.exists() and second != path
     assert list(tmp_path.iterdir()) == []
+
+
+# --- a Dockerfile that is not UTF-8 -----------------------------------------------------------
+
+
+def test_a_latin1_comment_is_read_as_buildkit_reads_it_and_its_line_named(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # BuildKit v0.32 builds this; the label's value in its config is "caf\ufffd".
+    dockerfile = tmp_path / "Dockerfile"
+    dockerfile.write_bytes(b'FROM scratch\n# caf\xe9\nLABEL x="caf\xe9"\n')
+    parsed = parse_dockerfile(dockerfile)
+    assert [i.kind for i in parsed.instructions] == ["FROM", "LABEL"]
+    assert parsed.instructions[1].original.endswith("caf\ufffd\"")
+    assert "Dockerfile:2: not UTF-8 (byte 0xe9)" in caplog.text
