@@ -25,6 +25,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from executor.image.atomic import mount_point
+
 log = logging.getLogger("kiln")
 
 PREFIX = "kiln-workspace-"
@@ -104,8 +106,7 @@ def _has_mounts_under(path: Path) -> bool:
     try:
         with open("/proc/self/mountinfo") as mounts:
             for line in mounts:
-                point = line.split(" ")[4].encode().decode("unicode_escape")
-                if point.startswith(prefix):
+                if mount_point(line).startswith(prefix):
                     return True
     except OSError:
         return True  # cannot tell: keep the directory

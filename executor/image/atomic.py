@@ -8,8 +8,8 @@ leaves the old file or none, never a partial one.
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
+import re
 import stat
 import tempfile
 from collections.abc import Iterator
@@ -40,29 +40,47 @@ def write_atomically(target: Path, data: bytes) -> None:
         handle.write(data)
 
 
-def write_output(target: Path, data: bytes) -> None:
-    """A small file for another program (``--digest-file``): whole or not at all where it can
-    be, and written in place where a rename cannot reach it.
+@contextlib.contextmanager
+def output_file(target: Path) -> Iterator[IO[bytes]]:
+    """A file for another program (``--tar-path``, ``--digest-file``): whole or not at all where
+    it can be, and written in place where a rename cannot reach it.
 
     ``/dev/stdout`` or a FIFO is a stream to write to, not a file to replace, and
     ``/dev/termination-log`` (kaniko's documented digest file in Kubernetes) is a file
     bind-mounted into the container, which a rename cannot replace (EBUSY).
     """
     try:
-        kind = os.stat(target).st_mode
+        in_place = not stat.S_ISREG(os.stat(target).st_mode) or is_mount_point(target)
     except FileNotFoundError:
-        kind = stat.S_IFREG
-    if not stat.S_ISREG(kind):
-        _write_in_place(target, data)
+        in_place = False
+    if in_place:
+        with open(target, "wb") as handle:
+            yield handle
         return
-    try:
-        write_atomically(target, data)
-    except OSError as exc:
-        if exc.errno not in (errno.EBUSY, errno.EXDEV):
-            raise
-        _write_in_place(target, data)
+    with replacing(target) as handle:
+        yield handle
 
 
-def _write_in_place(target: Path, data: bytes) -> None:
-    with open(target, "wb") as handle:
+def write_output(target: Path, data: bytes) -> None:
+    """``target`` holds ``data`` (see :func:`output_file`)."""
+    with output_file(target) as handle:
         handle.write(data)
+
+
+def is_mount_point(path: Path) -> bool:
+    """True when something is mounted at ``path``: a file bind-mounted from the same
+    filesystem has its parent's device, so ``os.path.ismount`` cannot tell."""
+    if os.path.ismount(path):
+        return True
+    wanted = os.path.realpath(path)
+    try:
+        with open("/proc/self/mountinfo") as mounts:
+            return any(mount_point(line) == wanted for line in mounts)
+    except OSError:
+        return False
+
+
+def mount_point(mountinfo_line: str) -> str:
+    """The mount point field of a ``/proc/self/mountinfo`` line, unescaped (``\\040``)."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)),
+                  mountinfo_line.split(" ")[4])

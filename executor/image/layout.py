@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from executor.errors import ImageError
-from executor.image.atomic import replacing, write_atomically
+from executor.image.atomic import is_mount_point, replacing, write_atomically
 from executor.image.model import OCI_INDEX, Descriptor, Layer, Manifest, sha256_digest
 
 LAYOUT_VERSION = "1.0.0"
@@ -64,7 +64,7 @@ def _add_image(path: Path, manifest: Manifest, manifest_bytes: bytes, config_byt
 def _is_new(path: Path) -> bool:
     """A layout that does not exist yet (or an empty directory): it can be made whole aside.
     Not a mount point (a volume given as the layout): no rename can replace that."""
-    if os.path.ismount(path):
+    if is_mount_point(path):
         return False
     try:
         with os.scandir(path) as entries:

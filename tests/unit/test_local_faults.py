@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import io
 import os
 import stat
+import subprocess
+import sys
+import tarfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -14,6 +19,7 @@ from executor.dockerfile.parse import parse_dockerfile
 from executor.errors import BuildStepError, OptionsError, RegistryError, at_step
 from executor.image.atomic import write_output
 from executor.image.layout import write_oci_layout
+from executor.image.tarball import write_docker_tarball
 from executor.options import BuildOptions, file_kind, not_a_file, read_secrets
 from executor.publish import check_local_outputs
 from executor.workspace import LOCK_NAME, PREFIX, remove_abandoned, temporary_workspace
@@ -276,3 +282,32 @@ def test_a_latin1_comment_is_read_as_buildkit_reads_it_and_its_line_named(
     assert [i.kind for i in parsed.instructions] == ["FROM", "LABEL"]
     assert parsed.instructions[1].original.endswith("caf\ufffd\"")
     assert "Dockerfile:2: not UTF-8 (byte 0xe9)" in caplog.text
+
+
+def test_a_bind_mounted_digest_file_is_written_in_place(tmp_path: Path) -> None:
+    # /dev/termination-log, kaniko's documented --digest-file in a pod, is such a file: a rename
+    # cannot replace a mount point (EBUSY).
+    source, target = tmp_path / "source", tmp_path / "termination-log"
+    source.write_text("")
+    target.write_text("")
+    write = ("import sys; from pathlib import Path; from executor.image.atomic import "
+             "write_output; write_output(Path(sys.argv[1]), b'sha256:abc')")
+    proc = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                           'mount --bind "$1" "$2" && exec "$3" -c "$4" "$2"', "sh",
+                           str(source), str(target), sys.executable, write],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert source.read_text() == "sha256:abc"
+
+
+def test_a_tarball_to_a_fifo_is_streamed_into_it(tmp_path: Path) -> None:
+    image = make_image(tmp_path / "blobs", {"a": b"a"})
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with ThreadPoolExecutor(1) as pool:
+        read = pool.submit(lambda: fifo.read_bytes())
+        write_docker_tarball(fifo, "app:1", image.config_bytes, image.layers)
+        data = read.result(timeout=30)
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        assert "manifest.json" in tar.getnames()
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
