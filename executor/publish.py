@@ -21,7 +21,7 @@ from pathlib import Path
 
 from executor.errors import OptionsError, RegistryError
 from executor.image import model
-from executor.image.atomic import write_output
+from executor.image.atomic import is_mount_point, write_output
 from executor.image.built import BuiltImage
 from executor.image.model import Descriptor, Layer, Manifest, sha256_digest
 from executor.image.reference import DOCKER_HUB, ImageRef
@@ -175,8 +175,10 @@ def check_local_outputs(options: BuildOptions) -> None:
             raise OptionsError(f"{flag} {path}: not a directory")
         if mode is not None and not directory and stat.S_ISDIR(mode):
             raise OptionsError(f"{flag} {path}: is a directory; name a file")
-        if mode is not None and not directory and not stat.S_ISREG(mode):
-            if not os.access(path, os.W_OK):  # /dev/stdout, a FIFO: written in place
+        if mode is not None and not directory and (not stat.S_ISREG(mode)
+                                                    or is_mount_point(path)):
+            # /dev/stdout, a FIFO, /dev/termination-log: written in place (output_file)
+            if not os.access(path, os.W_OK):
                 raise OptionsError(f"{flag} {path}: not writable")
             continue
         _probe_directory(flag, path, path if mode is not None and directory else path.parent)
