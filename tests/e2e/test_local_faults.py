@@ -48,6 +48,18 @@ def assert_one_line_failure(run: ExecutorRun, line: str | re.Pattern[str],
         assert re.fullmatch(line, run.last_line), run.last_line
 
 
+def assert_no_process_left(tmp_path: Path) -> None:
+    """No process of the build (the executor, a RUN's command) names the test's directory."""
+    mine = str(tmp_path).encode()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            assert mine not in cmdline, cmdline.replace(b"\0", b" ").decode(errors="replace")
+
+
 def build_args(context: Path, root: Path, destination: str, *extra: str) -> list[str]:
     return ["--context", str(context), "--dockerfile", str(context / "Dockerfile"),
             "--root", str(root), "--destination", destination, "--insecure", "--insecure-pull",
@@ -72,6 +84,7 @@ def test_copy_onto_a_full_disk_names_the_file_and_the_line(
     ref = f"{registry.host}/full/copy:1"
     full = executor_on_tmpfs(root, "6m", build_args(context, root, ref))
     assert_one_line_failure(full.run, f"Dockerfile:2: cannot copy to {root}/big: {ENOSPC}")
+    assert_no_process_left(tmp_path)
     assert skopeo_tags(registry, "full/copy") == []
     rerun_with_room(context, tmp_path, ref)
     assert skopeo_tags(registry, "full/copy") == ["1"]
@@ -90,6 +103,7 @@ def test_a_layer_onto_a_full_disk_names_the_blobs_directory(
         "--compression", compression))
     assert_one_line_failure(full.run, f"Dockerfile:2: cannot write a layer to {kiln_dir}/blobs: "
                                       f"{ENOSPC}")
+    assert_no_process_left(tmp_path)
     assert not [p for p in full.left if p.startswith("./blobs/.layer-")]
     assert skopeo_tags(registry, f"full/layer-{compression}") == []
     rerun_with_room(context, tmp_path, ref, "--compression", compression)
@@ -105,6 +119,7 @@ def test_a_download_onto_a_full_disk_names_the_blob(
     assert_one_line_failure(full.run, re.compile(
         rf"error building image: cannot write blob sha256:[0-9a-f]{{64}} to "
         rf"{re.escape(str(kiln_dir))}/blobs: {ENOSPC}"))
+    assert_no_process_left(tmp_path)
     assert not [p for p in full.left if p.endswith(".partial")]
     assert skopeo_tags(registry, "full/download") == []
     rerun_with_room(context, tmp_path, ref)
@@ -118,6 +133,7 @@ def test_a_tarball_onto_a_full_disk_leaves_no_file_and_pushes_nothing(
     full = executor_on_tmpfs(out, "512k", build_args(
         context, tmp_path / "root", ref, "--tar-path", str(out / "image.tar")))
     assert_one_line_failure(full.run, f"cannot write --tar-path {out}/image.tar: {ENOSPC}")
+    assert_no_process_left(tmp_path)
     assert full.left == []
     assert skopeo_tags(registry, "full/tarball") == []
     rerun_with_room(context, tmp_path, ref, "--tar-path", str(tmp_path / "image.tar"))
@@ -132,6 +148,7 @@ def test_an_oci_layout_onto_a_full_disk_leaves_no_half_made_layout(
     full = executor_on_tmpfs(out, "512k", build_args(
         context, tmp_path / "root", ref, "--oci-layout-path", str(out / "layout")))
     assert_one_line_failure(full.run, f"cannot write --oci-layout-path {out}/layout: {ENOSPC}")
+    assert_no_process_left(tmp_path)
     assert full.left == []
     assert skopeo_tags(registry, "full/layout") == []
     rerun_with_room(context, tmp_path, ref, "--oci-layout-path", str(tmp_path / "layout"))
@@ -146,6 +163,7 @@ def test_a_digest_file_onto_a_full_disk_leaves_no_empty_file(
     full = executor_on_tmpfs(out, "64k", build_args(
         context, tmp_path / "root", ref, "--digest-file", str(out / "digest")), fill=True)
     assert_one_line_failure(full.run, f"cannot write --digest-file {out}/digest: {ENOSPC}")
+    assert_no_process_left(tmp_path)
     assert full.left == []
     assert skopeo_tags(registry, "full/digest") == []
     rerun_with_room(context, tmp_path, ref, "--digest-file", str(tmp_path / "digest"))
