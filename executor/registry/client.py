@@ -292,12 +292,11 @@ class RegistryClient:
             if response.status_code != 200:
                 raise http_error(operation, response)
             hasher = hashlib.new(descriptor.digest.partition(":")[0])
-            size = 0
-            # Only the file operations: requests' own errors are OSErrors too.
+            # A full disk names the blob; only file operations: requests' errors are OSErrors.
             disk = partial(storage_errors, dest.parent, f"write blob {descriptor.digest} to")
-            with disk():
-                handle = tempfile.NamedTemporaryFile(  # noqa: SIM115 - renamed or removed below
-                    dir=dest.parent, prefix=f".{dest.name}.", suffix=".partial", delete=False)
+            size = 0
+            handle = tempfile.NamedTemporaryFile(  # noqa: SIM115 - renamed or removed below
+                dir=dest.parent, prefix=f".{dest.name}.", suffix=".partial", delete=False)
             try:
                 with handle:
                     for chunk in response.iter_content(CHUNK_SIZE):
