@@ -114,20 +114,11 @@ def parse_dockerfile(path: Path, display_name: str | None = None) -> Dockerfile:
     """Parse the Dockerfile at ``path``; errors name ``display_name:line``."""
     name = display_name or path.name
     try:
-        data = path.read_bytes()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise DockerfileError(str(path), "no such file: the Dockerfile was not found") from None
-    except OSError as exc:
+    except (OSError, UnicodeDecodeError) as exc:
         raise DockerfileError(str(path), f"cannot read the Dockerfile: {exc}") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        # BuildKit builds it (a Latin-1 comment is common), and a byte that is not UTF-8 ends
-        # up in the image as U+FFFD; kiln does the same, and says where the first one is.
-        line = data.count(b"\n", 0, exc.start) + 1
-        log.warning("%s:%d: not UTF-8 (byte 0x%02x); read with U+FFFD for each such byte, as "
-                    "BuildKit does", name, line, data[exc.start])
-        text = data.decode("utf-8", errors="replace")
     return parse_text(text, name)
 
 

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from executor.dockerfile.parse import parse_dockerfile
 from executor.errors import BuildStepError, OptionsError, RegistryError, at_step
 from executor.image.atomic import write_output
 from executor.image.layout import write_oci_layout
@@ -195,6 +194,35 @@ def test_an_output_file_is_replaced_whole(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["digest"]
 
 
+def test_a_bind_mounted_digest_file_is_written_in_place(tmp_path: Path) -> None:
+    # /dev/termination-log, kaniko's documented --digest-file in a pod, is such a file: a rename
+    # cannot replace a mount point (EBUSY).
+    source, target = tmp_path / "source", tmp_path / "termination-log"
+    source.write_text("")
+    target.write_text("")
+    write = ("import sys; from pathlib import Path; from executor.image.atomic import "
+             "write_output; write_output(Path(sys.argv[1]), b'sha256:abc')")
+    proc = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                           'mount --bind "$1" "$2" && exec "$3" -c "$4" "$2"', "sh",
+                           str(source), str(target), sys.executable, write],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert source.read_text() == "sha256:abc"
+
+
+def test_a_tarball_to_a_fifo_is_streamed_into_it(tmp_path: Path) -> None:
+    image = make_image(tmp_path / "blobs", {"a": b"a"})
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with ThreadPoolExecutor(1) as pool:
+        read = pool.submit(lambda: fifo.read_bytes())
+        write_docker_tarball(fifo, "app:1", image.config_bytes, image.layers)
+        data = read.result(timeout=30)
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        assert "manifest.json" in tar.getnames()
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+
+
 # --- a new OCI layout appears whole or not at all ---------------------------------------------
 
 
@@ -268,46 +296,3 @@ def test_a_workspace_is_held_while_in_use_and_removed_after(tmp_path: Path) -> N
         with temporary_workspace(tmp_path) as second:
             assert path.exists() and second != path
     assert list(tmp_path.iterdir()) == []
-
-
-# --- a Dockerfile that is not UTF-8 -----------------------------------------------------------
-
-
-def test_a_latin1_comment_is_read_as_buildkit_reads_it_and_its_line_named(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    # BuildKit v0.32 builds this; the label's value in its config is "caf\ufffd".
-    dockerfile = tmp_path / "Dockerfile"
-    dockerfile.write_bytes(b'FROM scratch\n# caf\xe9\nLABEL x="caf\xe9"\n')
-    parsed = parse_dockerfile(dockerfile)
-    assert [i.kind for i in parsed.instructions] == ["FROM", "LABEL"]
-    assert parsed.instructions[1].original.endswith("caf\ufffd\"")
-    assert "Dockerfile:2: not UTF-8 (byte 0xe9)" in caplog.text
-
-
-def test_a_bind_mounted_digest_file_is_written_in_place(tmp_path: Path) -> None:
-    # /dev/termination-log, kaniko's documented --digest-file in a pod, is such a file: a rename
-    # cannot replace a mount point (EBUSY).
-    source, target = tmp_path / "source", tmp_path / "termination-log"
-    source.write_text("")
-    target.write_text("")
-    write = ("import sys; from pathlib import Path; from executor.image.atomic import "
-             "write_output; write_output(Path(sys.argv[1]), b'sha256:abc')")
-    proc = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
-                           'mount --bind "$1" "$2" && exec "$3" -c "$4" "$2"', "sh",
-                           str(source), str(target), sys.executable, write],
-                          capture_output=True, text=True, timeout=60, check=False)
-    assert proc.returncode == 0, proc.stderr
-    assert source.read_text() == "sha256:abc"
-
-
-def test_a_tarball_to_a_fifo_is_streamed_into_it(tmp_path: Path) -> None:
-    image = make_image(tmp_path / "blobs", {"a": b"a"})
-    fifo = tmp_path / "fifo"
-    os.mkfifo(fifo)
-    with ThreadPoolExecutor(1) as pool:
-        read = pool.submit(lambda: fifo.read_bytes())
-        write_docker_tarball(fifo, "app:1", image.config_bytes, image.layers)
-        data = read.result(timeout=30)
-    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-        assert "manifest.json" in tar.getnames()
-    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
