@@ -201,8 +201,9 @@ class Builder:
         for inst in instructions:
             snapshot = self._apply(state, inst, snapshot, layers, keys)
         if self.options.single_snapshot:
-            snapshot = self._commit_layer(state, snapshot, "kiln: single snapshot of the stage "
-                                          "(--single-snapshot)", layers).snapshot
+            with at_step(str(stage.location)):  # the stage's one layer: named by its FROM
+                snapshot = self._commit_layer(state, snapshot, "kiln: single snapshot of the "
+                                              "stage (--single-snapshot)", layers).snapshot
         self.root_holds = stage.index
         self.stage_args[stage.index] = dict(state.args)
         if self.options.labels:  # --label, as kaniko applies it to every stage's image

@@ -109,6 +109,21 @@ def test_a_layer_onto_a_full_disk_names_the_blobs_directory(
     rerun_with_room(context, tmp_path, ref, "--compression", compression)
 
 
+def test_a_single_snapshot_onto_a_full_disk_names_the_stage(
+        tmp_path: Path, registry: Registry, busybox_image: str) -> None:
+    context = write_context(tmp_path / "context", f"FROM {busybox_image}\n"
+                            "RUN head -c 4194304 /dev/urandom > /big\n")
+    kiln_dir = tmp_path / "kiln"
+    ref = f"{registry.host}/full/single:1"
+    full = executor_on_tmpfs(kiln_dir, "3m", build_args(
+        context, tmp_path / "root", ref, "--kaniko-dir", str(kiln_dir), "--single-snapshot"))
+    assert_one_line_failure(full.run, f"Dockerfile:1: cannot write a layer to {kiln_dir}/blobs: "
+                                      f"{ENOSPC}")
+    assert_no_process_left(tmp_path)
+    assert not [p for p in full.left if p.startswith("./blobs/.layer-")]
+    assert skopeo_tags(registry, "full/single") == []
+
+
 def test_a_download_onto_a_full_disk_names_the_blob(
         tmp_path: Path, registry: Registry, busybox_image: str) -> None:
     context = write_context(tmp_path / "context", f"FROM {busybox_image}\nRUN true\n")
