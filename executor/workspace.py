@@ -25,7 +25,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from executor.image.atomic import mount_point
+from snapshot.ignore import mount_points_under
 
 log = logging.getLogger("kiln")
 
@@ -102,12 +102,4 @@ def _remove_if_abandoned(path: Path) -> bool:
 def _has_mounts_under(path: Path) -> bool:
     """True when a mount point lies in ``path``: removing it would reach into another
     filesystem (a bind mount left by a RUN --mount)."""
-    prefix = os.path.realpath(path) + "/"
-    try:
-        with open("/proc/self/mountinfo") as mounts:
-            for line in mounts:
-                if mount_point(line).startswith(prefix):
-                    return True
-    except OSError:
-        return True  # cannot tell: keep the directory
-    return False
+    return bool(mount_points_under(os.path.realpath(path)))

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
+
+from snapshot.ignore import mount_points_under
 
 
 @contextlib.contextmanager
@@ -72,15 +73,5 @@ def is_mount_point(path: Path) -> bool:
     filesystem has its parent's device, so ``os.path.ismount`` cannot tell."""
     if os.path.ismount(path):
         return True
-    wanted = os.path.realpath(path)
-    try:
-        with open("/proc/self/mountinfo") as mounts:
-            return any(mount_point(line) == wanted for line in mounts)
-    except OSError:
-        return False
-
-
-def mount_point(mountinfo_line: str) -> str:
-    """The mount point field of a ``/proc/self/mountinfo`` line, unescaped (``\\040``)."""
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)),
-                  mountinfo_line.split(" ")[4])
+    real = os.path.realpath(path)
+    return os.path.basename(real) in mount_points_under(os.path.dirname(real))

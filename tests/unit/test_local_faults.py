@@ -288,6 +288,21 @@ def test_directories_kiln_did_not_make_are_kept(tmp_path: Path) -> None:
     assert no_lock.exists() and other.exists() and (link / "blobs").exists()
 
 
+def test_an_abandoned_workspace_with_a_mount_inside_is_kept(tmp_path: Path) -> None:
+    # rmtree would empty the mounted filesystem (a bind mount of the host's files, say).
+    left = abandoned_workspace(tmp_path)
+    remove = ("import sys; from pathlib import Path; from executor.workspace import "
+              "remove_abandoned; sys.exit(len(remove_abandoned(Path(sys.argv[1]))))")
+    proc = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                           'mount -t tmpfs kiln-test "$1/blobs" && touch "$1/blobs/kept" && '
+                           'exec "$2" -c "$3" "$4"', "sh", str(left), sys.executable, remove,
+                           str(tmp_path)],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "something is mounted in it" in proc.stderr
+    assert (left / "blobs" / "layer").exists()
+
+
 def test_a_workspace_is_held_while_in_use_and_removed_after(tmp_path: Path) -> None:
     with temporary_workspace(tmp_path) as path:
         assert path.name.startswith(PREFIX)
