@@ -61,7 +61,7 @@ from executor.instructions.directories import NotADirectory, make_directories, r
 from executor.instructions.metadata import Step
 from executor.instructions.state import StageState
 from executor.passwd import UnknownUserError, owner_ids
-from snapshot.errors import SnapshotError
+from snapshot.errors import SnapshotError, storage_errors
 from snapshot.rootpath import resolve_in_root
 
 log = logging.getLogger("kiln")
@@ -581,7 +581,8 @@ def _copy_file(state: StageState, src: Path, target: Path, info: os.stat_result,
     if stat.S_ISLNK(info.st_mode):
         os.symlink(os.readlink(src), target)
     elif stat.S_ISREG(info.st_mode):
-        with open(src, "rb") as reader, open(target, "xb") as writer:
+        with storage_errors(target, "copy to"), open(src, "rb") as reader, \
+                open(target, "xb") as writer:
             shutil.copyfileobj(reader, writer, 1 << 20)
     elif stat.S_ISFIFO(info.st_mode) or stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode):
         os.mknod(target, info.st_mode, info.st_rdev)  # copied as the node it is, as BuildKit
