@@ -161,6 +161,10 @@ class BuildContext:
         if not found and not wildcard:
             raise ContextError(f"{where}: COPY source {pattern!r} matched no files in the "
                                "build context")
+        prefix = wildcard_directory(cleaned)
+        if not found and prefix and not (self.root / prefix).is_dir():
+            raise ContextError(f"{where}: COPY source {pattern!r}: no directory {prefix!r} in "
+                               "the build context")
         return found
 
     def _sent(self, rel: str) -> bool:
@@ -168,3 +172,16 @@ class BuildContext:
         if not self.ignore.excluded(rel):
             return True
         return (self.root / rel).is_dir() and self.ignore.reincludes_below(rel)
+
+
+def wildcard_directory(pattern: str) -> str:
+    """The directory a wildcard pattern searches: its components before the first wildcard
+    (``src/*/x.go`` -> ``src``; ``*.go`` -> ``""``). Docker fails a wildcard source whose
+    directory does not exist, even when wildcards matching nothing are allowed."""
+    parts = [p for p in pattern.strip("/").split("/") if p not in ("", ".")]
+    fixed: list[str] = []
+    for part in parts:
+        if glob.has_magic(part):
+            break
+        fixed.append(part)
+    return "/".join(fixed)

@@ -5,8 +5,11 @@ The rules BuildKit applies, in one place (each checked against BuildKit v0.32):
 - a directory source copies its contents; several sources need a destination ending in ``/``;
   a relative destination is under WORKDIR; a source that is a symlink is followed, and the copy
   keeps the name the source was given (``COPY --from=t /link /d/`` writes ``/d/link``);
-- a wildcard that matches nothing is skipped; a COPY fails only for a missing source that is
-  not a wildcard (a COPY whose only source is a wildcard matching nothing copies nothing);
+- a wildcard that matches nothing is skipped, though its directory must exist; a COPY fails
+  for a missing source that is not a wildcard (a COPY whose only source is a wildcard matching
+  nothing copies nothing). BuildKit sends only the context paths some COPY names, so there a
+  wildcard's directory holding nothing any COPY matches is missing too; kiln sees the whole
+  context and copies nothing instead of failing;
 - owners: from the build context everything is root's (kaniko #2921 kept the context's
   owners); ``--from`` a stage or an image keeps each file's owner and group (moby#38599,
   kaniko #1806); ``--chown`` overrides both, and also owns every directory the COPY creates
@@ -52,7 +55,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from executor.context import DockerIgnore
+from executor.context import DockerIgnore, wildcard_directory
 from executor.dockerfile.expand import ExpansionError, expand_word
 from executor.dockerfile.parse import Instruction, strip_heredoc_tabs
 from executor.errors import ContextError
@@ -375,6 +378,10 @@ def collect_sources(state: StageState, inst: Instruction, request: CopyRequest, 
         if not matches and not glob.has_magic(pattern):
             raise inst.error(f"{inst.kind} --from={request.from_ref}: {source}: no such file "
                              "or directory")
+        prefix = wildcard_directory(pattern)
+        if not matches and prefix and not resolve_in_root(other, prefix).is_dir():
+            raise inst.error(f"{inst.kind} --from={request.from_ref}: {source}: /{prefix}: no "
+                             "such directory")
         return [Source(resolve_in_root(other, rel), rel, keep_rel=_keep(rel, base),
                        origin=other) for rel in matches
                 if not _excluded(request, rel, None)]

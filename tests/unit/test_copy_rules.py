@@ -117,3 +117,16 @@ def test_the_image_description_tells_hard_links_from_copies(tmp_path: Path) -> N
     files = describe_rootfs(tmp_path)
     assert files["/b"]["hardlink_group"] == files["/d/a"]["hardlink_group"] == "/b"
     assert "hardlink_group" not in files["/copy"]
+
+
+def test_a_wildcard_in_a_missing_directory_is_an_error(context: Path) -> None:
+    with pytest.raises(ContextError, match="no directory 'nodir' in the build context"):
+        BuildContext(context).sources("nodir/*.sh", "Dockerfile:3")
+
+
+@pytest.mark.parametrize(("pattern", "directory"), [
+    ("src/*/x.go", "src"), ("*.go", ""), ("./a/b/c*", "a/b"), ("/a/[xy]/z", "a")])
+def test_the_directory_a_wildcard_searches(pattern: str, directory: str) -> None:
+    from executor.context import wildcard_directory
+
+    assert wildcard_directory(pattern) == directory
