@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from executor import patterns
 
 _SPECIAL_PARAMS = frozenset("@*#?-$!0")
+MAX_SUBSTITUTION_DEPTH = 64  # the parser refuses deeper nesting too (parse.py)
 
 
 class ExpansionError(ValueError):
@@ -70,6 +71,7 @@ class _Lexer:
         self.process_quotes = process_quotes
         self.pos = 0
         self.raw_escapes = False
+        self.depth = 0
 
     def peek(self) -> str:
         return self.text[self.pos] if self.pos < len(self.text) else ""
@@ -178,6 +180,18 @@ class _Lexer:
         return "", False
 
     def dollar(self) -> str:
+        """A ``$name`` or ``${...}``; nesting is bounded, so a hostile word cannot exhaust the
+        stack (each level is three frames of this recursive reader)."""
+        if self.depth >= MAX_SUBSTITUTION_DEPTH:
+            raise ExpansionError("variable substitutions (${...}) are nested more than "
+                                 f"{MAX_SUBSTITUTION_DEPTH} deep")
+        self.depth += 1
+        try:
+            return self._dollar()
+        finally:
+            self.depth -= 1
+
+    def _dollar(self) -> str:
         self.next()
         if self.peek() != "{":
             name = self.name()
