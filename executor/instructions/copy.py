@@ -206,10 +206,10 @@ def place_sources(state: StageState, inst: Instruction, request: CopyRequest,
                   found: list[Source]) -> None:
     """Copy (or extract) every source to the destination, by Docker's rules."""
     dest = request.dest
-    # Several sources (or one wildcard matching several files) and a destination without a
-    # trailing '/': the Dockerfile reference says it must be a directory, but BuildKit does
-    # not check; it copies each source to the destination in turn, so the last file wins.
-    if request.parents and not dest.endswith("/"):
+    if (len(found) > 1 or request.parents) and not dest.endswith("/"):
+        if len(found) > 1:
+            raise inst.error(f"When using {inst.kind} with more than one source file, the "
+                             "destination must be a directory and end with a /")
         dest += "/"
     if request.link:
         _check_link_destination(state, inst, dest)
