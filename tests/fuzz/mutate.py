@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import random
 import resource
 import sys
@@ -30,7 +31,8 @@ from executor.dockerfile.stages import plan_build
 from executor.errors import KilnError
 from executor.image.model import Platform
 
-CASES = Path(__file__).resolve().parent.parent / "conformance" / "cases"
+CASES = Path(os.environ.get("KILN_FUZZ_CASES")
+             or Path(__file__).resolve().parent.parent / "conformance" / "cases")
 MAX_INPUT = 100 * 1024
 
 _TOKENS = [
