@@ -4,7 +4,7 @@ Run as ``python -m tests.fuzz.mutate SEED COUNT`` (a separate process, so the te
 peak memory): it writes one JSON line per input, ``{"index", "kind", "seconds", "outcome",
 "detail"}``, where ``outcome`` is ``ok``, ``error`` (a one-line KilnError, what the CLI prints)
 or ``bug`` (any other exception, or an error message of several lines: a traceback in the CLI),
-then a last line ``{"max_rss_kb": N}``.
+then a last line ``{"max_rss_kb": N}`` (each record has the peak so far too).
 
 The mutations are the ones that found bugs by hand (issue 18): deep ``${...}`` nesting,
 unbalanced quotes and braces, heredoc markers, escapes, long repetitions, bytes that are not
@@ -84,7 +84,9 @@ def mutate(rng: random.Random, data: bytes, others: list[bytes], edits: int = 4,
             data = data[:pos] + b"\n" + line + b"\n" + data[pos:]
         else:
             line = rng.choice(data.split(b"\n") or [b""])
-            data = data + (b"\n" + line) * min(rng.choice([2, 50, 2000]), repeat)
+            # Bounded by MAX_INPUT here, so the mutator itself never holds a huge string.
+            times = min(rng.choice([2, 50, 2000]), repeat, MAX_INPUT // (len(line) + 1) + 1)
+            data = data + (b"\n" + line) * times
     return data[:MAX_INPUT]
 
 
@@ -151,7 +153,8 @@ def main(seed: int, count: int) -> None:
         started = time.monotonic()
         outcome, detail = run_one(case, data, ignore_text)
         record = {"index": index, "case": case.name, "seconds": time.monotonic() - started,
-                  "outcome": outcome, "detail": detail}
+                  "outcome": outcome, "detail": detail,
+                  "max_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}
         if outcome == "bug":
             record["input"] = data.decode("latin-1")
             record["ignore"] = ignore_text

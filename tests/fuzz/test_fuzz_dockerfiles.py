@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fuzz.mutate import CASES, MAX_INPUT, corpus, mutate
+from tests.fuzz.mutate import CASES, MAX_INPUT, corpus, mutate, mutate_ignore
 
 INPUT_SIDE_COUNT = int(os.environ.get("KILN_FUZZ_INPUTS", "1500"))
 BUILD_COUNT = int(os.environ.get("KILN_FUZZ_BUILDS", "8"))
@@ -83,6 +83,8 @@ def test_mutated_dockerfiles_build_or_fail_in_one_line(tmp_path: Path,
         work = tmp_path / str(index)
         _copy_context(case, work / "context")
         (work / "context" / "Dockerfile").write_bytes(data)
+        if rng.random() < 0.3:
+            (work / "context" / ".dockerignore").write_text(mutate_ignore(rng))
         command = [sys.executable, "-m", "executor.cli", "--context", str(work / "context"),
                    "--dockerfile", str(work / "context" / "Dockerfile"),
                    "--root", str(work / "root"), "--kaniko-dir", str(work / "kiln"),
