@@ -7,6 +7,7 @@ translate to (what kiln used before), on inputs small enough for backtracking to
 
 from __future__ import annotations
 
+import random
 import re
 import time
 
@@ -14,6 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from executor import patterns
 from executor.context import DockerIgnore
 from executor.dockerfile.expand import ExpansionError, expand_word
 from executor.dockerfile.parse import parse_text
@@ -212,3 +214,14 @@ def test_path_patterns_equal_the_regex_translation(pattern: str, path: str) -> N
     compiled = compile_path_pattern(pattern)
     if compiled.kind == "automaton":
         assert compiled.match(path) == bool(_path_regex(pattern).fullmatch(path))
+
+
+def test_a_pattern_with_more_dfa_states_than_the_cache_holds_still_matches_correctly() -> None:
+    # "*a" then 13 "?" needs 2**13 DFA states on a text of a and b: past the cache's bound.
+    rng = random.Random(7)
+    automaton = patterns.compile_shell_pattern("*a" + "?" * 13)
+    regex = re.compile("(?s:.*a.{13})")
+    for _ in range(60):
+        text = "".join(rng.choice("ab") for _ in range(rng.randint(10, 400)))
+        assert automaton.fullmatch(text) == bool(regex.fullmatch(text))
+    assert len(automaton._sets) <= patterns._MAX_DFA_STATES + 2
