@@ -292,8 +292,13 @@ def _heredocs(line: str) -> list[tuple[bool, str]]:
 
 
 def _to_instruction(cmd: dockerfile.Command, name: str) -> Instruction:
-    kind = cmd.cmd.upper()
     location = Location(name, cmd.start_line)
+    if not cmd.cmd:
+        # A last line that is only the escape character continues into nothing; BuildKit
+        # reports "unknown instruction: " (found by tests/fuzz: cmd was None).
+        raise DockerfileError(str(location), "unknown instruction: the line continues (ends in "
+                              "the escape character) but nothing follows")
+    kind = cmd.cmd.upper()
     if kind not in KNOWN_INSTRUCTIONS:
         raise DockerfileError(str(location), f"unknown instruction: {cmd.cmd}")
     args = tuple(cmd.value)

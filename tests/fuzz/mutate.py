@@ -42,6 +42,7 @@ _TOKENS = [
     b"--exclude=", b"--chmod=", b"--chown=", b"=", b"ONBUILD ", b"FROM ", b" AS x", b"ARG A=",
     b"ENV A=", b"COPY ", b"RUN ", b"# escape=`\n", b"\x00", b"\xe9", b"\xff\xfe",
     "\u00e9\U0001f600".encode(), b"..", b"/../", b"--platform=$BUILDPLATFORM",
+    b"\\\n", b"<<", b"\r", b"ONBUILD ONBUILD ", b"--mount=from=$A,target=/m", b"[\"", b"\"]",
 ]
 _IGNORE_TOKENS = ["*", "**", "**/", "?", "[ab]", "[^a]", "[!a]", "[z-a]", "[", "]", "\\", "!",
                   "/", ".", "..", "a", "sub", "#", " ", "*a*a*a*a*a*a*b", "\\*"]

@@ -37,6 +37,10 @@ def test_instructions_know_their_line() -> None:
                            "with a number or contain symbols"),
         ("FROM a AS x\nFROM b AS X\n", 'Dockerfile:2: duplicate stage name "X"'),
         ("FROM --foo=1 a\n", "Dockerfile:1: unknown flag: --foo for FROM"),
+        # found by tests/fuzz: an escape-only line then blank lines to the end of the file
+        ("FROM a\nLABEL a=b\n\\\n\n\n", "Dockerfile:3: unknown instruction: the line "
+                                          "continues (ends in the escape character) but nothing "
+                                          "follows"),
     ],
 )
 def test_malformed_dockerfiles_fail_at_file_and_line(text: str, message: str) -> None:
