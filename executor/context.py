@@ -60,6 +60,11 @@ class IgnorePattern:
         return self.pattern.match_or_parent(rel)
 
 
+# Each line is a pattern checked against every path of the context: a file of many megabytes is
+# a mistake or an attack, refused before it is read whole (as the Dockerfile is).
+MAX_IGNORE_FILE_BYTES = 10 * 1024 * 1024
+
+
 def _clean(path: str) -> str:
     """Go's ``filepath.Clean``: ``posixpath.normpath`` but with one leading slash at most."""
     cleaned = posixpath.normpath(path)
@@ -114,7 +119,16 @@ class BuildContext:
         for candidate in (dockerfile.with_name(dockerfile.name + ".dockerignore"),
                           root / ".dockerignore"):
             if candidate.is_file():
-                text = candidate.read_text(errors="replace")
+                try:
+                    with candidate.open("rb") as stream:
+                        data = stream.read(MAX_IGNORE_FILE_BYTES + 1)
+                except OSError as exc:
+                    raise ContextError(f"{candidate}: cannot read it: "
+                                       f"{exc.strerror or exc}") from None
+                if len(data) > MAX_IGNORE_FILE_BYTES:
+                    raise ContextError(f"{candidate}: larger than kiln's limit of "
+                                       f"{MAX_IGNORE_FILE_BYTES >> 20} MiB for an ignore file")
+                text = data.decode(errors="replace")
                 return cls(root, DockerIgnore.from_text(text, candidate.name))
         return cls(root)
 
