@@ -149,7 +149,7 @@ def decode_dockerfile(data: bytes, name: str) -> str:
 def parse_text(text: str, name: str = "Dockerfile") -> Dockerfile:
     """Parse Dockerfile source ``text``; ``name`` is used in error locations."""
     escape = _read_directives(text, name)
-    _check_substitution_depth(text, escape, name)
+    _check_substitutions(text, escape, name)
     try:
         commands = dockerfile.parse_string(text)
     except dockerfile.GoParseError as exc:
@@ -162,27 +162,34 @@ def parse_text(text: str, name: str = "Dockerfile") -> Dockerfile:
 
 
 # BuildKit's parser lexes RUN, COPY and ADD lines in time cubic in the nesting of ${...}
-# (2,000 levels took 44 s, during which no signal is handled); no real Dockerfile nests more
-# than a few levels.
+# (2,000 levels took 44 s, during which no signal is handled) and worse than linear in their
+# number (40,000 in one word: 12 s); no real Dockerfile nests more than a few levels or writes
+# thousands of substitutions in one instruction.
 MAX_SUBSTITUTION_DEPTH = 64
+MAX_SUBSTITUTIONS = 4096
 
 
-def _check_substitution_depth(text: str, escape: str, name: str) -> None:
-    """Refuse ``${`` nested deeper than MAX_SUBSTITUTION_DEPTH within one instruction."""
+def _check_substitutions(text: str, escape: str, name: str) -> None:
+    """Refuse ``${`` nested deeper than MAX_SUBSTITUTION_DEPTH, or more than
+    MAX_SUBSTITUTIONS of them, within one instruction (its continued lines)."""
     if "${" not in text:
         return
-    depth = 0
+    depth = count = 0
     for number, line in enumerate(text.splitlines(), start=1):
         for match in _BRACES.finditer(line):
             if match.group() == "}":
                 depth = max(depth - 1, 0)
                 continue
             depth += 1
+            count += 1
             if depth > MAX_SUBSTITUTION_DEPTH:
                 raise DockerfileError(f"{name}:{number}", "variable substitutions (${...}) are "
                                       f"nested more than {MAX_SUBSTITUTION_DEPTH} deep")
+            if count > MAX_SUBSTITUTIONS:
+                raise DockerfileError(f"{name}:{number}", f"more than {MAX_SUBSTITUTIONS} "
+                                      "variable substitutions (${...}) in one instruction")
         if not line.rstrip(" \t").endswith(escape):
-            depth = 0  # the instruction ends with its line
+            depth = count = 0  # the instruction ends with its line
 
 
 _BRACES = re.compile(r"\$\{|\}")

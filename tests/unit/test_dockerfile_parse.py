@@ -132,3 +132,15 @@ def test_a_latin1_comment_builds_as_in_buildkit_and_the_warning_names_its_line(
         parsed = parse_dockerfile(path)
     assert parsed.instructions[1].args == ("a", "caf\ufffd")
     assert "Dockerfile:2: byte 0xe9 is not UTF-8; it is read as U+FFFD" in caplog.text
+
+
+def test_thousands_of_substitutions_in_one_instruction_are_refused_at_its_last_line() -> None:
+    word = "\\\n".join(["${A}" * 1000] * 5)  # one word over five continued lines
+    with pytest.raises(DockerfileError) as caught:
+        parse_text(f"FROM a\nRUN echo {word}\n")
+    assert str(caught.value) == ("Dockerfile:6: more than 4096 variable substitutions (${...}) "
+                                 "in one instruction")
+
+
+def test_many_substitutions_spread_over_instructions_are_fine() -> None:
+    parse_text("FROM a\n" + "RUN echo ${A} ${B:-x}\n" * 5000)
