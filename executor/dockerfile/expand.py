@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from executor import patterns
 
 _SPECIAL_PARAMS = frozenset("@*#?-$!0")
-MAX_SUBSTITUTION_DEPTH = 64  # the parser refuses deeper nesting too (parse.py)
+# Deeper nesting is refused here and, before BuildKit's parser sees it, in parse.py.
+MAX_SUBSTITUTION_DEPTH = 64
 
 
 class ExpansionError(ValueError):

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import dockerfile
 
+from executor.dockerfile.expand import MAX_SUBSTITUTION_DEPTH
 from executor.errors import DockerfileError
 
 log = logging.getLogger("kiln")
@@ -165,7 +166,6 @@ def parse_text(text: str, name: str = "Dockerfile") -> Dockerfile:
 # (2,000 levels took 44 s, during which no signal is handled) and worse than linear in their
 # number (40,000 in one word: 12 s); no real Dockerfile nests more than a few levels or writes
 # thousands of substitutions in one instruction.
-MAX_SUBSTITUTION_DEPTH = 64
 MAX_SUBSTITUTIONS = 4096
 
 
