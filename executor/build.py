@@ -13,7 +13,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -51,7 +51,7 @@ from executor.instructions.metadata import Step
 from executor.instructions.state import StageState
 from executor.options import BuildOptions, read_secrets
 from executor.publish import check_push_permissions, make_client, publish, transfer_line
-from executor.registry.client import RegistryClient
+from executor.registry.client import Cancellation, RegistryClient, remove_stale_partials
 from executor.sandbox import SANDBOX_MOUNTS, Sandbox
 from snapshot.compress import Compression, open_decompressed
 from snapshot.errors import CorruptLayerError, UnsafeLayerError
@@ -138,6 +138,7 @@ class Workspace:
     def create(self) -> Workspace:
         for directory in (self.blobs, self.roots, self.scratch, self.caches):
             directory.mkdir(parents=True, exist_ok=True)
+        remove_stale_partials(self.blobs)  # a SIGKILLed build's downloads
         return self
 
 
@@ -359,32 +360,42 @@ class Builder:
         self.pulled[name] = image
         return image
 
-    def _fetch_layers(self, image: BuiltImage) -> Iterator[Future[Layer]]:
+    def _fetch_layers(self, image: BuiltImage) -> Generator[Future[Layer], None, None]:
         """Start downloading every missing layer; yields them in order as futures."""
         pool = ThreadPoolExecutor(max_workers=3, thread_name_prefix="kiln-pull")
+        cancel = Cancellation()
 
         def fetch(layer: Layer) -> Layer:
             if not layer.path.exists():
                 assert image.source is not None
                 started = time.monotonic()
-                self.client.fetch_blob(image.source, layer.descriptor(), layer.path)
+                self.client.fetch_blob(image.source, layer.descriptor(), layer.path,
+                                       cancel=cancel)
                 log.info("%s", transfer_line("Pulled", layer.digest, layer.size,
                                              time.monotonic() - started, True))
             return layer
 
+        futures = [pool.submit(fetch, layer) for layer in image.layers]
         try:
-            futures = [pool.submit(fetch, layer) for layer in image.layers]
             yield from futures
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+        except BaseException:
+            # A failure or a stop signal: downloads still running are cut, not waited for.
+            cancel.cancel()
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
 
     def _extract(self, image: BuiltImage, root: Path, ignore: IgnoreList) -> None:
         """Extract ``image``'s layers in order; later downloads overlap earlier extraction."""
-        for future in self._fetch_layers(image):
-            layer = future.result()
-            started = time.monotonic()
-            self._extract_layer(layer, root, ignore)
-            log.debug("extracted %s in %.2fs", layer.digest, time.monotonic() - started)
+        downloads = self._fetch_layers(image)
+        try:
+            for future in downloads:
+                layer = future.result()
+                started = time.monotonic()
+                self._extract_layer(layer, root, ignore)
+                log.debug("extracted %s in %.2fs", layer.digest, time.monotonic() - started)
+        finally:
+            downloads.close()  # now, not when the traceback is freed: cuts running downloads
 
     @staticmethod
     def _extract_layer(layer: Layer, root: Path, ignore: IgnoreList) -> None:

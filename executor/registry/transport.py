@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
+import http.client
 import logging
 import os
 import socket
@@ -39,6 +40,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import requests
 import urllib3
@@ -257,36 +259,52 @@ class Transport:
 
     def request(self, method: str, ref: ImageRef, target: str, *, push: bool,
                 headers: Mapping[str, str] | None = None, body: Body = None,
-                stream: bool = False) -> requests.Response:
+                stream: bool = False, retries: int | None = None) -> requests.Response:
         """Send one API request for ``ref``'s registry, retrying what is worth retrying.
 
         ``target`` is a path (``/v2/...``) on the registry or an absolute URL (an upload
         ``Location``). Redirects are followed. Returns whatever status the registry gave; raises
-        ``RegistryError`` only when the registry cannot be reached at all.
+        ``RegistryConnectionError`` only when no answer came. ``retries`` overrides the
+        transport's count: an upload ``PUT`` is never re-sent to its session (a broken upload
+        session is gone), its caller opens a new one instead.
         """
+        limit = self.options.retries if retries is None else retries
         attempt = 0
         while True:
             try:
                 response = self._send(method, ref, target, push=push, headers=headers,
                                       body=body, stream=stream)
             except requests.RequestException as exc:
-                if attempt < self.options.retries and _is_transient(exc):
-                    log.debug("request to %s failed (%s), retrying", ref.registry, exc)
-                    self.sleep(self.backoff_delay(attempt))
+                failure = RegistryConnectionError(describe_failure(exc, ref.registry, method,
+                                                                   target),
+                                                  transient=_is_transient(exc),
+                                                  reason=describe_connection_error(exc))
+                if attempt < limit and failure.transient:
+                    self._wait_before_retry(attempt, limit, method, ref, target,
+                                            failure.reason)
                     attempt += 1
                     continue
-                raise RegistryError(
-                    f"cannot reach registry {ref.registry}: {describe_connection_error(exc)}"
-                ) from exc
-            if response.status_code in RETRY_STATUSES and attempt < self.options.retries:
+                raise failure from exc
+            if response.status_code in RETRY_STATUSES and attempt < limit:
                 delay = retry_after(response)
                 response.close()
-                log.debug("%s answered %d, retrying", ref.registry, response.status_code)
-                self.sleep(self.backoff_delay(attempt) if delay is None
-                           else min(delay, MAX_RETRY_AFTER))
+                self._wait_before_retry(
+                    attempt, limit, method, ref, target,
+                    f"{response.status_code} {response.reason or ''}".rstrip(),
+                    None if delay is None else min(delay, MAX_RETRY_AFTER))
                 attempt += 1
                 continue
             return response
+
+    def _wait_before_retry(self, attempt: int, limit: int, method: str, ref: ImageRef,
+                           target: str, reason: str, delay: float | None = None) -> None:
+        """Log the retry in kaniko's words (a WARN line, so a slow registry is never a silent
+        minute in the default log) and wait for it."""
+        wait = self.backoff_delay(attempt) if delay is None else delay
+        log.warning("Retrying %s %s on %s after %s due to %s (retry %d of %d)", method,
+                    request_path(target), ref.registry, format_wait(wait), reason, attempt + 1,
+                    limit)
+        self.sleep(wait)
 
     def backoff_delay(self, attempt: int) -> float:
         """Seconds to wait before retry number ``attempt + 1``."""
@@ -360,6 +378,68 @@ def _is_transient(exc: requests.RequestException) -> bool:
         return False
     return isinstance(exc, requests.ConnectionError | requests.Timeout
                       | requests.exceptions.ChunkedEncodingError)
+
+
+class RegistryConnectionError(RegistryError):
+    """No answer came from a registry: it could not be reached, or the connection broke.
+
+    ``transient`` says whether trying again may help (a reset may; a certificate that does not
+    verify never will).
+    """
+
+    def __init__(self, message: str, *, transient: bool, reason: str = "") -> None:
+        super().__init__(message)
+        self.transient = transient
+        #: The cause in a few words (``connection reset by peer``), for retry lines.
+        self.reason = reason or message
+
+
+def request_path(target: str) -> str:
+    """The path of a request target, without the query (upload state tokens are long)."""
+    return urlsplit(target).path or target
+
+
+def format_wait(seconds: float) -> str:
+    """A wait as kaniko prints a Go duration: ``500ms``, ``2s``, ``1.5s``."""
+    if seconds < 1:
+        return f"{round(seconds * 1000)}ms"
+    return f"{seconds:g}s" if seconds == int(seconds) else f"{seconds:.1f}s"
+
+
+def describe_failure(exc: BaseException, registry: str, method: str, target: str) -> str:
+    """One line for a request that got no (complete) answer.
+
+    A registry that could not be reached at all is ``cannot reach registry R: why``; one that
+    answered and then broke off says what broke, rather than urllib3's ``IncompleteRead`` tuple.
+    """
+    where = f"{method} {request_path(target)}"
+    incomplete = next((c for c in _causes(exc)
+                       if isinstance(c, urllib3.exceptions.IncompleteRead
+                                     | http.client.IncompleteRead)), None)
+    if incomplete is not None:
+        received = incomplete.partial if isinstance(incomplete.partial, int) \
+            else len(incomplete.partial)
+        return (f"registry {registry} broke off its answer to {where}: received {received} "
+                f"bytes, {incomplete.expected} more were due")
+    if _reached(exc):
+        return f"connection to registry {registry} broke during {where}: " \
+            f"{describe_connection_error(exc)}"
+    return f"cannot reach registry {registry}: {describe_connection_error(exc)}"
+
+
+def _reached(exc: BaseException) -> bool:
+    """True when the failure came after a connection was made (a reset, a read timeout, a
+    broken body), false when none could be made (refused, no such host, TLS refused)."""
+    causes = list(_causes(exc))
+    if any(isinstance(c, urllib3.exceptions.NewConnectionError | socket.gaierror
+                      | urllib3.exceptions.ConnectTimeoutError | ssl.SSLError
+                      | ConnectionRefusedError) for c in causes):
+        return False
+    return isinstance(exc, requests.exceptions.ChunkedEncodingError
+                      | requests.exceptions.ReadTimeout) or any(
+        isinstance(c, ConnectionResetError | BrokenPipeError | http.client.RemoteDisconnected
+                   | urllib3.exceptions.ReadTimeoutError | urllib3.exceptions.ProtocolError)
+        for c in causes)
 
 
 def retry_after(response: requests.Response) -> float | None:
