@@ -111,6 +111,33 @@ class TransportOptions:
         return not (flag or _names_match(self.skip_tls_verify_registries, registry))
 
 
+#: Environment variables that tune the retry policy (no kaniko flag exists for it): a slow
+#: link wants longer timeouts, a test of faults wants short ones.
+TIMING_VARIABLES = {"KILN_REGISTRY_RETRIES": "retries", "KILN_REGISTRY_BACKOFF": "backoff",
+                    "KILN_REGISTRY_TIMEOUT": "read_timeout",
+                    "KILN_REGISTRY_CONNECT_TIMEOUT": "connect_timeout"}
+
+
+def timing_from_environment(environ: Mapping[str, str] | None = None) -> dict[str, float]:
+    """``TransportOptions`` fields set by ``KILN_REGISTRY_*`` variables; a bad value is an
+    error naming the variable."""
+    environ = os.environ if environ is None else environ
+    out: dict[str, float] = {}
+    for variable, name in TIMING_VARIABLES.items():
+        value = environ.get(variable, "").strip()
+        if not value:
+            continue
+        try:
+            number = int(value) if name == "retries" else float(value)
+        except ValueError:
+            number = -1
+        if number < 0 or (name != "retries" and number == 0):
+            raise RegistryError(f"{variable}={value!r}: expected a "
+                                f"{'count' if name == 'retries' else 'number of seconds'}")
+        out[name] = number
+    return out
+
+
 @dataclass(frozen=True)
 class TLSProfile:
     """Extra trust and a client certificate for one registry; the empty profile is the default."""

@@ -14,6 +14,8 @@ The faults (``Fault.action``):
   then reset the connection (a download that breaks off).
 - ``stall``: like ``reset_response`` but wait ``stall`` seconds (or until the proxy stops)
   before the reset: a registry that stops sending.
+- ``hang``: read the request, forward nothing, answer nothing for ``stall`` seconds (or until
+  the proxy stops), then reset: a registry that takes an upload and never replies.
 - ``truncate``: answer with the first half of the body and a ``Content-Length`` that matches it.
 - ``corrupt``: answer with the body's first byte changed (a wrong digest, same size).
 """
@@ -37,7 +39,7 @@ from tests.support.registry import free_port
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
                "proxy-authorization", "proxy-authenticate"}
 
-ACTIONS = ("answer", "reset_request", "reset_response", "stall", "truncate", "corrupt")
+ACTIONS = ("answer", "reset_request", "reset_response", "stall", "hang", "truncate", "corrupt")
 
 
 @dataclass
@@ -149,6 +151,12 @@ def _handler_for(proxy: FaultProxy) -> type[http.server.BaseHTTPRequestHandler]:
             if fault is not None and fault.action == "answer":
                 proxy._record(self.command, self.path, fault.status)
                 self._send(fault.status, list(fault.headers.items()), fault.body)
+                return
+            if fault is not None and fault.action == "hang":
+                proxy._record(self.command, self.path, "hang")
+                proxy._stopping.wait(fault.stall)
+                self.close_connection = True
+                _reset(self.connection)
                 return
             headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
             answer = session.request(self.command, proxy.upstream + self.path, headers=headers,
