@@ -87,6 +87,7 @@ class Build:
     def __post_init__(self) -> None:
         self.context = write_context(self.tmp_path / "context", self.dockerfile)
         self.root = self.tmp_path / "root"
+        self.runs = 0
         self.kiln_dir = self.tmp_path / "kiln"
 
     @property
@@ -94,6 +95,11 @@ class Build:
         return f"{self.proxy.host}/{self.repository}:1"
 
     def command(self) -> list[str]:
+        """The executor command of the next run: same kiln dir, a new root (kiln refuses a
+        root that is not empty, and a stopped build leaves its root as it was)."""
+        self.runs += 1
+        if self.runs > 1:
+            self.root = self.tmp_path / f"root{self.runs}"
         return [sys.executable, "-m", "executor.cli", "--context", str(self.context),
                 "--dockerfile", str(self.context / "Dockerfile"), "--root", str(self.root),
                 "--kaniko-dir", str(self.kiln_dir), "--destination", self.destination,
@@ -197,7 +203,7 @@ FAILED = [
          last_line=r"fetching blob {proxy}/test/busybox@sha256:\w{64}: digest mismatch: "
                    r"received content with digest sha256:\w{64}"),
     Case("the manifest answer broken off, every time",
-         Fault("GET", r"/manifests/latest", action="reset_response", times=99),
+         Fault("GET", r"/manifests/latest", action="close_response", times=99),
          last_line=r"registry {proxy} broke off its answer to GET "
                    r"/v2/test/busybox/manifests/latest: received \d+ bytes, \d+ more were due"),
     Case("every upload reset",

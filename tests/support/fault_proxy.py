@@ -12,6 +12,8 @@ The faults (``Fault.action``):
   then reset both connections: an upload that breaks mid-way, as the registry sees it too.
 - ``reset_response``: forward the request, send the client the headers and half of the body,
   then reset the connection (a download that breaks off).
+- ``close_response``: like ``reset_response`` but close cleanly (a FIN): the client reads
+  half the body and then the end of the stream, which urllib3 reports as ``IncompleteRead``.
 - ``stall``: like ``reset_response`` but wait ``stall`` seconds (or until the proxy stops)
   before the reset: a registry that stops sending.
 - ``hang``: read the request, forward nothing, answer nothing for ``stall`` seconds (or until
@@ -39,7 +41,8 @@ from tests.support.registry import free_port
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
                "proxy-authorization", "proxy-authenticate"}
 
-ACTIONS = ("answer", "reset_request", "reset_response", "stall", "hang", "truncate", "corrupt")
+ACTIONS = ("answer", "reset_request", "reset_response", "close_response", "stall", "hang",
+           "truncate", "corrupt")
 
 
 @dataclass
@@ -174,13 +177,14 @@ def _handler_for(proxy: FaultProxy) -> type[http.server.BaseHTTPRequestHandler]:
             elif fault.action == "corrupt":
                 flipped = bytes([content[0] ^ 0xFF]) + content[1:] if content else content
                 self._send(answer.status_code, kept, flipped)
-            else:  # reset_response, stall: the full length promised, half of it sent
+            else:  # reset_response, close_response, stall: the full length promised, half sent
                 self._send(answer.status_code, kept, content[:len(content) // 2],
                            length=len(content))
                 if fault.action == "stall":
                     proxy._stopping.wait(fault.stall)
                 self.close_connection = True
-                _reset(self.connection)
+                if fault.action != "close_response":
+                    _reset(self.connection)
 
         def _send(self, status: int, headers: list[tuple[str, str]], body: bytes,
                   length: int | None = None) -> None:
