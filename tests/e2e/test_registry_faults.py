@@ -9,6 +9,7 @@ Timeouts and backoff are shortened through ``KILN_REGISTRY_*`` so each case take
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -354,8 +355,13 @@ def _reached(phase: str, running: Running, proxy: FaultProxy) -> bool:
 @pytest.mark.parametrize("phase", PHASES)
 def test_a_stop_signal_ends_the_build_promptly_and_a_rerun_succeeds(
         phase: str, signum: signal.Signals, proxy: FaultProxy, registry: Registry,
-        busybox_image: str, tmp_path: Path, record_property: Callable[[str, object], None]
-        ) -> None:
+        busybox_image: str, tmp_path: Path, record_property: Callable[[str, object], None],
+        request: pytest.FixtureRequest) -> None:
+    if phase == "run" and signum == signal.SIGKILL:
+        # Nothing in kiln runs after a SIGKILL: the RUN's processes must end with kiln by a
+        # mechanism set up before (issue 18 item 5, the sandbox's process lifetime).
+        request.applymarker(pytest.mark.xfail(reason="issue 18 item 5: a RUN's processes "
+                                              "outlive a SIGKILLed executor", strict=False))
     build = _phase_build(phase, tmp_path, proxy, registry)
     # Long timeouts: only the signal may end the stalled request.
     env = {**os.environ, **FAST, "KILN_REGISTRY_TIMEOUT": "60"}
@@ -388,8 +394,6 @@ def test_a_stop_signal_ends_the_build_promptly_and_a_rerun_succeeds(
         if running.proc.poll() is None:
             running.proc.kill()
         for pid in _processes_in(build.root, build.kiln_dir):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
     build.rerun_succeeds(registry)

@@ -202,7 +202,8 @@ def _handler_for(proxy: FaultProxy) -> type[http.server.BaseHTTPRequestHandler]:
             length = int(self.headers.get("Content-Length") or 0)
             half = self.rfile.read(length // 2) if length else b""
             proxy._record(self.command, self.path, "reset_request")
-            conn = http.client.HTTPConnection(upstream.hostname, upstream.port, timeout=30)
+            conn = http.client.HTTPConnection(upstream.hostname or "127.0.0.1", upstream.port,
+                                              timeout=30)
             try:
                 conn.putrequest(self.command, self.path, skip_host=True,
                                 skip_accept_encoding=True)
