@@ -302,7 +302,8 @@ class RegistryClient:
     def _resolve(self, ref: ImageRef, platform: Platform) -> ResolvedImage:
         body, media_type, digest = self.get_manifest(ref)
         if _is_index(body, media_type):
-            index = Index.from_bytes(body, media_type)
+            with _naming(f"pulling index {ref.name}{_at(ref)} ({digest})"):
+                index = Index.from_bytes(body, media_type)
             try:
                 entry = index.select(platform)
             except ImageError as exc:
@@ -312,14 +313,13 @@ class RegistryClient:
             if _is_index(body, media_type):
                 raise ImageError(f"{ref_for_platform}: the index for {platform} points at "
                                  "another index, which kiln does not follow")
-        try:
+        with _naming(f"pulling manifest {ref.name}{_at(ref)} ({digest})"):
             manifest = Manifest.from_bytes(body, media_type)
-        except ImageError as exc:
-            raise ImageError(f"{ref}: {exc}") from None
         config_bytes = self.get_blob_bytes(ref, manifest.config, what="config",
                                            limit=MAX_CONFIG_SIZE)
-        return ResolvedImage(ref, manifest, body, digest, ImageConfig.from_bytes(config_bytes),
-                             config_bytes)
+        with _naming(f"pulling config {ref.name}@{manifest.config.digest}"):
+            config = ImageConfig.from_bytes(config_bytes)
+        return ResolvedImage(ref, manifest, body, digest, config, config_bytes)
 
     def get_manifest(self, ref: ImageRef, *, push: bool = False) -> tuple[bytes, str | None, str]:
         """(body, media type, digest) of the manifest or index ``ref`` names, in one request.
@@ -688,7 +688,7 @@ def _is_index(body: bytes, media_type: str | None) -> bool:
     optional in OCI), by the ``Content-Type`` and finally by the shape of the document."""
     try:
         data = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return False  # Manifest.from_bytes reports the malformed JSON
     if not isinstance(data, dict):
         return False
@@ -700,6 +700,15 @@ def _is_index(body: bytes, media_type: str | None) -> bool:
     if media_type in MANIFEST_TYPES:
         return False
     return "manifests" in data and "layers" not in data
+
+
+@contextlib.contextmanager
+def _naming(operation: str) -> Iterator[None]:
+    """Prefix an ``ImageError`` raised inside with the operation: registry, image, digest."""
+    try:
+        yield
+    except ImageError as exc:
+        raise ImageError(f"{operation}: {exc}") from None
 
 
 def _digest_of(data: bytes, algorithm: str) -> str:
