@@ -10,6 +10,7 @@ Timeouts and backoff are shortened through ``KILN_REGISTRY_*`` so each case take
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -21,6 +22,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -397,3 +399,174 @@ def test_a_stop_signal_ends_the_build_promptly_and_a_rerun_succeeds(
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
     build.rerun_succeeds(registry)
+
+
+# --- what a registry serves: hostile manifests and configs, layers that lie ---------------------
+
+
+def _serve(proxy: FaultProxy, path: str, body: bytes, content_type: str = OCI_MANIFEST) -> None:
+    """Have the proxy answer every GET of ``path`` with ``body``."""
+    proxy.add(Fault("GET", re.escape(path) + "$", 200, {"Content-Type": content_type},
+                    times=99, body=body))
+
+
+def _busybox_documents(registry: Registry) -> tuple[dict[str, Any], dict[str, Any]]:
+    manifest = requests.get(f"{registry.url}/v2/test/busybox/manifests/latest", timeout=10,
+                            headers={"Accept": OCI_MANIFEST}).json()
+    config = requests.get(f"{registry.url}/v2/test/busybox/blobs/"
+                          f"{manifest['config']['digest']}", timeout=10).json()
+    return manifest, config
+
+
+def _nested(depth: int) -> bytes:
+    return b'{"a":' * depth + b"1" + b"}" * depth
+
+
+def _manifest_case(name: str, registry: Registry) -> tuple[bytes, str]:
+    """A hostile manifest body, and the end of the line kiln must print for it."""
+    manifest, _ = _busybox_documents(registry)
+    if name == "nested":
+        return _nested(100_000), "manifest is not valid JSON: nested too deeply"
+    if name == "layers-string":
+        manifest["layers"] = "sha256:abc"
+        return (json.dumps(manifest).encode(),
+                "manifest's 'layers' is a JSON string, not a list")
+    del manifest["layers"][0]["mediaType"]
+    return json.dumps(manifest).encode(), "layer 1's descriptor lacks the 'mediaType' field"
+
+
+@pytest.mark.parametrize("name", ["nested", "layers-string", "descriptor-without-mediaType"])
+def test_a_malformed_manifest_is_one_line_naming_registry_image_and_digest(
+        name: str, proxy: FaultProxy, registry: Registry, busybox_image: str,
+        tmp_path: Path) -> None:
+    body, why = _manifest_case(name, registry)
+    _serve(proxy, "/v2/test/busybox/manifests/latest", body)
+    result = Build(tmp_path, proxy, busybox_via(proxy) + "RUN true\n").run()
+    assert result.exit_code == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.last_line == (f"error building image: pulling manifest {proxy.host}/test/"
+                                f"busybox:latest ({sha256_digest(body)}): {why}")
+
+
+@pytest.mark.parametrize("name", ["nested", "history-string"])
+def test_a_malformed_image_config_is_one_line_naming_its_digest(
+        name: str, proxy: FaultProxy, registry: Registry, busybox_image: str,
+        tmp_path: Path) -> None:
+    manifest, config = _busybox_documents(registry)
+    if name == "nested":
+        config_body, why = _nested(100_000), "image config is not valid JSON: nested too deeply"
+    else:
+        config["history"] = "none"
+        config_body = json.dumps(config).encode()
+        why = "image config's 'history' is a JSON string, not a list"
+    digest = sha256_digest(config_body)
+    manifest["config"] = {**manifest["config"], "digest": digest, "size": len(config_body)}
+    _serve(proxy, "/v2/test/busybox/manifests/latest", json.dumps(manifest).encode())
+    _serve(proxy, f"/v2/test/busybox/blobs/{digest}", config_body, "application/octet-stream")
+    result = Build(tmp_path, proxy, busybox_via(proxy) + "RUN true\n").run()
+    assert result.exit_code == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.last_line == (f"error building image: pulling config {proxy.host}/test/"
+                                f"busybox@{digest}: {why}")
+
+
+def _push_document(registry: Registry, repository: str, kind: str, body: bytes) -> str:
+    """Upload ``body`` as a blob (``kind`` "blob") or put it as manifest ``1``."""
+    digest = sha256_digest(body)
+    if kind == "blob":
+        start = requests.post(f"{registry.url}/v2/{repository}/blobs/uploads/", timeout=10)
+        location = start.headers["Location"]
+        sep = "&" if "?" in location else "?"
+        url = location if location.startswith("http") else registry.url + location
+        requests.put(f"{url}{sep}digest={digest}", data=body, timeout=10).raise_for_status()
+    else:
+        requests.put(f"{registry.url}/v2/{repository}/manifests/1", data=body, timeout=10,
+                     headers={"Content-Type": OCI_MANIFEST}).raise_for_status()
+    return digest
+
+
+def test_a_base_layer_whose_diff_id_is_not_the_configs_fails_naming_both(
+        registry: Registry, busybox_image: str, tmp_path: Path) -> None:
+    manifest, config = _busybox_documents(registry)
+    real = config["rootfs"]["diff_ids"][0]
+    lie = sha256_digest(b"another layer")
+    config["rootfs"]["diff_ids"] = [lie]
+    config_body = json.dumps(config).encode()
+    layer = manifest["layers"][0]["digest"]
+    repository = f"faults/diffid-{uuid.uuid4().hex[:8]}"
+    # The layer blob is mounted from the busybox repository; the config says another diff_id.
+    requests.post(f"{registry.url}/v2/{repository}/blobs/uploads/?mount={layer}"
+                  "&from=test/busybox", timeout=10).raise_for_status()
+    manifest["config"] = {**manifest["config"], "digest": _push_document(
+        registry, repository, "blob", config_body), "size": len(config_body)}
+    _push_document(registry, repository, "manifest", json.dumps(manifest).encode())
+    context = write_context(tmp_path / "context", f"FROM {registry.host}/{repository}:1\n"
+                            "RUN true\n")
+    result = run_spawning([sys.executable, "-m", "executor.cli", "--context", str(context),
+                           "--dockerfile", str(context / "Dockerfile"), "--root",
+                           str(tmp_path / "root"), "--no-push", "--insecure-pull"],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        f"error building image: {registry.host}/{repository}:1: layer {layer} uncompresses to "
+        f"diff_id {real}, but the image config's rootfs.diff_ids says {lie}")
+
+
+# --- refused before anything is pulled or built ------------------------------------------------
+
+
+def test_a_digest_destination_is_refused_before_the_build(
+        registry: Registry, busybox_image: str, tmp_path: Path) -> None:
+    context = write_context(tmp_path / "context", f"FROM {busybox_image}\nRUN true\n")
+    destination = f"{registry.host}/faults/by-digest@{sha256_digest(b'x')}"
+    result = run_spawning([sys.executable, "-m", "executor.cli", "--context", str(context),
+                           "--dockerfile", str(context / "Dockerfile"), "--root",
+                           str(tmp_path / "root"), "--destination", destination, "--insecure",
+                           "--insecure-pull"],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"error building image: --destination {destination}: a digest cannot be pushed to (the "
+        "image's digest is known only once it is built); give a tag, such as "
+        f"{registry.host}/faults/by-digest:latest"]
+
+
+def test_a_docker_config_that_is_a_fifo_is_refused_at_once(
+        registry: Registry, busybox_image: str, tmp_path: Path) -> None:
+    docker_config = tmp_path / "docker"
+    docker_config.mkdir()
+    os.mkfifo(docker_config / "config.json")
+    context = write_context(tmp_path / "context", f"FROM {busybox_image}\nRUN true\n")
+    started = time.monotonic()
+    result = run_spawning([sys.executable, "-m", "executor.cli", "--context", str(context),
+                           "--dockerfile", str(context / "Dockerfile"), "--root",
+                           str(tmp_path / "root"), "--no-push", "--insecure-pull"],
+                          capture_output=True, text=True, timeout=60, check=False,
+                          env={**os.environ, "DOCKER_CONFIG": str(docker_config)})
+    assert time.monotonic() - started < 30
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        f"error building image: reading registry credentials: {docker_config}/config.json: "
+        "not a regular file (a FIFO)")
+
+
+def test_a_custom_platform_the_base_lacks_warns_as_buildkit_and_labels_the_target(
+        registry: Registry, busybox_image: str, tmp_path: Path) -> None:
+    context = write_context(tmp_path / "context", f"FROM {busybox_image}\nENV A=1\n")
+    destination = f"{registry.host}/faults/arm64:1"
+    result = run_spawning([sys.executable, "-m", "executor.cli", "--context", str(context),
+                           "--dockerfile", str(context / "Dockerfile"), "--root",
+                           str(tmp_path / "root"), "--destination", destination, "--insecure",
+                           "--insecure-pull", "--custom-platform", "linux/arm64"],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"^WARN\[\d{4}\] InvalidBaseImagePlatform: Base image "
+                     + re.escape(f'{busybox_image} was pulled with platform "linux/amd64", '
+                                 'expected "linux/arm64" for current build (Dockerfile:1)') + "$",
+                     result.stderr, re.MULTILINE), result.stderr
+    from tests.support.runtime import inspect_config
+
+    config = inspect_config(destination)
+    assert (config["os"], config["architecture"]) == ("linux", "arm64")
