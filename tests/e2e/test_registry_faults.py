@@ -29,7 +29,12 @@ import requests
 
 from executor.image.model import OCI_LAYER, OCI_MANIFEST, Descriptor, sha256_digest
 from executor.image.reference import ImageRef
-from executor.registry.client import RegistryClient, remove_stale_partials
+from executor.registry.client import (
+    Cancellation,
+    DownloadCancelled,
+    RegistryClient,
+    remove_stale_partials,
+)
 from executor.registry.transport import Transport, TransportOptions
 from tests.support.fault_proxy import Fault, FaultProxy
 from tests.support.kiln import ExecutorRun, run_spawning, write_context
@@ -162,6 +167,44 @@ def test_a_stale_partial_download_is_removed_but_a_live_one_is_kept(tmp_path: Pa
         fcntl.flock(held.fileno(), fcntl.LOCK_EX)
         assert remove_stale_partials(tmp_path) == [stale]
     assert sorted(p.name for p in tmp_path.iterdir()) == [".abc.2.partial", "abc"]
+
+
+def test_a_cancelled_download_ends_at_once_even_in_a_stalled_read(
+        proxy: FaultProxy, registry: Registry, busybox_image: str, tmp_path: Path) -> None:
+    layer = layer_digest(registry, "test/busybox", "latest")
+    proxy.add(Fault("GET", layer, action="stall", stall=60))
+    ref = ImageRef.parse(f"{proxy.host}/test/busybox:latest")
+    transport = Transport(TransportOptions(insecure_registries=frozenset({proxy.host}),
+                                           read_timeout=60))
+    cancel = Cancellation()
+    outcome: list[BaseException | None] = []
+    size = int(requests.head(f"{registry.url}/v2/test/busybox/blobs/{layer}",
+                             timeout=10).headers["Content-Length"])
+
+    def download() -> None:
+        try:
+            client.fetch_blob(ref, Descriptor(OCI_LAYER, layer, size), tmp_path / "blob",
+                              cancel=cancel)
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    with RegistryClient(transport=transport) as client:
+        worker = threading.Thread(target=download)
+        worker.start()
+        deadline = time.monotonic() + 30
+        while not any(status == "stall" for _, _, status in proxy.seen):
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        time.sleep(0.2)  # the worker is blocked reading the rest of the body now
+        started = time.monotonic()
+        cancel.cancel()
+        worker.join(timeout=10)
+        took = time.monotonic() - started
+    assert not worker.is_alive()
+    assert took < 1, took
+    assert len(outcome) == 1 and isinstance(outcome[0], DownloadCancelled)
+    assert list(tmp_path.iterdir()) == []  # neither the blob nor a .partial
 
 
 # --- the executor against a faulty registry ----------------------------------------------------
