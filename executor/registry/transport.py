@@ -489,6 +489,9 @@ def retry_after(response: requests.Response) -> float | None:
 def describe_connection_error(exc: BaseException) -> str:
     """The root cause of a connection failure in a few words: ``connection refused``."""
     for cause in _causes(exc):
+        if isinstance(cause, urllib3.exceptions.IncompleteRead | http.client.IncompleteRead):
+            received = cause.partial if isinstance(cause.partial, int) else len(cause.partial)
+            return f"the answer broke off after {received} bytes ({cause.expected} more were due)"
         if isinstance(cause, ssl.SSLCertVerificationError):
             return f"TLS certificate verification failed: {cause.verify_message}"
         if isinstance(cause, ssl.SSLError):
