@@ -52,7 +52,12 @@ from executor.instructions.metadata import Step
 from executor.instructions.state import StageState
 from executor.options import BuildOptions, read_secrets
 from executor.publish import check_push_permissions, make_client, publish, transfer_line
-from executor.registry.client import Cancellation, RegistryClient, remove_stale_partials
+from executor.registry.client import (
+    PARTIAL_SUFFIX,
+    Cancellation,
+    RegistryClient,
+    remove_stale_partials,
+)
 from executor.sandbox import SANDBOX_MOUNTS, Sandbox
 from snapshot.compress import Compression, open_decompressed
 from snapshot.errors import CorruptLayerError, UnsafeLayerError
@@ -139,7 +144,8 @@ class Workspace:
     def create(self) -> Workspace:
         for directory in (self.blobs, self.roots, self.scratch, self.caches):
             directory.mkdir(parents=True, exist_ok=True)
-        remove_stale_partials(self.blobs)  # a SIGKILLed build's downloads
+        # A SIGKILLed build's downloads and layers (snapshot/layer.py names its temp files).
+        remove_stale_partials(self.blobs, (f"*{PARTIAL_SUFFIX}", ".layer-*.tmp"))
         return self
 
 

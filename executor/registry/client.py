@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import fnmatch
 import hashlib
 import json
 import logging
@@ -200,16 +201,19 @@ def _shut_down_socket(response: requests.Response) -> None:
             sock.shutdown(socket.SHUT_RDWR)
 
 
-def remove_stale_partials(directory: Path) -> list[Path]:
-    """Delete the ``.partial`` files that downloads killed mid-way left in ``directory``.
+def remove_stale_partials(directory: Path,
+                          patterns: tuple[str, ...] = (f"*{PARTIAL_SUFFIX}",)) -> list[Path]:
+    """Delete the unfinished files (``.partial`` downloads, or names matching ``patterns``)
+    that a build killed mid-way left in ``directory``.
 
-    A download holds an exclusive ``flock`` on its partial file, which the kernel drops when
-    the process dies; a file whose lock can be taken is nobody's, a locked one is a download
-    running in another build sharing the directory, and is left alone.
+    Their writers hold an exclusive ``flock`` on them, which the kernel drops when the process
+    dies; a file whose lock can be taken is nobody's, a locked one is being written by another
+    build sharing the directory, and is left alone.
     """
     removed: list[Path] = []
     try:
-        candidates = [p for p in directory.iterdir() if p.name.endswith(PARTIAL_SUFFIX)]
+        candidates = [p for p in directory.iterdir()
+                      if any(fnmatch.fnmatchcase(p.name, pattern) for pattern in patterns)]
     except OSError:
         return removed
     for path in candidates:
@@ -228,7 +232,7 @@ def remove_stale_partials(directory: Path) -> list[Path]:
         finally:
             os.close(fd)
     if removed:
-        log.info("Removed %d partial download(s) a stopped build left in %s", len(removed),
+        log.info("Removed %d unfinished file(s) a stopped build left in %s", len(removed),
                  directory)
     return removed
 
@@ -410,9 +414,9 @@ class RegistryClient:
             size = 0
             handle = tempfile.NamedTemporaryFile(  # noqa: SIM115 - renamed or removed below
                 dir=dest.parent, prefix=f".{dest.name}.", suffix=PARTIAL_SUFFIX, delete=False)
-            # Held while the file is written: stale-partial cleanup skips a live download.
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
             try:
+                # Held while the file is written: stale-partial cleanup skips a live download.
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
                 with handle:
                     for chunk in response.iter_content(CHUNK_SIZE):
                         cancel.check()
