@@ -658,7 +658,7 @@ def _error_details(response: requests.Response) -> tuple[tuple[str, ...], str]:
         return (), ""
     try:
         data: Any = json.loads(_read_limited(response, 64 << 10, "reading an error"))
-    except (ValueError, RegistryError, requests.RequestException):
+    except (ValueError, RecursionError, RegistryError, requests.RequestException):
         return (), ""
     errors = data.get("errors") if isinstance(data, dict) else None
     if not isinstance(errors, list):

@@ -263,6 +263,10 @@ FAILED = [
                    r"broke during PUT /v2/{repo}/blobs/uploads/[\w-]+: .+"),
     Case("a 500 on every manifest push", Fault("PUT", r"/manifests/", 500, times=99),
          last_line=r"pushing manifest {proxy}/{repo}:1: 500 Internal Server Error"),
+    Case("a 404 whose error body nests too deeply",
+         Fault("GET", r"/manifests/latest", 404, {"Content-Type": "application/json"},
+               times=99, body=b'{"errors":' + b"[" * 5000 + b"]" * 5000 + b"}"),
+         last_line=r"pulling manifest {proxy}/test/busybox:latest: 404 Not Found"),
 ]
 
 
