@@ -102,7 +102,7 @@ class Build:
     def destination(self) -> str:
         return f"{self.proxy.host}/{self.repository}:1"
 
-    def command(self) -> list[str]:
+    def command(self, *args: str) -> list[str]:
         """The executor command of the next run: same kiln dir, a new root (kiln refuses a
         root that is not empty, and a stopped build leaves its root as it was)."""
         self.runs += 1
@@ -111,19 +111,20 @@ class Build:
         return [sys.executable, "-m", "executor.cli", "--context", str(self.context),
                 "--dockerfile", str(self.context / "Dockerfile"), "--root", str(self.root),
                 "--kaniko-dir", str(self.kiln_dir), "--destination", self.destination,
-                "--insecure", "--insecure-pull"]
+                "--insecure", "--insecure-pull", *args]
 
-    def run(self, env: dict[str, str] | None = None, timeout: float = 120) -> ExecutorRun:
-        proc = run_spawning(self.command(), capture_output=True, text=True, timeout=timeout,
+    def run(self, *args: str, env: dict[str, str] | None = None,
+            timeout: float = 120) -> ExecutorRun:
+        proc = run_spawning(self.command(*args), capture_output=True, text=True, timeout=timeout,
                             check=False, env={**os.environ, **FAST, **(env or {})},
                             stdin=subprocess.DEVNULL)
         return ExecutorRun(proc.returncode, proc.stdout, proc.stderr)
 
-    def rerun_succeeds(self, registry: Registry) -> ExecutorRun:
-        """The same build, faults gone, in the same root and kiln dir."""
+    def rerun_succeeds(self, registry: Registry, *args: str) -> ExecutorRun:
+        """The same build, faults gone, in the same kiln dir."""
         for fault in self.proxy.faults:
             fault.times = 0
-        again = self.run()
+        again = self.run(*args)
         assert again.exit_code == 0, again.stderr
         assert unfinished_files(self.kiln_dir) == []
         assert_complete(f"{registry.host}/{self.repository}:1", self.tmp_path)
@@ -379,9 +380,9 @@ _MARK = "phase-run-started"
 def _phase_build(phase: str, tmp_path: Path, proxy: FaultProxy, registry: Registry) -> Build:
     steps = {
         "pull": "RUN true\n",
-        "run": f"RUN echo {_MARK}; sleep 60\n",
-        # A layer of 150 MB that does not compress keeps kiln busy snapshotting it.
-        "snapshot": "RUN head -c 150000000 /dev/urandom > /big\n",
+        "run": f"ARG PAUSE=60\nRUN echo {_MARK}; sleep $PAUSE\n",
+        # A layer of 80 MB that does not compress keeps kiln busy writing it for a while.
+        "snapshot": "RUN head -c 80000000 /dev/urandom > /big\n",
         "push": "RUN echo hi > /hi\n",
     }
     build = Build(tmp_path, proxy, busybox_via(proxy) + steps[phase])
@@ -453,7 +454,7 @@ def test_a_stop_signal_ends_the_build_promptly_and_a_rerun_succeeds(
     left_behind = unfinished_files(build.kiln_dir)
     if signum == signal.SIGKILL and phase in ("pull", "snapshot"):
         assert left_behind
-    again = build.rerun_succeeds(registry)
+    again = build.rerun_succeeds(registry, "--build-arg", "PAUSE=0")
     if left_behind:
         assert f"Removed {len(left_behind)} unfinished file(s)" in again.stderr
 
