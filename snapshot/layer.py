@@ -102,8 +102,9 @@ def write_layer(root: Path, changes: Changes, snapshot: Snapshot, out_dir: Path,
     temp = Path(temp_name)
     try:
         # Held while the file is written: a later build removes the file only when no writer
-        # holds it (one killed mid-layer leaves it unlocked).
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        # holds it (one killed mid-layer leaves it unlocked). Best effort, as for downloads.
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_EX)
         with open(fd, "wb", buffering=0) as raw:
             diff_id = hashlib.sha256()
             sink = _HashingSink(raw, hashing=compression.algorithm != "none")

@@ -416,7 +416,9 @@ class RegistryClient:
                 dir=dest.parent, prefix=f".{dest.name}.", suffix=PARTIAL_SUFFIX, delete=False)
             try:
                 # Held while the file is written: stale-partial cleanup skips a live download.
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+                # Best effort: a filesystem without locks only loses that protection.
+                with contextlib.suppress(OSError):
+                    fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
                 with handle:
                     for chunk in response.iter_content(CHUNK_SIZE):
                         cancel.check()
