@@ -74,10 +74,10 @@ def apply_workdir(state: StageState, inst: Instruction) -> Step:
     path = state.absolute(state.expand(inst, inst.args[0])).rstrip("/") or "/"
     state.config.container["WorkingDir"] = path
     target = resolve_in_root(state.root, path)
-    created = not target.exists()
-    if created:
+    if not target.exists():
         _make_dirs(state, inst, target)
-    return Step(f"WORKDIR {path}", touches_fs=created)
+    # BuildKit commits a layer for every WORKDIR but "/", an empty one if the directory exists.
+    return Step(f"WORKDIR {path}", touches_fs=path != "/")
 
 
 def _make_dirs(state: StageState, inst: Instruction, target: Path) -> None:
