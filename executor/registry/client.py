@@ -47,6 +47,7 @@ from executor.image.model import (
     sha256_digest,
 )
 from executor.image.reference import ImageRef, validate_digest
+from executor.log import heartbeat
 from executor.registry.transport import (
     RETRY_STATUSES,
     Body,
@@ -414,12 +415,16 @@ class RegistryClient:
             size = 0
             handle = tempfile.NamedTemporaryFile(  # noqa: SIM115 - renamed or removed below
                 dir=dest.parent, prefix=f".{dest.name}.", suffix=PARTIAL_SUFFIX, delete=False)
+            def progress() -> str:
+                return (f"Still downloading blob {descriptor.digest} from {ref.registry}: "
+                        f"{size / 1e6:.1f} of {descriptor.size / 1e6:.1f} MB")
+
             try:
                 # Held while the file is written: stale-partial cleanup skips a live download.
                 # Best effort: a filesystem without locks only loses that protection.
                 with contextlib.suppress(OSError):
                     fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-                with handle:
+                with handle, heartbeat(progress, self.transport.heartbeat_every):
                     for chunk in response.iter_content(CHUNK_SIZE):
                         cancel.check()
                         size += len(chunk)

@@ -49,6 +49,7 @@ from requests.adapters import HTTPAdapter
 from executor import __version__
 from executor.errors import RegistryError
 from executor.image.reference import DOCKER_HUB, DOCKER_HUB_API, ImageRef
+from executor.log import HEARTBEAT_SECONDS, heartbeat
 
 if TYPE_CHECKING:
     from requests.adapters import _HostParams, _PoolKwargs
@@ -297,10 +298,13 @@ class Transport:
         """
         limit = self.options.retries if retries is None else retries
         attempt = 0
+        waiting = f"Still waiting for registry {ref.registry} to answer {method} " \
+            f"{request_path(target)}"
         while True:
             try:
-                response = self._send(method, ref, target, push=push, headers=headers,
-                                      body=body, stream=stream)
+                with heartbeat(lambda: waiting, self.heartbeat_every):
+                    response = self._send(method, ref, target, push=push, headers=headers,
+                                          body=body, stream=stream)
             except requests.RequestException as exc:
                 failure = RegistryConnectionError(describe_failure(exc, ref.registry, method,
                                                                    target),
@@ -332,6 +336,11 @@ class Transport:
                     request_path(target), ref.registry, format_wait(wait), reason, attempt + 1,
                     limit)
         self.sleep(wait)
+
+    @property
+    def heartbeat_every(self) -> float:
+        """Seconds between "still waiting" lines: a few per read timeout, at most 30 s."""
+        return min(HEARTBEAT_SECONDS, self.options.read_timeout / 4)
 
     def backoff_delay(self, attempt: int) -> float:
         """Seconds to wait before retry number ``attempt + 1``."""

@@ -10,6 +10,7 @@ Timeouts and backoff are shortened through ``KILN_REGISTRY_*`` so each case take
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import re
@@ -246,6 +247,28 @@ RECOVERED = [
          warning=r"Retrying download of blob sha256:\w{64} from {proxy} after 100ms due to "
                  r"timed out \(retry 1 of 2\)"),
 ]
+
+
+def test_a_stalled_registry_is_never_silent(proxy: FaultProxy, registry: Registry,
+                                            busybox_image: str, tmp_path: Path) -> None:
+    """While a read waits out its timeout, "still waiting" lines keep the log going."""
+    proxy.add(Fault("GET", r"/manifests/latest", action="hang", stall=30))
+    proxy.add(Fault("GET", layer_digest(registry, "test/busybox", "latest"), action="stall",
+                    stall=30))
+    build = Build(tmp_path, proxy, busybox_via(proxy) + "RUN true\n")
+    result = build.run(env={"KILN_REGISTRY_TIMEOUT": "4"})
+    assert result.exit_code == 0, result.stderr
+    host = re.escape(proxy.host)
+    assert re.search(rf"^INFO\[\d{{4}}\] Still waiting for registry {host} to answer GET "
+                     r"/v2/test/busybox/manifests/latest \(\d+s so far\)$", result.stderr,
+                     re.MULTILINE), result.stderr
+    assert re.search(rf"^INFO\[\d{{4}}\] Still downloading blob sha256:\w{{64}} from {host}: "
+                     r"[\d.]+ of [\d.]+ MB \(\d+s so far\)$", result.stderr, re.MULTILINE), \
+        result.stderr
+    # No gap between two lines of the log is longer than a heartbeat and a bit.
+    stamps = [int(m) for m in re.findall(r"^[A-Z]{4}\[(\d{4})\]", result.stderr, re.MULTILINE)]
+    assert max(b - a for a, b in itertools.pairwise(stamps)) <= 2
+
 
 FAILED = [
     Case("a truncated blob", Fault("GET", LAYER, action="truncate"),

@@ -127,3 +127,19 @@ def test_retry_timing_comes_from_the_environment() -> None:
         "retries": 0, "backoff": 0.1, "read_timeout": 2.0}
     with pytest.raises(RegistryError, match="KILN_REGISTRY_TIMEOUT='0': expected a number"):
         timing_from_environment({"KILN_REGISTRY_TIMEOUT": "0"})
+
+
+def test_a_heartbeat_logs_while_its_block_runs_and_stops_after(
+        caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+    import time
+
+    from executor.log import heartbeat
+
+    caplog.set_level(logging.INFO, logger="kiln")
+    with heartbeat(lambda: "Still waiting for reg.example", every=0.05):
+        time.sleep(0.3)
+    time.sleep(0.2)
+    lines = [r.getMessage() for r in caplog.records]
+    assert 3 <= len(lines) <= 7
+    assert all(line.startswith("Still waiting for reg.example (") for line in lines)
