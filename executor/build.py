@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO, NamedTuple, cast
 
+from executor.attest.collect import Pending
 from executor.basecache import BaseImageCache
 from executor.cache import (
     CachedLayer,
@@ -583,6 +584,20 @@ def _layer_cache(options: BuildOptions, client: RegistryClient, workspace: Works
     return LayerCache(settings, client, workspace.blobs, platform)
 
 
+def _attestations(options: BuildOptions, builder: Builder, started: datetime) -> Pending | None:
+    """``--attest``: the facts provenance needs and the SBOM's scan of the target's root,
+    taken now, before ``--cleanup`` removes it."""
+    if not options.attest:
+        return None
+    from executor.attest.collect import gather
+
+    return gather(options, started=started, platform=str(builder.platform),
+                  base_digests={name: image.cache_key.removeprefix("image:")
+                                for name, image in builder.pulled.items()},
+                  root_is_target=builder.root_holds == builder.plan.target,
+                  skip=builder.ignore.is_ignored, secrets=builder.secrets)
+
+
 def _media_type(compression: str) -> str:
     return {"gzip": model.DOCKER_LAYER_GZIP, "zstd": model.OCI_LAYER_ZSTD,
             "none": model.OCI_LAYER}[compression]
@@ -612,6 +627,7 @@ def run_build(options: BuildOptions) -> str:
 
 
 def _build(options: BuildOptions) -> str:
+    started = datetime.now(UTC)  # --attest type=provenance: startedOn
     dockerfile = parse_dockerfile(options.dockerfile)
     platform = Platform.parse(options.custom_platform) if options.custom_platform else Platform()
     plan = plan_build(dockerfile, options.build_args, options.target, platform)
@@ -638,7 +654,7 @@ def _build(options: BuildOptions) -> str:
             image = builder.build()
             if builder.cache is not None:
                 image.blob_homes.update(builder.cache.homes)
-            return publish(image, options, client)
+            return publish(image, options, client, _attestations(options, builder, started))
     finally:
         if options.cleanup and options.in_place and ignore is not None:
             delete_filesystem(options.root, ignore, Workspace(options.kaniko_dir))

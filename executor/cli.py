@@ -98,6 +98,9 @@ log = logging.getLogger("kiln")
 @click.option("--secret", "secrets", multiple=True,
               help="(kiln) Build secret for RUN --mount=type=secret, as id=NAME,src=PATH or "
               "id=NAME,env=VAR; repeatable.")
+@click.option("--attest", "attest", multiple=True,
+              help="(kiln) Attach an attestation as BuildKit does: type=provenance[,mode=min|max]"
+              " or type=sbom, optionally ,dest=DIR for plain files; repeatable.")
 @click.option("--cache", **_BOOL,
               help="Reuse RUN layers stored in the cache repository, and store new ones.")
 @click.option("--cache-repo", default="",
@@ -240,6 +243,7 @@ def _resolve_old_spellings(flags: dict[str, object]) -> dict[str, object]:
 
 
 def _options_from_flags(flags: dict[str, object]) -> BuildOptions:
+    from executor.attest import parse_attest
     from executor.contexts import is_remote
     from executor.errors import OptionsError
     from executor.options import (
@@ -301,6 +305,7 @@ def _options_from_flags(flags: dict[str, object]) -> BuildOptions:
         snapshot_mode=str(flags["snapshot_mode"]),
         cleanup=bool(flags["cleanup"]),
         secrets=parse_secrets(_strs(flags["secrets"])),
+        attest=parse_attest(_strs(flags["attest"])),
         reproducible=bool(flags["reproducible"]),
         context_source=raw_context if remote else None,
         context_sub_path=sub_path if remote else "",

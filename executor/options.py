@@ -11,6 +11,7 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from executor.attest import AttestRequest
 from executor.errors import ImageError, OptionsError
 from executor.image.reference import ImageRef
 
@@ -74,6 +75,8 @@ class BuildOptions:
     cleanup: bool = False
     #: ``--secret id=NAME,src=PATH|env=VAR``: (id, "file" or "env", path or variable name).
     secrets: tuple[tuple[str, str, str], ...] = ()
+    #: ``--attest``: provenance and SBOM statements attached to the image (executor/attest).
+    attest: tuple[AttestRequest, ...] = ()
     #: ``--reproducible``: timestamps of config, history and new layer entries at the epoch.
     reproducible: bool = False
     #: ``--context`` when it names something to fetch (``tar://``, ``git://``, ``https://``,
