@@ -265,3 +265,30 @@ def test_attestations_are_written_to_the_oci_layout_and_dest(attested) -> None:
 
 def test_containerd_pulls_and_runs_the_attested_image(attested, containerd) -> None:
     assert containerd.pull_and_run(attested.ref).stdout == "attested\n"
+
+
+def test_sbom_recall_on_a_debootstrap_base(tmp_path, registry, debian_image) -> None:
+    """Every dpkg package debootstrap installed and every Python/Node package added is in the
+    SBOM, counted against the databases in the built root; the scan's time is logged."""
+    from tests.support.kiln import run_executor, write_context
+
+    files = {rel.removeprefix("pkgs/"): text for rel, text in PACKAGE_FILES.items()
+             if "/python3/" in rel or "/node_modules/" in rel}
+    context = write_context(tmp_path / "ctx", f"FROM {debian_image}\nCOPY usr/ /usr/\n", files)
+    dest = tmp_path / "dest"
+    result = run_executor(context, tmp_path / "root", "--no-push", "--oci-layout-path",
+                          str(tmp_path / "layout"), "--attest", f"type=sbom,dest={dest}",
+                          "--insecure-pull")
+    assert result.exit_code == 0, result.stderr
+    status = (tmp_path / "root/var/lib/dpkg/status").read_text()
+    installed = sum(1 for stanza in status.split("\n\n")
+                    if "\nStatus: install ok installed" in "\n" + stanza)
+    predicate = json.loads((dest / "sbom.spdx.json").read_text())["predicate"]
+    purls = [ref["referenceLocator"] for package in predicate["packages"]
+             for ref in package.get("externalRefs", [])]
+    assert installed > 80  # debootstrap minbase
+    assert len([p for p in purls if p.startswith("pkg:deb/debian/")]) == installed
+    assert len([p for p in purls if p.startswith("pkg:pypi/")]) == 3
+    assert len([p for p in purls if p.startswith("pkg:npm/")]) == 3
+    scan = [line for line in result.stderr.splitlines() if "SBOM" in line]
+    print("\n" + "\n".join(scan))
