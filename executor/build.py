@@ -161,6 +161,7 @@ class Builder:
     current_stage: int = -1
     stage_args: dict[int, dict[str, str]] = field(default_factory=dict)
     cache: LayerCache | None = None  # --cache
+    fetched: list[tuple[str, str]] = field(default_factory=list)  # ADD URLs (for --attest)
 
     @property
     def root(self) -> Path:
@@ -200,7 +201,8 @@ class Builder:
                            sandbox=Sandbox(self.root, in_place=self.options.in_place),
                            created=config.data["created"], source_root=self._source_root,
                            ignore=self.ignore, scratch_dir=self.workspace.scratch,
-                           kiln_dir=self.workspace.kiln_dir, secrets=self.secrets)
+                           kiln_dir=self.workspace.kiln_dir, secrets=self.secrets,
+                           fetched=self.fetched)
         if stage.base_stage is not None:  # BuildKit: a stage built FROM a stage keeps its ARGs
             state.args.update(self.stage_args.get(stage.base_stage, {}))
         layers = list(base.layers)
@@ -595,7 +597,8 @@ def _attestations(options: BuildOptions, builder: Builder, started: datetime) ->
                   base_digests={name: image.cache_key.removeprefix("image:")
                                 for name, image in builder.pulled.items()},
                   root_is_target=builder.root_holds == builder.plan.target,
-                  skip=builder.ignore.is_ignored, secrets=builder.secrets)
+                  skip=builder.ignore.is_ignored, secrets=builder.secrets,
+                  fetched=builder.fetched)
 
 
 def _media_type(compression: str) -> str:

@@ -59,7 +59,8 @@ class Pending:
 
 def gather(options: BuildOptions, *, started: datetime, platform: str,
            base_digests: Mapping[str, str], root_is_target: bool,
-           skip: Callable[[str], bool], secrets: Mapping[str, bytes]) -> Pending:
+           skip: Callable[[str], bool], secrets: Mapping[str, bytes],
+           fetched: list[tuple[str, str]] | None = None) -> Pending:
     """Collect now, before ``--cleanup`` removes the root: the SBOM's packages need it."""
     finished = datetime.now(UTC)
     content = options.dockerfile.read_bytes()
@@ -76,6 +77,7 @@ def gather(options: BuildOptions, *, started: datetime, platform: str,
         base_images=[BaseImage(name, digest, platform) for name, digest in base_digests.items()],
         context_source=source,
         context_commit=_git_commit(options.context) if source and is_git_url(source) else None,
+        add_urls=list(dict.fromkeys(fetched or [])),
         secrets=list(secrets.values()))
     packages = None
     if any(r.kind == "sbom" for r in options.attest):

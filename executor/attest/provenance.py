@@ -55,7 +55,7 @@ class BuildFacts:
     base_images: list[BaseImage] = field(default_factory=list)
     context_source: str | None = None  # git://, https://, s3://... as given to --context
     context_commit: str | None = None  # the git context's checked-out commit
-    add_urls: list[tuple[str, str | None]] = field(default_factory=list)  # (url, sha256 hex)
+    add_urls: list[tuple[str, str]] = field(default_factory=list)  # ADD (url, sha256 hex)
     secrets: list[bytes] = field(default_factory=list)  # values never to write
 
 

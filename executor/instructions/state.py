@@ -47,6 +47,8 @@ class StageState:
     kiln_dir: Path | None = None
     # --secret values by id: a RUN --mount=type=secret reads them, no layer ever holds them.
     secrets: Mapping[str, bytes] = field(default_factory=dict)
+    # ADD URLs downloaded, with the sha256 of what came: provenance's resolvedDependencies.
+    fetched: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def escape(self) -> str:

@@ -7,6 +7,7 @@ carrying a password and registry credentials in DOCKER_CONFIG; every test reads 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import subprocess
 from pathlib import Path
@@ -17,7 +18,7 @@ import pytest
 import requests
 
 from tests.support.attest_schemas import SLSA_PROVENANCE_V1, STATEMENT_V1
-from tests.support.context_servers import GitDaemon
+from tests.support.context_servers import ContextServer, GitDaemon
 from tests.support.kiln import run_executor_on
 
 pytestmark = pytest.mark.e2e
@@ -25,6 +26,7 @@ pytestmark = pytest.mark.e2e
 SECRET = "tok-SECRET-4242-zz"
 PROXY_PASSWORD = "proxypass-777"
 REGISTRY_PASSWORD = "regpassw0rd-xyz"
+DATA = "downloaded by ADD\n"
 
 DOCKERFILE = """\
 ARG BASE
@@ -36,6 +38,8 @@ FROM $BASE
 ARG GREETING=hi
 ARG HTTP_PROXY
 ARG LEAKED
+ARG DATA_URL
+ADD ${DATA_URL} /data.txt
 COPY --from=packages /pkgs/var/ /var/
 COPY --from=packages /pkgs/usr/ /usr/
 RUN --mount=type=secret,id=token test -s /run/secrets/token && echo $GREETING > /greeting
@@ -159,12 +163,15 @@ def attested(tmp_path_factory: pytest.TempPathFactory, registry, busybox_image: 
     (docker_config / "config.json").write_text(json.dumps({"auths": {registry.host:
                                                                      {"auth": auth}}}))
     ref = f"{registry.host}/attest/app:v1"
-    with GitDaemon(tmp / "served") as daemon:
+    (tmp / "files").mkdir()
+    (tmp / "files/data.txt").write_text(DATA)
+    with GitDaemon(tmp / "served") as daemon, ContextServer(tmp / "files") as files:
         result = run_executor_on(
             f"{daemon.url}/app.git#refs/heads/main", tmp / "root",
             "--build-arg", f"BASE={busybox_image}", "--build-arg", "GREETING=attested",
             "--build-arg", f"HTTP_PROXY=http://proxyuser:{PROXY_PASSWORD}@127.0.0.1:9/",
             "--build-arg", f"LEAKED={SECRET}",
+            "--build-arg", f"DATA_URL={files.url}/files/data.txt",
             "--secret", f"id=token,src={tmp / 'token'}",
             "--attest", "type=provenance,mode=max,dest=" + str(tmp / "dest"),
             "--attest", "type=sbom,dest=" + str(tmp / "dest"),
@@ -216,6 +223,9 @@ def test_provenance_names_the_git_commit_base_image_and_build_args(attested, bus
     assert any(uri.startswith("pkg:docker/") and "test/busybox@latest" in uri for uri in uris)
     git = [d for d in dependencies if d["uri"].startswith("git://")]
     assert git and git[0]["digest"] == {"gitCommit": attested.commit}
+    added = [d for d in dependencies if d["uri"].endswith("/data.txt")]
+    assert added == [{"uri": added[0]["uri"],
+                      "digest": {"sha256": hashlib.sha256(DATA.encode()).hexdigest()}}]
     args = predicate["buildDefinition"]["externalParameters"]["request"]["args"]
     assert args["build-arg:GREETING"] == "attested"
     assert "build-arg:HTTP_PROXY" not in args
