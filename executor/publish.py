@@ -274,10 +274,11 @@ def write_local_outputs(final: FinalImage, options: BuildOptions,
 
         name = destinations[0].reference if destinations else None
         with storage_errors(f"--oci-layout-path {options.oci_layout_path}"):
-            write_oci_layout(options.oci_layout_path, final.manifest_bytes, final.config_bytes,
-                             list(final.layers), None if attached else name)
-            if attached is not None:
-                _write_attached_layout(options.oci_layout_path, attached, name)
+            if attached is None:
+                write_oci_layout(options.oci_layout_path, final.manifest_bytes,
+                                 final.config_bytes, list(final.layers), name)
+            else:
+                _write_attached_layout(options.oci_layout_path, final, attached, name)
     digest = _named_digest(final, attached)
     for flag, path, text in (
             ("--digest-file", options.digest_file, digest),
@@ -290,10 +291,17 @@ def write_local_outputs(final: FinalImage, options: BuildOptions,
                 write_output(path, text.encode())
 
 
-def _write_attached_layout(path: Path, attached: Attached, name: str | None) -> None:
-    """The attestation blobs and manifest, and the index (named ``name``) in ``index.json``."""
-    from executor.image.layout import add_to_index, write_blob
+def _write_attached_layout(path: Path, final: FinalImage, attached: Attached,
+                           name: str | None) -> None:
+    """The image's blobs and manifest, the attestation blobs and manifest, and ``index.json``
+    naming only the index (``name``), as BuildKit's OCI exporter lays it out; blobs first."""
+    from executor.image.layout import add_to_index, init_layout, link_blob, write_blob
 
+    init_layout(path)
+    write_blob(path, final.config_bytes, final.manifest.config.media_type)
+    for layer in final.layers:
+        link_blob(path, layer.path, layer.digest, layer.size)
+    write_blob(path, final.manifest_bytes, final.manifest.media_type)
     for blob in (*attached.blobs, attached.manifest, attached.index):
         write_blob(path, blob.data, blob.media_type)
     add_to_index(path, Descriptor(attached.index.media_type, attached.index.digest,

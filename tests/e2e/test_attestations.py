@@ -302,3 +302,26 @@ def test_sbom_recall_on_a_debootstrap_base(tmp_path, registry, debian_image) -> 
     assert len([p for p in purls if p.startswith("pkg:npm/")]) == 3
     scan = [line for line in result.stderr.splitlines() if "SBOM" in line]
     print("\n" + "\n".join(scan))
+
+
+def test_reproducible_builds_attach_the_same_attestations(tmp_path, registry,
+                                                          busybox_image) -> None:
+    """With --reproducible the times are pinned and the SBOM's namespace is derived from its
+    content: two builds name the same index."""
+    from tests.support.kiln import run_executor, write_context
+
+    files = {rel.removeprefix("pkgs/"): text for rel, text in PACKAGE_FILES.items()}
+    context = write_context(tmp_path / "ctx", f"FROM {busybox_image}\nCOPY var/ /var/\n"
+                            "COPY usr/ /usr/\nRUN echo hi > /hi\n", files)
+    digests = []
+    for n in range(2):
+        result = run_executor(context, tmp_path / f"root{n}", "--no-push", "--reproducible",
+                              "--insecure-pull", "--attest", "type=provenance,mode=max",
+                              "--attest", "type=sbom", "--oci-layout-path",
+                              str(tmp_path / f"layout{n}"), "--digest-file",
+                              str(tmp_path / f"digest{n}"))
+        assert result.exit_code == 0, result.stderr
+        digests.append((tmp_path / f"digest{n}").read_text())
+    assert digests[0] == digests[1]
+    index = json.loads(_skopeo_raw(f"oci:{tmp_path / 'layout0'}"))
+    assert index["manifests"][1]["platform"] == {"architecture": "unknown", "os": "unknown"}
