@@ -325,3 +325,15 @@ def test_reproducible_builds_attach_the_same_attestations(tmp_path, registry,
     assert digests[0] == digests[1]
     index = json.loads(_skopeo_raw(f"oci:{tmp_path / 'layout0'}"))
     assert index["manifests"][1]["platform"] == {"architecture": "unknown", "os": "unknown"}
+
+
+def test_a_bad_attest_flag_is_one_line_before_building(tmp_path) -> None:
+    from tests.support.kiln import run_executor, write_context
+
+    context = write_context(tmp_path / "ctx", "FROM scratch\n")
+    result = run_executor(context, tmp_path / "root", "--no-push", "--attest",
+                          "type=provenance,mode=full")
+    assert result.exit_code != 0
+    assert result.last_line.endswith("--attest 'type=provenance,mode=full': mode must be min "
+                                     "or max")
+    assert "Traceback" not in result.stderr
