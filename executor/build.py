@@ -299,7 +299,7 @@ class Builder:
         """Snapshot the root, and write what changed since ``before`` as a new layer."""
         log.info("Taking snapshot of full filesystem...")
         new = take_snapshot(self.root, self.ignore)
-        changes = diff_snapshots(before, new)
+        changes = diff_snapshots(state.sandbox.touches.excuse(before, new), new)
         if changes.is_empty():
             log.info("No files changed in this command, skipping snapshotting.")
             state.config.add_empty_history(history, state.created)

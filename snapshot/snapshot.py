@@ -104,6 +104,40 @@ class Changes:
         return not (self.upserts or self.deletions or self.opaque)
 
 
+@dataclass
+class OwnTouches:
+    """Directories whose ctime kiln itself moved and nothing else.
+
+    To give a RUN a mount point the image lacks (``/etc/hosts``), kiln creates an empty file,
+    removes it after the command and gives the directory back its times. ctime cannot be set
+    back, so the next diff would put the directory in the layer with nothing changed, where
+    BuildKit's layer has nothing. :meth:`record` notes such a directory's stat before and after;
+    :meth:`excuse` lets a diff pass over it when its stat went exactly from one to the other:
+    any other change to it would have moved its ctime again.
+    """
+
+    _changes: dict[str, tuple[FileEntry, FileEntry]] = field(default_factory=dict)
+
+    def record(self, rel: str, before: os.stat_result, after: os.stat_result) -> None:
+        """Note that only kiln changed ``rel`` from ``before`` to ``after`` (lstat results)."""
+        old = FileEntry._make((rel, *_stat_fields(before), None))
+        new = FileEntry._make((rel, *_stat_fields(after), None))
+        if old._replace(ctime_ns=0) != new._replace(ctime_ns=0):
+            return  # something besides the ctime differs: a real change, for the layer
+        earlier = self._changes.get(rel)
+        if earlier is not None and earlier[1] == old:
+            old = earlier[0]  # several steps in a row (--single-snapshot): one span
+        self._changes[rel] = (old, new)
+
+    def excuse(self, old: Snapshot, new: Snapshot) -> Snapshot:
+        """``old`` with the entries kiln alone changed taken from ``new``, for diffing."""
+        excused = {rel: after for rel, (before, after) in self._changes.items()
+                   if old.entries.get(rel) == before and new.entries.get(rel) == after}
+        if not excused:
+            return old
+        return Snapshot({**old.entries, **excused}, old.taken_ns, old.root)
+
+
 def layer_order(path: str) -> str:
     """Sort key: depth-first by component, as a tar of a directory walk lists entries.
 
