@@ -116,7 +116,7 @@ class OwnTouches:
     any other change to it would have moved its ctime again.
     """
 
-    _changes: dict[str, tuple[FileEntry, FileEntry]] = field(default_factory=dict)
+    _changes: dict[str, tuple[frozenset[FileEntry], FileEntry]] = field(default_factory=dict)
 
     def record(self, rel: str, before: os.stat_result, after: os.stat_result) -> None:
         """Note that only kiln changed ``rel`` from ``before`` to ``after`` (lstat results)."""
@@ -125,14 +125,16 @@ class OwnTouches:
         if old._replace(ctime_ns=0) != new._replace(ctime_ns=0):
             return  # something besides the ctime differs: a real change, for the layer
         earlier = self._changes.get(rel)
+        befores = frozenset({old})
         if earlier is not None and earlier[1] == old:
-            old = earlier[0]  # several steps in a row (--single-snapshot): one span
-        self._changes[rel] = (old, new)
+            # Several steps in a row: a diff may start from any of them (--single-snapshot).
+            befores |= earlier[0]
+        self._changes[rel] = (befores, new)
 
     def excuse(self, old: Snapshot, new: Snapshot) -> Snapshot:
         """``old`` with the entries kiln alone changed taken from ``new``, for diffing."""
-        excused = {rel: after for rel, (before, after) in self._changes.items()
-                   if old.entries.get(rel) == before and new.entries.get(rel) == after}
+        excused = {rel: after for rel, (befores, after) in self._changes.items()
+                   if old.entries.get(rel) in befores and new.entries.get(rel) == after}
         if not excused:
             return old
         return Snapshot({**old.entries, **excused}, old.taken_ns, old.root)

@@ -1,0 +1,219 @@
+"""Sandbox mode contains a RUN as a container runtime contains a build step, and every process
+a RUN starts ends with it (issue 18 items 1 and 5, issue 14's and 19's name resolution).
+
+A hostile Dockerfile built with ``--root`` on a developer or CI machine must not write the
+host's devices, see or signal the host's processes, hold more than Docker's default
+capabilities, or leave a process behind that changes the root after the build.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.built import Built, build
+from tests.support.kiln import write_context
+
+pytestmark = pytest.mark.e2e
+
+DOCKER_DEFAULT_CAPS = "00000000a80425fb"
+
+
+def new_layer_names(built: Built) -> set[str]:
+    return {name for layer in built.layers[1:] for name in layer}
+
+
+def processes_in(root: Path) -> list[int]:
+    """Pids of every process whose root directory (chroot) is ``root``."""
+    found = []
+    real = os.path.realpath(root)
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            if os.readlink(f"/proc/{name}/root") == real:
+                found.append(int(name))
+        except OSError:
+            continue
+    return found
+
+
+def tree_listing(root: Path) -> dict[str, tuple[int, int]]:
+    """path -> (mtime_ns, size) of everything under ``root``, to tell whether it changed."""
+    out = {}
+    for directory, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = os.path.join(directory, name)
+            info = os.lstat(path)
+            out[os.path.relpath(path, root)] = (info.st_mtime_ns, info.st_size)
+    return out
+
+
+@pytest.fixture
+def sleeper() -> Iterator[subprocess.Popen[bytes]]:
+    """A host process a RUN might try to signal."""
+    proc = subprocess.Popen(["sleep", "300"])
+    try:
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_run_cannot_write_the_hosts_dev(tmp_path: Path, busybox_image: str) -> None:
+    probe = f"kiln-probe-{secrets.token_hex(4)}"
+    built = build(tmp_path, f"FROM {busybox_image}\n"
+                  f"RUN touch /dev/{probe} /dev/shm/{probe} && ls /dev > /dev-listing\n")
+    assert built.ok, built.run.stderr
+    assert not Path(f"/dev/{probe}").exists()
+    assert not Path(f"/dev/shm/{probe}").exists()
+    assert probe in (built.root / "dev-listing").read_text().split()
+    assert not any(name.startswith("dev/") for name in new_layer_names(built))
+
+
+def test_a_runs_dev_has_the_standard_nodes_and_its_own_shm_and_pts(
+        tmp_path: Path, busybox_image: str) -> None:
+    built = build(tmp_path, f"FROM {busybox_image}\n"
+                  "RUN ls /dev > /dev-listing && echo x > /dev/null && head -c 4 /dev/zero | "
+                  "wc -c > /zero && test -c /dev/pts/ptmx && test -L /dev/ptmx "
+                  "&& readlink /dev/fd > /fd && grep ' /dev/shm ' /proc/mounts > /shm\n")
+    assert built.ok, built.run.stderr
+    listing = set((built.root / "dev-listing").read_text().split())
+    assert {"null", "zero", "full", "random", "urandom", "tty", "shm", "pts", "ptmx", "fd",
+            "stdin", "stdout", "stderr"} <= listing
+    assert (built.root / "zero").read_text().strip() == "4"
+    assert (built.root / "fd").read_text() == "/proc/self/fd\n"
+    assert (built.root / "shm").read_text().startswith("shm /dev/shm tmpfs ")
+
+
+def test_a_run_sees_only_its_own_processes(tmp_path: Path, busybox_image: str) -> None:
+    built = build(tmp_path, f"FROM {busybox_image}\n"
+                  "RUN echo $$ > /shell-pid; ls /proc | grep -E '^[0-9]+$' > /pids\n")
+    assert built.ok, built.run.stderr
+    pids = [int(p) for p in (built.root / "pids").read_text().split()]
+    assert 1 in pids
+    assert len(pids) <= 3, pids  # sh, ls, grep
+    assert (built.root / "shell-pid").read_text() == "1\n"  # PID 1 of its own namespace
+
+
+def test_a_run_cannot_signal_a_host_process(tmp_path: Path, busybox_image: str,
+                                             sleeper: subprocess.Popen[bytes]) -> None:
+    built = build(tmp_path, f"FROM {busybox_image}\n"
+                  f"RUN kill -9 {sleeper.pid} 2> /kill-error; echo $? > /kill-status\n")
+    assert built.ok, built.run.stderr
+    assert (built.root / "kill-status").read_text().strip() != "0"
+    assert sleeper.poll() is None  # still running
+
+
+def test_a_run_has_dockers_default_capabilities_and_no_more(
+        tmp_path: Path, busybox_image: str) -> None:
+    built = build(tmp_path, f"FROM {busybox_image}\n"
+                  "RUN grep ^Cap /proc/self/status > /caps\n"
+                  "USER kiln\nRUN grep ^Cap /proc/self/status > /tmp/caps-kiln\n")
+    assert built.ok, built.run.stderr
+    caps = dict(line.split(":\t") for line in (built.root / "caps").read_text().splitlines())
+    assert caps == {"CapInh": "0000000000000000", "CapPrm": DOCKER_DEFAULT_CAPS,
+                    "CapEff": DOCKER_DEFAULT_CAPS, "CapBnd": DOCKER_DEFAULT_CAPS,
+                    "CapAmb": "0000000000000000"}
+    user = dict(line.split(":\t") for line in
+                (built.root / "tmp/caps-kiln").read_text().splitlines())
+    assert user["CapEff"] == user["CapPrm"] == "0000000000000000"
+    assert user["CapBnd"] == DOCKER_DEFAULT_CAPS
+
+
+def test_a_run_has_its_own_hostname_and_a_read_only_sys(tmp_path: Path,
+                                                         busybox_image: str) -> None:
+    host_name = os.uname().nodename
+    built = build(tmp_path, f"FROM {busybox_image}\n"
+                  "RUN hostname > /name; hostname changed 2> /dev/null; "
+                  "touch /sys/kernel/probe 2> /dev/null; echo $? > /sys-status; "
+                  "echo 1 > /proc/sys/kernel/panic_on_oops 2> /dev/null; echo $? > /sysctl\n")
+    assert built.ok, built.run.stderr
+    assert (built.root / "name").read_text() == "kiln\n"
+    assert os.uname().nodename == host_name
+    assert (built.root / "sys-status").read_text().strip() != "0"
+    assert (built.root / "sysctl").read_text().strip() != "0"
+
+
+def test_a_daemon_started_by_a_run_ends_with_the_run(tmp_path: Path,
+                                                      busybox_image: str) -> None:
+    built = build(tmp_path, f"FROM {busybox_image}\n"
+                  "RUN setsid sh -c 'sleep 2; echo late > /late' > /dev/null 2>&1 & "
+                  "(setsid sleep 300 &) ; echo started > /started\n"
+                  "RUN sleep 3; test ! -e /late && echo absent > /late-in-next-run\n")
+    assert built.ok, built.run.stderr
+    assert (built.root / "late-in-next-run").read_text() == "absent\n"
+    assert processes_in(built.root) == []
+    before = tree_listing(built.root)
+    time.sleep(2.5)
+    assert tree_listing(built.root) == before
+    assert not (built.root / "late").exists()
+
+
+def test_sigkill_of_the_executor_mid_run_leaves_no_process(tmp_path: Path,
+                                                           busybox_image: str) -> None:
+    context = write_context(tmp_path / "context", f"FROM {busybox_image}\n"
+                            "RUN (setsid sleep 300 &); sh -c 'sleep 3; echo late > /late' & "
+                            "touch /started; sleep 300\n")
+    root = tmp_path / "root"
+    executor = subprocess.Popen(
+        [sys.executable, "-m", "executor.cli", "--context", str(context), "--root", str(root),
+         "--no-push", "--insecure-pull"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not (root / "started").exists():
+            assert executor.poll() is None, "the executor ended before the RUN started"
+            assert time.monotonic() < deadline, "the RUN did not start"
+            time.sleep(0.1)
+        assert processes_in(root)  # the RUN's processes, chrooted into the root
+        executor.send_signal(signal.SIGKILL)
+        executor.wait()
+        deadline = time.monotonic() + 5
+        while processes_in(root) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert processes_in(root) == []
+        time.sleep(3.5)
+        assert not (root / "late").exists()
+    finally:
+        if executor.poll() is None:
+            executor.kill()
+            executor.wait()
+
+
+def test_a_run_resolves_localhost_and_the_image_gets_no_hosts_file(
+        tmp_path: Path, busybox_image: str) -> None:
+    host_files = {name: Path("/etc", name).read_bytes() for name in ("hosts", "resolv.conf")}
+    built = build(tmp_path, f"FROM {busybox_image}\n"
+                  "RUN ping -c 1 -W 2 localhost > /ping && cat /etc/resolv.conf > /resolv\n"
+                  # what netbase's postinst does: write /etc/hosts when there is none
+                  "RUN [ -e /etc/hosts ] || echo '127.0.0.1 made' > /etc/hosts; "
+                  "echo '10.0.0.1 added' >> /etc/hosts 2> /dev/null; true\n"
+                  "RUN true\n")
+    assert built.ok, built.run.stderr
+    assert "127.0.0.1" in (built.root / "ping").read_text()
+    assert (built.root / "resolv").read_bytes() == host_files["resolv.conf"]
+    assert not (built.root / "etc/hosts").exists()
+    assert not (built.root / "etc/resolv.conf").exists()
+    names = new_layer_names(built)
+    assert not any(name == "etc" or name.startswith("etc/") for name in names), names
+    assert {name: Path("/etc", name).read_bytes() for name in host_files} == host_files
+
+
+def test_an_images_own_hosts_file_is_left_as_it_was(tmp_path: Path,
+                                                    busybox_image: str) -> None:
+    built = build(tmp_path, f"FROM {busybox_image}\nCOPY hosts /etc/hosts\n"
+                  "RUN grep -c localhost /etc/hosts > /seen; "
+                  "echo '10.0.0.1 added' >> /etc/hosts 2> /dev/null; true\n",
+                  {"hosts": "127.0.0.1 image\n"})
+    assert built.ok, built.run.stderr
+    assert (built.root / "etc/hosts").read_text() == "127.0.0.1 image\n"
+    assert int((built.root / "seen").read_text()) >= 1  # the RUN saw the host's file
+    assert "etc/hosts" not in built.layers[2]
