@@ -217,3 +217,19 @@ def test_an_images_own_hosts_file_is_left_as_it_was(tmp_path: Path,
     assert (built.root / "etc/hosts").read_text() == "127.0.0.1 image\n"
     assert int((built.root / "seen").read_text()) >= 1  # the RUN saw the host's file
     assert "etc/hosts" not in built.layers[2]
+
+
+def test_getent_finds_localhost_on_a_debian_base_without_etc_hosts(
+        tmp_path: Path, debian_image: str) -> None:
+    # What BuildKit gives (checked with its oracle): getent answers, netbase's postinst finds
+    # an /etc/hosts and writes none, and no layer holds one.
+    built = build(tmp_path, f"FROM {debian_image}\n"
+                  "RUN getent hosts localhost > /getent\n"
+                  "RUN apt-get update -qq && DEBIAN_FRONTEND=noninteractive "
+                  "apt-get install -y -qq netbase > /dev/null\n")
+    assert built.ok, built.run.stderr[-3000:]
+    assert "localhost" in (built.root / "getent").read_text()
+    assert (built.root / "etc/services").exists()  # netbase was installed
+    assert not (built.root / "etc/hosts").exists()
+    assert "etc/hosts" not in new_layer_names(built)
+    assert "etc" not in built.layers[1]  # the getent RUN's layer: /getent alone
