@@ -62,6 +62,7 @@ from snapshot.snapshot import (
     Changes,
     Snapshot,
     diff_snapshots,
+    settle_ctimes,
     take_snapshot,
     wait_for_clock_tick,
 )
@@ -253,7 +254,8 @@ class Builder:
             if step.history is not None or step.touches_fs:
                 state.config.add_empty_history(step.history or inst.original, state.created)
             return snapshot
-        committed = self._commit_layer(state, snapshot, step.history or inst.original, layers)
+        committed = self._commit_layer(state, snapshot, step.history or inst.original, layers,
+                                       step.settled)
         if keys is not None and inst.kind in ("COPY", "ADD"):
             # Their inputs are files, not text: the key goes on from what they wrote.
             keys.key = chain(keys.key, written_content(self.root, committed.changes))
@@ -277,7 +279,7 @@ class Builder:
             log.info("Not caching cmd %s: it mounts files its cache key cannot see", command)
         step = HANDLERS["RUN"](state, inst)
         history = step.history or inst.original
-        committed = self._commit_layer(state, snapshot, history, layers)
+        committed = self._commit_layer(state, snapshot, history, layers, step.settled)
         if keyed:
             self.cache.store_layer(key, committed.layer, history)
         keys.key = chain(key, _layer_id(committed.layer))
@@ -295,11 +297,11 @@ class Builder:
         return take_snapshot(self.root, self.ignore)
 
     def _commit_layer(self, state: StageState, before: Snapshot, history: str,
-                      layers: list[Layer]) -> Committed:
+                      layers: list[Layer], settled: tuple[str, ...] = ()) -> Committed:
         """Snapshot the root, and write what changed since ``before`` as a new layer."""
         log.info("Taking snapshot of full filesystem...")
         new = take_snapshot(self.root, self.ignore)
-        changes = diff_snapshots(state.sandbox.touches.excuse(before, new), new)
+        changes = diff_snapshots(settle_ctimes(before, new, settled), new)
         if changes.is_empty():
             log.info("No files changed in this command, skipping snapshotting.")
             state.config.add_empty_history(history, state.created)

@@ -33,14 +33,14 @@ import stat
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from executor import lifetime
 from executor.errors import KilnError
-from executor.lifetime import check, libc
+from executor.lifetime import check as _check
+from executor.lifetime import libc as _libc
 from executor.pid1 import reaping_paused
-from snapshot.snapshot import OwnTouches
 
 log = logging.getLogger("kiln")
 
@@ -114,8 +114,6 @@ class Sandbox:
 
     root: Path
     in_place: bool
-    # Directories whose ctime only kiln moved (mount points it made and removed).
-    touches: OwnTouches = field(default_factory=OwnTouches, compare=False)
 
     def prepare(self) -> list[Path]:
         """Create missing mount points in a sandbox root; returns those it created.
@@ -172,6 +170,11 @@ class Sandbox:
         code = proc.returncode
         return 128 - code if code < 0 else code
 
+    def settled_paths(self) -> tuple[str, ...]:
+        """Directories whose ctime a RUN's setup moves without changing them (a mount point
+        made and removed there): ``Step.settled`` for the snapshot."""
+        return () if self.in_place else ("etc",)
+
     def _namespaces(self, mounts: bool, network: str) -> Callable[[], None]:
         """The keeper's setup: the namespaces its command is then forked into."""
         flags = CLONE_NEWNET if network == "none" else 0
@@ -183,11 +186,11 @@ class Sandbox:
         def setup() -> None:
             if not flags:
                 return
-            c = libc()
-            check(c.unshare(flags), "unshare")
+            c = _libc()
+            _check(c.unshare(flags), "unshare")
             if flags & CLONE_NEWNS:
                 # Every mount private first, or what the command mounts would reach the host.
-                check(c.mount(None, b"/", None, MS_REC | MS_PRIVATE, None),
+                _check(c.mount(None, b"/", None, MS_REC | MS_PRIVATE, None),
                       "mount --make-rprivate /")
 
         return setup
@@ -200,11 +203,11 @@ class Sandbox:
 
         def setup() -> None:
             # Runs in the forked child before exec: only async-signal-safe-ish work here.
-            c = libc()
+            c = _libc()
             if not in_place:
                 _enter_sandbox(c, root, mounts)
                 name = SANDBOX_HOSTNAME.encode()
-                check(c.sethostname(name, len(name)), "sethostname")
+                _check(c.sethostname(name, len(name)), "sethostname")
             elif mounts:
                 _mount_all(c, mounts)
             try:
@@ -226,10 +229,10 @@ class Sandbox:
         the pod's runtime has mounted its own, which the snapshot ignores as mount points).
 
         Where the image has none, an empty mount point is made and removed afterwards, and
-        ``/etc`` gets its times back (and its ctime excused, :class:`OwnTouches`), so the layer
-        holds nothing of it. Never over a symlink, which could aim the bind anywhere, nor
-        through a symlinked ``/etc``. Copies, so a write can reach neither the host's files nor
-        the image's; read-only, as BuildKit mounts them.
+        ``/etc`` gets its times back (its ctime, which cannot be set back, is excused by
+        :meth:`settled_paths`), so the layer holds nothing of it. Never over a symlink, which
+        could aim the bind anywhere, nor through a symlinked ``/etc``. Copies, so a write can
+        reach neither the host's files nor the image's; read-only, as BuildKit mounts them.
         """
         etc = self.root / "etc"
         if self.in_place or etc.is_symlink() or not etc.is_dir():
@@ -252,37 +255,33 @@ class Sandbox:
                 copy.write_bytes(content)
                 copy.chmod(0o644)
                 mounts.append(Mount(target=target, source=copy, readonly=True))
-            with self._mount_point_files(etc, missing):
+            with _mount_point_files(etc, missing):
                 yield tuple(mounts)
 
-    @contextlib.contextmanager
-    def _mount_point_files(self, parent: Path, files: list[Path]) -> Iterator[None]:
-        """Empty files in ``parent`` for the block; then removed and ``parent``'s times put
-        back, unless the command itself changed ``parent``'s entries."""
-        if not files:
-            yield
-            return
-        before = os.lstat(parent)
-        made = []
-        try:
-            for path in files:
-                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
-                                 0o644))
-                made.append(path)
-            with_points = os.lstat(parent)
-            yield
-        finally:
-            during = os.lstat(parent)
-            for path in made:
-                with contextlib.suppress(OSError):
-                    if os.lstat(path).st_size == 0:
-                        path.unlink()
-            if made and during.st_mtime_ns == with_points.st_mtime_ns:
-                # The command added or removed nothing here: only kiln's points moved it.
-                os.utime(parent, ns=(before.st_atime_ns, before.st_mtime_ns),
-                         follow_symlinks=False)
-                self.touches.record(str(parent.relative_to(self.root)), before,
-                                    os.lstat(parent))
+
+@contextlib.contextmanager
+def _mount_point_files(parent: Path, files: list[Path]) -> Iterator[None]:
+    """Empty files in ``parent`` for the block; then removed, and ``parent``'s times put back
+    unless the command itself added or removed an entry there."""
+    if not files:
+        yield
+        return
+    before = with_points = os.lstat(parent)
+    made = []
+    try:
+        for path in files:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644))
+            made.append(path)
+        with_points = os.lstat(parent)
+        yield
+    finally:
+        during = os.lstat(parent)
+        for path in made:
+            with contextlib.suppress(OSError):
+                if os.lstat(path).st_size == 0:
+                    path.unlink()
+        if made and during.st_mtime_ns == with_points.st_mtime_ns:
+            os.utime(parent, ns=(before.st_atime_ns, before.st_mtime_ns), follow_symlinks=False)
 
 
 def _host_name_service_file(name: str) -> bytes | None:
@@ -310,7 +309,7 @@ def _drop_bounding_capabilities(c: ctypes.CDLL, last_cap: int) -> None:
     clear the ambient set. A capability already gone needs no CAP_SETPCAP to stay gone."""
     for cap in range(last_cap + 1):
         if cap not in DOCKER_DEFAULT_CAPABILITIES and c.prctl(PR_CAPBSET_READ, cap, 0, 0, 0) == 1:
-            check(c.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0), f"drop capability {cap}")
+            _check(c.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0), f"drop capability {cap}")
     c.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)  # EINVAL before Linux 4.3
 
 
@@ -319,30 +318,30 @@ def _limit_capabilities(c: ctypes.CDLL) -> None:
     nothing (as containerd gives since CVE-2022-24769)."""
     header = (ctypes.c_uint32 * 2)(_LINUX_CAPABILITY_VERSION_3, 0)
     data = (ctypes.c_uint32 * 6)()
-    check(c.capget(header, data), "capget")
+    _check(c.capget(header, data), "capget")
     keep = sum(1 << cap for cap in DOCKER_DEFAULT_CAPABILITIES)
     for word in (0, 1):
         mask = (keep >> (32 * word)) & 0xFFFFFFFF
         data[3 * word] &= mask       # effective
         data[3 * word + 1] &= mask   # permitted
         data[3 * word + 2] = 0       # inheritable
-    check(c.capset(header, data), "capset")
+    _check(c.capset(header, data), "capset")
 
 
-def _mount_all(c: ctypes.CDLL, mounts: tuple[Mount, ...]) -> None:
+def _mount_all(libc: ctypes.CDLL, mounts: tuple[Mount, ...]) -> None:
     for mount in mounts:
         target = str(mount.target).encode()
         if mount.source is None:
             options = f"mode=1777,size={mount.tmpfs_size}" if mount.tmpfs_size else "mode=1777"
-            check(c.mount(b"tmpfs", target, b"tmpfs", MS_NOSUID | MS_NODEV, options.encode()),
-                  f"mount tmpfs on {mount.target}")
+            _check(libc.mount(b"tmpfs", target, b"tmpfs", MS_NOSUID | MS_NODEV,
+                              options.encode()), f"mount tmpfs on {mount.target}")
             continue
-        check(c.mount(str(mount.source).encode(), target, None, MS_BIND | MS_REC, None),
-              f"bind {mount.source} on {mount.target}")
+        _check(libc.mount(str(mount.source).encode(), target, None, MS_BIND | MS_REC, None),
+               f"bind {mount.source} on {mount.target}")
         flags = MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NODEV
         if mount.readonly:
             flags |= MS_RDONLY
-        check(c.mount(None, target, None, flags, None), f"remount {mount.target}")
+        _check(libc.mount(None, target, None, flags, None), f"remount {mount.target}")
 
 
 def _enter_sandbox(c: ctypes.CDLL, root: str, mounts: tuple[Mount, ...] = ()) -> None:
@@ -350,12 +349,12 @@ def _enter_sandbox(c: ctypes.CDLL, root: str, mounts: tuple[Mount, ...] = ()) ->
     base = root.encode()
     # The root itself becomes nodev: a device node shipped by a hostile base image outside
     # /dev (say /tmp/mem, char 1,1) must not open the host's device.
-    check(c.mount(base, base, None, MS_BIND | MS_REC, None), "bind the root")
-    check(c.mount(None, base, None, MS_BIND | MS_REMOUNT | MS_NODEV, None),
+    _check(c.mount(base, base, None, MS_BIND | MS_REC, None), "bind the root")
+    _check(c.mount(None, base, None, MS_BIND | MS_REMOUNT | MS_NODEV, None),
           "remount the root nodev")
     _mount_proc(c, base + b"/proc")
     _mount_dev(c, base + b"/dev")
-    check(c.mount(b"sysfs", base + b"/sys", b"sysfs",
+    _check(c.mount(b"sysfs", base + b"/sys", b"sysfs",
                   MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, None), "mount sysfs read-only")
     _mount_all(c, mounts)
     os.chroot(root)
@@ -364,20 +363,20 @@ def _enter_sandbox(c: ctypes.CDLL, root: str, mounts: tuple[Mount, ...] = ()) ->
 
 def _mount_proc(c: ctypes.CDLL, proc: bytes) -> None:
     """The PID namespace's own /proc; the parts that act on the whole machine read-only."""
-    check(c.mount(b"proc", proc, b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None), "mount proc")
+    _check(c.mount(b"proc", proc, b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None), "mount proc")
     for name in _PROC_READ_ONLY:
         path = proc + b"/" + name.encode()
         if not os.path.exists(path):
             continue
-        check(c.mount(path, path, None, MS_BIND | MS_REC, None), f"bind /proc/{name}")
-        check(c.mount(None, path, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV
+        _check(c.mount(path, path, None, MS_BIND | MS_REC, None), f"bind /proc/{name}")
+        _check(c.mount(None, path, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV
                       | MS_NOEXEC, None), f"remount /proc/{name} read-only")
 
 
 def _mount_dev(c: ctypes.CDLL, dev: bytes) -> None:
     """A tmpfs /dev of the command's own (nodev: a node it makes cannot open a device), the
     standard nodes bound from the host, private shm, mqueue and devpts, the usual links."""
-    check(c.mount(b"tmpfs", dev, b"tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
+    _check(c.mount(b"tmpfs", dev, b"tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
                   b"mode=755,size=65536k"), "mount tmpfs on /dev")
     for name in _DEVICES:
         host = f"/dev/{name}"
@@ -385,7 +384,7 @@ def _mount_dev(c: ctypes.CDLL, dev: bytes) -> None:
             continue
         node = dev + b"/" + name.encode()
         os.close(os.open(node, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-        check(c.mount(host.encode(), node, None, MS_BIND, None), f"bind {host}")
+        _check(c.mount(host.encode(), node, None, MS_BIND, None), f"bind {host}")
     for name, fstype, flags, options in (
             ("shm", b"tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, b"mode=1777,size=65536k"),
             ("mqueue", b"mqueue", MS_NOSUID | MS_NODEV | MS_NOEXEC, None),
@@ -393,6 +392,6 @@ def _mount_dev(c: ctypes.CDLL, dev: bytes) -> None:
              b"newinstance,ptmxmode=0666,mode=0620,gid=5")):
         point = dev + b"/" + name.encode()
         os.mkdir(point, 0o755)
-        check(c.mount(name.encode(), point, fstype, flags, options), f"mount /dev/{name}")
+        _check(c.mount(name.encode(), point, fstype, flags, options), f"mount /dev/{name}")
     for name, target in _DEV_LINKS:
         os.symlink(target, dev + b"/" + name.encode())

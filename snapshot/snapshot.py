@@ -104,42 +104,6 @@ class Changes:
         return not (self.upserts or self.deletions or self.opaque)
 
 
-@dataclass
-class OwnTouches:
-    """Directories whose ctime kiln itself moved and nothing else.
-
-    To give a RUN a mount point the image lacks (``/etc/hosts``), kiln creates an empty file,
-    removes it after the command and gives the directory back its times. ctime cannot be set
-    back, so the next diff would put the directory in the layer with nothing changed, where
-    BuildKit's layer has nothing. :meth:`record` notes such a directory's stat before and after;
-    :meth:`excuse` lets a diff pass over it when its stat went exactly from one to the other:
-    any other change to it would have moved its ctime again.
-    """
-
-    _changes: dict[str, tuple[frozenset[FileEntry], FileEntry]] = field(default_factory=dict)
-
-    def record(self, rel: str, before: os.stat_result, after: os.stat_result) -> None:
-        """Note that only kiln changed ``rel`` from ``before`` to ``after`` (lstat results)."""
-        old = FileEntry._make((rel, *_stat_fields(before), None))
-        new = FileEntry._make((rel, *_stat_fields(after), None))
-        if old._replace(ctime_ns=0) != new._replace(ctime_ns=0):
-            return  # something besides the ctime differs: a real change, for the layer
-        earlier = self._changes.get(rel)
-        befores = frozenset({old})
-        if earlier is not None and earlier[1] == old:
-            # Several steps in a row: a diff may start from any of them (--single-snapshot).
-            befores |= earlier[0]
-        self._changes[rel] = (befores, new)
-
-    def excuse(self, old: Snapshot, new: Snapshot) -> Snapshot:
-        """``old`` with the entries kiln alone changed taken from ``new``, for diffing."""
-        excused = {rel: after for rel, (befores, after) in self._changes.items()
-                   if old.entries.get(rel) in befores and new.entries.get(rel) == after}
-        if not excused:
-            return old
-        return Snapshot({**old.entries, **excused}, old.taken_ns, old.root)
-
-
 def layer_order(path: str) -> str:
     """Sort key: depth-first by component, as a tar of a directory walk lists entries.
 
@@ -469,6 +433,31 @@ def diff_snapshots(old: Snapshot, new: Snapshot) -> Changes:
     deletions.sort(key=layer_order)
     opaque.sort(key=layer_order)
     return Changes(upserts, deletions, opaque)
+
+
+def settle_ctimes(old: Snapshot, new: Snapshot, paths: tuple[str, ...]) -> Snapshot:
+    """``old`` with the ctime of ``new`` for each of ``paths`` whose stat differs in ctime only.
+
+    For paths a step moved and put back itself (a RUN --mount emulated without mount(2):
+    its target renamed aside and back, its parent's times restored): ctime is the one field
+    user space cannot restore, and alone it would put an unchanged directory in the layer.
+    """
+    if not paths:
+        return old
+    entries = old.entries
+    copied = False
+    for rel in paths:
+        rel = rel.strip("/")
+        if rel in ("", "."):
+            continue
+        before, after = entries.get(rel), new.entries.get(rel)
+        if before is None or after is None or before == after:
+            continue
+        if before._replace(ctime_ns=after.ctime_ns) == after:
+            if not copied:
+                entries, copied = dict(entries), True
+            entries[rel] = after
+    return Snapshot(entries, old.taken_ns, old.root) if copied else old
 
 
 def _hidden_by_ancestor(path: str, deleted: set[str], after: dict[str, FileEntry],

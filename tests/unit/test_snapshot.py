@@ -18,7 +18,6 @@ from snapshot.snapshot import (
     CLOCK_REALTIME_COARSE,
     Changes,
     FileEntry,
-    OwnTouches,
     Snapshot,
     diff_snapshots,
     layer_order,
@@ -493,44 +492,3 @@ def test_a_shared_walk_given_the_previous_snapshot_sees_the_same_tree(wide: Path
     assert changes.deletions == ["top0/mid3/f0"]
     assert "top2/mid39/f1" in changes.upserts and "top1/fresh/x" in changes.upserts
 
-
-# --- changes kiln made itself ----------------------------------------------------------------
-
-
-def test_a_directory_kiln_only_made_and_removed_a_mount_point_in_is_not_a_change(
-        tmp_path: Path) -> None:
-    root = tmp_path / "root"
-    (root / "etc").mkdir(parents=True)
-    ignore = IgnoreList.for_build(root, kiln_dir=tmp_path / "kiln")
-    touches = OwnTouches()
-    start = take_snapshot(root, ignore, workers=1)
-    for _ in range(2):  # two steps in a row: each diff, and one over both, pass over it
-        before = take_snapshot(root, ignore, workers=1)
-        info = os.lstat(root / "etc")
-        wait_for_clock_tick(before)
-        (root / "etc/hosts").touch()
-        (root / "etc/hosts").unlink()
-        os.utime(root / "etc", ns=(info.st_atime_ns, info.st_mtime_ns))
-        touches.record("etc", info, os.lstat(root / "etc"))
-        after = take_snapshot(root, ignore, workers=1)
-        assert after.entries["etc"] != before.entries["etc"]  # the ctime moved
-        assert diff_snapshots(touches.excuse(before, after), after).is_empty()
-    assert diff_snapshots(touches.excuse(start, after), after).is_empty()
-
-
-def test_a_directory_changed_after_kiln_touched_it_is_a_change(tmp_path: Path) -> None:
-    root = tmp_path / "root"
-    (root / "etc").mkdir(parents=True)
-    ignore = IgnoreList.for_build(root, kiln_dir=tmp_path / "kiln")
-    touches = OwnTouches()
-    before = take_snapshot(root, ignore, workers=1)
-    info = os.lstat(root / "etc")
-    wait_for_clock_tick(before)
-    (root / "etc/hosts").touch()
-    (root / "etc/hosts").unlink()
-    os.utime(root / "etc", ns=(info.st_atime_ns, info.st_mtime_ns))
-    touches.record("etc", info, os.lstat(root / "etc"))
-    wait_for_clock_tick(take_snapshot(root, ignore, workers=1))
-    os.chmod(root / "etc", 0o700)
-    after = take_snapshot(root, ignore, workers=1)
-    assert diff_snapshots(touches.excuse(before, after), after).upserts == ["etc"]
