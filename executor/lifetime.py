@@ -27,6 +27,8 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import functools
+import gc
 import os
 import signal
 import subprocess
@@ -47,7 +49,10 @@ class _Stop(BaseException):
     """Raised in a keeper by a stop signal: end the command's processes now."""
 
 
+@functools.cache
 def libc() -> ctypes.CDLL:
+    """The C library, loaded once: ``find_library`` runs ``ldconfig``, far too slow for every
+    command, and a forked child can use the parent's handle."""
     return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
 
@@ -80,9 +85,13 @@ def spawn(argv: Sequence[str], *, env: dict[str, str], keeper_setup: Setup | Non
     gives the command a session of its own, away from the terminal's signals.
     """
     kiln = os.getpid()
+    libc()  # loaded here, not in each forked child
 
     def keeper() -> None:
         # The forked child: become the keeper, fork the command, and return only in the command.
+        # No garbage collection here: a full collection would write to every object kiln
+        # holds (a snapshot of 700,000 entries) and so copy all of its memory.
+        gc.disable()
         die_with_parent(signal.SIGTERM)
         if os.getppid() != kiln:  # kiln died before the line above took effect
             os._exit(128 + signal.SIGKILL)
