@@ -29,6 +29,7 @@ import contextlib
 import ctypes
 import logging
 import os
+import platform
 import stat
 import subprocess
 import tempfile
@@ -57,6 +58,10 @@ MS_BIND = 0x1000
 MS_REMOUNT = 0x20
 MS_REC = 0x4000
 MS_PRIVATE = 1 << 18
+MNT_DETACH = 2
+# glibc has no pivot_root(); the syscall's number by machine.
+_SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "arm64": 41, "riscv64": 41, "ppc64le": 203,
+                   "s390x": 217, "armv7l": 218, "i686": 217}
 
 # Mount points a sandboxed command gets; the snapshot always ignores them.
 SANDBOX_MOUNTS = ("proc", "dev", "sys")
@@ -357,7 +362,24 @@ def _enter_sandbox(c: ctypes.CDLL, root: str, mounts: tuple[Mount, ...] = ()) ->
     _check(c.mount(b"sysfs", base + b"/sys", b"sysfs",
                   MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, None), "mount sysfs read-only")
     _mount_all(c, mounts)
-    os.chroot(root)
+    _pivot_root(c, root)
+
+
+def _pivot_root(c: ctypes.CDLL, root: str) -> None:
+    """Make ``root`` the namespace's root and detach the host's from it.
+
+    Not chroot: a root process with CAP_SYS_CHROOT (in Docker's default set) leaves a chroot
+    by chrooting into a subdirectory and walking ``..`` up past it. After pivot_root and a
+    detach, no mount of the namespace leads to the host's filesystem any more.
+    """
+    old_root = os.open("/", os.O_DIRECTORY | os.O_RDONLY)
+    try:
+        os.chdir(root)
+        _check(c.syscall(_SYS_PIVOT_ROOT[platform.machine()], b".", b"."), "pivot_root")
+        os.fchdir(old_root)  # "." is now the old root, stacked on the new one: detach it
+        _check(c.umount2(b".", MNT_DETACH), "detach the host's root")
+    finally:
+        os.close(old_root)
     os.chdir("/")
 
 

@@ -233,3 +233,37 @@ def test_getent_finds_localhost_on_a_debian_base_without_etc_hosts(
     assert not (built.root / "etc/hosts").exists()
     assert "etc/hosts" not in new_layer_names(built)
     assert "etc" not in built.layers[1]  # the getent RUN's layer: /getent alone
+
+
+CHROOT_ESCAPE_C = r"""
+#include <stdio.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* The classic way out of a chroot for a root process with CAP_SYS_CHROOT: chroot into a
+   subdirectory while the working directory stays above it, then walk ".." up to the real /. */
+int main(int argc, char **argv) {
+    mkdir("/.escape", 0700);
+    if (chroot("/.escape") != 0) { perror("chroot"); return 2; }
+    for (int i = 0; i < 256; i++) chdir("..");
+    if (chroot(".") != 0) { perror("chroot ."); return 3; }
+    return access(argv[1], F_OK) == 0 ? 0 : 1;
+}
+"""
+
+
+def test_a_run_cannot_leave_the_root_the_way_one_leaves_a_chroot(
+        tmp_path: Path, busybox_image: str) -> None:
+    if subprocess.run(["gcc", "--version"], capture_output=True).returncode != 0:
+        pytest.skip("gcc is needed to build the escape program")
+    source = tmp_path / "escape.c"
+    source.write_text(CHROOT_ESCAPE_C)
+    program = tmp_path / "escape"
+    subprocess.run(["gcc", "-static", "-O1", "-o", str(program), str(source)], check=True)
+    marker = tmp_path / f"host-only-{secrets.token_hex(4)}"
+    marker.write_text("on the host\n")
+    built = build(tmp_path, f"FROM {busybox_image}\nCOPY --chmod=755 escape /escape\n"
+                  f"RUN /escape {marker}; echo $? > /escape-status\n",
+                  {"escape": program.read_bytes()})
+    assert built.ok, built.run.stderr
+    assert (built.root / "escape-status").read_text() == "1\n"  # chrooted, but saw no host
