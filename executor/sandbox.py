@@ -161,7 +161,7 @@ class Sandbox:
                         list(argv), env=env,
                         stdin=subprocess.PIPE if stdin is not None
                         else subprocess.DEVNULL,
-                        keeper_setup=self._namespaces(bool(all_mounts), network),
+                        keeper_setup=self._namespaces(network),
                         command_setup=self._command_setup(cwd, identity, all_mounts))
                     try:
                         proc.communicate(stdin)
@@ -180,23 +180,20 @@ class Sandbox:
         made and removed there): ``Step.settled`` for the snapshot."""
         return () if self.in_place else ("etc",)
 
-    def _namespaces(self, mounts: bool, network: str) -> Callable[[], None]:
-        """The keeper's setup: the namespaces its command is then forked into."""
+    def _namespaces(self, network: str) -> Callable[[], None]:
+        """The keeper's setup: the namespaces its command is then forked into.
+
+        Not the mount namespace: the command makes its own, since its pivot_root moves the
+        root of every process in its mount namespace, and the keeper must go on seeing the
+        host's ``/proc`` to find the processes it has to end.
+        """
         flags = CLONE_NEWNET if network == "none" else 0
         if not self.in_place:
-            flags |= CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS
-        elif mounts:
-            flags |= CLONE_NEWNS
+            flags |= CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS
 
         def setup() -> None:
-            if not flags:
-                return
-            c = _libc()
-            _check(c.unshare(flags), "unshare")
-            if flags & CLONE_NEWNS:
-                # Every mount private first, or what the command mounts would reach the host.
-                _check(c.mount(None, b"/", None, MS_REC | MS_PRIVATE, None),
-                      "mount --make-rprivate /")
+            if flags:
+                _check(_libc().unshare(flags), "unshare")
 
         return setup
 
@@ -209,6 +206,11 @@ class Sandbox:
         def setup() -> None:
             # Runs in the forked child before exec: only async-signal-safe-ish work here.
             c = _libc()
+            if not in_place or mounts:
+                _check(c.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
+                # Every mount private first, or what the command mounts would reach the host.
+                _check(c.mount(None, b"/", None, MS_REC | MS_PRIVATE, None),
+                       "mount --make-rprivate /")
             if not in_place:
                 _enter_sandbox(c, root, mounts)
                 name = SANDBOX_HOSTNAME.encode()
@@ -350,7 +352,8 @@ def _mount_all(libc: ctypes.CDLL, mounts: tuple[Mount, ...]) -> None:
 
 
 def _enter_sandbox(c: ctypes.CDLL, root: str, mounts: tuple[Mount, ...] = ()) -> None:
-    """In the keeper's namespaces: /proc, /dev, /sys and ``mounts`` inside ``root``, chroot."""
+    """In the command's own mount namespace: /proc, /dev, /sys and ``mounts`` inside ``root``,
+    then ``root`` becomes the namespace's root."""
     base = root.encode()
     # The root itself becomes nodev: a device node shipped by a hostile base image outside
     # /dev (say /tmp/mem, char 1,1) must not open the host's device.

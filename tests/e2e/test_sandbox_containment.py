@@ -31,18 +31,20 @@ def new_layer_names(built: Built) -> set[str]:
     return {name for layer in built.layers[1:] for name in layer}
 
 
-def processes_in(root: Path) -> list[int]:
-    """Pids of every process whose root directory (chroot) is ``root``."""
+def marked_processes(mark: str) -> list[int]:
+    """Pids of every process whose environment holds ``KILN_TEST_MARK=mark``: the RUN's, which
+    inherit it from the image's ENV (a pivot_root'ed process's root says nothing from here)."""
+    needle = f"KILN_TEST_MARK={mark}".encode()
     found = []
-    real = os.path.realpath(root)
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
         try:
-            if os.readlink(f"/proc/{name}/root") == real:
-                found.append(int(name))
+            environ = Path(f"/proc/{name}/environ").read_bytes()
         except OSError:
             continue
+        if needle in environ.split(b"\0"):
+            found.append(int(name))
     return found
 
 
@@ -145,13 +147,14 @@ def test_a_run_has_its_own_hostname_and_a_read_only_sys(tmp_path: Path,
 
 def test_a_daemon_started_by_a_run_ends_with_the_run(tmp_path: Path,
                                                       busybox_image: str) -> None:
-    built = build(tmp_path, f"FROM {busybox_image}\n"
+    mark = secrets.token_hex(6)
+    built = build(tmp_path, f"FROM {busybox_image}\nENV KILN_TEST_MARK={mark}\n"
                   "RUN setsid sh -c 'sleep 2; echo late > /late' > /dev/null 2>&1 & "
                   "(setsid sleep 300 &) ; echo started > /started\n"
                   "RUN sleep 3; test ! -e /late && echo absent > /late-in-next-run\n")
     assert built.ok, built.run.stderr
     assert (built.root / "late-in-next-run").read_text() == "absent\n"
-    assert processes_in(built.root) == []
+    assert marked_processes(mark) == []
     before = tree_listing(built.root)
     time.sleep(2.5)
     assert tree_listing(built.root) == before
@@ -160,7 +163,9 @@ def test_a_daemon_started_by_a_run_ends_with_the_run(tmp_path: Path,
 
 def test_sigkill_of_the_executor_mid_run_leaves_no_process(tmp_path: Path,
                                                            busybox_image: str) -> None:
+    mark = secrets.token_hex(6)
     context = write_context(tmp_path / "context", f"FROM {busybox_image}\n"
+                            f"ENV KILN_TEST_MARK={mark}\n"
                             "RUN (setsid sleep 300 &); sh -c 'sleep 3; echo late > /late' & "
                             "touch /started; sleep 300\n")
     root = tmp_path / "root"
@@ -173,13 +178,13 @@ def test_sigkill_of_the_executor_mid_run_leaves_no_process(tmp_path: Path,
             assert executor.poll() is None, "the executor ended before the RUN started"
             assert time.monotonic() < deadline, "the RUN did not start"
             time.sleep(0.1)
-        assert processes_in(root)  # the RUN's processes, chrooted into the root
+        assert marked_processes(mark)  # the RUN's processes
         executor.send_signal(signal.SIGKILL)
         executor.wait()
         deadline = time.monotonic() + 5
-        while processes_in(root) and time.monotonic() < deadline:
+        while marked_processes(mark) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert processes_in(root) == []
+        assert marked_processes(mark) == []
         time.sleep(3.5)
         assert not (root / "late").exists()
     finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -78,3 +79,28 @@ def test_descendants_follow_the_tree() -> None:
             os.kill(pid, signal.SIGKILL)
         child.kill()
         child.wait()
+
+
+def test_everything_ends_when_kiln_is_killed(tmp_path: Path) -> None:
+    pid_file = tmp_path / "daemon.pid"
+    script = ("import sys, time\nfrom executor import lifetime\n"
+              "lifetime.spawn(['/bin/sh', '-c', sys.argv[1]], env={'PATH': '/bin:/usr/bin'})\n"
+              "time.sleep(60)\n")
+    kiln = subprocess.Popen([sys.executable, "-c", script,
+                             f"setsid sh -c 'echo $$ > {pid_file}; exec sleep 60' & sleep 60"])
+    try:
+        deadline = time.monotonic() + 10
+        while not pid_file.exists() or not pid_file.read_text().strip():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        daemon = int(pid_file.read_text())
+        assert alive(daemon)
+        kiln.kill()
+        kiln.wait()
+        deadline = time.monotonic() + 5
+        while alive(daemon) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not alive(daemon)
+    finally:
+        kiln.kill()
+        kiln.wait()
