@@ -156,11 +156,12 @@ RUN touch /run-started && sleep 120
 
 def test_a_daemon_started_by_a_run_ends_with_the_run_in_place(
         executor_rootfs: Path, registry: Registry, busybox_image: str, tmp_path: Path) -> None:
-    # The daemon leaves the RUN's session and process group; kiln as PID 1 must still end it
-    # with its RUN, or it writes /late into the image the next RUN commits.
+    # The daemon leaves the RUN's session and process group (the RUN gives it a second to do
+    # so); kiln as PID 1 must still end it with its RUN, or it writes /late into the image the
+    # next RUN commits.
     context = write_dockerfile(tmp_path / "context", f"""\
 FROM {busybox_image}
-RUN setsid sh -c 'sleep 2; echo late > /late' > /dev/null 2>&1 & (setsid sleep 300 &); true
+RUN setsid sh -c 'sleep 2; echo late > /late' > /dev/null 2>&1 & (setsid sleep 300 &); sleep 1
 RUN sleep 4; test ! -e /late && ps -o pid,args > /processes && grep CapEff /proc/self/status > /caps
 """)
     dest = f"{registry.host}/inplace/daemon:1"

@@ -150,7 +150,7 @@ def test_a_daemon_started_by_a_run_ends_with_the_run(tmp_path: Path,
     mark = secrets.token_hex(6)
     built = build(tmp_path, f"FROM {busybox_image}\nENV KILN_TEST_MARK={mark}\n"
                   "RUN setsid sh -c 'sleep 2; echo late > /late' > /dev/null 2>&1 & "
-                  "(setsid sleep 300 &) ; echo started > /started\n"
+                  "(setsid sleep 300 &) ; echo started > /started; sleep 1\n"
                   "RUN sleep 3; test ! -e /late && echo absent > /late-in-next-run\n")
     assert built.ok, built.run.stderr
     assert (built.root / "late-in-next-run").read_text() == "absent\n"
