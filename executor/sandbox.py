@@ -221,7 +221,7 @@ class Sandbox:
                 os.chdir(cwd)
             except OSError:
                 os.chdir("/")
-            _drop_bounding_capabilities(c, last_cap)
+            _drop_bounding_capabilities(c, last_cap, strict=not in_place)
             os.setgroups(list(identity.groups))
             os.setgid(identity.gid)
             os.setuid(identity.uid)
@@ -311,12 +311,15 @@ def _last_capability() -> int:
         return 40
 
 
-def _drop_bounding_capabilities(c: ctypes.CDLL, last_cap: int) -> None:
+def _drop_bounding_capabilities(c: ctypes.CDLL, last_cap: int, *, strict: bool) -> None:
     """Keep only Docker's default set in the bounding set (what exec can ever grant) and
-    clear the ambient set. A capability already gone needs no CAP_SETPCAP to stay gone."""
+    clear the ambient set. A capability already gone needs no CAP_SETPCAP to stay gone; in
+    place (``strict=False``) a pod that grants more but not CAP_SETPCAP keeps its set."""
     for cap in range(last_cap + 1):
         if cap not in DOCKER_DEFAULT_CAPABILITIES and c.prctl(PR_CAPBSET_READ, cap, 0, 0, 0) == 1:
-            _check(c.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0), f"drop capability {cap}")
+            dropped = c.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0)
+            if strict:
+                _check(dropped, f"drop capability {cap}")
     c.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)  # EINVAL before Linux 4.3
 
 
