@@ -491,4 +491,3 @@ def test_a_shared_walk_given_the_previous_snapshot_sees_the_same_tree(wide: Path
     changes = diff_snapshots(before, take_snapshot(wide, ignore, previous=before, workers=2))
     assert changes.deletions == ["top0/mid3/f0"]
     assert "top2/mid39/f1" in changes.upserts and "top1/fresh/x" in changes.upserts
-
