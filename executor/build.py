@@ -211,8 +211,10 @@ class Builder:
         for inst in instructions:
             snapshot = self._apply(state, inst, snapshot, layers, keys)
         if self.options.single_snapshot:
+            # The sandbox's mount points for RUN moved /etc's ctime in any RUN of the stage.
             snapshot = self._commit_layer(state, snapshot, "kiln: single snapshot of the stage "
-                                          "(--single-snapshot)", layers).snapshot
+                                          "(--single-snapshot)", layers,
+                                          state.sandbox.settled_paths()).snapshot
         self.root_holds = stage.index
         self.stage_args[stage.index] = dict(state.args)
         if self.options.labels:  # --label, as kaniko applies it to every stage's image

@@ -272,3 +272,11 @@ def test_a_run_cannot_leave_the_root_the_way_one_leaves_a_chroot(
                   {"escape": program.read_bytes()})
     assert built.ok, built.run.stderr
     assert (built.root / "escape-status").read_text() == "1\n"  # chrooted, but saw no host
+
+
+def test_single_snapshot_holds_nothing_of_the_runs_mount_points(
+        tmp_path: Path, busybox_image: str) -> None:
+    built = build(tmp_path, f"FROM {busybox_image}\nRUN echo a > /a\nRUN echo b > /b\n",
+                  None, "--single-snapshot")
+    assert built.ok, built.run.stderr
+    assert set(built.layers[-1]) == {"a", "b"}
