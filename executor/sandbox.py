@@ -362,11 +362,11 @@ def _enter_sandbox(c: ctypes.CDLL, root: str, mounts: tuple[Mount, ...] = ()) ->
     # /dev (say /tmp/mem, char 1,1) must not open the host's device.
     _check(c.mount(base, base, None, MS_BIND | MS_REC, None), "bind the root")
     _check(c.mount(None, base, None, MS_BIND | MS_REMOUNT | MS_NODEV, None),
-          "remount the root nodev")
+           "remount the root nodev")
     _mount_proc(c, base + b"/proc")
     _mount_dev(c, base + b"/dev")
     _check(c.mount(b"sysfs", base + b"/sys", b"sysfs",
-                  MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, None), "mount sysfs read-only")
+                   MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, None), "mount sysfs read-only")
     _mount_all(c, mounts)
     _pivot_root(c, root)
 
@@ -398,14 +398,14 @@ def _mount_proc(c: ctypes.CDLL, proc: bytes) -> None:
             continue
         _check(c.mount(path, path, None, MS_BIND | MS_REC, None), f"bind /proc/{name}")
         _check(c.mount(None, path, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV
-                      | MS_NOEXEC, None), f"remount /proc/{name} read-only")
+                       | MS_NOEXEC, None), f"remount /proc/{name} read-only")
 
 
 def _mount_dev(c: ctypes.CDLL, dev: bytes) -> None:
     """A tmpfs /dev of the command's own (nodev: a node it makes cannot open a device), the
     standard nodes bound from the host, private shm, mqueue and devpts, the usual links."""
     _check(c.mount(b"tmpfs", dev, b"tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
-                  b"mode=755,size=65536k"), "mount tmpfs on /dev")
+                   b"mode=755,size=65536k"), "mount tmpfs on /dev")
     for name in _DEVICES:
         host = f"/dev/{name}"
         if not os.path.exists(host) or not stat.S_ISCHR(os.stat(host).st_mode):
