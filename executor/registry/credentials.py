@@ -202,6 +202,9 @@ def run_credential_helper(name: str, registry: str,
     except OSError as exc:
         raise RegistryError(f"getting credentials for {registry}: {program}: "
                             f"{exc.strerror}") from None
+    except subprocess.SubprocessError as exc:  # the keeper could not be set up
+        raise RegistryError(f"getting credentials for {registry}: {program} could not be "
+                            f"started: {exc}") from None
     if proc.returncode != 0:
         said = (proc.stdout or proc.stderr).decode(errors="replace").strip()
         if _NOT_FOUND in said.lower():
