@@ -193,6 +193,31 @@ def test_sigkill_of_the_executor_mid_run_leaves_no_process(tmp_path: Path,
             executor.wait()
 
 
+def test_sigterm_of_the_executor_mid_run_ends_the_run_and_its_daemons(
+        tmp_path: Path, busybox_image: str) -> None:
+    mark = secrets.token_hex(6)
+    context = write_context(tmp_path / "context", f"FROM {busybox_image}\n"
+                            f"ENV KILN_TEST_MARK={mark}\n"
+                            "RUN (setsid sleep 300 &); touch /started; sleep 300\n")
+    root = tmp_path / "root"
+    executor = subprocess.Popen(
+        [sys.executable, "-m", "executor.cli", "--context", str(context), "--root", str(root),
+         "--no-push", "--insecure-pull"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not (root / "started").exists():
+            assert executor.poll() is None, "the executor ended before the RUN started"
+            assert time.monotonic() < deadline, "the RUN did not start"
+            time.sleep(0.1)
+        executor.send_signal(signal.SIGTERM)
+        assert executor.wait(10) == 143
+        assert marked_processes(mark) == []  # gone before the executor exited
+    finally:
+        if executor.poll() is None:
+            executor.kill()
+            executor.wait()
+
+
 def test_a_run_resolves_localhost_and_the_image_gets_no_hosts_file(
         tmp_path: Path, busybox_image: str) -> None:
     host_files = {name: Path("/etc", name).read_bytes() for name in ("hosts", "resolv.conf")}
