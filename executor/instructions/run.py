@@ -72,7 +72,8 @@ def apply_run(state: StageState, inst: Instruction) -> Step:
     if code != 0:
         raise BuildStepError(str(inst.location), f"RUN exited with code {code}",
                              exit_code=code if 0 < code < 256 else 1)
-    return Step(_history(state, inst, argv if script is None else []), touches_fs=True)
+    return Step(_history(state, inst, argv if script is None else []), touches_fs=True,
+                settled=state.sandbox.settled_paths())
 
 
 def mount_specs(state: StageState, inst: Instruction) -> list[MountSpec]:
