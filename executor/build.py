@@ -52,7 +52,7 @@ from executor.instructions.state import StageState
 from executor.options import BuildOptions, read_secrets
 from executor.publish import check_push_permissions, make_client, publish, transfer_line
 from executor.registry.client import RegistryClient
-from executor.sandbox import SANDBOX_MOUNTS, Sandbox
+from executor.sandbox import Sandbox
 from snapshot.compress import Compression, open_decompressed
 from snapshot.errors import CorruptLayerError, UnsafeLayerError
 from snapshot.extract import extract_layer
@@ -572,9 +572,10 @@ def _build(options: BuildOptions) -> str:
     try:
         with _workspace(options) as workspace:
             extra = list(options.ignore_paths)
-            if not options.in_place:
-                extra += [f"/{name}" for name in SANDBOX_MOUNTS]
-            else:
+            # A sandbox mounts /proc, /dev and /sys only inside each RUN's own mount namespace:
+            # outside a RUN they are the image's directories, written and snapshotted like any
+            # other (ADD of an archive holding sys/fs/foo gives /sys/fs/foo, as in Docker).
+            if options.in_place:
                 extra += executor_image_paths(options.root)
                 if options.cache_layout is not None:
                     extra.append(str(options.cache_layout))

@@ -38,6 +38,7 @@ import posixpath
 import stat
 import urllib.parse
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
@@ -92,7 +93,8 @@ class Ignores(Protocol):
 
 
 def extract_layer(root: Path, tar_stream: BinaryIO, *, ignore: Ignores, layer_name: str,
-                  helpers: int | None = None) -> None:
+                  helpers: int | None = None, chroot: bool = False,
+                  skipped: Callable[[str], None] | None = None) -> None:
     """Apply the uncompressed layer tar ``tar_stream`` over ``root``.
 
     The stream is read once, to its end (so a digest computed as it passes is complete).
@@ -107,12 +109,20 @@ def extract_layer(root: Path, tar_stream: BinaryIO, *, ignore: Ignores, layer_na
     behind, and a second helper keeps the CPU busy meanwhile (extract-50k on two CPUs: 0.50 s
     with two helpers, 0.57 s with one). Unlike the walk's, the choice ignores the machine's
     momentary load: a CPU that is busy now is seldom busy for the seconds a base image takes.
+
+    ``chroot`` extracts as Docker's ``chrootarchive`` extracts an ``ADD`` archive into its
+    destination: the root is a chroot, so a name or link that climbs above it (``../x``,
+    ``up -> ..``) stays at it instead of being refused, and an entry naming the root itself
+    (``""``, ``./``) is skipped. Nothing can leave the root either way; a layer keeps the
+    stricter rule, since no real layer climbs. ``skipped`` is told the name of each entry
+    left out because of the ignore list (a directory that is itself ignored excepted).
     """
     reader = _TarReader(tar_stream, layer_name)
     if helpers is None:
         cpus = usable_cpus()
         helpers = min(cpus, _MAX_HELPERS) if cpus > 1 else 0
-    extractor = _Extractor(root, ignore, layer_name, reader, helpers)
+    extractor = _Extractor(root, ignore, layer_name, reader, helpers, chroot=chroot,
+                           skipped=skipped)
     try:
         extractor.apply_all()
         extractor.finish()
@@ -554,8 +564,11 @@ class _Extractor:
     """The state of one layer's application: verified directories, what it wrote, what's left."""
 
     def __init__(self, root: Path, ignore: Ignores, layer: str, reader: _TarReader,
-                 helpers: int) -> None:
+                 helpers: int, *, chroot: bool = False,
+                 skipped: Callable[[str], None] | None = None) -> None:
         self.root = os.fspath(root)
+        self.chroot = chroot
+        self.skipped = skipped
         self.prefix = self.root if self.root.endswith("/") else self.root + "/"
         self.ignore = ignore
         self.layer = layer
@@ -665,6 +678,8 @@ class _Extractor:
                 # root. Entry names were normalised, so ".." here comes from a link target;
                 # real holds no symlink, so its lexical parent is its real parent.
                 if not real:
+                    if self.chroot:
+                        continue  # a chroot's "/.." is "/"
                     raise _Refused(f"escapes the root through symlink {show_name(via)}")
                 real = real.rpartition("/")[0]
                 continue
@@ -706,7 +721,7 @@ class _Extractor:
 
     def normalise(self, name: str) -> str:
         """``./usr//bin/`` -> ``usr/bin``; ``""`` is the root. Refuses names that leave it."""
-        if name.startswith("/"):
+        if name.startswith("/") and not self.chroot:
             # Stops "/etc/passwd" from naming the host's file by whatever joins it later.
             raise _Refused("is an absolute path")
         if len(name) > _PATH_MAX or (not name.isascii() and len(
@@ -717,6 +732,9 @@ class _Extractor:
                            f"({_PATH_MAX})", unsafe=False)
         if "\0" in name:
             raise _Refused("has a NUL byte in its name", unsafe=False)
+        if self.chroot:
+            # Resolved against a chroot's "/": "/etc/x" and "../x" both stay inside.
+            return posixpath.normpath("/" + name.lstrip("/")).lstrip("/")
         if "/." in name or "//" in name or name.startswith(".") or name.endswith("/"):
             name = posixpath.normpath(name)
             if name == ".":
@@ -756,6 +774,11 @@ class _Extractor:
             return
         kind = h.kind
         if not name:
+            if self.chroot:
+                # Docker's Untar skips an entry naming the directory it extracts into.
+                log.debug("layer %s: skipping entry %s, which names the root", self.layer,
+                          show_name(h.name))
+                return
             if kind != _DIR:
                 raise _Refused("would replace the root with something that is not a directory")
             self.deferred[""] = h
@@ -765,11 +788,15 @@ class _Extractor:
             real_parent = self.resolve_dir(parent, create=True)
             if real_parent is None:
                 log.debug("layer %s: skipping %s, under an ignored path", self.layer, h.name)
+                if self.skipped is not None:
+                    self.skipped(name)
                 return
         rel = real_parent + "/" + base if real_parent else base
         if real_parent not in self.unguarded:
             if self.ignore.is_ignored(rel):
                 log.debug("layer %s: skipping ignored path %s", self.layer, rel)
+                if self.skipped is not None and kind != _DIR:
+                    self.skipped(name)
                 return
             if not self.ignore.may_ignore_in(real_parent):
                 self.unguarded.add(real_parent)

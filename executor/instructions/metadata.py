@@ -17,7 +17,7 @@ from executor.dockerfile.stages import parse_arg
 from executor.durations import parse_duration_ns
 from executor.instructions.directories import make_directories
 from executor.instructions.state import StageState
-from executor.passwd import UnknownUserError, resolve_identity
+from executor.passwd import file_owner
 from snapshot.rootpath import resolve_in_root
 
 
@@ -76,20 +76,13 @@ def apply_workdir(state: StageState, inst: Instruction) -> Step:
     target = resolve_in_root(state.root, path)
     created = not target.exists()
     if created:
-        _make_dirs(state, inst, target)
+        _make_dirs(state, target)
     return Step(f"WORKDIR {path}", touches_fs=created)
 
 
-def _make_dirs(state: StageState, inst: Instruction, target: Path) -> None:
+def _make_dirs(state: StageState, target: Path) -> None:
     """Create WORKDIR's directory owned by the current USER, as BuildKit does."""
-    user = str(state.config.container.get("User") or "")
-    uid = gid = 0
-    if user:
-        try:
-            ident = resolve_identity(state.root, user)
-        except UnknownUserError as exc:
-            raise inst.error(str(exc)) from None
-        uid, gid = ident.uid, ident.gid
+    uid, gid = file_owner(state.root, str(state.config.container.get("User") or ""))
     make_directories(target, uid, gid, root=state.root)
 
 

@@ -42,7 +42,7 @@ def apply_run(state: StageState, inst: Instruction) -> Step:
     specs = mount_specs(state, inst)
     argv, script = _command(state, inst)
     env = _environment(state)
-    user = str(state.config.container.get("User") or "root")
+    user = str(state.config.container.get("User") or "")
     try:
         identity = resolve_identity(state.root, user)
     except UnknownUserError as exc:
