@@ -8,15 +8,16 @@ history line it leaves. Only WORKDIR touches the filesystem (it creates the dire
 from __future__ import annotations
 
 import json
+import posixpath
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from executor.dockerfile.parse import Instruction
+from executor.dockerfile.parse import Instruction, onbuild_trigger
 from executor.dockerfile.stages import parse_arg
 from executor.durations import parse_duration_ns
 from executor.instructions.directories import make_directories
-from executor.instructions.state import StageState
+from executor.instructions.state import StageState, clean_path
 from executor.passwd import file_owner
 from snapshot.rootpath import resolve_in_root
 
@@ -70,10 +71,25 @@ def apply_arg(state: StageState, inst: Instruction) -> Step:
     return Step(None)
 
 
+def workdir_value(current: str, path: str) -> str:
+    """WORKDIR's value in the config, as BuildKit's ``NormalizeWorkdir`` makes it.
+
+    An absolute path is kept as written, trailing slash and all (``WORKDIR /tmp/`` gives
+    ``/tmp/``); a relative one is joined to the current directory and cleaned; an empty one
+    (a variable that expanded to nothing) leaves the current directory as it is.
+    """
+    if path.startswith("/"):
+        return path
+    if not path:
+        return current or "/"
+    return clean_path(posixpath.join(clean_path(current or "/"), path))
+
+
 def apply_workdir(state: StageState, inst: Instruction) -> Step:
-    path = state.absolute(state.expand(inst, inst.args[0])).rstrip("/") or "/"
+    current = str(state.config.container.get("WorkingDir") or "")
+    path = workdir_value(current, state.expand(inst, inst.args[0]))
     state.config.container["WorkingDir"] = path
-    target = resolve_in_root(state.root, path)
+    target = resolve_in_root(state.root, clean_path(path))
     created = not target.exists()
     if created:
         _make_dirs(state, target)
@@ -176,8 +192,8 @@ def _valid_signal(text: str) -> bool:
 
 def apply_volume(state: StageState, inst: Instruction) -> Step:
     volumes = dict(state.config.container.get("Volumes") or {})
-    names = list(inst.args) if inst.json else [
-        word for arg in inst.args for word in state.expand_words(inst, arg)]
+    # BuildKit expands each word alone, JSON form too, and never splits what it expanded to.
+    names = [state.expand(inst, arg) for arg in inst.args]
     for name in names:
         if not name.strip():
             raise inst.error("VOLUME specified can not be an empty string")
@@ -187,7 +203,7 @@ def apply_volume(state: StageState, inst: Instruction) -> Step:
 
 
 def apply_onbuild(state: StageState, inst: Instruction) -> Step:
-    trigger = inst.original.split(None, 1)[1] if " " in inst.original else ""
+    trigger = onbuild_trigger(inst)
     if inst.sub_kind in ("ONBUILD", "FROM", "MAINTAINER"):
         raise inst.error(f"{inst.sub_kind} isn't allowed as an ONBUILD trigger")
     onbuild = list(state.config.container.get("OnBuild") or [])

@@ -24,6 +24,12 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_SHELL = ("/bin/sh", "-c")
 
 
+def clean_path(path: str) -> str:
+    """``path`` absolute and clean, as Go's ``path.Clean("/" + path)``: ``//a/b/`` -> ``/a/b``."""
+    cleaned = posixpath.normpath("/" + path)
+    return "/" + cleaned.lstrip("/")
+
+
 @dataclass
 class StageState:
     """The mutable state of the stage being built."""
@@ -54,7 +60,8 @@ class StageState:
 
     @property
     def workdir(self) -> str:
-        return str(self.config.container.get("WorkingDir") or "/")
+        """The working directory, clean (the config keeps ``WORKDIR /tmp/`` as written)."""
+        return clean_path(str(self.config.container.get("WorkingDir") or "/"))
 
     @property
     def shell(self) -> list[str]:
