@@ -37,6 +37,7 @@ from executor.dockerfile.stages import (
     BuildPlan,
     Stage,
     build_order,
+    check_defined_before,
     plan_build,
     unused_build_args,
 )
@@ -184,7 +185,9 @@ class Builder:
             wanted = {self.plan.target}
         else:
             wanted = {s.index for s in self.plan.stages if s.index <= self.plan.target}
-        return build_order(self.plan, wanted)
+        stages = build_order(self.plan, wanted)
+        check_defined_before(self.plan, stages)
+        return stages
 
     def _build_stage(self, stage: Stage) -> BuiltImage:
         self.current_stage = stage.index
@@ -286,9 +289,9 @@ class Builder:
     def _apply_cached(self, state: StageState, found: CachedLayer, snapshot: Snapshot,
                       layers: list[Layer]) -> Snapshot:
         """Apply a layer from the cache as if its RUN had just run."""
-        if found.layer is None:  # the RUN changed no file
-            state.config.add_empty_history(found.history, state.created)
-            return snapshot
+        if found.layer is None:  # the RUN changed no file: an empty layer, as BuildKit has
+            empty = self._commit_layer(state, snapshot, found.history, layers)
+            return empty.snapshot
         self._extract_layer(found.layer, self.root, self.ignore)
         layers.append(found.layer)
         state.config.add_layer(found.layer.diff_id, found.history, state.created)
@@ -301,9 +304,9 @@ class Builder:
         new = take_snapshot(self.root, self.ignore)
         changes = diff_snapshots(before, new)
         if changes.is_empty():
-            log.info("No files changed in this command, skipping snapshotting.")
-            state.config.add_empty_history(history, state.created)
-            return Committed(new, changes, None)
+            # BuildKit commits a layer for every RUN, COPY, ADD and WORKDIR, an empty one when
+            # nothing changed; kaniko skips it. Docker's image is the reference.
+            log.info("No files changed in this command, adding an empty layer.")
         blob = write_layer(self.root, changes, new, self.workspace.blobs, self._compression(),
                            mtime_ns=0 if self.options.reproducible else None)
         layer = Layer(blob.path, blob.digest, blob.diff_id, blob.size,

@@ -162,6 +162,37 @@ def check_cycles(plan: BuildPlan) -> None:
                                   f"{plan.stages[start].display_name}")
 
 
+def check_defined_before(plan: BuildPlan, stages: list[Stage]) -> None:
+    """A stage reads only stages defined above it: BuildKit converts stages in file order, so
+    ``COPY --from`` or ``RUN --mount from=`` naming a later stage is an error (a cycle has
+    already been reported by ``check_cycles``)."""
+    for stage in stages:
+        for inst in stage.instructions:
+            for ref in stage_references(inst):
+                other = plan.stage_by_ref(ref) if "$" not in ref else None
+                if other is None or other.index < stage.index:
+                    continue
+                if inst.kind == "RUN":
+                    raise inst.error(f'cannot mount from stage "{ref}" to '
+                                     f'"{_mount_target(inst, ref)}", stage needs to be '
+                                     "defined before current command")
+                raise inst.error(f'cannot copy from stage "{ref}", it needs to be defined '
+                                 f'before current stage "{stage.display_name}"')
+
+
+def _mount_target(inst: Instruction, ref: str) -> str:
+    """The target of the ``RUN --mount`` that reads ``ref`` (for the error message)."""
+    for flag in inst.flags:
+        name, _, value = flag[2:].partition("=")
+        if name != "mount":
+            continue
+        fields = dict(f.partition("=")[::2] for f in value.split(","))
+        fields = {k.strip().lower(): v for k, v in fields.items()}
+        if fields.get("from") == ref:
+            return fields.get("target") or fields.get("dst") or fields.get("destination") or ""
+    return ""
+
+
 def _reaches(plan: BuildPlan, start: int, goal: int) -> bool:
     seen: set[int] = set()
     pending = [start]
@@ -270,7 +301,9 @@ def _make_stage(inst: Instruction, index: int, body: tuple[Instruction, ...],
             Platform.parse(platform)
         except ImageError as exc:
             raise inst.error(str(exc)) from None
-    base_stage = next((s.index for s in earlier if s.name == base.lower()), None)
+    # FROM matches a stage name exactly as stored (lowercased): ``FROM Builder`` is an image
+    # reference, as in BuildKit, where --from= and mount from= ignore case.
+    base_stage = next((s.index for s in earlier if s.name == base), None)
     return Stage(index, name, base, base_stage, platform, body, inst.location)
 
 

@@ -194,13 +194,14 @@ class ImageConfig:
 
     @classmethod
     def empty(cls, platform: Platform) -> ImageConfig:
-        """The config of ``FROM scratch``: BuildKit gives it the default PATH."""
+        """The config of ``FROM scratch``: BuildKit gives it the default PATH and ``/`` as
+        the working directory."""
         return cls({
             "architecture": platform.architecture,
             "os": platform.os,
             **({"variant": platform.variant} if platform.variant else {}),
             "config": {"Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:"
-                               "/bin"]} if platform.os == "linux" else {},
+                               "/bin"], "WorkingDir": "/"} if platform.os == "linux" else {},
             "rootfs": {"type": "layers", "diff_ids": []},
             "history": [],
         })

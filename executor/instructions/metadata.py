@@ -90,10 +90,11 @@ def apply_workdir(state: StageState, inst: Instruction) -> Step:
     path = workdir_value(current, state.expand(inst, inst.args[0]))
     state.config.container["WorkingDir"] = path
     target = resolve_in_root(state.root, clean_path(path))
-    created = not target.exists()
-    if created:
+    if not target.exists():
         _make_dirs(state, target)
-    return Step(f"WORKDIR {path}", touches_fs=created)
+    # BuildKit commits a layer for every WORKDIR but "/" (as written), an empty one if the
+    # directory exists.
+    return Step(f"WORKDIR {path}", touches_fs=path != "/")
 
 
 def _make_dirs(state: StageState, target: Path) -> None:

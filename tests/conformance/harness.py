@@ -4,8 +4,7 @@ A case is a directory under ``cases/``: a ``Dockerfile``, the context files, and
 ``case.toml``. Top-level names starting with ``_`` and ``case.toml`` itself are material for the
 harness, not part of the build context: ``_parent/`` (a Dockerfile built first, pushed and used
 as ``@PARENT@``), ``_http/`` (files served over loopback HTTP as ``@HTTP@/NAME``), ``_secrets/``,
-``_archives/`` (directories packed into tar files at render time) and ``Dockerfile.buildah`` (an
-equivalent Dockerfile for buildah where it cannot parse the real one).
+and ``_archives/`` (directories packed into tar files at render time).
 
 Placeholders in every file whose name contains ``Dockerfile``: ``@REGISTRY@`` (the test
 registry), ``@BASE@`` (the busybox base image), ``@HTTP@`` (this case's HTTP directory) and
@@ -14,7 +13,7 @@ registry), ``@BASE@`` (the busybox base image), ``@HTTP@`` (this case's HTTP dir
 
 ``case.toml`` keys (all optional)::
 
-    notes = "what the case checks; where buildah differs from Docker and what Docker does"
+    notes = "what the case checks, and what Docker (BuildKit) does"
     dockerfile = "Dockerfile"          # the Dockerfile's name in the context
     build_args = { NAME = "value" }
     target = "stage"
@@ -27,12 +26,11 @@ registry), ``@BASE@`` (the busybox base image), ``@HTTP@`` (this case's HTTP dir
     mtime_paths = ["/file"]            # paths whose mtime is compared too
     expect_error = "error building image: Dockerfile:N: ..."
     xfail = "why kiln cannot pass yet"
-    [overrides]                        # corrections of buildah's result toward Docker
-    layers = 3
-    config = { WorkingDir = "/x" }
-    config_unset = ["Cmd"]
-    files = { "/path" = { type = "dir", mode = "0755", uid = 0, gid = 0 }, "/x" = "absent" }
-    removed = ["/usr/share/doc/base.txt"]
+    departures = ["user-xattrs"]       # deliberate departures from Docker (README), by name
+
+The fixture is BuildKit's image as it is. A case whose kiln image differs from Docker's on purpose
+names the departure; ``DEPARTURES`` says how each one changes the comparison, and the README's
+list of departures says why kiln departs.
 """
 
 from __future__ import annotations
@@ -56,7 +54,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.support.buildah import buildah_build_push
+from tests.support.buildkit import BuildKit, strip_syntax_directive
 from tests.support.compare import Description, describe_image
 from tests.support.kiln import run_executor
 from tests.support.runtime import unpack_image
@@ -68,7 +66,7 @@ EXPECTED_DIR = HERE / "expected"
 #: mtime of generated archive members, and the Last-Modified of every served file.
 FIXED_MTIME = 1_700_000_000
 
-_META_NAMES = frozenset({"case.toml", "Dockerfile.buildah"})
+_META_NAMES = frozenset({"case.toml"})
 
 
 @dataclass(frozen=True)
@@ -90,7 +88,7 @@ class Case:
     mtime_paths: tuple[str, ...] = ()
     expect_error: str | None = None
     xfail: str | None = None
-    overrides: Mapping[str, Any] = field(default_factory=dict)
+    departures: tuple[str, ...] = ()
 
     @property
     def has_parent(self) -> bool:
@@ -99,12 +97,6 @@ class Case:
     @property
     def expected_path(self) -> Path:
         return EXPECTED_DIR / f"{self.name}.json"
-
-    @property
-    def buildah_dockerfile(self) -> str:
-        """The Dockerfile buildah builds: ``Dockerfile.buildah`` where buildah cannot parse."""
-        alt = self.directory / "Dockerfile.buildah"
-        return alt.name if alt.exists() else self.dockerfile
 
 
 def load_case(directory: Path) -> Case:
@@ -116,7 +108,10 @@ def load_case(directory: Path) -> Case:
     unknown = set(data) - known
     if unknown:
         raise ValueError(f"{toml_path}: unknown keys {sorted(unknown)}")
-    for key in ("mkdirs", "mtime_paths"):
+    undefined = set(data.get("departures", ())) - set(DEPARTURES)
+    if undefined:
+        raise ValueError(f"{toml_path}: unknown departures {sorted(undefined)}")
+    for key in ("mkdirs", "mtime_paths", "departures"):
         if key in data:
             data[key] = tuple(data[key])
     return Case(name=directory.name, directory=directory, **data)
@@ -222,13 +217,9 @@ def render_directory(source: Path, dest: Path, subs: Mapping[str, str],
     return dest
 
 
-def render_context(case: Case, dest: Path, subs: Mapping[str, str],
-                   for_buildah: bool = False) -> Path:
+def render_context(case: Case, dest: Path, subs: Mapping[str, str]) -> Path:
     """The build context of ``case`` in ``dest``, ready for a builder."""
     render_directory(case.directory, dest, subs)
-    if for_buildah and case.buildah_dockerfile != case.dockerfile:
-        alt = case.directory / case.buildah_dockerfile
-        (dest / case.buildah_dockerfile).write_text(_substitute(alt.read_text(), subs))
     for rel in case.mkdirs:
         (dest / rel).mkdir(parents=True, exist_ok=True)
     for archive, source in case.archives.items():
@@ -277,25 +268,36 @@ def raw_config(ref: str) -> dict[str, Any]:
     return config
 
 
-def apply_overrides(description: Description, overrides: Mapping[str, Any]) -> Description:
-    """``description`` with a case's corrections of buildah's result applied."""
-    out: Description = {k: (dict(v) if isinstance(v, dict) else v)
-                        for k, v in description.items()}
-    if "layers" in overrides:
-        out["layers"] = overrides["layers"]
-    for key, value in overrides.get("config", {}).items():
-        out["config"][key] = value
-    for key in overrides.get("config_unset", []):
-        out["config"][key] = None
-    for path, info in overrides.get("files", {}).items():
-        if info == "absent":
-            out["files"].pop(path, None)
-        else:
-            out["files"][path] = dict(info)
-    out["files"] = dict(sorted(out["files"].items()))
-    if "removed" in overrides:
-        out["removed"] = sorted(overrides["removed"])
+def _without_user_xattrs(description: Description) -> Description:
+    """Only ``security.capability``: Docker's layer writer drops every other xattr."""
+    out: Description = json.loads(json.dumps(description))
+    for info in out["files"].values():
+        xattrs = {k: v for k, v in (info.get("xattrs") or {}).items()
+                  if k == "security.capability"}
+        if "xattrs" in info:
+            info["xattrs"] = xattrs
     return out
+
+
+#: Deliberate departures from Docker, by the name a case gives in ``departures``; the README's
+#: list of departures says why kiln departs. Each maps kiln's description to what Docker's
+#: would be, or is None where kiln refuses a Dockerfile that BuildKit builds.
+DEPARTURES: dict[str, Callable[[Description], Description] | None] = {
+    "user-xattrs": _without_user_xattrs,
+    "unknown-chown-refused": None,
+    "several-sources-to-file-refused": None,
+    "duplicate-stage-refused": None,
+    "ssh-without-agent-refused": None,
+}
+
+
+def as_docker_would(description: Description, departures: tuple[str, ...]) -> Description:
+    """kiln's description with the case's deliberate departures undone."""
+    for name in departures:
+        undo = DEPARTURES[name]
+        if undo is not None:
+            description = undo(description)
+    return description
 
 
 # --- a file server for ADD <url> --------------------------------------------------------------
@@ -388,21 +390,22 @@ def kiln_builder(context: Path, dockerfile: str, dest: str, work: Path, case: Ca
     return result.exit_code, result.stderr, result.last_line
 
 
-def buildah_builder(context: Path, dockerfile: str, dest: str, work: Path, case: Case,
-                    env: Environment) -> tuple[int, str, str]:
-    """Build with buildah (vfs, chroot isolation) and push to ``dest``."""
-    extra = [f"--skip-unused-stages={'true' if case.skip_unused_stages else 'false'}",
-             *secret_args(case)]
-    result = buildah_build_push(context, context / dockerfile, dest, work / "buildah",
-                                build_args={"BASE": env.base, **case.build_args},
-                                target=case.target, extra_args=extra)
-    return result.exit_code, result.output, result.error_line
+def buildkit_builder(buildkit: BuildKit) -> Builder:
+    """Build with BuildKit, Docker's builder, and push to ``dest``: the reference."""
+    def build(context: Path, dockerfile: str, dest: str, work: Path, case: Case,
+              env: Environment) -> tuple[int, str, str]:
+        strip_syntax_directive(context / dockerfile)
+        result = buildkit.build_push(
+            context, context / dockerfile, dest, build_args={"BASE": env.base, **case.build_args},
+            target=case.target,
+            secrets={sid: case.directory / src for sid, src in case.secrets.items()})
+        return result.exit_code, result.output, result.error_line
+    return build
 
 
 def run_case(case: Case, env: Environment, work: Path, builder: Builder, tag: str) -> Outcome:
     """Build ``case`` (its ``_parent`` first, if any) with ``builder`` and describe the image."""
     work.mkdir(parents=True, exist_ok=True)
-    for_buildah = builder is buildah_builder
     parent: str | None = None
     if case.has_parent:
         parent = f"{env.registry_host}/conformance/{case.name}-parent:{tag}"
@@ -412,10 +415,9 @@ def run_case(case: Case, env: Environment, work: Path, builder: Builder, tag: st
         if code != 0:
             return Outcome(code, output, f"building _parent failed: {last}")
     subs = placeholders(case, env.registry_host, env.base, env.http_url, parent)
-    context = render_context(case, work / "context", subs, for_buildah=for_buildah)
-    dockerfile = case.buildah_dockerfile if for_buildah else case.dockerfile
+    context = render_context(case, work / "context", subs)
     dest = f"{env.registry_host}/conformance/{case.name}:{tag}"
-    code, output, last = builder(context, dockerfile, dest, work, case, env)
+    code, output, last = builder(context, case.dockerfile, dest, work, case, env)
     if code != 0:
         # Addresses that change between runs become the placeholders the case file uses.
         back = {subs[k]: k for k in ("@HTTP@", "@PARENT@", "@BASE@", "@REGISTRY@") if k in subs}
