@@ -36,7 +36,9 @@ def apply_env(state: StageState, inst: Instruction) -> Step:
     shown = []
     for key, raw in pairs:
         value = state.expand(inst, raw, env)
-        state.config.set_env(state.expand(inst, key, env), value)
+        name = state.expand(inst, key, env)
+        state.config.set_env(name, value)
+        state.args_over_env.discard(name)
         shown.append(f"{key}={value}")
     return Step("ENV " + " ".join(shown))
 
@@ -68,6 +70,9 @@ def apply_arg(state: StageState, inst: Instruction) -> Step:
             state.args[name] = state.plan.global_args[name]
         elif name in state.plan.predefined:
             state.args[name] = state.plan.predefined[name]
+        else:
+            continue
+        state.args_over_env.add(name)
     return Step(None)
 
 

@@ -42,6 +42,9 @@ class StageState:
     sandbox: Sandbox
     created: str
     args: dict[str, str] = field(default_factory=dict)
+    # ARGs given a value after an ENV of the same name: BuildKit adds an ARG's value to the
+    # build environment, so the later of the two wins there (the config keeps the ENV).
+    args_over_env: set[str] = field(default_factory=set)
     cmd_set: bool = False
     # Returns a directory holding the filesystem of a stage or image, for COPY --from.
     source_root: Callable[[Instruction, str], Path] | None = None
@@ -68,11 +71,12 @@ class StageState:
         return list(self.config.container.get("Shell") or DEFAULT_SHELL)
 
     def expansion_env(self) -> dict[str, str]:
-        """ARGs overlaid by ENV: an ENV always wins over an ARG of the same name."""
+        """ARGs overlaid by ENV: of an ARG and an ENV of the same name, the later one wins."""
         env = dict(self.args)
         for item in self.config.env:
             key, _, value = item.partition("=")
-            env[key] = value
+            if key not in self.args_over_env:
+                env[key] = value
         return env
 
     def expand(self, inst: Instruction, word: str, env: Mapping[str, str] | None = None) -> str:
