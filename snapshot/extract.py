@@ -34,14 +34,14 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import posixpath
 import stat
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import BinaryIO
 
 from snapshot.errors import CorruptLayerError, SnapshotError, UnsafeLayerError
 from snapshot.forking import usable_cpus
+from snapshot.securepath import Ignores, Missing, Refused, RootResolver
 from snapshot.tarstream import (
     AREG,
     BLK,
@@ -67,8 +67,6 @@ OPAQUE_WHITEOUT = ".wh..wh..opq"
 # skips them, and so do we.
 _AUFS_META_PREFIX = ".wh..wh."
 
-_PATH_MAX = 4095  # bytes in a path the kernel accepts (PATH_MAX 4096 less the NUL)
-_MAX_LINKS = 40  # symlinks followed in one lookup before the kernel says ELOOP
 
 # Files handed to helper processes (snapshot/writers.py): only once a layer has shown this many
 # that qualify (a fork is not free), and only up to this size (larger ones would cross a pipe
@@ -77,14 +75,6 @@ _HAND_OFF_AFTER = 256
 _HAND_OFF_SIZE = 64 << 10
 _MAX_HELPERS = 3
 _OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
-class Ignores(Protocol):
-    """What extraction needs of :class:`snapshot.ignore.IgnoreList`."""
-
-    def is_ignored(self, rel: str) -> bool: ...
-
-    def may_ignore_in(self, directory: str) -> bool: ...
 
 
 def extract_layer(root: Path, tar_stream: BinaryIO, *, ignore: Ignores, layer_name: str,
@@ -140,20 +130,7 @@ def _process_umask() -> int | None:
 # --- applying entries -------------------------------------------------------------------------
 
 
-class _Refused(Exception):
-    """Why an entry or a hardlink target cannot be applied; the caller adds the names."""
-
-    def __init__(self, reason: str, *, unsafe: bool = True) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.unsafe = unsafe
-
-
-class _Missing(Exception):
-    """A directory on the way does not exist (and was not to be created)."""
-
-
-class _Extractor:
+class _Extractor(RootResolver):
     """The state of one layer's application: verified directories, what it wrote, what's left."""
 
     def __init__(self, root: Path, ignore: Ignores, layer: str, reader: TarReader,
@@ -218,124 +195,13 @@ class _Extractor:
         else:
             self.plain.discard(rel)
 
-    # Paths.
-
-    def host(self, rel: str) -> str:
-        return self.prefix + rel if rel else self.root
-
-    def forget_dirs(self) -> None:
-        """A directory or symlink was removed or replaced: cached resolutions may be stale."""
-        self.dirs = {"": ""}
+    # Paths (resolution itself: snapshot/securepath.py).
 
     def mark_upper(self, rel: str) -> None:
         upper = self.upper
         while rel and rel not in upper:
             upper.add(rel)
             rel = rel.rpartition("/")[0]
-
-    def resolve_dir(self, name: str, *, create: bool) -> str | None:
-        """The real path of directory ``name`` (an entry name), or None if it is ignored.
-
-        Raises :class:`_Refused` when resolving it would leave the root, :class:`_Missing`
-        when a component does not exist and ``create`` is false.
-        """
-        cached = self.dirs.get(name)
-        if cached is not None:
-            return cached
-        # Start from the longest cached ancestor: usually the parent, a single step left.
-        start, rest = "", name
-        cut = len(name)
-        while (cut := name.rfind("/", 0, cut)) > 0:
-            hit = self.dirs.get(name[:cut])
-            if hit is not None:
-                start, rest = hit, name[cut + 1:]
-                break
-        real = self.walk(start, rest.split("/"), create=create)
-        if real is not None:
-            self.dirs[name] = real
-        return real
-
-    def walk(self, real: str, parts: list[str], *, create: bool) -> str | None:
-        """Resolve ``parts`` from the verified directory ``real`` with chroot semantics."""
-        parts.reverse()  # a stack: the next component is at the end
-        followed = 0
-        via = ""
-        prefix = self.prefix
-        is_ignored = self.ignore.is_ignored
-        while parts:
-            part = parts.pop()
-            if part == "" or part == ".":
-                continue
-            if part == "..":
-                # Stops a symlink such as "evil -> ../.." from taking a later entry above the
-                # root. Entry names were normalised, so ".." here comes from a link target;
-                # real holds no symlink, so its lexical parent is its real parent.
-                if not real:
-                    if self.chroot:
-                        continue  # a chroot's "/.." is "/"
-                    raise _Refused(f"escapes the root through symlink {show_name(via)}")
-                real = real.rpartition("/")[0]
-                continue
-            candidate = real + "/" + part if real else part
-            if is_ignored(candidate):
-                return None
-            host = prefix + candidate
-            if candidate in self.inflight:
-                self.settle()
-            try:
-                st = os.lstat(host)
-            except FileNotFoundError:
-                if not create:
-                    raise _Missing(candidate) from None
-                # A missing parent is created, as containerd does (0755, owned by us).
-                os.mkdir(host, 0o755)
-                self.made_dir(candidate)
-                self.mark_upper(candidate)
-                real = candidate
-                continue
-            if stat.S_ISDIR(st.st_mode):
-                real = candidate
-            elif stat.S_ISLNK(st.st_mode):
-                # A symlink on disk or written by this layer is followed inside the root only:
-                # an absolute target ("-> /", "-> /etc") restarts at the root, not at the
-                # host's "/", which stops a layer from writing to the host through it.
-                followed += 1
-                if followed > _MAX_LINKS:
-                    raise _Refused(f"passes through more than {_MAX_LINKS} symlinks")
-                target = os.readlink(host)
-                if target.startswith("/"):
-                    real = ""
-                via = candidate
-                parts.extend(reversed(target.split("/")))
-            else:
-                raise _Refused(f"needs {show_name(candidate)} to be a directory, and it is not",
-                               unsafe=False)
-        return real
-
-    def normalise(self, name: str) -> str:
-        """``./usr//bin/`` -> ``usr/bin``; ``""`` is the root. Refuses names that leave it."""
-        if name.startswith("/") and not self.chroot:
-            # Stops "/etc/passwd" from naming the host's file by whatever joins it later.
-            raise _Refused("is an absolute path")
-        if len(name) > _PATH_MAX or (not name.isascii() and len(
-                name.encode("utf-8", "surrogateescape")) > _PATH_MAX):
-            # Stops a 10 MB name from reaching the kernel (and the error message) whole.
-            size = len(name.encode("utf-8", "surrogateescape"))
-            raise _Refused(f"has a name of {size} bytes, longer than a path may be "
-                           f"({_PATH_MAX})", unsafe=False)
-        if "\0" in name:
-            raise _Refused("has a NUL byte in its name", unsafe=False)
-        if self.chroot:
-            # Resolved against a chroot's "/": "/etc/x" and "../x" both stay inside.
-            return posixpath.normpath("/" + name.lstrip("/")).lstrip("/")
-        if "/." in name or "//" in name or name.startswith(".") or name.endswith("/"):
-            name = posixpath.normpath(name)
-            if name == ".":
-                return ""
-            if name == ".." or name.startswith("../"):
-                # Stops "../../etc/passwd": lexically above the root before any symlink.
-                raise _Refused("escapes the root")
-        return name
 
     # Entries.
 
@@ -346,7 +212,7 @@ class _Extractor:
         try:
             while (h := next_header()) is not None:
                 apply_entry(h)
-        except _Refused as e:
+        except Refused as e:
             assert h is not None  # only entries are refused
             cls = UnsafeLayerError if e.unsafe else CorruptLayerError
             raise cls(f"layer {self.layer}: entry {show_name(h.name)} {e.reason}") from None
@@ -373,7 +239,7 @@ class _Extractor:
                           show_name(h.name))
                 return
             if kind != DIR:
-                raise _Refused("would replace the root with something that is not a directory")
+                raise Refused("would replace the root with something that is not a directory")
             self.deferred[""] = h
             return
         real_parent = self.dirs.get(parent)
@@ -409,7 +275,7 @@ class _Extractor:
         elif kind in (CHR, BLK, FIFO):
             self.write_special(rel, h)
         else:
-            raise _Refused(f"has entry type {chr(kind)!r}, which layers do not use",
+            raise Refused(f"has entry type {chr(kind)!r}, which layers do not use",
                            unsafe=False)
 
     def make_room(self, rel: str, st: os.stat_result) -> bool:
@@ -560,8 +426,8 @@ class _Extractor:
     def write_hardlink(self, rel: str, h: TarHeader) -> None:
         try:
             found = self.hardlink_target(h.linkname)
-        except _Refused as e:
-            raise _Refused(f"is a hardlink to {show_name(h.linkname)}, which {e.reason}",
+        except Refused as e:
+            raise Refused(f"is a hardlink to {show_name(h.linkname)}, which {e.reason}",
                            unsafe=e.unsafe) from None
         if found is None:
             log.debug("layer %s: skipping hardlink %s to an ignored path", self.layer, rel)
@@ -582,7 +448,7 @@ class _Extractor:
             try:
                 os.link(target, host, follow_symlinks=False)
             except FileNotFoundError:
-                raise _Refused(f"is a hardlink to {show_name(h.linkname)}, which lay inside "
+                raise Refused(f"is a hardlink to {show_name(h.linkname)}, which lay inside "
                                "the directory it replaced") from None
         self.mark_upper(rel)
 
@@ -595,11 +461,11 @@ class _Extractor:
         target = self.normalise(linkname)
         parent, _, base = target.rpartition("/")
         if not base:
-            raise _Refused("is a directory")
+            raise Refused("is a directory")
         try:
             real_parent = self.resolve_dir(parent, create=False)
-        except _Missing:
-            raise _Refused("does not exist in the root") from None
+        except Missing:
+            raise Refused("does not exist in the root") from None
         if real_parent is None:
             return None
         rel = real_parent + "/" + base if real_parent else base
@@ -612,9 +478,9 @@ class _Extractor:
         try:
             st = os.lstat(self.host(rel))
         except FileNotFoundError:
-            raise _Refused("does not exist in the root") from None
+            raise Refused("does not exist in the root") from None
         if stat.S_ISDIR(st.st_mode):
-            raise _Refused("is a directory")
+            raise Refused("is a directory")
         return rel, st
 
     def write_special(self, rel: str, h: TarHeader) -> None:
@@ -649,13 +515,13 @@ class _Extractor:
             target = base[len(WHITEOUT_PREFIX):]
             if target in ("", ".", ".."):
                 # Stops ".wh..." from deleting the directory above, or ".wh.." this one.
-                raise _Refused(f"is a whiteout of {show_name(target)}, which is not a name in "
+                raise Refused(f"is a whiteout of {show_name(target)}, which is not a name in "
                                "its directory")
         try:
             real_parent = self.resolve_dir(parent, create=False)
-        except _Missing:
+        except Missing:
             return  # nothing below a missing directory to delete
-        except _Refused as e:
+        except Refused as e:
             if not e.unsafe:
                 return  # its parent is a file: nothing of that name exists
             raise

@@ -28,7 +28,8 @@ from typing import Any, BinaryIO, cast
 
 import zstandard
 
-from snapshot.extract import Ignores, extract_layer
+from snapshot.extract import extract_layer
+from snapshot.securepath import Ignores
 
 _BLOCK = 512
 _MAGICS: tuple[tuple[bytes, str], ...] = (

@@ -18,7 +18,7 @@ from executor.dockerfile.parse import Instruction
 from executor.dockerfile.stages import BuildPlan, Stage
 from executor.image.model import ImageConfig
 from executor.sandbox import Sandbox
-from snapshot.extract import Ignores
+from snapshot.securepath import Ignores
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_SHELL = ("/bin/sh", "-c")
