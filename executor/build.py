@@ -41,19 +41,27 @@ from executor.dockerfile.stages import (
     plan_build,
     unused_build_args,
 )
-from executor.errors import DockerfileError, ImageError, KilnError, RegistryError
+from executor.errors import DockerfileError, ImageError, KilnError, RegistryError, at_step
 from executor.image import model
 from executor.image.blob import VerifyingReader
-from executor.image.model import DOCKER_MANIFEST, ImageConfig, Layer, Platform, compression_of
+from executor.image.built import BuiltImage
+from executor.image.model import ImageConfig, Layer, Platform, compression_of
 from executor.image.reference import ImageRef
 from executor.inplace import check_in_place_allowed, executor_image_paths
 from executor.instructions import add, copy, metadata, run
 from executor.instructions.metadata import Step
 from executor.instructions.state import StageState
 from executor.options import BuildOptions, read_secrets
-from executor.publish import check_push_permissions, make_client, publish, transfer_line
+from executor.publish import (
+    check_local_outputs,
+    check_push_permissions,
+    make_client,
+    publish,
+    transfer_line,
+)
 from executor.registry.client import RegistryClient
 from executor.sandbox import Sandbox
+from executor.workspace import temporary_workspace
 from snapshot.compress import Compression, open_decompressed
 from snapshot.errors import CorruptLayerError, UnsafeLayerError
 from snapshot.extract import extract_layer
@@ -93,23 +101,6 @@ HANDLERS: dict[str, Handler] = {
     "HEALTHCHECK": metadata.apply_healthcheck,
     "ONBUILD": metadata.apply_onbuild,
 }
-
-
-@dataclass
-class BuiltImage:
-    """An image whose layers are blob files on local disk, ready to publish or build on."""
-
-    config: ImageConfig
-    layers: list[Layer]
-    manifest_type: str = DOCKER_MANIFEST
-    source: ImageRef | None = None  # the registry image it came from, for cross-repo mounts
-    snapshot: Snapshot | None = None  # the root's state when the stage ended
-    # The layer cache's view (executor/cache.py): what a stage FROM this image starts its key
-    # chain from.
-    cache_key: str = "scratch"
-    # Layer digest -> another repository of the same registry holding it (the layer cache):
-    # the push mounts from there rather than uploading.
-    blob_homes: dict[str, ImageRef] = field(default_factory=dict)
 
 
 @dataclass
@@ -213,8 +204,9 @@ class Builder:
         for inst in instructions:
             snapshot = self._apply(state, inst, snapshot, layers, keys)
         if self.options.single_snapshot:
-            snapshot = self._commit_layer(state, snapshot, "kiln: single snapshot of the stage "
-                                          "(--single-snapshot)", layers).snapshot
+            with at_step(str(stage.location)):  # the stage's one layer: named by its FROM
+                snapshot = self._commit_layer(state, snapshot, "kiln: single snapshot of the "
+                                              "stage (--single-snapshot)", layers).snapshot
         self.root_holds = stage.index
         self.stage_args[stage.index] = dict(state.args)
         if self.options.labels:  # --label, as kaniko applies it to every stage's image
@@ -242,6 +234,11 @@ class Builder:
         if handler is None:
             raise inst.error(f"{inst.kind} is not supported")
         log.info("%s", inst.original.split("\n", 1)[0])
+        with at_step(str(inst.location)):
+            return self._apply_step(state, inst, handler, snapshot, layers, keys)
+
+    def _apply_step(self, state: StageState, inst: Instruction, handler: Handler,
+                    snapshot: Snapshot, layers: list[Layer], keys: KeyChain | None) -> Snapshot:
         if inst.kind in ("RUN", "COPY", "ADD", "WORKDIR"):
             wait_for_clock_tick(snapshot)
         if keys is not None:  # before the step: the ARGs and ENVs it sees
@@ -549,17 +546,15 @@ def _workspace(options: BuildOptions) -> Iterator[Workspace]:
     if options.in_place or options.kaniko_dir_given:
         yield Workspace(options.kaniko_dir).create()
         return
-    temp = Path(tempfile.mkdtemp(prefix="kiln-"))
-    try:
+    with temporary_workspace() as temp:  # one a killed build left is removed on the way in
         yield Workspace(temp).create()
-    finally:
-        shutil.rmtree(temp, ignore_errors=True)
 
 
 def run_build(options: BuildOptions) -> str:
     """Build the image ``options`` describe and publish it; returns the manifest digest."""
     if options.in_place:
         check_in_place_allowed(options.kaniko_dir, options.force)
+    check_local_outputs(options)  # a directory given as --tar-path fails now, not at the end
     with local_context(options) as local:  # git, tarball, bucket: fetched into the kiln dir
         return _build(local)
 

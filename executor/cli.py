@@ -181,8 +181,12 @@ def report_error(exc: BaseException, debug: bool, doing: str = "building image")
             log.debug("traceback", exc_info=exc)
         click.echo(f"error {doing}: {exc}", err=True)
         return exc.exit_code if isinstance(exc, KilnError) else 1
-    if isinstance(exc, OSError) and exc.errno is not None and exc.filename:
-        click.echo(f"error {doing}: {exc.filename}: {exc.strerror}", err=True)
+    if isinstance(exc, OSError):
+        # The last net under snapshot.errors.storage_errors: a full disk or an I/O error that
+        # no place named is still one line (the OS's reason, and any file it names).
+        from snapshot.errors import describe_os_error
+
+        click.echo(f"error {doing}: {describe_os_error(exc)}", err=True)
         if debug:
             log.debug("traceback", exc_info=exc)
         return 1

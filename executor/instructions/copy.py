@@ -42,7 +42,7 @@ from executor.instructions.directories import make_directories
 from executor.instructions.metadata import Step
 from executor.instructions.state import StageState
 from executor.passwd import UnknownUserError, lookup_group, lookup_user
-from snapshot.errors import SnapshotError
+from snapshot.errors import SnapshotError, storage_errors
 from snapshot.rootpath import resolve_in_root
 
 log = logging.getLogger("kiln")
@@ -473,7 +473,8 @@ def _copy_file(src: Path, target: Path, info: os.stat_result, owner: Ownership) 
     if stat.S_ISLNK(info.st_mode):
         os.symlink(os.readlink(src), target)
     elif stat.S_ISREG(info.st_mode):
-        with open(src, "rb") as reader, open(target, "xb") as writer:
+        with storage_errors(target, "copy to"), open(src, "rb") as reader, \
+                open(target, "xb") as writer:
             shutil.copyfileobj(reader, writer, 1 << 20)
     else:
         raise ContextError(f"{src.name}: cannot copy a special file (device, FIFO or socket)")

@@ -74,7 +74,8 @@ def apply_run(state: StageState, inst: Instruction) -> Step:
         if script is not None:
             _remove_script(state, argv[0])
     if code != 0:
-        raise BuildStepError(str(inst.location), f"RUN exited with code {code}")
+        raise BuildStepError(str(inst.location), f"RUN exited with code {code}",
+                             exit_code=code if 0 < code < 256 else 1)
     return Step(_history(state, inst, argv if script is None else []), touches_fs=True)
 
 

@@ -43,6 +43,7 @@ from executor.image.model import (
 )
 from executor.image.reference import ImageRef, validate_digest
 from executor.registry.transport import Body, Transport, TransportOptions
+from snapshot.errors import storage_errors
 
 log = logging.getLogger("kiln")
 _T = TypeVar("_T")
@@ -291,6 +292,8 @@ class RegistryClient:
             if response.status_code != 200:
                 raise http_error(operation, response)
             hasher = hashlib.new(descriptor.digest.partition(":")[0])
+            # A full disk names the blob; only file operations: requests' errors are OSErrors.
+            disk = partial(storage_errors, dest.parent, f"write blob {descriptor.digest} to")
             size = 0
             handle = tempfile.NamedTemporaryFile(  # noqa: SIM115 - renamed or removed below
                 dir=dest.parent, prefix=f".{dest.name}.", suffix=".partial", delete=False)
@@ -301,10 +304,14 @@ class RegistryClient:
                         if size > descriptor.size:
                             break  # a registry sending more than it should is wrong already
                         hasher.update(chunk)
-                        handle.write(chunk)
+                        with disk():
+                            handle.write(chunk)
+                    with disk():
+                        handle.flush()
                 _verify(descriptor, f"{descriptor.digest.partition(':')[0]}:{hasher.hexdigest()}",
                         size, operation)
-                os.replace(handle.name, dest)
+                with disk():
+                    os.replace(handle.name, dest)
             except BaseException:
                 Path(handle.name).unlink(missing_ok=True)
                 raise
