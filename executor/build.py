@@ -8,12 +8,13 @@ what an instruction does is in ``executor.instructions``, how changes become a l
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -59,7 +60,12 @@ from executor.publish import (
     publish,
     transfer_line,
 )
-from executor.registry.client import RegistryClient
+from executor.registry.client import (
+    PARTIAL_SUFFIX,
+    Cancellation,
+    RegistryClient,
+    remove_stale_partials,
+)
 from executor.sandbox import Sandbox
 from executor.workspace import temporary_workspace
 from snapshot.compress import Compression, open_decompressed
@@ -130,6 +136,8 @@ class Workspace:
     def create(self) -> Workspace:
         for directory in (self.blobs, self.roots, self.scratch, self.caches):
             directory.mkdir(parents=True, exist_ok=True)
+        # A SIGKILLed build's downloads and layers (snapshot/layer.py names its temp files).
+        remove_stale_partials(self.blobs, (f"*{PARTIAL_SUFFIX}", ".layer-*.tmp"))
         return self
 
 
@@ -289,7 +297,7 @@ class Builder:
         if found.layer is None:  # the RUN changed no file: an empty layer, as BuildKit has
             empty = self._commit_layer(state, snapshot, found.history, layers)
             return empty.snapshot
-        self._extract_layer(found.layer, self.root, self.ignore)
+        self._extract_layer(found.layer, self.root, self.ignore, "the layer cache")
         layers.append(found.layer)
         state.config.add_layer(found.layer.diff_id, found.history, state.created)
         return take_snapshot(self.root, self.ignore)
@@ -337,7 +345,10 @@ class Builder:
         if stage.base.lower() == "scratch":
             log.info("No base image, nothing to extract")
             return BuiltImage(ImageConfig.empty(platform), [])
-        return self._pull(stage.base, platform, str(stage.location))
+        image = self._pull(stage.base, platform, str(stage.location))
+        if stage.platform or self.options.custom_platform:
+            return _for_platform(image, platform, stage.base, str(stage.location))
+        return image
 
     def _pull(self, name: str, platform: Platform, where: str) -> BuiltImage:
         if name in self.pulled:
@@ -359,42 +370,62 @@ class Builder:
         self.pulled[name] = image
         return image
 
-    def _fetch_layers(self, image: BuiltImage) -> Iterator[Future[Layer]]:
+    def _fetch_layers(self, image: BuiltImage) -> Generator[Future[Layer], None, None]:
         """Start downloading every missing layer; yields them in order as futures."""
         pool = ThreadPoolExecutor(max_workers=3, thread_name_prefix="kiln-pull")
+        cancel = Cancellation()
 
         def fetch(layer: Layer) -> Layer:
             if not layer.path.exists():
                 assert image.source is not None
                 started = time.monotonic()
-                self.client.fetch_blob(image.source, layer.descriptor(), layer.path)
+                self.client.fetch_blob(image.source, layer.descriptor(), layer.path,
+                                       cancel=cancel)
                 log.info("%s", transfer_line("Pulled", layer.digest, layer.size,
                                              time.monotonic() - started, True))
             return layer
 
+        futures = [pool.submit(fetch, layer) for layer in image.layers]
         try:
-            futures = [pool.submit(fetch, layer) for layer in image.layers]
             yield from futures
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+        except BaseException:
+            # A failure or a stop signal: downloads still running are cut, not waited for.
+            cancel.cancel()
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
 
     def _extract(self, image: BuiltImage, root: Path, ignore: IgnoreList) -> None:
         """Extract ``image``'s layers in order; later downloads overlap earlier extraction."""
-        for future in self._fetch_layers(image):
-            layer = future.result()
-            started = time.monotonic()
-            self._extract_layer(layer, root, ignore)
-            log.debug("extracted %s in %.2fs", layer.digest, time.monotonic() - started)
+        downloads = self._fetch_layers(image)
+        try:
+            for future in downloads:
+                layer = future.result()
+                started = time.monotonic()
+                self._extract_layer(layer, root, ignore,
+                                    str(image.source) if image.source else "the base stage")
+                log.debug("extracted %s in %.2fs", layer.digest, time.monotonic() - started)
+        finally:
+            downloads.close()  # now, not when the traceback is freed: cuts running downloads
 
     @staticmethod
-    def _extract_layer(layer: Layer, root: Path, ignore: IgnoreList) -> None:
-        """Apply one downloaded layer blob, checking its digest as it is read."""
+    def _extract_layer(layer: Layer, root: Path, ignore: IgnoreList,
+                       image: str = "the image") -> None:
+        """Apply one downloaded layer blob, checking as it is read its digest and the digest of
+        what it uncompresses to against the config's ``rootfs.diff_ids`` (containerd refuses
+        to unpack an image whose layers and diff_ids disagree, so kiln must not push one)."""
         with open(layer.path, "rb") as raw:
             verified = VerifyingReader(raw, layer.digest)
             stream = open_decompressed(cast(BinaryIO, verified),
                                        compression_of(layer.media_type))
-            extract_layer(root, stream, ignore=ignore, layer_name=layer.digest)
+            uncompressed = VerifyingReader(stream, layer.diff_id)
+            extract_layer(root, cast(BinaryIO, uncompressed), ignore=ignore,
+                          layer_name=layer.digest)
             verified.verify()
+            diff_id = uncompressed.finish()
+        if diff_id != layer.diff_id:
+            raise ImageError(f"{image}: layer {layer.digest} uncompresses to diff_id {diff_id}, "
+                             f"but the image config's rootfs.diff_ids says {layer.diff_id}")
 
     def _prepare_root(self, stage: Stage, base: BuiltImage) -> Snapshot:
         """Put the base's filesystem in the root; free when the root already holds it."""
@@ -460,6 +491,27 @@ class Builder:
         self._extract(image, target, none)
         self.source_roots[ref] = target
         return target
+
+
+def _for_platform(image: BuiltImage, platform: Platform, name: str, where: str) -> BuiltImage:
+    """A single-platform base that is not the platform asked for is used as it is, with
+    BuildKit's warning, and the image built on it says the platform asked for (BuildKit and
+    kaniko both write the target's os/architecture into the config)."""
+    os_name, arch = image.config.data.get("os"), image.config.data.get("architecture")
+    if not os_name or not arch:
+        return image
+    variant = image.config.data.get("variant")
+    pulled = Platform(str(os_name), str(arch), str(variant) if variant else None)
+    if platform.matches(pulled):
+        return image
+    log.warning('InvalidBaseImagePlatform: Base image %s was pulled with platform "%s", '
+                'expected "%s" for current build (%s)', name, pulled, platform, where)
+    config = image.config.copy()
+    config.data["os"], config.data["architecture"] = platform.os, platform.architecture
+    config.data.pop("variant", None)
+    if platform.variant:
+        config.data["variant"] = platform.variant
+    return dataclasses.replace(image, config=config)
 
 
 class Committed(NamedTuple):

@@ -29,7 +29,7 @@ from executor.options import BuildOptions
 from executor.registry.auth import RegistryAuth
 from executor.registry.client import PullSources, RegistryClient, RegistryHTTPError
 from executor.registry.credentials import Keychain, registry_host
-from executor.registry.transport import Transport, TransportOptions
+from executor.registry.transport import Transport, TransportOptions, timing_from_environment
 from snapshot.errors import os_error_reason, storage_errors
 
 log = logging.getLogger("kiln")
@@ -65,6 +65,7 @@ def make_client(options: BuildOptions, keychain: Keychain | None = None) -> Regi
         skip_tls_verify_registries=frozenset(options.skip_tls_verify_registries),
         registry_certificates=dict(options.registry_certificates),
         client_certificates=dict(options.registry_client_certs),
+        **timing_from_environment(),  # type: ignore[arg-type]
     ))
     auth = RegistryAuth(keychain or Keychain.from_environment(), transport)
     return RegistryClient(transport=transport, auth=auth, pull_sources=pull_sources(options))

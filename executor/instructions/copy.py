@@ -33,7 +33,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from executor.context import DockerIgnore
+from executor.context import DockerIgnore, IgnorePattern
 from executor.dockerfile.expand import ExpansionError, expand_word
 from executor.dockerfile.parse import Instruction
 from executor.errors import ContextError
@@ -42,6 +42,7 @@ from executor.instructions.directories import make_directories
 from executor.instructions.metadata import Step
 from executor.instructions.state import StageState
 from executor.passwd import UnknownUserError, lookup_group, lookup_user
+from executor.patterns import PatternError
 from snapshot.errors import SnapshotError, storage_errors
 from snapshot.rootpath import resolve_in_root
 
@@ -165,9 +166,22 @@ def read_request(state: StageState, inst: Instruction, allowed: tuple[str, ...])
         from_ref=state.expand(inst, flags["from"]) if "from" in flags else None,
         parents=_boolean(inst, flags, "parents"),
         link=_boolean(inst, flags, "link"),
-        excludes=DockerIgnore.from_text("\n".join(excludes)),
+        excludes=_exclude_patterns(inst, excludes),
         flags=flags,
     )
+
+
+def _exclude_patterns(inst: Instruction, values: list[str]) -> DockerIgnore:
+    """The ``--exclude`` values, each one ``.dockerignore`` pattern; a bad one names itself."""
+    found: list[IgnorePattern] = []
+    for value in values:
+        try:
+            pattern = IgnorePattern.parse(value)
+        except PatternError as exc:
+            raise inst.error(f"invalid --exclude pattern {value!r}: {exc}") from None
+        if pattern is not None:
+            found.append(pattern)
+    return DockerIgnore(tuple(found))
 
 
 def _boolean(inst: Instruction, flags: dict[str, str], name: str) -> bool:

@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import errno
 import json
 import logging
 import os
 import re
 import shutil
+import stat
 import subprocess
 import threading
 from collections.abc import Callable, Mapping
@@ -120,7 +122,7 @@ class DockerConfig:
     def load(cls, path: Path) -> DockerConfig:
         """Read ``path``; a missing file is an empty config (anonymous everywhere)."""
         try:
-            text = path.read_text()
+            text = _read_regular_file(path, _MAX_CONFIG_BYTES)
         except FileNotFoundError:
             return cls(path)
         except OSError as exc:
@@ -130,6 +132,9 @@ class DockerConfig:
         except ValueError as exc:
             raise RegistryError(f"reading registry credentials: {path}: invalid JSON: {exc}") \
                 from None
+        except RecursionError:
+            raise RegistryError(f"reading registry credentials: {path}: invalid JSON: nested "
+                                "too deeply") from None
         if not isinstance(data, dict):
             raise RegistryError(f"reading registry credentials: {path}: not a JSON object")
         auths = data.get("auths") or {}
@@ -157,6 +162,35 @@ class DockerConfig:
             if registry_host(key) == registry:
                 return entry
         return None
+
+
+#: A docker config.json holds a few credentials; more than this is not one.
+_MAX_CONFIG_BYTES = 16 << 20
+
+
+def _read_regular_file(path: Path, limit: int) -> str:
+    """The text of ``path``, refusing what is not a regular file without blocking on it.
+
+    Opening a FIFO for reading blocks until a writer comes, forever in a pod; ``O_NONBLOCK``
+    makes the open return so ``fstat`` can say what the path is. ``/dev/zero`` would be read
+    without end, hence the size limit.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = ("a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode)
+                else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+                else "a socket" if stat.S_ISSOCK(mode) else "not a file")
+        raise OSError(errno.EINVAL, f"not a regular file ({kind})")
+    with os.fdopen(fd, "rb") as handle:
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise OSError(errno.EFBIG, f"larger than {limit >> 20} MiB")
+    try:
+        return data.decode()
+    except UnicodeDecodeError as exc:
+        raise OSError(errno.EINVAL, f"not UTF-8 text (byte {exc.start})") from None
 
 
 def credential_from_entry(entry: Mapping[str, Any], registry: str, source: str) -> Credential:
@@ -211,7 +245,7 @@ def run_credential_helper(name: str, registry: str,
     try:
         data = json.loads(proc.stdout)
         username, secret = str(data.get("Username") or ""), str(data.get("Secret") or "")
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
         raise RegistryError(f"getting credentials for {registry}: {program} did not answer "
                             "with the helper protocol's JSON") from None
     if not secret:

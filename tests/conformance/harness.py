@@ -213,7 +213,9 @@ def render_directory(source: Path, dest: Path, subs: Mapping[str, str],
     _normalise_modes(dest)
     for path in dest.rglob("*"):
         if "Dockerfile" in path.name and path.is_file() and not path.is_symlink():
-            path.write_text(_substitute(path.read_text(), subs))
+            # surrogateescape: a case may hold bytes that are not UTF-8 (latin1-comment)
+            text = path.read_text(errors="surrogateescape")
+            path.write_text(_substitute(text, subs), errors="surrogateescape")
     return dest
 
 
