@@ -66,7 +66,7 @@ from executor.registry.client import (
     RegistryClient,
     remove_stale_partials,
 )
-from executor.sandbox import SANDBOX_MOUNTS, Sandbox
+from executor.sandbox import Sandbox
 from executor.workspace import temporary_workspace
 from snapshot.compress import Compression, open_decompressed
 from snapshot.errors import CorruptLayerError, UnsafeLayerError
@@ -626,9 +626,10 @@ def _build(options: BuildOptions) -> str:
     try:
         with _workspace(options) as workspace:
             extra = list(options.ignore_paths)
-            if not options.in_place:
-                extra += [f"/{name}" for name in SANDBOX_MOUNTS]
-            else:
+            # A sandbox mounts /proc, /dev and /sys only inside each RUN's own mount namespace:
+            # outside a RUN they are the image's directories, written and snapshotted like any
+            # other (ADD of an archive holding sys/fs/foo gives /sys/fs/foo, as in Docker).
+            if options.in_place:
                 extra += executor_image_paths(options.root)
                 if options.cache_layout is not None:
                     extra.append(str(options.cache_layout))
