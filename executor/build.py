@@ -67,7 +67,7 @@ from executor.registry.client import (
     RegistryClient,
     remove_stale_partials,
 )
-from executor.sandbox import SANDBOX_MOUNTS, Sandbox
+from executor.sandbox import Sandbox
 from executor.workspace import temporary_workspace
 from snapshot.compress import Compression, open_decompressed
 from snapshot.errors import CorruptLayerError, UnsafeLayerError
@@ -78,6 +78,7 @@ from snapshot.snapshot import (
     Changes,
     Snapshot,
     diff_snapshots,
+    settle_ctimes,
     take_snapshot,
     wait_for_clock_tick,
 )
@@ -215,9 +216,11 @@ class Builder:
         for inst in instructions:
             snapshot = self._apply(state, inst, snapshot, layers, keys)
         if self.options.single_snapshot:
+            # The sandbox's mount points for RUN moved /etc's ctime in any RUN of the stage.
             with at_step(str(stage.location)):  # the stage's one layer: named by its FROM
                 snapshot = self._commit_layer(state, snapshot, "kiln: single snapshot of the "
-                                              "stage (--single-snapshot)", layers).snapshot
+                                              "stage (--single-snapshot)", layers,
+                                              state.sandbox.settled_paths()).snapshot
         self.root_holds = stage.index
         self.stage_args[stage.index] = dict(state.args)
         if self.options.labels:  # --label, as kaniko applies it to every stage's image
@@ -264,7 +267,8 @@ class Builder:
             if step.history is not None or step.touches_fs:
                 state.config.add_empty_history(step.history or inst.original, state.created)
             return snapshot
-        committed = self._commit_layer(state, snapshot, step.history or inst.original, layers)
+        committed = self._commit_layer(state, snapshot, step.history or inst.original, layers,
+                                       step.settled)
         if keys is not None and inst.kind in ("COPY", "ADD"):
             # Their inputs are files, not text: the key goes on from what they wrote.
             keys.key = chain(keys.key, written_content(self.root, committed.changes))
@@ -288,7 +292,7 @@ class Builder:
             log.info("Not caching cmd %s: it mounts files its cache key cannot see", command)
         step = HANDLERS["RUN"](state, inst)
         history = step.history or inst.original
-        committed = self._commit_layer(state, snapshot, history, layers)
+        committed = self._commit_layer(state, snapshot, history, layers, step.settled)
         if keyed:
             self.cache.store_layer(key, committed.layer, history)
         keys.key = chain(key, _layer_id(committed.layer))
@@ -306,11 +310,11 @@ class Builder:
         return take_snapshot(self.root, self.ignore)
 
     def _commit_layer(self, state: StageState, before: Snapshot, history: str,
-                      layers: list[Layer]) -> Committed:
+                      layers: list[Layer], settled: tuple[str, ...] = ()) -> Committed:
         """Snapshot the root, and write what changed since ``before`` as a new layer."""
         log.info("Taking snapshot of full filesystem...")
         new = take_snapshot(self.root, self.ignore)
-        changes = diff_snapshots(before, new)
+        changes = diff_snapshots(settle_ctimes(before, new, settled), new)
         if changes.is_empty():
             # BuildKit commits a layer for every RUN, COPY, ADD and WORKDIR, an empty one when
             # nothing changed; kaniko skips it. Docker's image is the reference.
@@ -641,9 +645,10 @@ def _build(options: BuildOptions) -> str:
     try:
         with _workspace(options) as workspace:
             extra = list(options.ignore_paths)
-            if not options.in_place:
-                extra += [f"/{name}" for name in SANDBOX_MOUNTS]
-            else:
+            # A sandbox mounts /proc, /dev and /sys only inside each RUN's own mount namespace:
+            # outside a RUN they are the image's directories, written and snapshotted like any
+            # other (ADD of an archive holding sys/fs/foo gives /sys/fs/foo, as in Docker).
+            if options.in_place:
                 extra += executor_image_paths(options.root)
                 if options.cache_layout is not None:
                     extra.append(str(options.cache_layout))

@@ -157,6 +157,9 @@ def parse_text(text: str, name: str = "Dockerfile") -> Dockerfile:
         line = _first_failing_line(text, escape)
         raise DockerfileError(f"{name}:{line}", f"syntax error: {exc}") from None
     instructions = tuple(_to_instruction(cmd, name) for cmd in commands)
+    if any(i.kind == "ONBUILD" and "<<" in i.original for i in instructions):
+        instructions = tuple(_with_onbuild_heredocs(i, cmd, text, escape)
+                             for i, cmd in zip(instructions, commands, strict=True))
     if not instructions:
         raise DockerfileError(f"{name}:1", "the Dockerfile has no instructions")
     return Dockerfile(path=name, instructions=instructions, escape=escape)
@@ -296,6 +299,39 @@ def _heredocs(line: str) -> list[tuple[bool, str]]:
             found.append((match.group(1) == "-", match.group(2).replace('"', "").replace(
                 "'", "")))
     return found
+
+
+_ONBUILD_KEYWORD = re.compile(r"^\s*ONBUILD\s*", re.IGNORECASE)
+
+
+def _with_onbuild_heredocs(inst: Instruction, cmd: dockerfile.Command, text: str,
+                           escape: str) -> Instruction:
+    """An ``ONBUILD RUN <<EOF`` with the heredocs its trigger carries.
+
+    The parser binding drops the heredocs of an ONBUILD's inner instruction, so the lines the
+    ONBUILD spans are parsed again without the keyword, as the instruction the trigger will be.
+    """
+    if inst.kind != "ONBUILD" or cmd.end_line <= cmd.start_line or inst.heredocs:
+        return inst
+    lines = text.splitlines(keepends=True)[cmd.start_line - 1:cmd.end_line]
+    lines[0] = _ONBUILD_KEYWORD.sub("", lines[0], count=1)
+    prefix = "# escape=`\n" if escape == "`" else ""
+    try:
+        inner = dockerfile.parse_string(prefix + "".join(lines))
+    except dockerfile.GoParseError:
+        return inst  # the whole file parsed, so this is not expected; keep the first line
+    if len(inner) != 1:
+        return inst
+    heredocs = tuple(Heredoc(h.name, h.content, h.file_descriptor) for h in inner[0].heredocs)
+    return Instruction(inst.kind, inst.args, inst.flags, inst.json, inst.original,
+                       inst.location, heredocs, inst.sub_kind)
+
+
+def onbuild_trigger(inst: Instruction) -> str:
+    """What ``ONBUILD`` stores in the config, as BuildKit stores it: the instruction without
+    the keyword, then each heredoc's body and terminator (``RUN <<EOF\\necho hi\\nEOF``)."""
+    trigger = _ONBUILD_KEYWORD.sub("", inst.original, count=1)
+    return trigger + "".join(f"\n{h.content}{h.name}" for h in inst.heredocs)
 
 
 def _to_instruction(cmd: dockerfile.Command, name: str) -> Instruction:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import fnmatch
 import glob
+import logging
 import os
 import posixpath
 import re
@@ -44,6 +45,8 @@ from executor.passwd import UnknownUserError, lookup_group, lookup_user
 from executor.patterns import PatternError
 from snapshot.errors import SnapshotError, storage_errors
 from snapshot.rootpath import resolve_in_root
+
+log = logging.getLogger("kiln")
 
 COPY_FLAGS = ("from", "chown", "chmod", "link", "parents", "exclude")
 
@@ -225,13 +228,32 @@ def place_sources(state: StageState, inst: Instruction, request: CopyRequest,
         try:
             if source.unpack:
                 directory = _ensure_dir(state, target.rstrip("/") or "/", request.owner)
-                archive.extract_archive(
-                    source.host, directory,
-                    archive.IgnoredBelow(state.ignore, state.root, directory))
+                _extract(state, inst, source.host, directory)
             else:
                 _copy_source(state, inst, request, source, target)
         except ContextError as exc:
             raise inst.error(str(exc)) from None
+
+
+def _extract(state: StageState, inst: Instruction, archive_path: Path, directory: Path) -> None:
+    """ADD's extraction of a local archive; entries the ignore list kept out are reported.
+
+    The ignore list holds the build container's mount points and kiln's own directory: in
+    place they cannot (or must not) be written, so an archive entry there is left out, and
+    the user is told in one line rather than finding the file missing from the image.
+    """
+    try:
+        skipped = archive.extract_archive(
+            archive_path, directory, archive.IgnoredBelow(state.ignore, state.root, directory))
+    except SnapshotError as exc:
+        raise inst.error(f"{inst.kind}: {exc}") from None
+    if skipped:
+        prefix = os.path.relpath(directory, state.root)
+        shown = ["/" + (f"{prefix}/{name}" if prefix != "." else name) for name in skipped]
+        more = f" and {len(shown) - 1} more" if len(shown) > 1 else ""
+        log.warning("%s: %s %s: not written: %s%s (under a mount point of the build "
+                    "container or an ignored path, which kiln never writes)", inst.location,
+                    inst.kind, archive_path.name, shown[0], more)
 
 
 def _check_link_destination(state: StageState, inst: Instruction, dest: str) -> None:

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from executor import lifetime
 from executor.errors import RegistryError
 from executor.image.reference import DOCKER_HUB, DOCKER_HUB_API
 
@@ -228,14 +229,16 @@ def run_credential_helper(name: str, registry: str,
                             "is not on PATH")
     server = HUB_AUTH_KEY if registry == DOCKER_HUB else registry
     try:
-        proc = subprocess.run([executable, "get"], input=server.encode(), capture_output=True,
-                              timeout=_HELPER_TIMEOUT, env=env, check=False)
+        proc = _run_helper([executable, "get"], server.encode(), env)
     except subprocess.TimeoutExpired:
         raise RegistryError(f"getting credentials for {registry}: {program} did not answer "
                             f"within {_HELPER_TIMEOUT:.0f}s") from None
     except OSError as exc:
         raise RegistryError(f"getting credentials for {registry}: {program}: "
                             f"{exc.strerror}") from None
+    except subprocess.SubprocessError as exc:  # the keeper could not be set up
+        raise RegistryError(f"getting credentials for {registry}: {program} could not be "
+                            f"started: {exc}") from None
     if proc.returncode != 0:
         said = (proc.stdout or proc.stderr).decode(errors="replace").strip()
         if _NOT_FOUND in said.lower():
@@ -350,3 +353,19 @@ class Keychain:
             return False
         path = (os.environ if self.environ is None else self.environ).get("PATH")
         return shutil.which(f"docker-credential-{helper}", path=path) is None
+
+
+def _run_helper(argv: list[str], stdin: bytes,
+                env: dict[str, str]) -> subprocess.CompletedProcess[bytes]:
+    """Run a helper under a keeper (``executor.lifetime``): when it answers, times out or the
+    build is interrupted, every process it started ends with it, so a hanging helper's
+    children cannot outlive its timeout. It stays in kiln's process group (kiln as PID 1 does
+    not reap it) and so gets a terminal's Ctrl-C with kiln."""
+    proc = lifetime.spawn(argv, env=env, new_session=False, stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        out, err = proc.communicate(stdin, timeout=_HELPER_TIMEOUT)
+    except BaseException:
+        lifetime.stop(proc)
+        raise
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err)

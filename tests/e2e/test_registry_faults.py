@@ -433,11 +433,8 @@ def test_a_stop_signal_ends_the_build_promptly_and_a_rerun_succeeds(
         phase: str, signum: signal.Signals, proxy: FaultProxy, registry: Registry,
         busybox_image: str, tmp_path: Path, record_property: Callable[[str, object], None],
         request: pytest.FixtureRequest) -> None:
-    if phase == "run" and signum == signal.SIGKILL:
-        # Nothing in kiln runs after a SIGKILL: the RUN's processes must end with kiln by a
-        # mechanism set up before (issue 18 item 5, the sandbox's process lifetime).
-        request.applymarker(pytest.mark.xfail(reason="issue 18 item 5: a RUN's processes "
-                                              "outlive a SIGKILLed executor", strict=False))
+    # After a SIGKILL nothing in kiln runs: the RUN's processes end with kiln through the
+    # keeper set up before the command (executor/lifetime.py).
     build = _phase_build(phase, tmp_path, proxy, registry)
     # Long timeouts: only the signal may end the stalled request.
     env = {**os.environ, **FAST, "KILN_REGISTRY_TIMEOUT": "60"}

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from executor.dockerfile.parse import parse_dockerfile, parse_text
+from executor.dockerfile.parse import onbuild_trigger, parse_dockerfile, parse_text
 from executor.dockerfile.stages import plan_build
 from executor.errors import DockerfileError
 from executor.image.model import Platform
@@ -76,6 +76,40 @@ def test_target_selects_a_stage_and_unknown_target_is_an_error() -> None:
 def test_platform_args_are_usable_in_from() -> None:
     p = plan("FROM busybox:$TARGETARCH\n")
     assert p.stages[0].base == "busybox:amd64"
+
+
+@pytest.mark.parametrize(("text", "trigger"), [
+    ("FROM a\nONBUILD RUN <<EOF\necho 1\necho 2\nEOF\n", "RUN <<EOF\necho 1\necho 2\nEOF"),
+    ("FROM a\nonbuild  COPY <<A <<B /d/\na\nA\nb\nB\n", "COPY <<A <<B /d/\na\nA\nb\nB"),
+    ("FROM a\nONBUILD RUN <<-X\n\tkept\n\tX\n", "RUN <<-X\n\tkept\nX"),
+    ("# escape=`\nFROM a\nONBUILD RUN `\n  <<E cat\nx\nE\n", "RUN   <<E cat\nx\nE"),
+    ("FROM a\nONBUILD RUN echo a \\\n  b\n", "RUN echo a   b"),
+])
+def test_an_onbuild_trigger_keeps_its_heredocs_as_buildkit_stores_them(
+        text: str, trigger: str) -> None:
+    assert onbuild_trigger(parse_text(text).instructions[1]) == trigger
+
+
+@pytest.mark.parametrize("name", ["${name}", "$name", "1st", "a-b.c"])
+def test_an_arg_name_is_taken_as_written(name: str) -> None:
+    assert plan(f"ARG {name}=v\nFROM a\n").global_args == {name: "v"}
+
+
+def test_a_blank_arg_name_is_refused() -> None:
+    with pytest.raises(DockerfileError, match=r"^Dockerfile:1: ARG names can not be blank$"):
+        plan("ARG =v\nFROM a\n")
+
+
+@pytest.mark.parametrize("mount", ["from=$S,target=/m", "type=bind,FROM=${S},target=/m",
+                                   '"from=$S",target=/m'])
+def test_a_variable_in_run_mount_from_is_refused_in_any_stage(mount: str) -> None:
+    with pytest.raises(DockerfileError, match=r"^Dockerfile:3: 'from' doesn't support variable "
+                       r"expansion, define alias stage instead$"):
+        plan(f"FROM a AS unused\nARG S=x\nRUN --mount={mount} true\nFROM a\n")
+
+
+def test_a_dollar_at_the_end_of_run_mount_from_is_no_variable() -> None:
+    plan("FROM a\nRUN --mount=from=a$,target=/m true\n")
 
 
 def test_a_syntax_error_at_the_end_of_a_long_dockerfile_is_found_without_reparsing() -> None:
