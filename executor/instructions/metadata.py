@@ -218,6 +218,10 @@ def apply_healthcheck(state: StageState, inst: Instruction) -> Step:
     return Step(f"HEALTHCHECK {json.dumps(check)}")
 
 
+#: Docker's shortest healthcheck duration; anything shorter but zero is refused, as BuildKit does.
+_MINIMUM_HEALTHCHECK_NS = 1_000_000
+
+
 def healthcheck_config(inst: Instruction) -> dict[str, object]:
     """The config's ``Healthcheck`` for a HEALTHCHECK instruction.
 
@@ -238,6 +242,8 @@ def healthcheck_config(inst: Instruction) -> dict[str, object]:
     for flag, key in (("interval", "Interval"), ("timeout", "Timeout"),
                       ("start-period", "StartPeriod"), ("start-interval", "StartInterval")):
         if flag in flags and (value := _duration_ns(inst, flag, flags[flag])):
+            if value < _MINIMUM_HEALTHCHECK_NS:
+                raise inst.error(f'Interval "{flag}" cannot be less than 1ms')
             check[key] = value
     if "retries" in flags:
         if not flags["retries"].isdigit():

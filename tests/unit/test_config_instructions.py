@@ -34,3 +34,16 @@ def test_cmd_and_entrypoint_may_be_empty(line: str) -> None:
 def test_other_instructions_still_need_arguments(line: str) -> None:
     with pytest.raises(DockerfileError, match="requires at least one argument"):
         parse_text("FROM scratch\n" + line + "\n")
+
+
+@pytest.mark.parametrize("flag", ["interval", "timeout", "start-period", "start-interval"])
+def test_healthcheck_durations_under_a_millisecond_are_refused(flag: str) -> None:
+    inst = _last(f"HEALTHCHECK --{flag}=500us CMD true\n")
+    with pytest.raises(DockerfileError) as caught:
+        healthcheck_config(inst)
+    assert str(caught.value) == f'Dockerfile:2: Interval "{flag}" cannot be less than 1ms'
+
+
+def test_healthcheck_one_millisecond_is_enough() -> None:
+    inst = _last("HEALTHCHECK --start-interval=1ms CMD true\n")
+    assert healthcheck_config(inst)["StartInterval"] == 1_000_000
