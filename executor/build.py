@@ -8,12 +8,13 @@ what an instruction does is in ``executor.instructions``, how changes become a l
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -41,19 +42,32 @@ from executor.dockerfile.stages import (
     plan_build,
     unused_build_args,
 )
-from executor.errors import DockerfileError, ImageError, KilnError, RegistryError
+from executor.errors import DockerfileError, ImageError, KilnError, RegistryError, at_step
 from executor.image import model
 from executor.image.blob import VerifyingReader
-from executor.image.model import DOCKER_MANIFEST, ImageConfig, Layer, Platform, compression_of
+from executor.image.built import BuiltImage
+from executor.image.model import ImageConfig, Layer, Platform, compression_of
 from executor.image.reference import ImageRef
 from executor.inplace import check_in_place_allowed, executor_image_paths
 from executor.instructions import add, copy, metadata, run
 from executor.instructions.metadata import Step
 from executor.instructions.state import StageState
 from executor.options import BuildOptions, read_secrets
-from executor.publish import check_push_permissions, make_client, publish, transfer_line
-from executor.registry.client import RegistryClient
-from executor.sandbox import SANDBOX_MOUNTS, Sandbox
+from executor.publish import (
+    check_local_outputs,
+    check_push_permissions,
+    make_client,
+    publish,
+    transfer_line,
+)
+from executor.registry.client import (
+    PARTIAL_SUFFIX,
+    Cancellation,
+    RegistryClient,
+    remove_stale_partials,
+)
+from executor.sandbox import Sandbox
+from executor.workspace import temporary_workspace
 from snapshot.compress import Compression, open_decompressed
 from snapshot.errors import CorruptLayerError, UnsafeLayerError
 from snapshot.extract import extract_layer
@@ -63,6 +77,7 @@ from snapshot.snapshot import (
     Changes,
     Snapshot,
     diff_snapshots,
+    settle_ctimes,
     take_snapshot,
     wait_for_clock_tick,
 )
@@ -96,23 +111,6 @@ HANDLERS: dict[str, Handler] = {
 
 
 @dataclass
-class BuiltImage:
-    """An image whose layers are blob files on local disk, ready to publish or build on."""
-
-    config: ImageConfig
-    layers: list[Layer]
-    manifest_type: str = DOCKER_MANIFEST
-    source: ImageRef | None = None  # the registry image it came from, for cross-repo mounts
-    snapshot: Snapshot | None = None  # the root's state when the stage ended
-    # The layer cache's view (executor/cache.py): what a stage FROM this image starts its key
-    # chain from.
-    cache_key: str = "scratch"
-    # Layer digest -> another repository of the same registry holding it (the layer cache):
-    # the push mounts from there rather than uploading.
-    blob_homes: dict[str, ImageRef] = field(default_factory=dict)
-
-
-@dataclass
 class Workspace:
     """kiln's own directories: blobs (pulled and built layers) and scratch roots."""
 
@@ -139,6 +137,8 @@ class Workspace:
     def create(self) -> Workspace:
         for directory in (self.blobs, self.roots, self.scratch, self.caches):
             directory.mkdir(parents=True, exist_ok=True)
+        # A SIGKILLed build's downloads and layers (snapshot/layer.py names its temp files).
+        remove_stale_partials(self.blobs, (f"*{PARTIAL_SUFFIX}", ".layer-*.tmp"))
         return self
 
 
@@ -213,8 +213,11 @@ class Builder:
         for inst in instructions:
             snapshot = self._apply(state, inst, snapshot, layers, keys)
         if self.options.single_snapshot:
-            snapshot = self._commit_layer(state, snapshot, "kiln: single snapshot of the stage "
-                                          "(--single-snapshot)", layers).snapshot
+            # The sandbox's mount points for RUN moved /etc's ctime in any RUN of the stage.
+            with at_step(str(stage.location)):  # the stage's one layer: named by its FROM
+                snapshot = self._commit_layer(state, snapshot, "kiln: single snapshot of the "
+                                              "stage (--single-snapshot)", layers,
+                                              state.sandbox.settled_paths()).snapshot
         self.root_holds = stage.index
         self.stage_args[stage.index] = dict(state.args)
         if self.options.labels:  # --label, as kaniko applies it to every stage's image
@@ -242,6 +245,11 @@ class Builder:
         if handler is None:
             raise inst.error(f"{inst.kind} is not supported")
         log.info("%s", inst.original.split("\n", 1)[0])
+        with at_step(str(inst.location)):
+            return self._apply_step(state, inst, handler, snapshot, layers, keys)
+
+    def _apply_step(self, state: StageState, inst: Instruction, handler: Handler,
+                    snapshot: Snapshot, layers: list[Layer], keys: KeyChain | None) -> Snapshot:
         if inst.kind in ("RUN", "COPY", "ADD", "WORKDIR"):
             wait_for_clock_tick(snapshot)
         if keys is not None:  # before the step: the ARGs and ENVs it sees
@@ -256,7 +264,8 @@ class Builder:
             if step.history is not None or step.touches_fs:
                 state.config.add_empty_history(step.history or inst.original, state.created)
             return snapshot
-        committed = self._commit_layer(state, snapshot, step.history or inst.original, layers)
+        committed = self._commit_layer(state, snapshot, step.history or inst.original, layers,
+                                       step.settled)
         if keys is not None and inst.kind in ("COPY", "ADD"):
             # Their inputs are files, not text: the key goes on from what they wrote.
             keys.key = chain(keys.key, written_content(self.root, committed.changes))
@@ -280,7 +289,7 @@ class Builder:
             log.info("Not caching cmd %s: it mounts files its cache key cannot see", command)
         step = HANDLERS["RUN"](state, inst)
         history = step.history or inst.original
-        committed = self._commit_layer(state, snapshot, history, layers)
+        committed = self._commit_layer(state, snapshot, history, layers, step.settled)
         if keyed:
             self.cache.store_layer(key, committed.layer, history)
         keys.key = chain(key, _layer_id(committed.layer))
@@ -292,17 +301,17 @@ class Builder:
         if found.layer is None:  # the RUN changed no file: an empty layer, as BuildKit has
             empty = self._commit_layer(state, snapshot, found.history, layers)
             return empty.snapshot
-        self._extract_layer(found.layer, self.root, self.ignore)
+        self._extract_layer(found.layer, self.root, self.ignore, "the layer cache")
         layers.append(found.layer)
         state.config.add_layer(found.layer.diff_id, found.history, state.created)
         return take_snapshot(self.root, self.ignore)
 
     def _commit_layer(self, state: StageState, before: Snapshot, history: str,
-                      layers: list[Layer]) -> Committed:
+                      layers: list[Layer], settled: tuple[str, ...] = ()) -> Committed:
         """Snapshot the root, and write what changed since ``before`` as a new layer."""
         log.info("Taking snapshot of full filesystem...")
         new = take_snapshot(self.root, self.ignore)
-        changes = diff_snapshots(before, new)
+        changes = diff_snapshots(settle_ctimes(before, new, settled), new)
         if changes.is_empty():
             # BuildKit commits a layer for every RUN, COPY, ADD and WORKDIR, an empty one when
             # nothing changed; kaniko skips it. Docker's image is the reference.
@@ -340,7 +349,10 @@ class Builder:
         if stage.base.lower() == "scratch":
             log.info("No base image, nothing to extract")
             return BuiltImage(ImageConfig.empty(platform), [])
-        return self._pull(stage.base, platform, str(stage.location))
+        image = self._pull(stage.base, platform, str(stage.location))
+        if stage.platform or self.options.custom_platform:
+            return _for_platform(image, platform, stage.base, str(stage.location))
+        return image
 
     def _pull(self, name: str, platform: Platform, where: str) -> BuiltImage:
         if name in self.pulled:
@@ -362,42 +374,62 @@ class Builder:
         self.pulled[name] = image
         return image
 
-    def _fetch_layers(self, image: BuiltImage) -> Iterator[Future[Layer]]:
+    def _fetch_layers(self, image: BuiltImage) -> Generator[Future[Layer], None, None]:
         """Start downloading every missing layer; yields them in order as futures."""
         pool = ThreadPoolExecutor(max_workers=3, thread_name_prefix="kiln-pull")
+        cancel = Cancellation()
 
         def fetch(layer: Layer) -> Layer:
             if not layer.path.exists():
                 assert image.source is not None
                 started = time.monotonic()
-                self.client.fetch_blob(image.source, layer.descriptor(), layer.path)
+                self.client.fetch_blob(image.source, layer.descriptor(), layer.path,
+                                       cancel=cancel)
                 log.info("%s", transfer_line("Pulled", layer.digest, layer.size,
                                              time.monotonic() - started, True))
             return layer
 
+        futures = [pool.submit(fetch, layer) for layer in image.layers]
         try:
-            futures = [pool.submit(fetch, layer) for layer in image.layers]
             yield from futures
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+        except BaseException:
+            # A failure or a stop signal: downloads still running are cut, not waited for.
+            cancel.cancel()
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
 
     def _extract(self, image: BuiltImage, root: Path, ignore: IgnoreList) -> None:
         """Extract ``image``'s layers in order; later downloads overlap earlier extraction."""
-        for future in self._fetch_layers(image):
-            layer = future.result()
-            started = time.monotonic()
-            self._extract_layer(layer, root, ignore)
-            log.debug("extracted %s in %.2fs", layer.digest, time.monotonic() - started)
+        downloads = self._fetch_layers(image)
+        try:
+            for future in downloads:
+                layer = future.result()
+                started = time.monotonic()
+                self._extract_layer(layer, root, ignore,
+                                    str(image.source) if image.source else "the base stage")
+                log.debug("extracted %s in %.2fs", layer.digest, time.monotonic() - started)
+        finally:
+            downloads.close()  # now, not when the traceback is freed: cuts running downloads
 
     @staticmethod
-    def _extract_layer(layer: Layer, root: Path, ignore: IgnoreList) -> None:
-        """Apply one downloaded layer blob, checking its digest as it is read."""
+    def _extract_layer(layer: Layer, root: Path, ignore: IgnoreList,
+                       image: str = "the image") -> None:
+        """Apply one downloaded layer blob, checking as it is read its digest and the digest of
+        what it uncompresses to against the config's ``rootfs.diff_ids`` (containerd refuses
+        to unpack an image whose layers and diff_ids disagree, so kiln must not push one)."""
         with open(layer.path, "rb") as raw:
             verified = VerifyingReader(raw, layer.digest)
             stream = open_decompressed(cast(BinaryIO, verified),
                                        compression_of(layer.media_type))
-            extract_layer(root, stream, ignore=ignore, layer_name=layer.digest)
+            uncompressed = VerifyingReader(stream, layer.diff_id)
+            extract_layer(root, cast(BinaryIO, uncompressed), ignore=ignore,
+                          layer_name=layer.digest)
             verified.verify()
+            diff_id = uncompressed.finish()
+        if diff_id != layer.diff_id:
+            raise ImageError(f"{image}: layer {layer.digest} uncompresses to diff_id {diff_id}, "
+                             f"but the image config's rootfs.diff_ids says {layer.diff_id}")
 
     def _prepare_root(self, stage: Stage, base: BuiltImage) -> Snapshot:
         """Put the base's filesystem in the root; free when the root already holds it."""
@@ -463,6 +495,27 @@ class Builder:
         self._extract(image, target, none)
         self.source_roots[ref] = target
         return target
+
+
+def _for_platform(image: BuiltImage, platform: Platform, name: str, where: str) -> BuiltImage:
+    """A single-platform base that is not the platform asked for is used as it is, with
+    BuildKit's warning, and the image built on it says the platform asked for (BuildKit and
+    kaniko both write the target's os/architecture into the config)."""
+    os_name, arch = image.config.data.get("os"), image.config.data.get("architecture")
+    if not os_name or not arch:
+        return image
+    variant = image.config.data.get("variant")
+    pulled = Platform(str(os_name), str(arch), str(variant) if variant else None)
+    if platform.matches(pulled):
+        return image
+    log.warning('InvalidBaseImagePlatform: Base image %s was pulled with platform "%s", '
+                'expected "%s" for current build (%s)', name, pulled, platform, where)
+    config = image.config.copy()
+    config.data["os"], config.data["architecture"] = platform.os, platform.architecture
+    config.data.pop("variant", None)
+    if platform.variant:
+        config.data["variant"] = platform.variant
+    return dataclasses.replace(image, config=config)
 
 
 class Committed(NamedTuple):
@@ -549,17 +602,15 @@ def _workspace(options: BuildOptions) -> Iterator[Workspace]:
     if options.in_place or options.kaniko_dir_given:
         yield Workspace(options.kaniko_dir).create()
         return
-    temp = Path(tempfile.mkdtemp(prefix="kiln-"))
-    try:
+    with temporary_workspace() as temp:  # one a killed build left is removed on the way in
         yield Workspace(temp).create()
-    finally:
-        shutil.rmtree(temp, ignore_errors=True)
 
 
 def run_build(options: BuildOptions) -> str:
     """Build the image ``options`` describe and publish it; returns the manifest digest."""
     if options.in_place:
         check_in_place_allowed(options.kaniko_dir, options.force)
+    check_local_outputs(options)  # a directory given as --tar-path fails now, not at the end
     with local_context(options) as local:  # git, tarball, bucket: fetched into the kiln dir
         return _build(local)
 
@@ -575,9 +626,10 @@ def _build(options: BuildOptions) -> str:
     try:
         with _workspace(options) as workspace:
             extra = list(options.ignore_paths)
-            if not options.in_place:
-                extra += [f"/{name}" for name in SANDBOX_MOUNTS]
-            else:
+            # A sandbox mounts /proc, /dev and /sys only inside each RUN's own mount namespace:
+            # outside a RUN they are the image's directories, written and snapshotted like any
+            # other (ADD of an archive holding sys/fs/foo gives /sys/fs/foo, as in Docker).
+            if options.in_place:
                 extra += executor_image_paths(options.root)
                 if options.cache_layout is not None:
                     extra.append(str(options.cache_layout))

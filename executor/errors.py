@@ -6,6 +6,9 @@ The CLI prints ``str(error)`` as one line and exits non-zero; anything that is n
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 
 class KilnError(Exception):
     """A failure the user can act on. ``str()`` is one line naming the cause and the place."""
@@ -26,7 +29,33 @@ class DockerfileError(KilnError):
 
 
 class BuildStepError(DockerfileError):
-    """An instruction that failed while being applied (a RUN exiting non-zero, a missing source)."""
+    """An instruction that failed while being applied (a RUN exiting non-zero, a missing source).
+
+    ``exit_code`` is the executor's: a RUN's own exit code, passed on as kaniko does, so a CI
+    step can tell ``exit 7`` from a kiln failure.
+    """
+
+    def __init__(self, location: str, message: str, exit_code: int = 1) -> None:
+        super().__init__(location, message)
+        self.exit_code = exit_code
+
+
+@contextlib.contextmanager
+def at_step(location: str) -> Iterator[None]:
+    """Every failure of an instruction, whatever raised it (a layer written to a full disk, a
+    context file that cannot be copied), carries the instruction's ``file:line``."""
+    from snapshot.errors import SnapshotError, describe_os_error
+
+    try:
+        yield
+    except DockerfileError:
+        raise
+    except KilnError as exc:
+        raise BuildStepError(location, str(exc), exc.exit_code) from exc
+    except SnapshotError as exc:
+        raise BuildStepError(location, str(exc)) from exc
+    except OSError as exc:
+        raise BuildStepError(location, describe_os_error(exc)) from exc
 
 
 class ContextError(KilnError):

@@ -7,6 +7,7 @@ one to one. Validation here produces the one-line errors a user sees for a bad f
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -118,6 +119,7 @@ class BuildOptions:
         """Check flag combinations; returns self so construction reads as one expression."""
         if not self.destinations and not self.no_push:
             raise OptionsError("you must provide --destination, or use --no-push")
+        _check_destinations(self.destinations)
         if self.compression not in ("gzip", "zstd"):
             raise OptionsError(f"--compression must be gzip or zstd, not {self.compression!r}")
         limits = {"gzip": (-1, 9), "zstd": (-1, 22)}[self.compression]
@@ -132,9 +134,10 @@ class BuildOptions:
                                "use --image-format oci")
         if self.context_source is None and not self.context.is_dir():
             raise OptionsError(f"--context {self.context}: no such directory")
-        if self.context_source is None and self.dockerfile_url is None \
-                and not self.dockerfile.is_file():
-            raise OptionsError(f"--dockerfile {self.dockerfile}: no such file")
+        if self.context_source is None and self.dockerfile_url is None:
+            problem = not_a_file(f"--dockerfile {self.dockerfile}", self.dockerfile)
+            if problem:
+                raise OptionsError(problem)
         for flag, count in (("--push-retry", self.push_retry),
                             ("--image-download-retry", self.image_download_retry),
                             ("--image-fs-extract-retry", self.image_fs_extract_retry)):
@@ -145,13 +148,15 @@ class BuildOptions:
             raise OptionsError("--skip-default-registry-fallback needs --registry-mirror or "
                                "--registry-map")
         for registry, ca in self.registry_certificates.items():
-            if not ca.is_file():
-                raise OptionsError(f"--registry-certificate {registry}={ca}: no such file")
+            problem = not_a_file(f"--registry-certificate {registry}={ca}", ca)
+            if problem:
+                raise OptionsError(problem)
         for registry, (cert, key) in self.registry_client_certs.items():
             for path in (cert, key):
-                if not path.is_file():
-                    raise OptionsError(f"--registry-client-cert {registry}={cert},{key}: "
-                                       f"{path}: no such file")
+                problem = not_a_file(f"--registry-client-cert {registry}={cert},{key}: {path}",
+                                     path)
+                if problem:
+                    raise OptionsError(problem)
         if self.cache and not self.cache_repo and not self.destinations:
             raise OptionsError("--cache needs --cache-repo, or a --destination to keep the "
                                "cache beside")
@@ -166,6 +171,50 @@ class BuildOptions:
         if not self.in_place:
             _check_sandbox_root(self.root, self.kaniko_dir if self.kaniko_dir_given else None)
         return self
+
+
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+          (stat.S_ISSOCK, "a socket"))
+
+
+def file_kind(path: Path) -> str | None:
+    """What ``path`` is when it is not a regular file (``a directory``, ``a FIFO``, ``a
+    character device``, ``missing``); None for a regular file (after symlinks)."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "missing"
+    except OSError as exc:
+        return f"unreadable ({exc.strerror})"
+    if stat.S_ISREG(mode):
+        return None
+    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
+
+
+def not_a_file(label: str, path: Path) -> str | None:
+    """``LABEL: why`` when ``path`` is not a file to read (a FIFO would block the build,
+    ``/dev/zero`` never ends, a directory is a mistake); None when it is one."""
+    kind = file_kind(path)
+    if kind is None:
+        return None
+    if kind == "missing":
+        return f"{label}: no such file"
+    return f"{label}: is {kind}, not a file" if kind.startswith("a ") else f"{label}: {kind}"
+
+
+def _check_destinations(destinations: tuple[str, ...]) -> None:
+    """Each ``--destination`` must be a reference a push can write, checked before the build
+    rather than after it: a digest names content that does not exist until the build ends."""
+    for destination in destinations:
+        try:
+            ref = ImageRef.parse(destination)
+        except ImageError as exc:
+            raise OptionsError(f"--destination {destination}: {exc}") from None
+        if ref.digest:
+            raise OptionsError(f"--destination {destination}: a digest cannot be pushed to (the "
+                               "image's digest is known only once it is built); give a tag, "
+                               f"such as {ref.name}:{ref.tag or 'latest'}")
 
 
 def _check_sandbox_root(root: Path, kaniko_dir: Path | None) -> None:
@@ -215,6 +264,13 @@ def read_secrets(secrets: tuple[tuple[str, str, str], ...]) -> dict[str, bytes]:
     values: dict[str, bytes] = {}
     for secret_id, kind, where in secrets:
         if kind == "file":
+            problem = file_kind(Path(where))
+            # A FIFO is allowed: ``src=<(command)`` is one. A device or a directory is not:
+            # /dev/zero would be read until memory runs out.
+            if problem is not None and problem != "a FIFO":
+                raise OptionsError(f"--secret id={secret_id}: cannot read {where}: "
+                                   + ("no such file" if problem == "missing" else
+                                      f"it is {problem}, not a file"))
             try:
                 values[secret_id] = Path(where).read_bytes()
             except OSError as exc:

@@ -12,23 +12,25 @@ from __future__ import annotations
 import json
 import logging
 import os
+import stat
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from pathlib import Path
 
 from executor.errors import OptionsError, RegistryError
 from executor.image import model
+from executor.image.atomic import is_mount_point, write_output
+from executor.image.built import BuiltImage
 from executor.image.model import Descriptor, Layer, Manifest, sha256_digest
 from executor.image.reference import DOCKER_HUB, ImageRef
 from executor.options import BuildOptions
 from executor.registry.auth import RegistryAuth
 from executor.registry.client import PullSources, RegistryClient, RegistryHTTPError
 from executor.registry.credentials import Keychain, registry_host
-from executor.registry.transport import Transport, TransportOptions
-
-if TYPE_CHECKING:
-    from executor.build import BuiltImage
+from executor.registry.transport import Transport, TransportOptions, timing_from_environment
+from snapshot.errors import os_error_reason, storage_errors
 
 log = logging.getLogger("kiln")
 
@@ -63,6 +65,7 @@ def make_client(options: BuildOptions, keychain: Keychain | None = None) -> Regi
         skip_tls_verify_registries=frozenset(options.skip_tls_verify_registries),
         registry_certificates=dict(options.registry_certificates),
         client_certificates=dict(options.registry_client_certs),
+        **timing_from_environment(),  # type: ignore[arg-type]
     ))
     auth = RegistryAuth(keychain or Keychain.from_environment(), transport)
     return RegistryClient(transport=transport, auth=auth, pull_sources=pull_sources(options))
@@ -128,9 +131,14 @@ def finalize(image: BuiltImage, image_format: str | None = None,
 
 
 def publish(image: BuiltImage, options: BuildOptions, client: RegistryClient) -> str:
-    """Push to every destination and write every requested output; returns the digest."""
+    """Write every requested local output, then push to every destination; returns the digest.
+
+    The local outputs come first, as in kaniko: a full disk or an unwritable path then fails
+    the build before anything is pushed, rather than after the tag has moved.
+    """
     final = finalize(image, options.image_format, options.annotations)
     destinations = [ImageRef.parse(d) for d in options.destinations]
+    write_local_outputs(final, options, destinations)
     if options.no_push:
         log.info("Skipping push to container registry due to --no-push flag")
     else:
@@ -138,21 +146,88 @@ def publish(image: BuiltImage, options: BuildOptions, client: RegistryClient) ->
             push_image(client, ref, final, image.source, retries=options.push_retry,
                        ignore_immutable_tag=options.push_ignore_immutable_tag_errors,
                        homes=image.blob_homes)
+        _write_builder_output(destinations, final.digest)
+    return final.digest
+
+
+def local_outputs(options: BuildOptions) -> list[tuple[str, Path]]:
+    """The files and directories the build writes here, as (flag, path)."""
+    return [(flag, path) for flag, path in (
+        ("--tar-path", options.tar_path), ("--oci-layout-path", options.oci_layout_path),
+        ("--digest-file", options.digest_file),
+        ("--image-name-with-digest-file", options.image_name_with_digest_file),
+        ("--image-name-tag-with-digest-file", options.image_name_tag_with_digest_file))
+        if path is not None]
+
+
+def check_local_outputs(options: BuildOptions) -> None:
+    """Refuse, before building, an output path that cannot be written: a directory given as a
+    file (or the reverse), a parent that is a file, a directory where no file can be created
+    (``/proc``, a read-only mount). Only a full disk is left to find out at the end."""
+    for flag, path in local_outputs(options):
+        directory = flag == "--oci-layout-path"
+        try:
+            mode: int | None = os.stat(path).st_mode
+        except FileNotFoundError:
+            mode = None
+        except OSError as exc:
+            raise OptionsError(f"{flag} {path}: {os_error_reason(exc)}") from None
+        if mode is not None and directory and not stat.S_ISDIR(mode):
+            raise OptionsError(f"{flag} {path}: not a directory")
+        if mode is not None and not directory and stat.S_ISDIR(mode):
+            raise OptionsError(f"{flag} {path}: is a directory; name a file")
+        if mode is not None and not directory and (not stat.S_ISREG(mode)
+                                                    or is_mount_point(path)):
+            # /dev/stdout, a FIFO, /dev/termination-log: written in place (output_file)
+            if not os.access(path, os.W_OK):
+                raise OptionsError(f"{flag} {path}: not writable")
+            continue
+        _probe_directory(flag, path, path if mode is not None and directory else path.parent)
+
+
+def _probe_directory(flag: str, path: Path, directory: Path) -> None:
+    """Create and remove a file in ``directory`` (or the nearest ancestor that exists, which
+    the write will create it under): what writing the output will need."""
+    while not directory.exists() and directory != directory.parent:
+        directory = directory.parent
+    if not directory.is_dir():
+        raise OptionsError(f"{flag} {path}: {directory} is not a directory")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".kiln-probe-", dir=directory)
+    except OSError as exc:
+        raise OptionsError(f"{flag} {path}: cannot create files in {directory}: "
+                           f"{os_error_reason(exc)}") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def write_local_outputs(final: FinalImage, options: BuildOptions,
+                        destinations: Sequence[ImageRef]) -> None:
+    """``--tar-path``, ``--oci-layout-path`` and the digest files, each whole or not at all;
+    a failure names the flag and the path the user gave, never a temporary name."""
     if options.tar_path:
         from executor.image.tarball import write_docker_tarball
 
         tag = str(destinations[0]) if destinations else "kiln/image:latest"
-        write_docker_tarball(options.tar_path, tag, final.config_bytes, list(final.layers))
+        with storage_errors(f"--tar-path {options.tar_path}"):
+            write_docker_tarball(options.tar_path, tag, final.config_bytes, list(final.layers))
     if options.oci_layout_path:
         from executor.image.layout import write_oci_layout
 
         name = destinations[0].reference if destinations else None
-        write_oci_layout(options.oci_layout_path, final.manifest_bytes, final.config_bytes,
-                         list(final.layers), name)
-    _write_digest_files(options, destinations, final.digest)
-    if not options.no_push:
-        _write_builder_output(destinations, final.digest)
-    return final.digest
+        with storage_errors(f"--oci-layout-path {options.oci_layout_path}"):
+            write_oci_layout(options.oci_layout_path, final.manifest_bytes, final.config_bytes,
+                             list(final.layers), name)
+    digest = final.digest
+    for flag, path, text in (
+            ("--digest-file", options.digest_file, digest),
+            ("--image-name-with-digest-file", options.image_name_with_digest_file,
+             "".join(f"{ref.name}@{digest}\n" for ref in destinations)),
+            ("--image-name-tag-with-digest-file", options.image_name_tag_with_digest_file,
+             "".join(f"{ref.name}:{ref.tag or 'latest'}@{digest}\n" for ref in destinations))):
+        if path is not None:
+            with storage_errors(f"{flag} {path}"):
+                write_output(path, text.encode())
 
 
 def push_image(client: RegistryClient, ref: ImageRef, final: FinalImage,
@@ -222,15 +297,3 @@ def _write_builder_output(destinations: Sequence[ImageRef], digest: str) -> None
     with open(os.path.join(directory, "images"), "w") as out:
         for ref in destinations:
             out.write(json.dumps({"name": str(ref), "digest": digest}) + "\n")
-
-
-def _write_digest_files(options: BuildOptions, destinations: Sequence[ImageRef],
-                        digest: str) -> None:
-    if options.digest_file:
-        options.digest_file.write_text(digest)
-    if options.image_name_with_digest_file:
-        options.image_name_with_digest_file.write_text(
-            "".join(f"{ref.name}@{digest}\n" for ref in destinations))
-    if options.image_name_tag_with_digest_file:
-        options.image_name_tag_with_digest_file.write_text(
-            "".join(f"{ref.name}:{ref.tag or 'latest'}@{digest}\n" for ref in destinations))

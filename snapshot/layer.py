@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import os
 import tempfile
@@ -35,7 +36,7 @@ from pathlib import Path
 from typing import BinaryIO, cast
 
 from snapshot.compress import Compression, compressed_writer
-from snapshot.errors import SnapshotError
+from snapshot.errors import SnapshotError, storage_errors
 from snapshot.snapshot import (
     S_IFDIR,
     S_IFLNK,
@@ -96,13 +97,21 @@ def write_layer(root: Path, changes: Changes, snapshot: Snapshot, out_dir: Path,
     The result is ``out_dir/<hex digest>``; a failure leaves nothing behind in ``out_dir``.
     ``mtime_ns`` replaces every entry's mtime (``--reproducible`` passes 0).
     """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    fd, temp_name = tempfile.mkstemp(prefix=".layer-", suffix=".tmp", dir=out_dir)
+    doing = "write a layer to"  # a full disk names the blobs directory, not a temporary name
+    with storage_errors(out_dir, doing):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fd, temp_name = tempfile.mkstemp(prefix=".layer-", suffix=".tmp", dir=out_dir)
     temp = Path(temp_name)
     try:
+        # Held while the file is written: a later build removes the file only when no writer
+        # holds it (one killed mid-layer leaves it unlocked). Best effort, as for downloads.
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_EX)
         with open(fd, "wb", buffering=0) as raw:
             diff_id = hashlib.sha256()
-            sink = _HashingSink(raw, hashing=compression.algorithm != "none")
+            # The sink is written from the compressor's thread; its StorageError reaches this
+            # thread through the compressor's next write or its close.
+            sink = _HashingSink(raw, out_dir, hashing=compression.algorithm != "none")
             with compressed_writer(cast(BinaryIO, sink), compression) as compressor:
                 for chunk in _tar_chunks(os.fspath(root), changes, snapshot, mtime_ns):
                     diff_id.update(chunk)
@@ -110,7 +119,8 @@ def write_layer(root: Path, changes: Changes, snapshot: Snapshot, out_dir: Path,
         # Uncompressed, the file is the tar: one hash serves as both.
         digest = (sink.sha256 if compression.algorithm != "none" else diff_id).hexdigest()
         final = out_dir / digest
-        os.replace(temp, final)
+        with storage_errors(out_dir, doing):
+            os.replace(temp, final)
     except BaseException:
         with contextlib.suppress(OSError):
             temp.unlink()
@@ -122,8 +132,9 @@ def write_layer(root: Path, changes: Changes, snapshot: Snapshot, out_dir: Path,
 class _HashingSink:
     """The file end of the pipe: hashes and counts the compressed bytes as they are written."""
 
-    def __init__(self, raw: BinaryIO, *, hashing: bool = True) -> None:
+    def __init__(self, raw: BinaryIO, out_dir: Path, *, hashing: bool = True) -> None:
         self._raw = raw
+        self._out_dir = out_dir
         self._hashing = hashing
         self.sha256 = hashlib.sha256()
         self.size = 0
@@ -132,9 +143,10 @@ class _HashingSink:
         if self._hashing:
             self.sha256.update(data)
         view = memoryview(data)
-        while view:  # a raw file may write less than asked
-            written = self._raw.write(view)
-            view = view[written:]
+        with storage_errors(self._out_dir, "write a layer to"):
+            while view:  # a raw file may write less than asked
+                written = self._raw.write(view)
+                view = view[written:]
         self.size += len(data)
         return len(data)
 
@@ -239,6 +251,11 @@ def _tar_chunks(root: str, changes: Changes, snapshot: Snapshot,
 
 
 def _read_exactly(fd: int, size: int, path: str) -> bytes:
+    with storage_errors(f"/{path}", "read"):
+        return _read_all(fd, size, path)
+
+
+def _read_all(fd: int, size: int, path: str) -> bytes:
     data = os.read(fd, size)
     if len(data) == size:
         return data

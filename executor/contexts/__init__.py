@@ -32,7 +32,6 @@ import logging
 import os
 import shutil
 import stat
-import tempfile
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
@@ -233,11 +232,10 @@ def _kiln_home(options: BuildOptions) -> Iterator[Path]:
         options.kaniko_dir.mkdir(parents=True, exist_ok=True)
         yield options.kaniko_dir
         return
-    temp = Path(tempfile.mkdtemp(prefix="kiln-context-"))
-    try:
+    from executor.workspace import temporary_workspace
+
+    with temporary_workspace() as temp:  # not left in /tmp by a killed build
         yield temp
-    finally:
-        shutil.rmtree(temp, ignore_errors=True)
 
 
 def _make_empty(target: Path) -> None:

@@ -6,7 +6,7 @@ Writing into an existing layout adds to it: blobs already present are kept, othe
 replaces the old entry (a tag moves, as in a registry). Layer blobs are hard-linked from the
 build's blob files when the filesystem allows and copied otherwise; nothing is read into memory.
 Every file is written under a temporary name and renamed, so a crash leaves no torn blob or
-index behind.
+index behind; a new layout is made whole in a directory beside its path and renamed into place.
 """
 
 from __future__ import annotations
@@ -14,12 +14,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from executor.errors import ImageError
-from executor.image.atomic import replacing, write_atomically
+from executor.image.atomic import is_mount_point, replacing, write_atomically
 from executor.image.model import OCI_INDEX, Descriptor, Layer, Manifest, sha256_digest
 
 LAYOUT_VERSION = "1.0.0"
@@ -43,12 +44,52 @@ def write_oci_layout(path: Path, manifest_bytes: bytes, config_bytes: bytes,
     if wanted != given:
         raise ImageError(f"OCI layout {path}: the layers given ({', '.join(given) or 'none'}) "
                          f"are not the manifest's ({', '.join(wanted) or 'none'})")
+    if _is_new(path):
+        return _write_new_layout(path, manifest, manifest_bytes, config_bytes, layers, ref_name)
+    return _add_image(path, manifest, manifest_bytes, config_bytes, layers, ref_name)
+
+
+def _add_image(path: Path, manifest: Manifest, manifest_bytes: bytes, config_bytes: bytes,
+               layers: Sequence[Layer], ref_name: str | None) -> Descriptor:
+    """Blobs first, ``index.json`` last: a failure part way leaves the layout as it was, plus
+    blobs nothing names yet."""
     init_layout(path)
     write_blob(path, config_bytes, manifest.config.media_type)
     for layer in layers:
         link_blob(path, layer.path, layer.digest, layer.size)
     descriptor = write_blob(path, manifest_bytes, manifest.media_type)
     return add_to_index(path, descriptor, ref_name)
+
+
+def _is_new(path: Path) -> bool:
+    """A layout that does not exist yet (or an empty directory): it can be made whole aside.
+    Not a mount point (a volume given as the layout): no rename can replace that."""
+    if is_mount_point(path):
+        return False
+    try:
+        with os.scandir(path) as entries:
+            return next(entries, None) is None
+    except FileNotFoundError:
+        return True
+    except NotADirectoryError:
+        raise ImageError(f"OCI layout {path}: not a directory") from None
+
+
+def _write_new_layout(path: Path, manifest: Manifest, manifest_bytes: bytes, config_bytes: bytes,
+                      layers: Sequence[Layer], ref_name: str | None) -> Descriptor:
+    """Make the layout in a directory beside ``path`` and rename it into place when complete,
+    so a full disk leaves no half-made layout (a rename replaces an empty directory)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        descriptor = _add_image(temporary, manifest, manifest_bytes, config_bytes, layers,
+                                ref_name)
+        os.chmod(temporary, 0o755)
+        os.rename(temporary, path)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    return descriptor
 
 
 def init_layout(path: Path) -> None:

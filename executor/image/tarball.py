@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from executor.errors import ImageError
-from executor.image.atomic import replacing
+from executor.image.atomic import output_file
 from executor.image.model import ImageConfig, Layer, compression_of, sha256_digest
 from executor.image.reference import ImageRef
 
@@ -40,8 +40,10 @@ def write_docker_tarball(path: Path, ref: str | Sequence[str], config_bytes: byt
     layer_names = [_layer_name(layer) for layer in layers]
     manifest = [{"Config": config_name, "RepoTags": tags, "Layers": layer_names}]
 
-    with replacing(path) as handle, tarfile.open(fileobj=handle, mode="w",
-                                                 format=tarfile.PAX_FORMAT) as tar:
+    with output_file(path) as handle, tarfile.open(
+            # a pipe (--tar-path /dev/stdout) cannot tell(): the stream mode never asks
+            fileobj=handle, mode="w" if handle.seekable() else "w|",
+            format=tarfile.PAX_FORMAT) as tar:
         _add_bytes(tar, config_name, config_bytes)
         written: set[str] = set()
         for layer, name in zip(layers, layer_names, strict=True):

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import fnmatch
 import glob
+import logging
 import os
 import posixpath
 import re
@@ -32,7 +33,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from executor.context import DockerIgnore
+from executor.context import DockerIgnore, IgnorePattern
 from executor.dockerfile.expand import ExpansionError, expand_word
 from executor.dockerfile.parse import Instruction
 from executor.errors import ContextError
@@ -41,8 +42,11 @@ from executor.instructions.directories import make_directories
 from executor.instructions.metadata import Step
 from executor.instructions.state import StageState
 from executor.passwd import UnknownUserError, lookup_group, lookup_user
-from snapshot.errors import SnapshotError
+from executor.patterns import PatternError
+from snapshot.errors import SnapshotError, storage_errors
 from snapshot.rootpath import resolve_in_root
+
+log = logging.getLogger("kiln")
 
 COPY_FLAGS = ("from", "chown", "chmod", "link", "parents", "exclude")
 
@@ -162,9 +166,22 @@ def read_request(state: StageState, inst: Instruction, allowed: tuple[str, ...])
         from_ref=state.expand(inst, flags["from"]) if "from" in flags else None,
         parents=_boolean(inst, flags, "parents"),
         link=_boolean(inst, flags, "link"),
-        excludes=DockerIgnore.from_text("\n".join(excludes)),
+        excludes=_exclude_patterns(inst, excludes),
         flags=flags,
     )
+
+
+def _exclude_patterns(inst: Instruction, values: list[str]) -> DockerIgnore:
+    """The ``--exclude`` values, each one ``.dockerignore`` pattern; a bad one names itself."""
+    found: list[IgnorePattern] = []
+    for value in values:
+        try:
+            pattern = IgnorePattern.parse(value)
+        except PatternError as exc:
+            raise inst.error(f"invalid --exclude pattern {value!r}: {exc}") from None
+        if pattern is not None:
+            found.append(pattern)
+    return DockerIgnore(tuple(found))
 
 
 def _boolean(inst: Instruction, flags: dict[str, str], name: str) -> bool:
@@ -211,13 +228,32 @@ def place_sources(state: StageState, inst: Instruction, request: CopyRequest,
         try:
             if source.unpack:
                 directory = _ensure_dir(state, target.rstrip("/") or "/", request.owner)
-                archive.extract_archive(
-                    source.host, directory,
-                    archive.IgnoredBelow(state.ignore, state.root, directory))
+                _extract(state, inst, source.host, directory)
             else:
                 _copy_source(state, inst, request, source, target)
         except ContextError as exc:
             raise inst.error(str(exc)) from None
+
+
+def _extract(state: StageState, inst: Instruction, archive_path: Path, directory: Path) -> None:
+    """ADD's extraction of a local archive; entries the ignore list kept out are reported.
+
+    The ignore list holds the build container's mount points and kiln's own directory: in
+    place they cannot (or must not) be written, so an archive entry there is left out, and
+    the user is told in one line rather than finding the file missing from the image.
+    """
+    try:
+        skipped = archive.extract_archive(
+            archive_path, directory, archive.IgnoredBelow(state.ignore, state.root, directory))
+    except SnapshotError as exc:
+        raise inst.error(f"{inst.kind}: {exc}") from None
+    if skipped:
+        prefix = os.path.relpath(directory, state.root)
+        shown = ["/" + (f"{prefix}/{name}" if prefix != "." else name) for name in skipped]
+        more = f" and {len(shown) - 1} more" if len(shown) > 1 else ""
+        log.warning("%s: %s %s: not written: %s%s (under a mount point of the build "
+                    "container or an ignored path, which kiln never writes)", inst.location,
+                    inst.kind, archive_path.name, shown[0], more)
 
 
 def _check_link_destination(state: StageState, inst: Instruction, dest: str) -> None:
@@ -451,7 +487,8 @@ def _copy_file(src: Path, target: Path, info: os.stat_result, owner: Ownership) 
     if stat.S_ISLNK(info.st_mode):
         os.symlink(os.readlink(src), target)
     elif stat.S_ISREG(info.st_mode):
-        with open(src, "rb") as reader, open(target, "xb") as writer:
+        with storage_errors(target, "copy to"), open(src, "rb") as reader, \
+                open(target, "xb") as writer:
             shutil.copyfileobj(reader, writer, 1 << 20)
     else:
         raise ContextError(f"{src.name}: cannot copy a special file (device, FIFO or socket)")
