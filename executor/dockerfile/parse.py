@@ -27,7 +27,8 @@ KNOWN_INSTRUCTIONS = frozenset({
 })
 
 # Instructions that must have at least one argument, as BuildKit checks.
-_NEEDS_ARGUMENTS = KNOWN_INSTRUCTIONS - {"HEALTHCHECK"}
+#: BuildKit takes a bare ``CMD``/``ENTRYPOINT`` (shell form of "") and ``[]`` (cleared) too.
+_NEEDS_ARGUMENTS = KNOWN_INSTRUCTIONS - {"HEALTHCHECK", "CMD", "ENTRYPOINT"}
 
 _DIRECTIVE = re.compile(r"^#\s*([a-zA-Z][a-zA-Z0-9_-]*)\s*=\s*(.*?)\s*$")
 

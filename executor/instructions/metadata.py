@@ -230,28 +230,46 @@ def _duration_ns(inst: Instruction, flag: str, text: str) -> int:
 
 
 def apply_healthcheck(state: StageState, inst: Instruction) -> Step:
+    check = healthcheck_config(inst)
+    state.config.container["Healthcheck"] = check
+    if check == {"Test": ["NONE"]}:
+        return Step("HEALTHCHECK NONE")
+    return Step(f"HEALTHCHECK {json.dumps(check)}")
+
+
+#: Docker's shortest healthcheck duration; anything shorter but zero is refused, as BuildKit does.
+_MINIMUM_HEALTHCHECK_NS = 1_000_000
+
+
+def healthcheck_config(inst: Instruction) -> dict[str, object]:
+    """The config's ``Healthcheck`` for a HEALTHCHECK instruction.
+
+    Zero is "not set" in Docker's config (its fields are omitempty): a flag given as zero
+    leaves its field out, as BuildKit writes it.
+    """
     flags = inst.flag_values(("interval", "timeout", "start-period", "start-interval",
                               "retries"))
     kind = inst.args[0].upper() if inst.args else ""
     if kind == "NONE":
         if len(inst.args) > 1 or flags:
             raise inst.error("HEALTHCHECK NONE takes no arguments")
-        state.config.container["Healthcheck"] = {"Test": ["NONE"]}
-        return Step("HEALTHCHECK NONE")
+        return {"Test": ["NONE"]}
     if kind != "CMD" or len(inst.args) < 2:
         raise inst.error("HEALTHCHECK requires CMD or NONE (HEALTHCHECK [OPTIONS] CMD command)")
     test = ["CMD", *inst.args[1:]] if inst.json else ["CMD-SHELL", " ".join(inst.args[1:])]
     check: dict[str, object] = {"Test": test}
     for flag, key in (("interval", "Interval"), ("timeout", "Timeout"),
                       ("start-period", "StartPeriod"), ("start-interval", "StartInterval")):
-        if flag in flags:
-            check[key] = _duration_ns(inst, flag, flags[flag])
+        if flag in flags and (value := _duration_ns(inst, flag, flags[flag])):
+            if value < _MINIMUM_HEALTHCHECK_NS:
+                raise inst.error(f'Interval "{flag}" cannot be less than 1ms')
+            check[key] = value
     if "retries" in flags:
         if not flags["retries"].isdigit():
             raise inst.error(f"invalid --retries: {flags['retries']}")
-        check["Retries"] = int(flags["retries"])
-    state.config.container["Healthcheck"] = check
-    return Step(f"HEALTHCHECK {json.dumps(check)}")
+        if retries := int(flags["retries"]):
+            check["Retries"] = retries
+    return check
 
 
 def _pairs(inst: Instruction) -> list[tuple[str, str]]:

@@ -133,12 +133,14 @@ def _ensure_workdir(state: StageState, identity: Identity) -> None:
 
 
 def _environment(state: StageState) -> dict[str, str]:
-    """ENV over ARGs (as for expansion), over the proxy build args, which need no ARG line."""
+    """ENV over ARGs (as for expansion), over the proxy build args, which need no ARG line.
+
+    No HOSTNAME: BuildKit's RUN environment has none (Docker's containers get one at run time).
+    """
     env = {name: state.plan.build_args[name] for name in PROXY_ARGS
            if name in state.plan.build_args}
     env.update(state.expansion_env())
     env.setdefault("PATH", DEFAULT_PATH)
-    env.setdefault("HOSTNAME", "kiln")
     return env
 
 
