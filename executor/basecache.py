@@ -174,6 +174,8 @@ def _saved_manifest(tar: tarfile.TarFile, tarball: Path) -> dict[str, object]:
         data = json.loads(_read_member(tar, tarball, "manifest.json", MAX_MANIFEST_SIZE))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CacheEntryError(f"{tarball}: manifest.json is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise CacheEntryError(f"{tarball}: manifest.json is nested too deeply") from None
     if not isinstance(data, list) or len(data) != 1 or not isinstance(data[0], dict):
         raise CacheEntryError(f"{tarball}: manifest.json does not describe one image")
     return cast(dict[str, object], data[0])

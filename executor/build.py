@@ -8,18 +8,20 @@ what an instruction does is in ``executor.instructions``, how changes become a l
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO, NamedTuple, cast
 
+from executor.attest.collect import Pending
 from executor.basecache import BaseImageCache
 from executor.cache import (
     CachedLayer,
@@ -59,8 +61,13 @@ from executor.publish import (
     publish,
     transfer_line,
 )
-from executor.registry.client import RegistryClient
-from executor.sandbox import SANDBOX_MOUNTS, Sandbox
+from executor.registry.client import (
+    PARTIAL_SUFFIX,
+    Cancellation,
+    RegistryClient,
+    remove_stale_partials,
+)
+from executor.sandbox import Sandbox
 from executor.workspace import temporary_workspace
 from snapshot.compress import Compression, open_decompressed
 from snapshot.errors import CorruptLayerError, UnsafeLayerError
@@ -71,6 +78,7 @@ from snapshot.snapshot import (
     Changes,
     Snapshot,
     diff_snapshots,
+    settle_ctimes,
     take_snapshot,
     wait_for_clock_tick,
 )
@@ -130,6 +138,8 @@ class Workspace:
     def create(self) -> Workspace:
         for directory in (self.blobs, self.roots, self.scratch, self.caches):
             directory.mkdir(parents=True, exist_ok=True)
+        # A SIGKILLed build's downloads and layers (snapshot/layer.py names its temp files).
+        remove_stale_partials(self.blobs, (f"*{PARTIAL_SUFFIX}", ".layer-*.tmp"))
         return self
 
 
@@ -152,6 +162,7 @@ class Builder:
     current_stage: int = -1
     stage_args: dict[int, dict[str, str]] = field(default_factory=dict)
     cache: LayerCache | None = None  # --cache
+    fetched: list[tuple[str, str]] = field(default_factory=list)  # ADD URLs (for --attest)
 
     @property
     def root(self) -> Path:
@@ -191,7 +202,8 @@ class Builder:
                            sandbox=Sandbox(self.root, in_place=self.options.in_place),
                            created=config.data["created"], source_root=self._source_root,
                            ignore=self.ignore, scratch_dir=self.workspace.scratch,
-                           kiln_dir=self.workspace.kiln_dir, secrets=self.secrets)
+                           kiln_dir=self.workspace.kiln_dir, secrets=self.secrets,
+                           fetched=self.fetched)
         if stage.base_stage is not None:  # BuildKit: a stage built FROM a stage keeps its ARGs
             state.args.update(self.stage_args.get(stage.base_stage, {}))
         layers = list(base.layers)
@@ -204,9 +216,11 @@ class Builder:
         for inst in instructions:
             snapshot = self._apply(state, inst, snapshot, layers, keys)
         if self.options.single_snapshot:
+            # The sandbox's mount points for RUN moved /etc's ctime in any RUN of the stage.
             with at_step(str(stage.location)):  # the stage's one layer: named by its FROM
                 snapshot = self._commit_layer(state, snapshot, "kiln: single snapshot of the "
-                                              "stage (--single-snapshot)", layers).snapshot
+                                              "stage (--single-snapshot)", layers,
+                                              state.sandbox.settled_paths()).snapshot
         self.root_holds = stage.index
         self.stage_args[stage.index] = dict(state.args)
         if self.options.labels:  # --label, as kaniko applies it to every stage's image
@@ -253,7 +267,8 @@ class Builder:
             if step.history is not None or step.touches_fs:
                 state.config.add_empty_history(step.history or inst.original, state.created)
             return snapshot
-        committed = self._commit_layer(state, snapshot, step.history or inst.original, layers)
+        committed = self._commit_layer(state, snapshot, step.history or inst.original, layers,
+                                       step.settled)
         if keys is not None and inst.kind in ("COPY", "ADD"):
             # Their inputs are files, not text: the key goes on from what they wrote.
             keys.key = chain(keys.key, written_content(self.root, committed.changes))
@@ -277,7 +292,7 @@ class Builder:
             log.info("Not caching cmd %s: it mounts files its cache key cannot see", command)
         step = HANDLERS["RUN"](state, inst)
         history = step.history or inst.original
-        committed = self._commit_layer(state, snapshot, history, layers)
+        committed = self._commit_layer(state, snapshot, history, layers, step.settled)
         if keyed:
             self.cache.store_layer(key, committed.layer, history)
         keys.key = chain(key, _layer_id(committed.layer))
@@ -289,17 +304,17 @@ class Builder:
         if found.layer is None:  # the RUN changed no file: an empty layer, as BuildKit has
             empty = self._commit_layer(state, snapshot, found.history, layers)
             return empty.snapshot
-        self._extract_layer(found.layer, self.root, self.ignore)
+        self._extract_layer(found.layer, self.root, self.ignore, "the layer cache")
         layers.append(found.layer)
         state.config.add_layer(found.layer.diff_id, found.history, state.created)
         return take_snapshot(self.root, self.ignore)
 
     def _commit_layer(self, state: StageState, before: Snapshot, history: str,
-                      layers: list[Layer]) -> Committed:
+                      layers: list[Layer], settled: tuple[str, ...] = ()) -> Committed:
         """Snapshot the root, and write what changed since ``before`` as a new layer."""
         log.info("Taking snapshot of full filesystem...")
         new = take_snapshot(self.root, self.ignore)
-        changes = diff_snapshots(before, new)
+        changes = diff_snapshots(settle_ctimes(before, new, settled), new)
         if changes.is_empty():
             # BuildKit commits a layer for every RUN, COPY, ADD and WORKDIR, an empty one when
             # nothing changed; kaniko skips it. Docker's image is the reference.
@@ -337,7 +352,10 @@ class Builder:
         if stage.base.lower() == "scratch":
             log.info("No base image, nothing to extract")
             return BuiltImage(ImageConfig.empty(platform), [])
-        return self._pull(stage.base, platform, str(stage.location))
+        image = self._pull(stage.base, platform, str(stage.location))
+        if stage.platform or self.options.custom_platform:
+            return _for_platform(image, platform, stage.base, str(stage.location))
+        return image
 
     def _pull(self, name: str, platform: Platform, where: str) -> BuiltImage:
         if name in self.pulled:
@@ -359,42 +377,62 @@ class Builder:
         self.pulled[name] = image
         return image
 
-    def _fetch_layers(self, image: BuiltImage) -> Iterator[Future[Layer]]:
+    def _fetch_layers(self, image: BuiltImage) -> Generator[Future[Layer], None, None]:
         """Start downloading every missing layer; yields them in order as futures."""
         pool = ThreadPoolExecutor(max_workers=3, thread_name_prefix="kiln-pull")
+        cancel = Cancellation()
 
         def fetch(layer: Layer) -> Layer:
             if not layer.path.exists():
                 assert image.source is not None
                 started = time.monotonic()
-                self.client.fetch_blob(image.source, layer.descriptor(), layer.path)
+                self.client.fetch_blob(image.source, layer.descriptor(), layer.path,
+                                       cancel=cancel)
                 log.info("%s", transfer_line("Pulled", layer.digest, layer.size,
                                              time.monotonic() - started, True))
             return layer
 
+        futures = [pool.submit(fetch, layer) for layer in image.layers]
         try:
-            futures = [pool.submit(fetch, layer) for layer in image.layers]
             yield from futures
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+        except BaseException:
+            # A failure or a stop signal: downloads still running are cut, not waited for.
+            cancel.cancel()
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
 
     def _extract(self, image: BuiltImage, root: Path, ignore: IgnoreList) -> None:
         """Extract ``image``'s layers in order; later downloads overlap earlier extraction."""
-        for future in self._fetch_layers(image):
-            layer = future.result()
-            started = time.monotonic()
-            self._extract_layer(layer, root, ignore)
-            log.debug("extracted %s in %.2fs", layer.digest, time.monotonic() - started)
+        downloads = self._fetch_layers(image)
+        try:
+            for future in downloads:
+                layer = future.result()
+                started = time.monotonic()
+                self._extract_layer(layer, root, ignore,
+                                    str(image.source) if image.source else "the base stage")
+                log.debug("extracted %s in %.2fs", layer.digest, time.monotonic() - started)
+        finally:
+            downloads.close()  # now, not when the traceback is freed: cuts running downloads
 
     @staticmethod
-    def _extract_layer(layer: Layer, root: Path, ignore: IgnoreList) -> None:
-        """Apply one downloaded layer blob, checking its digest as it is read."""
+    def _extract_layer(layer: Layer, root: Path, ignore: IgnoreList,
+                       image: str = "the image") -> None:
+        """Apply one downloaded layer blob, checking as it is read its digest and the digest of
+        what it uncompresses to against the config's ``rootfs.diff_ids`` (containerd refuses
+        to unpack an image whose layers and diff_ids disagree, so kiln must not push one)."""
         with open(layer.path, "rb") as raw:
             verified = VerifyingReader(raw, layer.digest)
             stream = open_decompressed(cast(BinaryIO, verified),
                                        compression_of(layer.media_type))
-            extract_layer(root, stream, ignore=ignore, layer_name=layer.digest)
+            uncompressed = VerifyingReader(stream, layer.diff_id)
+            extract_layer(root, cast(BinaryIO, uncompressed), ignore=ignore,
+                          layer_name=layer.digest)
             verified.verify()
+            diff_id = uncompressed.finish()
+        if diff_id != layer.diff_id:
+            raise ImageError(f"{image}: layer {layer.digest} uncompresses to diff_id {diff_id}, "
+                             f"but the image config's rootfs.diff_ids says {layer.diff_id}")
 
     def _prepare_root(self, stage: Stage, base: BuiltImage) -> Snapshot:
         """Put the base's filesystem in the root; free when the root already holds it."""
@@ -460,6 +498,27 @@ class Builder:
         self._extract(image, target, none)
         self.source_roots[ref] = target
         return target
+
+
+def _for_platform(image: BuiltImage, platform: Platform, name: str, where: str) -> BuiltImage:
+    """A single-platform base that is not the platform asked for is used as it is, with
+    BuildKit's warning, and the image built on it says the platform asked for (BuildKit and
+    kaniko both write the target's os/architecture into the config)."""
+    os_name, arch = image.config.data.get("os"), image.config.data.get("architecture")
+    if not os_name or not arch:
+        return image
+    variant = image.config.data.get("variant")
+    pulled = Platform(str(os_name), str(arch), str(variant) if variant else None)
+    if platform.matches(pulled):
+        return image
+    log.warning('InvalidBaseImagePlatform: Base image %s was pulled with platform "%s", '
+                'expected "%s" for current build (%s)', name, pulled, platform, where)
+    config = image.config.copy()
+    config.data["os"], config.data["architecture"] = platform.os, platform.architecture
+    config.data.pop("variant", None)
+    if platform.variant:
+        config.data["variant"] = platform.variant
+    return dataclasses.replace(image, config=config)
 
 
 class Committed(NamedTuple):
@@ -531,6 +590,21 @@ def _layer_cache(options: BuildOptions, client: RegistryClient, workspace: Works
     return LayerCache(settings, client, workspace.blobs, platform)
 
 
+def _attestations(options: BuildOptions, builder: Builder, started: datetime) -> Pending | None:
+    """``--attest``: the facts provenance needs and the SBOM's scan of the target's root,
+    taken now, before ``--cleanup`` removes it."""
+    if not options.attest:
+        return None
+    from executor.attest.collect import gather
+
+    return gather(options, started=started, platform=str(builder.platform),
+                  base_digests={name: image.cache_key.removeprefix("image:")
+                                for name, image in builder.pulled.items()},
+                  root_is_target=builder.root_holds == builder.plan.target,
+                  skip=builder.ignore.is_ignored, secrets=builder.secrets,
+                  fetched=builder.fetched)
+
+
 def _media_type(compression: str) -> str:
     return {"gzip": model.DOCKER_LAYER_GZIP, "zstd": model.OCI_LAYER_ZSTD,
             "none": model.OCI_LAYER}[compression]
@@ -560,6 +634,7 @@ def run_build(options: BuildOptions) -> str:
 
 
 def _build(options: BuildOptions) -> str:
+    started = datetime.now(UTC)  # --attest type=provenance: startedOn
     dockerfile = parse_dockerfile(options.dockerfile)
     platform = Platform.parse(options.custom_platform) if options.custom_platform else Platform()
     plan = plan_build(dockerfile, options.build_args, options.target, platform)
@@ -570,9 +645,10 @@ def _build(options: BuildOptions) -> str:
     try:
         with _workspace(options) as workspace:
             extra = list(options.ignore_paths)
-            if not options.in_place:
-                extra += [f"/{name}" for name in SANDBOX_MOUNTS]
-            else:
+            # A sandbox mounts /proc, /dev and /sys only inside each RUN's own mount namespace:
+            # outside a RUN they are the image's directories, written and snapshotted like any
+            # other (ADD of an archive holding sys/fs/foo gives /sys/fs/foo, as in Docker).
+            if options.in_place:
                 extra += executor_image_paths(options.root)
                 if options.cache_layout is not None:
                     extra.append(str(options.cache_layout))
@@ -586,7 +662,7 @@ def _build(options: BuildOptions) -> str:
             image = builder.build()
             if builder.cache is not None:
                 image.blob_homes.update(builder.cache.homes)
-            return publish(image, options, client)
+            return publish(image, options, client, _attestations(options, builder, started))
     finally:
         if options.cleanup and options.in_place and ignore is not None:
             delete_filesystem(options.root, ignore, Workspace(options.kaniko_dir))

@@ -276,7 +276,7 @@ class LayerCache:
             self._give_up("read", exc)
             return None
         except (ImageError, OSError, ValueError, KeyError, IndexError, TypeError,
-                AttributeError) as exc:
+                AttributeError, RecursionError) as exc:
             log.warning("Ignoring the cached layer %s: %s", where, exc)
             return None
         if found is None:

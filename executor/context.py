@@ -3,8 +3,9 @@
 Patterns follow Docker's rules (moby/patternmatcher): paths are relative to the context root
 (a leading ``/`` is dropped), ``*`` and ``?`` do not cross ``/``, ``**`` matches any number of
 directories, ``!`` re-includes, the last matching pattern wins, and a pattern that matches a
-directory excludes everything under it. ``<Dockerfile>.dockerignore`` beside the Dockerfile takes
-precedence over the context's ``.dockerignore``.
+directory excludes everything under it (matched by :mod:`executor.patterns`, in linear time).
+``<Dockerfile>.dockerignore`` beside the Dockerfile takes precedence over the context's
+``.dockerignore``.
 """
 
 from __future__ import annotations
@@ -12,12 +13,12 @@ from __future__ import annotations
 import glob
 import os
 import posixpath
-import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
 from executor.errors import ContextError
+from executor.patterns import PathPattern, PatternError, compile_path_pattern
 
 
 @dataclass(frozen=True)
@@ -26,67 +27,48 @@ class IgnorePattern:
 
     text: str
     exclusion: bool
-    regex: re.Pattern[str]
+    pattern: PathPattern
 
     @classmethod
     def parse(cls, line: str) -> IgnorePattern | None:
+        """The pattern on ``line``, None for a blank line or a comment; PatternError for a
+        pattern Docker refuses too."""
+        if line.startswith("#"):
+            return None  # only a '#' in the first column starts a comment, as in Docker
         text = line.strip()
-        if not text or text.startswith("#"):
+        if not text:
             return None
+        # Docker cleans twice: the ignore-file reader (after taking off a '!') and the matcher
+        # (with the '!' on), so "/!a" ends up an exclusion and "!/" an error; kept exactly.
+        inverted = text.startswith("!")
+        if inverted:
+            text = text[1:].strip()
+        if text:
+            text = _clean(text)
+            if len(text) > 1 and text.startswith("/"):
+                text = text[1:]
+        text = _clean(("!" if inverted else "") + text)
         exclusion = text.startswith("!")
         if exclusion:
-            text = text[1:].strip()
-        text = posixpath.normpath(text.lstrip("/")) if text.lstrip("/") else "."
-        return cls(text, exclusion, _compile(text))
+            if text == "!":
+                raise PatternError('illegal exclusion pattern: "!"')
+            text = text[1:]
+        return cls(text, exclusion, compile_path_pattern(text))
 
     def matches(self, rel: str) -> bool:
         """True if the pattern matches ``rel`` or one of its parent directories."""
-        if self.regex.match(rel):
-            return True
-        parent = rel
-        while "/" in parent:
-            parent = parent.rsplit("/", 1)[0]
-            if self.regex.match(parent):
-                return True
-        return False
+        return self.pattern.match_or_parent(rel)
 
 
-def _compile(pattern: str) -> re.Pattern[str]:
-    out = ["^"]
-    i = 0
-    while i < len(pattern):
-        ch = pattern[i]
-        if pattern.startswith("**", i):
-            i += 2
-            if pattern.startswith("/", i):
-                out.append("(.*/)?")  # '**/' matches zero or more directories
-                i += 1
-            else:
-                out.append(".*")
-            continue
-        if ch == "*":
-            out.append("[^/]*")
-        elif ch == "?":
-            out.append("[^/]")
-        elif ch == "[":
-            end = pattern.find("]", i + 1)
-            if end < 0:
-                out.append(re.escape(ch))
-            else:
-                body = pattern[i + 1:end]
-                if body.startswith("^"):
-                    body = "!" + body[1:]
-                out.append("[" + ("^" + body[1:] if body.startswith("!") else body)
-                           .replace("\\", "\\\\") + "]")
-                i = end
-        elif ch == "\\" and i + 1 < len(pattern):
-            i += 1
-            out.append(re.escape(pattern[i]))
-        else:
-            out.append(re.escape(ch))
-        i += 1
-    out.append("$")
-    return re.compile("".join(out), re.DOTALL)
+# Each line is a pattern checked against every path of the context: a file of many megabytes is
+# a mistake or an attack, refused before it is read whole (as the Dockerfile is).
+MAX_IGNORE_FILE_BYTES = 10 * 1024 * 1024
+
+
+def _clean(path: str) -> str:
+    """Go's ``filepath.Clean``: ``posixpath.normpath`` but with one leading slash at most."""
+    cleaned = posixpath.normpath(path)
+    return "/" + cleaned.lstrip("/") if cleaned.startswith("//") else cleaned
 
 
 @dataclass(frozen=True)
@@ -96,9 +78,18 @@ class DockerIgnore:
     patterns: tuple[IgnorePattern, ...] = ()
 
     @classmethod
-    def from_text(cls, text: str) -> DockerIgnore:
-        found = (IgnorePattern.parse(line) for line in text.splitlines())
-        return cls(tuple(p for p in found if p is not None))
+    def from_text(cls, text: str, source: str = ".dockerignore") -> DockerIgnore:
+        """Compile each line of ``text``; a bad pattern is a ContextError naming
+        ``source:line``."""
+        found: list[IgnorePattern] = []
+        for number, line in enumerate(text.removeprefix("\ufeff").splitlines(), start=1):
+            try:
+                pattern = IgnorePattern.parse(line)
+            except PatternError as exc:
+                raise ContextError(f"{source}:{number}: {exc}") from None
+            if pattern is not None:
+                found.append(pattern)
+        return cls(tuple(found))
 
     def reincludes_below(self, directory: str) -> bool:
         """True when a ``!`` pattern may bring back something under the excluded ``directory``,
@@ -128,7 +119,17 @@ class BuildContext:
         for candidate in (dockerfile.with_name(dockerfile.name + ".dockerignore"),
                           root / ".dockerignore"):
             if candidate.is_file():
-                return cls(root, DockerIgnore.from_text(candidate.read_text(errors="replace")))
+                try:
+                    with candidate.open("rb") as stream:
+                        data = stream.read(MAX_IGNORE_FILE_BYTES + 1)
+                except OSError as exc:
+                    raise ContextError(f"{candidate}: cannot read it: "
+                                       f"{exc.strerror or exc}") from None
+                if len(data) > MAX_IGNORE_FILE_BYTES:
+                    raise ContextError(f"{candidate}: larger than kiln's limit of "
+                                       f"{MAX_IGNORE_FILE_BYTES >> 20} MiB for an ignore file")
+                text = data.decode(errors="replace")
+                return cls(root, DockerIgnore.from_text(text, candidate.name))
         return cls(root)
 
     @cached_property

@@ -6,10 +6,13 @@ same level tag and elapsed-seconds stamp; ``--log-format json`` gives one JSON o
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
+import threading
 import time
+from collections.abc import Callable, Iterator
 
 LEVELS = {
     "panic": logging.CRITICAL, "fatal": logging.CRITICAL, "error": logging.ERROR,
@@ -64,3 +67,32 @@ def setup_logging(verbosity: str, log_format: str, timestamps: bool) -> None:
         logger.handlers[:] = [handler]
         logger.setLevel(LEVELS[verbosity])
         logger.propagate = False
+
+
+#: Seconds between "still waiting" lines while one network operation goes on.
+HEARTBEAT_SECONDS = 30.0
+
+
+@contextlib.contextmanager
+def heartbeat(describe: Callable[[], str], every: float | None = None) -> Iterator[None]:
+    """Log ``describe()`` at info level every ``every`` seconds while the block runs.
+
+    A registry that stalls is waited for up to the read timeout (two minutes) before a retry
+    line says anything; these lines keep the default log from going silent meanwhile, as a
+    person watching a CI job would otherwise cancel a build that is only waiting.
+    """
+    interval = HEARTBEAT_SECONDS if every is None else every
+    stop = threading.Event()
+    started = time.monotonic()
+    logger = logging.getLogger("kiln")
+
+    def beat() -> None:
+        while not stop.wait(interval):
+            logger.info("%s (%.0fs so far)", describe(), time.monotonic() - started)
+
+    thread = threading.Thread(target=beat, name="kiln-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()

@@ -11,6 +11,7 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from executor.attest import AttestRequest
 from executor.errors import ImageError, OptionsError
 from executor.image.reference import ImageRef
 
@@ -74,6 +75,8 @@ class BuildOptions:
     cleanup: bool = False
     #: ``--secret id=NAME,src=PATH|env=VAR``: (id, "file" or "env", path or variable name).
     secrets: tuple[tuple[str, str, str], ...] = ()
+    #: ``--attest``: provenance and SBOM statements attached to the image (executor/attest).
+    attest: tuple[AttestRequest, ...] = ()
     #: ``--reproducible``: timestamps of config, history and new layer entries at the epoch.
     reproducible: bool = False
     #: ``--context`` when it names something to fetch (``tar://``, ``git://``, ``https://``,
@@ -119,6 +122,7 @@ class BuildOptions:
         """Check flag combinations; returns self so construction reads as one expression."""
         if not self.destinations and not self.no_push:
             raise OptionsError("you must provide --destination, or use --no-push")
+        _check_destinations(self.destinations)
         if self.compression not in ("gzip", "zstd"):
             raise OptionsError(f"--compression must be gzip or zstd, not {self.compression!r}")
         limits = {"gzip": (-1, 9), "zstd": (-1, 22)}[self.compression]
@@ -200,6 +204,20 @@ def not_a_file(label: str, path: Path) -> str | None:
     if kind == "missing":
         return f"{label}: no such file"
     return f"{label}: is {kind}, not a file" if kind.startswith("a ") else f"{label}: {kind}"
+
+
+def _check_destinations(destinations: tuple[str, ...]) -> None:
+    """Each ``--destination`` must be a reference a push can write, checked before the build
+    rather than after it: a digest names content that does not exist until the build ends."""
+    for destination in destinations:
+        try:
+            ref = ImageRef.parse(destination)
+        except ImageError as exc:
+            raise OptionsError(f"--destination {destination}: {exc}") from None
+        if ref.digest:
+            raise OptionsError(f"--destination {destination}: a digest cannot be pushed to (the "
+                               "image's digest is known only once it is built); give a tag, "
+                               f"such as {ref.name}:{ref.tag or 'latest'}")
 
 
 def _check_sandbox_root(root: Path, kaniko_dir: Path | None) -> None:

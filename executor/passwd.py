@@ -34,13 +34,26 @@ def _read_table(root: Path, path: str) -> list[list[str]]:
 
 
 def lookup_user(root: Path, name: str) -> PasswdEntry | None:
-    """The passwd entry for a user name or numeric uid, or None when there is none."""
+    """The passwd entry for a user name, or for a numeric uid; None when there is none.
+
+    A number is only ever a uid and a name only ever a name, as runc's lookup takes them.
+    """
+    numeric = name.isdigit()
     for fields in _read_table(root, "/etc/passwd"):
-        if len(fields) >= 6 and (fields[0] == name or fields[2] == name):
-            try:
-                return PasswdEntry(fields[0], int(fields[2]), int(fields[3]), fields[5] or "/")
-            except ValueError:
-                continue
+        if len(fields) < 6 or fields[2 if numeric else 0] != name:
+            continue
+        try:
+            return PasswdEntry(fields[0], int(fields[2]), int(fields[3]), fields[5] or "/")
+        except ValueError:
+            continue
+    return None
+
+
+def _lookup_gid(root: Path, name: str) -> int | None:
+    """The gid of a group name, or None when /etc/group (or the file) has no such group."""
+    for fields in _read_table(root, "/etc/group"):
+        if len(fields) >= 3 and fields[0] == name and fields[2].isdigit():
+            return int(fields[2])
     return None
 
 
@@ -48,10 +61,10 @@ def lookup_group(root: Path, name: str) -> int:
     """The gid of a group name or number; UnknownUserError when the image has no such group."""
     if name.isdigit():
         return int(name)
-    for fields in _read_table(root, "/etc/group"):
-        if len(fields) >= 3 and fields[0] == name and fields[2].isdigit():
-            return int(fields[2])
-    raise UnknownUserError(f"unable to find group {name}")
+    gid = _lookup_gid(root, name)
+    if gid is None:
+        raise UnknownUserError(f"unable to find group {name}")
+    return gid
 
 
 def supplementary_groups(root: Path, user: str, primary: int) -> tuple[int, ...]:
@@ -88,19 +101,83 @@ def owner_ids(root: Path, spec: str) -> tuple[int, int]:
     return uid, gid
 
 
-def resolve_identity(root: Path, spec: str) -> Identity:
-    """``USER`` value (``name``, ``uid``, ``name:group``, ``uid:gid``) as an Identity.
+def _fast_id(text: str) -> int | None:
+    """A uid or gid given as a number or as ``root``, which BuildKit takes without a lookup."""
+    if text == "root":
+        return 0
+    return int(text) if text.isdigit() else None
 
-    A numeric uid missing from passwd is allowed (gid 0, home /), as Docker allows it; a name
-    missing from passwd is an error.
+
+def _home_of(root: Path, uid: int) -> str:
+    """HOME as runc sets it: the uid's passwd entry's home directory, else ``/``."""
+    entry = lookup_user(root, str(uid))
+    return entry.home if entry is not None else "/"
+
+
+def resolve_identity(root: Path, spec: str) -> Identity:
+    """Who a RUN runs as for a ``USER`` value (``""`` when there is none), as BuildKit decides.
+
+    - No USER: uid 0, found in passwd if it is there; an image with no ``/etc/passwd`` (a
+      ``FROM scratch`` stage with a static shell) still runs as 0:0 with HOME ``/``.
+    - ``uid:gid`` where both are numbers or ``root``: taken as they are, without a lookup, so
+      ``root:root`` works where there is no passwd file.
+    - Otherwise the user is looked up: a number missing from passwd is allowed (gid 0, HOME
+      ``/``); a name missing from it is an error, ``root`` included (BuildKit's own message).
+      A group given by number is allowed when missing; by name it must exist. Without a
+      group, the groups that list the user are its supplementary groups.
     """
-    user, _, group = spec.partition(":")
+    user, sep, group = spec.partition(":")
+    if not spec:
+        entry = lookup_user(root, "0")
+        if entry is None:
+            return Identity(uid=0, gid=0, groups=(0,), home="/")
+        return Identity(uid=0, gid=entry.gid,
+                        groups=supplementary_groups(root, entry.name, entry.gid),
+                        home=entry.home)
+    fast_uid, fast_gid = _fast_id(user), _fast_id(group)
+    if sep and fast_uid is not None and fast_gid is not None:
+        return Identity(uid=fast_uid, gid=fast_gid, groups=(fast_gid,),
+                        home=_home_of(root, fast_uid))
     entry = lookup_user(root, user)
     if entry is None:
         if not user.isdigit():
             raise UnknownUserError(f"unable to find user {user}: no matching entries in "
                                    "passwd file")
         entry = PasswdEntry(user, int(user), 0, "/")
-    gid = lookup_group(root, group) if group else entry.gid
-    groups = (gid,) if group else supplementary_groups(root, entry.name, entry.gid)
-    return Identity(uid=entry.uid, gid=gid, groups=groups, home=entry.home)
+        named = False
+    else:
+        named = True
+    if not group:
+        groups = (supplementary_groups(root, entry.name, entry.gid) if named
+                  else (entry.gid,))
+        return Identity(uid=entry.uid, gid=entry.gid, groups=groups, home=entry.home)
+    gid = int(group) if group.isdigit() else _lookup_gid(root, group)
+    if gid is None:
+        raise UnknownUserError(f"unable to find group {group}: no matching entries in group "
+                               "file")
+    return Identity(uid=entry.uid, gid=gid, groups=(gid,), home=entry.home)
+
+
+def file_owner(root: Path, spec: str) -> tuple[int, int]:
+    """Owner of what WORKDIR creates under ``USER spec``, by BuildKit's rule for file changes.
+
+    Unlike a RUN's user, nothing here fails: a number (or ``root``) is taken as uid and gid
+    both (``USER 1234`` gives 1234:1234), a name is looked up in passwd and gives 0:0 when it
+    is missing (``USER root`` in an image with no passwd); a group, when given, replaces the
+    gid if it is a number or a name the image has.
+    """
+    user, _, group = spec.partition(":")
+    uid = gid = 0
+    fast = _fast_id(user)
+    if fast is not None:
+        uid = gid = fast
+    else:
+        entry = lookup_user(root, user) if user else None
+        if entry is not None:
+            uid, gid = entry.uid, entry.gid
+    if group:
+        fast = _fast_id(group)
+        named = fast if fast is not None else _lookup_gid(root, group)
+        if named is not None:
+            gid = named
+    return uid, gid

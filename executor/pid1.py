@@ -8,13 +8,14 @@ runs on until SIGKILL, maybe half way through a push. kiln turns SIGTERM and SIG
 the exit code is 128 + the signal. The same handlers serve outside PID 1, where the default
 action would kill kiln and leave the RUN command (in its own session) running.
 
-Processes a RUN leaves behind that escaped its process group (``setsid`` daemons) are
-re-parented to PID 1 when their parent exits; each becomes a zombie when it ends unless PID 1
-waits for it. kiln reaps them on SIGCHLD and after every RUN, but only *orphans*: children it
-did not start itself, recognised because kiln's own helpers stay in its process group and no
-reaping happens while a RUN command (in a session of its own) runs (:func:`reaping_paused`). Reaping
-blindly with ``waitpid(-1)`` would steal the exit status ``subprocess`` waits for and turn a
-failed RUN into a success.
+Processes a RUN leaves behind never reach kiln: the RUN's keeper (``executor.lifetime``) is
+their subreaper and kills them when the RUN ends. What else is re-parented to PID 1 (a process
+of the container's own, a keeper's orphans if it was killed) becomes a zombie when it ends
+unless PID 1 waits for it. kiln reaps those on SIGCHLD and after every RUN, but only *orphans*:
+children it did not start itself, recognised because kiln's own helpers stay in its process
+group and no reaping happens while a RUN's keeper (in a session of its own) runs
+(:func:`reaping_paused`). Reaping blindly with ``waitpid(-1)`` would steal the exit status
+``subprocess`` waits for and turn a failed RUN into a success.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ import os
 import signal
 from collections.abc import Iterator
 from types import FrameType
+
+from executor.lifetime import process_table
 
 log = logging.getLogger("kiln")
 
@@ -98,7 +101,7 @@ def reap_orphans(proc: str = "/proc") -> list[int]:
     """Wait for every zombie child kiln did not start; returns their pids."""
     me, my_group = os.getpid(), os.getpgrp()
     reaped = []
-    for pid, ppid, state, group in _children_states(proc):
+    for pid, ppid, state, group in process_table(proc):
         if ppid != me or state != "Z" or group == my_group:
             continue
         with contextlib.suppress(ChildProcessError):
@@ -107,23 +110,3 @@ def reap_orphans(proc: str = "/proc") -> list[int]:
     if reaped:
         log.debug("reaped orphaned processes %s", reaped)
     return reaped
-
-
-def _children_states(proc: str) -> Iterator[tuple[int, int, str, int]]:
-    """(pid, ppid, state, process group) of every process ``/proc`` lists."""
-    try:
-        names = os.listdir(proc)
-    except OSError:
-        return
-    for name in names:
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"{proc}/{name}/stat", "rb") as f:
-                stat = f.read().decode(errors="replace")
-        except OSError:
-            continue
-        # The command name is in parentheses and may itself contain ") ".
-        fields = stat[stat.rfind(")") + 2:].split()
-        if len(fields) >= 3:
-            yield int(name), int(fields[1]), fields[0], int(fields[2])

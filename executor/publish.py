@@ -9,6 +9,7 @@ annotations).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -18,6 +19,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from executor.errors import OptionsError, RegistryError
 from executor.image import model
@@ -29,8 +31,12 @@ from executor.options import BuildOptions
 from executor.registry.auth import RegistryAuth
 from executor.registry.client import PullSources, RegistryClient, RegistryHTTPError
 from executor.registry.credentials import Keychain, registry_host
-from executor.registry.transport import Transport, TransportOptions
+from executor.registry.transport import Transport, TransportOptions, timing_from_environment
 from snapshot.errors import os_error_reason, storage_errors
+
+if TYPE_CHECKING:
+    from executor.attest.attach import Attached
+    from executor.attest.collect import Pending
 
 log = logging.getLogger("kiln")
 
@@ -65,6 +71,7 @@ def make_client(options: BuildOptions, keychain: Keychain | None = None) -> Regi
         skip_tls_verify_registries=frozenset(options.skip_tls_verify_registries),
         registry_certificates=dict(options.registry_certificates),
         client_certificates=dict(options.registry_client_certs),
+        **timing_from_environment(),  # type: ignore[arg-type]
     ))
     auth = RegistryAuth(keychain or Keychain.from_environment(), transport)
     return RegistryClient(transport=transport, auth=auth, pull_sources=pull_sources(options))
@@ -129,24 +136,75 @@ def finalize(image: BuiltImage, image_format: str | None = None,
     return FinalImage(manifest, manifest.to_bytes(), config_bytes, layers)
 
 
-def publish(image: BuiltImage, options: BuildOptions, client: RegistryClient) -> str:
+def publish(image: BuiltImage, options: BuildOptions, client: RegistryClient,
+            attestations: Pending | None = None) -> str:
     """Write every requested local output, then push to every destination; returns the digest.
 
     The local outputs come first, as in kaniko: a full disk or an unwritable path then fails
     the build before anything is pushed, rather than after the tag has moved.
     """
-    final = finalize(image, options.image_format, options.annotations)
+    if attestations is not None:  # an index holds the image: BuildKit's are OCI
+        if options.image_format == "docker":
+            raise OptionsError("--attest needs an OCI image index; drop --image-format docker")
+        final = finalize(image, "oci", options.annotations)
+    else:
+        final = finalize(image, options.image_format, options.annotations)
     destinations = [ImageRef.parse(d) for d in options.destinations]
-    write_local_outputs(final, options, destinations)
+    attached = _attach(attestations, final, destinations) if attestations else None
+    write_local_outputs(final, options, destinations, attached)
     if options.no_push:
         log.info("Skipping push to container registry due to --no-push flag")
     else:
         for ref in destinations:
-            push_image(client, ref, final, image.source, retries=options.push_retry,
+            push_image(client, ref if attached is None else _by_digest(ref, final.digest),
+                       final, image.source, retries=options.push_retry,
                        ignore_immutable_tag=options.push_ignore_immutable_tag_errors,
                        homes=image.blob_homes)
-        _write_builder_output(destinations, final.digest)
-    return final.digest
+            if attached is not None:
+                push_attached(client, ref, attached)
+        _write_builder_output(destinations, _named_digest(final, attached))
+    return _named_digest(final, attached)
+
+
+def _attach(attestations: Pending, final: FinalImage, destinations: Sequence[ImageRef]
+            ) -> Attached:
+    """The statements about ``final`` and the index naming both (``--attest``)."""
+    from executor.attest.attach import attach, image_platform, write_files
+    from executor.attest.collect import subjects_for
+
+    platform = image_platform(final.config_bytes)
+    platform_text = "/".join(platform[k] for k in ("os", "architecture", "variant")
+                             if k in platform)
+    names = [f"{ref.name}:{ref.tag or 'latest'}" for ref in destinations]
+    made = attestations.statements(subjects_for(names, final.digest, platform_text),
+                                   names[0] if names else "image")
+    for request, statement in made:
+        if request.dest is not None:
+            with storage_errors(f"--attest dest={request.dest}"):
+                write_files(request.dest, [statement], request.kind)
+    return attach([statement for _, statement in made], final.manifest_bytes,
+                  final.manifest.media_type, platform)
+
+
+def _by_digest(ref: ImageRef, digest: str) -> ImageRef:
+    """``ref``'s repository at ``digest`` and no tag: the image under the index the tag names."""
+    return dataclasses.replace(ref, tag=None, digest=digest)
+
+
+def _named_digest(final: FinalImage, attached: Attached | None) -> str:
+    """What the tag names: the index when attestations ride along (as BuildKit reports it)."""
+    return attached.index.digest if attached is not None else final.digest
+
+
+def push_attached(client: RegistryClient, ref: ImageRef, attached: Attached) -> None:
+    """The attestation blobs and manifest (by digest), then the index under the tag."""
+    repo = _by_digest(ref, attached.manifest.digest)
+    for blob in attached.blobs:
+        client.push_blob_bytes(repo, Descriptor(blob.media_type, blob.digest, len(blob.data)),
+                               blob.data)
+    client.push_manifest(repo, attached.manifest.data, attached.manifest.media_type)
+    client.push_manifest(ref, attached.index.data, attached.index.media_type)
+    log.info("Pushed %s@%s (image index with attestations)", ref.name, attached.index.digest)
 
 
 def local_outputs(options: BuildOptions) -> list[tuple[str, Path]]:
@@ -201,7 +259,8 @@ def _probe_directory(flag: str, path: Path, directory: Path) -> None:
 
 
 def write_local_outputs(final: FinalImage, options: BuildOptions,
-                        destinations: Sequence[ImageRef]) -> None:
+                        destinations: Sequence[ImageRef], attached: Attached | None = None
+                        ) -> None:
     """``--tar-path``, ``--oci-layout-path`` and the digest files, each whole or not at all;
     a failure names the flag and the path the user gave, never a temporary name."""
     if options.tar_path:
@@ -215,9 +274,12 @@ def write_local_outputs(final: FinalImage, options: BuildOptions,
 
         name = destinations[0].reference if destinations else None
         with storage_errors(f"--oci-layout-path {options.oci_layout_path}"):
-            write_oci_layout(options.oci_layout_path, final.manifest_bytes, final.config_bytes,
-                             list(final.layers), name)
-    digest = final.digest
+            if attached is None:
+                write_oci_layout(options.oci_layout_path, final.manifest_bytes,
+                                 final.config_bytes, list(final.layers), name)
+            else:
+                _write_attached_layout(options.oci_layout_path, final, attached, name)
+    digest = _named_digest(final, attached)
     for flag, path, text in (
             ("--digest-file", options.digest_file, digest),
             ("--image-name-with-digest-file", options.image_name_with_digest_file,
@@ -227,6 +289,23 @@ def write_local_outputs(final: FinalImage, options: BuildOptions,
         if path is not None:
             with storage_errors(f"{flag} {path}"):
                 write_output(path, text.encode())
+
+
+def _write_attached_layout(path: Path, final: FinalImage, attached: Attached,
+                           name: str | None) -> None:
+    """The image's blobs and manifest, the attestation blobs and manifest, and ``index.json``
+    naming only the index (``name``), as BuildKit's OCI exporter lays it out; blobs first."""
+    from executor.image.layout import add_to_index, init_layout, link_blob, write_blob
+
+    init_layout(path)
+    write_blob(path, final.config_bytes, final.manifest.config.media_type)
+    for layer in final.layers:
+        link_blob(path, layer.path, layer.digest, layer.size)
+    write_blob(path, final.manifest_bytes, final.manifest.media_type)
+    for blob in (*attached.blobs, attached.manifest, attached.index):
+        write_blob(path, blob.data, blob.media_type)
+    add_to_index(path, Descriptor(attached.index.media_type, attached.index.digest,
+                                  len(attached.index.data)), name)
 
 
 def push_image(client: RegistryClient, ref: ImageRef, final: FinalImage,

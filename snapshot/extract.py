@@ -9,9 +9,10 @@ out of the root. Within those walls extraction is exact, following the OCI image
 content, a later entry replaces an earlier one of another type, and owner, mode, mtime (to the
 nanosecond), xattrs, hardlinks, FIFOs and device nodes are restored where the process may.
 
-It is also a hot path (a debian base, 50,000-file layers), so the stream is parsed here rather
-than through :mod:`tarfile` (several times slower per entry), read once with a 1 MiB buffer and
-never held in memory, and verified directories are cached within the layer, so that a file
+It is also a hot path (a debian base, 50,000-file layers), so the stream is parsed by
+:mod:`snapshot.tarstream` rather than :mod:`tarfile` (several times slower per entry), read once
+with a 1 MiB buffer and never held in memory, and verified directories are cached within the
+layer, so that a file
 costs at most the syscalls GNU tar makes for it (open, write, fchown, fchmod, futimens, close),
 and fewer when the new file's owner and mode are already the ones the tar asks for. Those
 syscalls and this module's Python cost about the same per file, so small new files are made by
@@ -30,19 +31,32 @@ set through the new file's fd or with ``follow_symlinks=False``.
 
 from __future__ import annotations
 
-import base64
 import errno
 import logging
 import os
-import posixpath
 import stat
-import urllib.parse
-import zlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import BinaryIO
 
 from snapshot.errors import CorruptLayerError, SnapshotError, UnsafeLayerError
 from snapshot.forking import usable_cpus
+from snapshot.securepath import Ignores, Missing, Refused, RootResolver
+from snapshot.tarstream import (
+    AREG,
+    BLK,
+    CHR,
+    CONT,
+    DIR,
+    FIFO,
+    LNK,
+    REG,
+    SYM,
+    TarHeader,
+    TarReader,
+    one_line,
+    show_name,
+)
 from snapshot.writers import CREATE_FLAGS, FileWriters, WriterFailed
 
 log = logging.getLogger("kiln")
@@ -53,26 +67,6 @@ OPAQUE_WHITEOUT = ".wh..wh..opq"
 # skips them, and so do we.
 _AUFS_META_PREFIX = ".wh..wh."
 
-_BLOCK = 512
-_ZERO_BLOCK = bytes(_BLOCK)
-_CHUNK = 1 << 20
-# PAX and GNU long-name headers of one entry, and all global PAX headers, together; real ones
-# are a few KiB. A bound, so a hostile stream cannot make us hold gigabytes of "headers".
-_MAX_EXTENDED_HEADERS = 16 << 20
-_PATH_MAX = 4095  # bytes in a path the kernel accepts (PATH_MAX 4096 less the NUL)
-_MAX_LINKS = 40  # symlinks followed in one lookup before the kernel says ELOOP
-_NO_ID = 0xFFFF_FFFF  # (uid_t) -1: chown's "no change", so no owner can be it
-_SHOWN_NAME = 120  # characters of a name an error message shows
-
-# Entry types (the typeflag byte).
-_REG, _AREG, _CONT = ord("0"), 0, ord("7")
-_LNK, _SYM, _CHR, _BLK, _DIR, _FIFO = (ord(c) for c in "123456")
-_PAX, _GLOBAL_PAX, _GNU_LONGNAME, _GNU_LONGLINK = (ord(c) for c in "xgLK")
-_EXTENDED = frozenset((_PAX, _GLOBAL_PAX, _GNU_LONGNAME, _GNU_LONGLINK))
-_POSIX_MAGIC = b"ustar\x00"
-# The ustar header: name [0:100], mode uid gid [100:124], size mtime [124:148], chksum
-# [148:156], typeflag [156], linkname [157:257], magic [257:263], version, uname, gname,
-# devmajor [329:337], devminor [337:345], prefix [345:500] (GNU keeps atime and ctime there).
 
 # Files handed to helper processes (snapshot/writers.py): only once a layer has shown this many
 # that qualify (a fork is not free), and only up to this size (larger ones would cross a pipe
@@ -83,16 +77,9 @@ _MAX_HELPERS = 3
 _OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-class Ignores(Protocol):
-    """What extraction needs of :class:`snapshot.ignore.IgnoreList`."""
-
-    def is_ignored(self, rel: str) -> bool: ...
-
-    def may_ignore_in(self, directory: str) -> bool: ...
-
-
 def extract_layer(root: Path, tar_stream: BinaryIO, *, ignore: Ignores, layer_name: str,
-                  helpers: int | None = None) -> None:
+                  helpers: int | None = None, chroot: bool = False,
+                  skipped: Callable[[str], None] | None = None) -> None:
     """Apply the uncompressed layer tar ``tar_stream`` over ``root``.
 
     The stream is read once, to its end (so a digest computed as it passes is complete).
@@ -107,407 +94,25 @@ def extract_layer(root: Path, tar_stream: BinaryIO, *, ignore: Ignores, layer_na
     behind, and a second helper keeps the CPU busy meanwhile (extract-50k on two CPUs: 0.50 s
     with two helpers, 0.57 s with one). Unlike the walk's, the choice ignores the machine's
     momentary load: a CPU that is busy now is seldom busy for the seconds a base image takes.
+
+    ``chroot`` extracts as Docker's ``chrootarchive`` extracts an ``ADD`` archive into its
+    destination: the root is a chroot, so a name or link that climbs above it (``../x``,
+    ``up -> ..``) stays at it instead of being refused, and an entry naming the root itself
+    (``""``, ``./``) is skipped. Nothing can leave the root either way; a layer keeps the
+    stricter rule, since no real layer climbs. ``skipped`` is told the name of each entry
+    left out because of the ignore list (a directory that is itself ignored excepted).
     """
-    reader = _TarReader(tar_stream, layer_name)
+    reader = TarReader(tar_stream, layer_name)
     if helpers is None:
         cpus = usable_cpus()
         helpers = min(cpus, _MAX_HELPERS) if cpus > 1 else 0
-    extractor = _Extractor(root, ignore, layer_name, reader, helpers)
+    extractor = _Extractor(root, ignore, layer_name, reader, helpers, chroot=chroot,
+                           skipped=skipped)
     try:
         extractor.apply_all()
         extractor.finish()
     finally:
         extractor.stop_helpers()
-
-
-def show_name(name: str) -> str:
-    """``name`` quoted for a one-line message: control characters escaped, long names cut."""
-    if len(name) > _SHOWN_NAME:
-        name = name[:_SHOWN_NAME] + "…"
-    text = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    return '"' + text.translate(_ESCAPES) + '"'
-
-
-_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)} | {ord('"'): '\\"'}
-
-
-# --- reading the stream ---------------------------------------------------------------------
-
-
-class _Header:
-    """One entry of the stream, with its PAX and GNU extensions folded in."""
-
-    __slots__ = ("atime_ns", "devmajor", "devminor", "gid", "kind", "linkname", "mode",
-                 "mtime_ns", "name", "size", "uid", "xattrs")
-
-    def __init__(self, name: str, kind: int, mode: int, uid: int, gid: int, size: int,
-                 mtime_ns: int, linkname: str) -> None:
-        self.name = name
-        self.kind = kind
-        self.mode = mode
-        self.uid = uid
-        self.gid = gid
-        self.size = size
-        self.mtime_ns = mtime_ns
-        self.atime_ns = mtime_ns
-        self.linkname = linkname
-        self.devmajor = 0
-        self.devminor = 0
-        self.xattrs: dict[str, bytes] | None = None
-
-
-class _TarReader:
-    """Headers of a ustar / PAX / GNU tar stream, one at a time, with a bounded buffer."""
-
-    def __init__(self, stream: BinaryIO, layer: str) -> None:
-        self._stream = stream
-        self._layer = layer
-        self._buf = b""
-        self._pos = 0
-        self._pending = 0  # data and padding of the current entry not consumed yet
-        self._global_pax: dict[bytes, bytes] = {}
-        self._global_size = 0
-        self._last = ""  # name of the last entry, for messages
-
-    # Buffer primitives.
-
-    def _read(self, size: int) -> bytes:
-        try:
-            return self._stream.read(size)
-        except Exception as e:  # zlib.error, EOFError, OSError, zstd errors: one line, no trace
-            raise CorruptLayerError(
-                f"layer {self._layer}: cannot read the layer stream: {_one_line(e)}") from e
-
-    def _take(self, size: int) -> bytes:
-        """The next ``size`` bytes, or fewer when the stream ends first."""
-        pos = self._pos
-        if len(self._buf) - pos >= size:
-            self._pos = pos + size
-            return self._buf[pos:pos + size]
-        parts = [self._buf[pos:]]
-        have = len(parts[0])
-        while have < size:
-            chunk = self._read(max(_CHUNK, size - have))
-            if not chunk:
-                break
-            parts.append(chunk)
-            have += len(chunk)
-        data = b"".join(parts)
-        if have <= size:
-            self._buf, self._pos = b"", 0
-            return data
-        self._buf, self._pos = data, size
-        return data[:size]
-
-    def _skip(self, size: int) -> None:
-        avail = len(self._buf) - self._pos
-        if avail >= size:
-            self._pos += size
-            return
-        size -= avail
-        self._buf, self._pos = b"", 0
-        while size > 0:
-            chunk = self._read(_CHUNK)
-            if not chunk:
-                raise self._truncated()
-            if len(chunk) > size:
-                self._buf, self._pos = chunk, size
-                return
-            size -= len(chunk)
-
-    def copy_to(self, fd: int, size: int) -> None:
-        """Write the current entry's ``size`` data bytes to ``fd`` and step over its padding."""
-        self._pending = 0
-        pad = -size % _BLOCK
-        pos = self._pos
-        avail = len(self._buf) - pos
-        if avail >= size + pad:  # the common case: a small file, already in the buffer
-            data = memoryview(self._buf)[pos:pos + size]
-            written = os.write(fd, data)
-            if written != size:
-                _write_all(fd, data[written:])
-            self._pos = pos + size + pad
-            return
-        if avail >= size:
-            _write_all(fd, memoryview(self._buf)[pos:pos + size])
-            self._pos = pos + size
-        else:
-            if avail:
-                _write_all(fd, memoryview(self._buf)[pos:])
-            size -= avail
-            self._buf, self._pos = b"", 0
-            while size > 0:
-                chunk = self._read(_CHUNK)
-                if not chunk:
-                    raise self._truncated()
-                if len(chunk) > size:
-                    _write_all(fd, memoryview(chunk)[:size])
-                    self._buf, self._pos = chunk, size
-                    break
-                _write_all(fd, chunk)
-                size -= len(chunk)
-        if pad:
-            self._skip(pad)
-
-    def take_data(self, size: int) -> bytes:
-        """The current entry's ``size`` data bytes (a small file's), stepping over its padding."""
-        self._pending = 0
-        pad = -size % _BLOCK
-        pos = self._pos
-        if len(self._buf) - pos >= size + pad:
-            self._pos = pos + size + pad
-            return self._buf[pos:pos + size]
-        data = self._take(size)
-        if len(data) < size:
-            raise self._truncated()
-        if pad:
-            self._skip(pad)
-        return data
-
-    def _drain(self) -> None:
-        """Read to the end, so that whoever hashes the stream as it passes sees all of it."""
-        self._buf, self._pos = b"", 0
-        while self._read(_CHUNK):
-            pass
-
-    def _truncated(self) -> CorruptLayerError:
-        where = f"after entry {show_name(self._last)}" if self._last else "in the first header"
-        return CorruptLayerError(f"layer {self._layer}: truncated: the stream ends {where}")
-
-    def _corrupt(self, problem: str) -> CorruptLayerError:
-        where = f"after entry {show_name(self._last)}" if self._last else "at the first header"
-        return CorruptLayerError(f"layer {self._layer}: not a valid tar stream {where}: {problem}")
-
-    # Headers.
-
-    def next(self) -> _Header | None:
-        """The next entry's header, or None at the end of the archive."""
-        if self._pending:
-            self._skip(self._pending)
-            self._pending = 0
-        pax: dict[bytes, bytes] | None = None
-        long_name = long_link = None
-        extended = 0
-        while True:
-            block = self._take(_BLOCK)
-            if len(block) < _BLOCK:
-                if not block and pax is None and long_name is None and long_link is None:
-                    # The end-of-archive blocks are missing; Go's reader and tarfile accept
-                    # that, and a cut download is caught by the digest of the blob.
-                    self._drain()
-                    return None
-                raise self._truncated()
-            if block == _ZERO_BLOCK:
-                following = self._take(_BLOCK)
-                if following.count(0) != len(following):
-                    raise self._corrupt("a lone zero block inside the archive")
-                self._drain()
-                return None
-            try:
-                numbers = _numbers(block)
-            except ValueError:
-                numbers = None
-            if numbers is None or not _checksum_matches(block, numbers[5]):
-                raise self._corrupt("a header whose checksum does not match (not a tar?)")
-            size = numbers[3]
-            if size < 0:
-                raise self._corrupt("a header with a bad size")
-            kind = block[156]
-            if kind not in _EXTENDED:
-                break
-            extended += size
-            if kind == _GLOBAL_PAX:
-                self._global_size += size
-            if max(extended, self._global_size) > _MAX_EXTENDED_HEADERS:
-                raise self._corrupt(f"extended headers of more than {_MAX_EXTENDED_HEADERS} "
-                                    "bytes")
-            data = self._take(size + (-size % _BLOCK))
-            if len(data) < size:
-                raise self._truncated()
-            data = data[:size]
-            if kind in (_PAX, _GLOBAL_PAX):
-                try:
-                    records = _parse_pax(data)
-                except ValueError as e:
-                    raise self._corrupt(f"a bad PAX header ({e})") from None
-                if kind == _GLOBAL_PAX:
-                    self._global_pax.update(records)
-                else:
-                    pax = records if pax is None else pax | records
-            elif kind == _GNU_LONGNAME:
-                long_name = data.split(b"\0", 1)[0]
-            else:
-                long_link = data.split(b"\0", 1)[0]
-        try:
-            header = self._build(block, numbers, kind, pax, long_name, long_link)
-        except _BadHeader as e:
-            raise self._corrupt(str(e)) from None
-        except ValueError:  # a numeric field or PAX value that is not a number, bad base64
-            raise self._corrupt("a header with a malformed field") from None
-        self._last = header.name
-        self._pending = header.size + (-header.size % _BLOCK)
-        return header
-
-    def _build(self, block: bytes, numbers: tuple[int, ...], kind: int,
-               pax: dict[bytes, bytes] | None, long_name: bytes | None,
-               long_link: bytes | None) -> _Header:
-        mode, uid, gid, size, mtime, _ = numbers
-        if long_name is not None:
-            raw_name = long_name
-        else:
-            end = block.find(0, 0, 100)
-            raw_name = block[:end] if end >= 0 else block[:100]
-            if block[345] and block[257:263] == _POSIX_MAGIC:  # a ustar name prefix
-                end = block.find(0, 345, 500)
-                raw_name = block[345:end if end >= 0 else 500] + b"/" + raw_name
-        if long_link is not None:
-            raw_link = long_link
-        elif kind in (_SYM, _LNK):
-            end = block.find(0, 157, 257)
-            raw_link = block[157:end if end >= 0 else 257]
-        else:
-            raw_link = b""
-        if kind == _AREG and raw_name.endswith(b"/"):
-            kind = _DIR  # pre-POSIX tars mark directories by the trailing slash only
-        header = _Header(raw_name.decode("utf-8", "surrogateescape"), kind, mode & 0o7777,
-                         uid, gid, size, mtime * 1_000_000_000,
-                         raw_link.decode("utf-8", "surrogateescape"))
-        if self._global_pax:
-            pax = self._global_pax if pax is None else self._global_pax | pax
-        if pax:  # rare: most entries are plain ustar headers
-            _fold_pax(header, pax)
-        if not (0 <= header.uid < _NO_ID and 0 <= header.gid < _NO_ID):
-            # Only PAX and base-256 numbers reach this far; chown would take -1 as "leave it".
-            raise _BadHeader(f"an owner {header.uid}:{header.gid} out of range")
-        if kind in (_CHR, _BLK):
-            header.devmajor = _number(block[329:337])
-            header.devminor = _number(block[337:345])
-        return header
-
-
-def _fold_pax(header: _Header, pax: dict[bytes, bytes]) -> None:
-    """Let the PAX records of an entry override its ustar fields."""
-    for key, value in pax.items():
-        if key == b"path":
-            header.name = value.decode("utf-8", "surrogateescape")
-        elif key == b"linkpath":
-            header.linkname = value.decode("utf-8", "surrogateescape")
-        elif key == b"size":
-            header.size = int(value)
-        elif key == b"uid":
-            header.uid = int(value)
-        elif key == b"gid":
-            header.gid = int(value)
-        elif key == b"mtime":
-            header.mtime_ns = _pax_time_ns(value)
-            if b"atime" not in pax:
-                header.atime_ns = header.mtime_ns
-        elif key == b"atime":
-            header.atime_ns = _pax_time_ns(value)
-        elif key.startswith(b"SCHILY.xattr."):
-            header.xattrs = header.xattrs or {}
-            header.xattrs[key[13:].decode("utf-8", "surrogateescape")] = value
-        elif key.startswith(b"LIBARCHIVE.xattr."):
-            header.xattrs = header.xattrs or {}
-            attr = urllib.parse.unquote_to_bytes(key[17:])
-            header.xattrs[attr.decode("utf-8", "surrogateescape")] = base64.b64decode(
-                value + b"=" * (-len(value) % 4))
-        elif key.startswith(b"GNU.sparse."):
-            raise _BadHeader("a sparse file, which layers do not use")
-    if header.size < 0:
-        raise _BadHeader("a header with a bad size")
-
-
-class _BadHeader(ValueError):
-    """A header that parses but describes something a layer cannot hold."""
-
-
-def _number(field: bytes) -> int:
-    """A numeric header field: octal text, or GNU base-256 when the high bit is set."""
-    if field[-1] in (0, 32):  # digits, then a NUL or a space: nearly every field there is
-        try:
-            return int(field[:-1], 8)
-        except ValueError:
-            pass
-    if field[0] & 0x80:
-        value = int.from_bytes(bytes((field[0] & 0x7F,)) + field[1:], "big")
-        if field[0] & 0x40:  # 0xff...: a negative two's-complement number
-            value -= 1 << (8 * len(field) - 1)
-        return value
-    text = field.split(b"\0", 1)[0]
-    return int(text, 8) if text.strip() else 0
-
-
-def _byte_sum(block: bytes) -> int:
-    """``sum(block)`` of a 512-byte block, five times faster.
-
-    Adler-32's low half is 1 + the sum of the bytes modulo 65521, and 256 bytes sum to at most
-    65280, so each half of the block gives its sum exactly.
-    """
-    view = memoryview(block)
-    return (zlib.adler32(view[:256]) & 0xFFFF) + (zlib.adler32(view[256:]) & 0xFFFF) - 2
-
-
-def _numbers(block: bytes) -> tuple[int, ...]:
-    """mode, uid, gid, size, mtime and checksum of a header, which lie side by side.
-
-    Fields are octal digits ended by a NUL or a space, so one split finds all six; anything
-    else (base-256, a field without its terminator, an empty one) takes the slow way.
-    """
-    tokens = block[100:156].replace(b"\0", b" ").split()
-    if len(tokens) == 6:
-        try:
-            mode, uid, gid, size, mtime, checksum = tokens
-            return (int(mode, 8), int(uid, 8), int(gid, 8), int(size, 8), int(mtime, 8),
-                    int(checksum, 8))
-        except ValueError:
-            pass
-    return tuple(_number(block[start:end]) for start, end in _NUMERIC_FIELDS)
-
-
-_NUMERIC_FIELDS = ((100, 108), (108, 116), (116, 124), (124, 136), (136, 148), (148, 156))
-
-
-def _checksum_matches(block: bytes, stored: int) -> bool:
-    field = block[148:156]
-    unsigned = _byte_sum(block) - sum(field) + 8 * 32  # the field itself counts as spaces
-    if stored == unsigned:
-        return True
-    # Old Sun and BSD tars summed signed chars; tarfile and Go accept both.
-    high = sum(1 for b in block if b & 0x80) - sum(1 for b in field if b & 0x80)
-    return stored == unsigned - 256 * high
-
-
-def _parse_pax(data: bytes) -> dict[bytes, bytes]:
-    """``"%d %s=%s\\n"`` records; an empty value removes the key (POSIX)."""
-    records: dict[bytes, bytes] = {}
-    pos, end = 0, len(data)
-    while pos < end:
-        if data[pos] == 0:
-            break
-        space = data.find(b" ", pos, pos + 24)
-        if space < 0:
-            raise ValueError("record without a length")
-        length = int(data[pos:space])
-        if length <= space - pos or pos + length > end or data[pos + length - 1] != 0x0A:
-            raise ValueError("record of a wrong length")
-        key, eq, value = data[space + 1:pos + length - 1].partition(b"=")
-        if not eq:
-            raise ValueError("record without '='")
-        records[key] = value
-        pos += length
-    return records
-
-
-def _pax_time_ns(value: bytes) -> int:
-    """``1700000000.123456789`` -> nanoseconds, exactly (no float in between)."""
-    text = value.decode("ascii")
-    negative = text.startswith("-")
-    seconds, _, fraction = text.lstrip("-").partition(".")
-    if not (seconds or fraction) or not (seconds + fraction).isdigit():
-        raise ValueError(f"a bad PAX time {text!r}")
-    ns = int(seconds or "0") * 1_000_000_000 + int((fraction + "000000000")[:9])
-    return -ns if negative else ns
 
 
 def _process_umask() -> int | None:
@@ -522,40 +127,18 @@ def _process_umask() -> int | None:
     return None
 
 
-def _write_all(fd: int, data: memoryview | bytes) -> None:
-    written = os.write(fd, data)
-    while written < len(data):  # only on a short write (a full disk reports ENOSPC next)
-        data = memoryview(data)[written:]
-        written = os.write(fd, data)
-
-
-def _one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split()) or type(error).__name__
-    return text[:300]
-
-
 # --- applying entries -------------------------------------------------------------------------
 
 
-class _Refused(Exception):
-    """Why an entry or a hardlink target cannot be applied; the caller adds the names."""
-
-    def __init__(self, reason: str, *, unsafe: bool = True) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.unsafe = unsafe
-
-
-class _Missing(Exception):
-    """A directory on the way does not exist (and was not to be created)."""
-
-
-class _Extractor:
+class _Extractor(RootResolver):
     """The state of one layer's application: verified directories, what it wrote, what's left."""
 
-    def __init__(self, root: Path, ignore: Ignores, layer: str, reader: _TarReader,
-                 helpers: int) -> None:
+    def __init__(self, root: Path, ignore: Ignores, layer: str, reader: TarReader,
+                 helpers: int, *, chroot: bool = False,
+                 skipped: Callable[[str], None] | None = None) -> None:
         self.root = os.fspath(root)
+        self.chroot = chroot
+        self.skipped = skipped
         self.prefix = self.root if self.root.endswith("/") else self.root + "/"
         self.ignore = ignore
         self.layer = layer
@@ -567,7 +150,7 @@ class _Extractor:
         # a whiteout applies only to lower layers).
         self.upper: set[str] = set()
         # Directory metadata, applied once their children are written (mtime would move).
-        self.deferred: dict[str, _Header] = {}
+        self.deferred: dict[str, TarHeader] = {}
         self.warned: set[str] = set()
         # "Plain" directories: a file created in one gets exactly (euid, egid) as owner and
         # mode & ~umask as mode, so fchown and fchmod to those values can be left out.
@@ -612,119 +195,13 @@ class _Extractor:
         else:
             self.plain.discard(rel)
 
-    # Paths.
-
-    def host(self, rel: str) -> str:
-        return self.prefix + rel if rel else self.root
-
-    def forget_dirs(self) -> None:
-        """A directory or symlink was removed or replaced: cached resolutions may be stale."""
-        self.dirs = {"": ""}
+    # Paths (resolution itself: snapshot/securepath.py).
 
     def mark_upper(self, rel: str) -> None:
         upper = self.upper
         while rel and rel not in upper:
             upper.add(rel)
             rel = rel.rpartition("/")[0]
-
-    def resolve_dir(self, name: str, *, create: bool) -> str | None:
-        """The real path of directory ``name`` (an entry name), or None if it is ignored.
-
-        Raises :class:`_Refused` when resolving it would leave the root, :class:`_Missing`
-        when a component does not exist and ``create`` is false.
-        """
-        cached = self.dirs.get(name)
-        if cached is not None:
-            return cached
-        # Start from the longest cached ancestor: usually the parent, a single step left.
-        start, rest = "", name
-        cut = len(name)
-        while (cut := name.rfind("/", 0, cut)) > 0:
-            hit = self.dirs.get(name[:cut])
-            if hit is not None:
-                start, rest = hit, name[cut + 1:]
-                break
-        real = self.walk(start, rest.split("/"), create=create)
-        if real is not None:
-            self.dirs[name] = real
-        return real
-
-    def walk(self, real: str, parts: list[str], *, create: bool) -> str | None:
-        """Resolve ``parts`` from the verified directory ``real`` with chroot semantics."""
-        parts.reverse()  # a stack: the next component is at the end
-        followed = 0
-        via = ""
-        prefix = self.prefix
-        is_ignored = self.ignore.is_ignored
-        while parts:
-            part = parts.pop()
-            if part == "" or part == ".":
-                continue
-            if part == "..":
-                # Stops a symlink such as "evil -> ../.." from taking a later entry above the
-                # root. Entry names were normalised, so ".." here comes from a link target;
-                # real holds no symlink, so its lexical parent is its real parent.
-                if not real:
-                    raise _Refused(f"escapes the root through symlink {show_name(via)}")
-                real = real.rpartition("/")[0]
-                continue
-            candidate = real + "/" + part if real else part
-            if is_ignored(candidate):
-                return None
-            host = prefix + candidate
-            if candidate in self.inflight:
-                self.settle()
-            try:
-                st = os.lstat(host)
-            except FileNotFoundError:
-                if not create:
-                    raise _Missing(candidate) from None
-                # A missing parent is created, as containerd does (0755, owned by us).
-                os.mkdir(host, 0o755)
-                self.made_dir(candidate)
-                self.mark_upper(candidate)
-                real = candidate
-                continue
-            if stat.S_ISDIR(st.st_mode):
-                real = candidate
-            elif stat.S_ISLNK(st.st_mode):
-                # A symlink on disk or written by this layer is followed inside the root only:
-                # an absolute target ("-> /", "-> /etc") restarts at the root, not at the
-                # host's "/", which stops a layer from writing to the host through it.
-                followed += 1
-                if followed > _MAX_LINKS:
-                    raise _Refused(f"passes through more than {_MAX_LINKS} symlinks")
-                target = os.readlink(host)
-                if target.startswith("/"):
-                    real = ""
-                via = candidate
-                parts.extend(reversed(target.split("/")))
-            else:
-                raise _Refused(f"needs {show_name(candidate)} to be a directory, and it is not",
-                               unsafe=False)
-        return real
-
-    def normalise(self, name: str) -> str:
-        """``./usr//bin/`` -> ``usr/bin``; ``""`` is the root. Refuses names that leave it."""
-        if name.startswith("/"):
-            # Stops "/etc/passwd" from naming the host's file by whatever joins it later.
-            raise _Refused("is an absolute path")
-        if len(name) > _PATH_MAX or (not name.isascii() and len(
-                name.encode("utf-8", "surrogateescape")) > _PATH_MAX):
-            # Stops a 10 MB name from reaching the kernel (and the error message) whole.
-            size = len(name.encode("utf-8", "surrogateescape"))
-            raise _Refused(f"has a name of {size} bytes, longer than a path may be "
-                           f"({_PATH_MAX})", unsafe=False)
-        if "\0" in name:
-            raise _Refused("has a NUL byte in its name", unsafe=False)
-        if "/." in name or "//" in name or name.startswith(".") or name.endswith("/"):
-            name = posixpath.normpath(name)
-            if name == ".":
-                return ""
-            if name == ".." or name.startswith("../"):
-                # Stops "../../etc/passwd": lexically above the root before any symlink.
-                raise _Refused("escapes the root")
-        return name
 
     # Entries.
 
@@ -735,7 +212,7 @@ class _Extractor:
         try:
             while (h := next_header()) is not None:
                 apply_entry(h)
-        except _Refused as e:
+        except Refused as e:
             assert h is not None  # only entries are refused
             cls = UnsafeLayerError if e.unsafe else CorruptLayerError
             raise cls(f"layer {self.layer}: entry {show_name(h.name)} {e.reason}") from None
@@ -746,9 +223,9 @@ class _Extractor:
         except ValueError as e:  # a NUL byte in a link target, say
             assert h is not None
             raise CorruptLayerError(f"layer {self.layer}: entry {show_name(h.name)} cannot be "
-                                    f"applied: {_one_line(e)}") from None
+                                    f"applied: {one_line(e)}") from None
 
-    def apply_entry(self, h: _Header) -> None:
+    def apply_entry(self, h: TarHeader) -> None:
         name = self.normalise(h.name)
         parent, _, base = name.rpartition("/")
         if base.startswith(WHITEOUT_PREFIX):
@@ -756,8 +233,13 @@ class _Extractor:
             return
         kind = h.kind
         if not name:
-            if kind != _DIR:
-                raise _Refused("would replace the root with something that is not a directory")
+            if self.chroot:
+                # Docker's Untar skips an entry naming the directory it extracts into.
+                log.debug("layer %s: skipping entry %s, which names the root", self.layer,
+                          show_name(h.name))
+                return
+            if kind != DIR:
+                raise Refused("would replace the root with something that is not a directory")
             self.deferred[""] = h
             return
         real_parent = self.dirs.get(parent)
@@ -765,31 +247,35 @@ class _Extractor:
             real_parent = self.resolve_dir(parent, create=True)
             if real_parent is None:
                 log.debug("layer %s: skipping %s, under an ignored path", self.layer, h.name)
+                if self.skipped is not None:
+                    self.skipped(name)
                 return
         rel = real_parent + "/" + base if real_parent else base
         if real_parent not in self.unguarded:
             if self.ignore.is_ignored(rel):
                 log.debug("layer %s: skipping ignored path %s", self.layer, rel)
+                if self.skipped is not None and kind != DIR:
+                    self.skipped(name)
                 return
             if not self.ignore.may_ignore_in(real_parent):
                 self.unguarded.add(real_parent)
         if rel in self.inflight:
             self.settle()
-        if kind in (_REG, _AREG, _CONT):
+        if kind in (REG, AREG, CONT):
             if (rel not in self.upper and not h.xattrs and h.size <= _HAND_OFF_SIZE
                     and self.hand_off(rel, real_parent, h)):
                 return
             self.write_file(rel, h, real_parent in self.plain)
-        elif kind == _DIR:
+        elif kind == DIR:
             self.write_dir(name, rel, h)
-        elif kind == _SYM:
+        elif kind == SYM:
             self.write_symlink(rel, h)
-        elif kind == _LNK:
+        elif kind == LNK:
             self.write_hardlink(rel, h)
-        elif kind in (_CHR, _BLK, _FIFO):
+        elif kind in (CHR, BLK, FIFO):
             self.write_special(rel, h)
         else:
-            raise _Refused(f"has entry type {chr(kind)!r}, which layers do not use",
+            raise Refused(f"has entry type {chr(kind)!r}, which layers do not use",
                            unsafe=False)
 
     def make_room(self, rel: str, st: os.stat_result) -> bool:
@@ -815,7 +301,7 @@ class _Extractor:
                 self.forget_dirs()
         return True
 
-    def needs(self, h: _Header, plain_parent: bool) -> tuple[bool, bool]:
+    def needs(self, h: TarHeader, plain_parent: bool) -> tuple[bool, bool]:
         """Whether a new file for ``h`` needs chown, and chmod.
 
         In a plain directory the new file already has the right owner and mode when they are
@@ -824,7 +310,7 @@ class _Extractor:
         return (not plain_parent or h.uid != self.euid or h.gid != self.egid,
                 not plain_parent or bool(h.mode & self.keep_mode_bits))
 
-    def hand_off(self, rel: str, real_parent: str, h: _Header) -> bool:
+    def hand_off(self, rel: str, real_parent: str, h: TarHeader) -> bool:
         """Give the file ``rel`` to a helper if nothing is there yet; False when it is this
         process's to write: something is there (to be replaced), or there are no helpers (yet).
         """
@@ -877,7 +363,7 @@ class _Extractor:
             writers.stop(kill=bool(self.inflight))
         self.helpers = 0
 
-    def write_file(self, rel: str, h: _Header, plain_parent: bool) -> None:
+    def write_file(self, rel: str, h: TarHeader, plain_parent: bool) -> None:
         host = self.prefix + rel
         chown, chmod = self.needs(h, plain_parent)
         create_mode = 0o600 if chmod else h.mode
@@ -906,7 +392,7 @@ class _Extractor:
         if rel not in self.upper:
             self.mark_upper(rel)
 
-    def write_dir(self, name: str, rel: str, h: _Header) -> None:
+    def write_dir(self, name: str, rel: str, h: TarHeader) -> None:
         host = self.prefix + rel
         try:
             # Owner-only until the layer ends, so a read-only mode in the tar cannot stop its
@@ -924,7 +410,7 @@ class _Extractor:
         self.dirs[name] = rel
         self.mark_upper(rel)
 
-    def write_symlink(self, rel: str, h: _Header) -> None:
+    def write_symlink(self, rel: str, h: TarHeader) -> None:
         # The target is stored as it is: it is only data until something resolves it, and
         # every resolution in kiln (this module, RUN's chroot) keeps it inside the root.
         host = self.prefix + rel
@@ -937,11 +423,11 @@ class _Extractor:
         self.restore_path(host, rel, h, symlink=True)
         self.mark_upper(rel)
 
-    def write_hardlink(self, rel: str, h: _Header) -> None:
+    def write_hardlink(self, rel: str, h: TarHeader) -> None:
         try:
             found = self.hardlink_target(h.linkname)
-        except _Refused as e:
-            raise _Refused(f"is a hardlink to {show_name(h.linkname)}, which {e.reason}",
+        except Refused as e:
+            raise Refused(f"is a hardlink to {show_name(h.linkname)}, which {e.reason}",
                            unsafe=e.unsafe) from None
         if found is None:
             log.debug("layer %s: skipping hardlink %s to an ignored path", self.layer, rel)
@@ -962,7 +448,7 @@ class _Extractor:
             try:
                 os.link(target, host, follow_symlinks=False)
             except FileNotFoundError:
-                raise _Refused(f"is a hardlink to {show_name(h.linkname)}, which lay inside "
+                raise Refused(f"is a hardlink to {show_name(h.linkname)}, which lay inside "
                                "the directory it replaced") from None
         self.mark_upper(rel)
 
@@ -975,11 +461,11 @@ class _Extractor:
         target = self.normalise(linkname)
         parent, _, base = target.rpartition("/")
         if not base:
-            raise _Refused("is a directory")
+            raise Refused("is a directory")
         try:
             real_parent = self.resolve_dir(parent, create=False)
-        except _Missing:
-            raise _Refused("does not exist in the root") from None
+        except Missing:
+            raise Refused("does not exist in the root") from None
         if real_parent is None:
             return None
         rel = real_parent + "/" + base if real_parent else base
@@ -992,15 +478,15 @@ class _Extractor:
         try:
             st = os.lstat(self.host(rel))
         except FileNotFoundError:
-            raise _Refused("does not exist in the root") from None
+            raise Refused("does not exist in the root") from None
         if stat.S_ISDIR(st.st_mode):
-            raise _Refused("is a directory")
+            raise Refused("is a directory")
         return rel, st
 
-    def write_special(self, rel: str, h: _Header) -> None:
+    def write_special(self, rel: str, h: TarHeader) -> None:
         host = self.prefix + rel
         kind = h.kind
-        mode = {_FIFO: stat.S_IFIFO, _CHR: stat.S_IFCHR, _BLK: stat.S_IFBLK}[kind]
+        mode = {FIFO: stat.S_IFIFO, CHR: stat.S_IFCHR, BLK: stat.S_IFBLK}[kind]
         while True:
             try:
                 os.mknod(host, mode | 0o600, os.makedev(h.devmajor, h.devminor))
@@ -1009,7 +495,7 @@ class _Extractor:
                 if not self.make_room(rel, os.lstat(host)):
                     return
             except PermissionError as e:
-                if kind == _FIFO:
+                if kind == FIFO:
                     raise
                 # Unprivileged (rootless, or a user namespace): containerd skips device
                 # nodes there, and so do we, saying so once.
@@ -1029,13 +515,13 @@ class _Extractor:
             target = base[len(WHITEOUT_PREFIX):]
             if target in ("", ".", ".."):
                 # Stops ".wh..." from deleting the directory above, or ".wh.." this one.
-                raise _Refused(f"is a whiteout of {show_name(target)}, which is not a name in "
+                raise Refused(f"is a whiteout of {show_name(target)}, which is not a name in "
                                "its directory")
         try:
             real_parent = self.resolve_dir(parent, create=False)
-        except _Missing:
+        except Missing:
             return  # nothing below a missing directory to delete
-        except _Refused as e:
+        except Refused as e:
             if not e.unsafe:
                 return  # its parent is a file: nothing of that name exists
             raise
@@ -1099,7 +585,7 @@ class _Extractor:
 
     # Metadata.
 
-    def restore_fd(self, fd: int, rel: str, h: _Header) -> None:
+    def restore_fd(self, fd: int, rel: str, h: TarHeader) -> None:
         try:
             os.fchown(fd, h.uid, h.gid)
         except PermissionError as e:
@@ -1109,7 +595,7 @@ class _Extractor:
             self.restore_xattrs(fd, rel, h.xattrs)
         os.utime(fd, ns=(h.atime_ns, h.mtime_ns))
 
-    def restore_path(self, host: str, rel: str, h: _Header, *, symlink: bool) -> None:
+    def restore_path(self, host: str, rel: str, h: TarHeader, *, symlink: bool) -> None:
         """Metadata of a symlink, FIFO or device node just created at ``host``."""
         try:
             os.chown(host, h.uid, h.gid, follow_symlinks=False)

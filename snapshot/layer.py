@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import os
 import tempfile
@@ -102,6 +103,10 @@ def write_layer(root: Path, changes: Changes, snapshot: Snapshot, out_dir: Path,
         fd, temp_name = tempfile.mkstemp(prefix=".layer-", suffix=".tmp", dir=out_dir)
     temp = Path(temp_name)
     try:
+        # Held while the file is written: a later build removes the file only when no writer
+        # holds it (one killed mid-layer leaves it unlocked). Best effort, as for downloads.
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_EX)
         with open(fd, "wb", buffering=0) as raw:
             diff_id = hashlib.sha256()
             # The sink is written from the compressor's thread; its StorageError reaches this

@@ -15,11 +15,14 @@ that a value means the same in kiln as in ``docker build``:
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from executor import patterns
+
 _SPECIAL_PARAMS = frozenset("@*#?-$!0")
+# Deeper nesting is refused here and, before BuildKit's parser sees it, in parse.py.
+MAX_SUBSTITUTION_DEPTH = 64
 
 
 class ExpansionError(ValueError):
@@ -69,6 +72,7 @@ class _Lexer:
         self.process_quotes = process_quotes
         self.pos = 0
         self.raw_escapes = False
+        self.depth = 0
 
     def peek(self) -> str:
         return self.text[self.pos] if self.pos < len(self.text) else ""
@@ -177,6 +181,18 @@ class _Lexer:
         return "", False
 
     def dollar(self) -> str:
+        """A ``$name`` or ``${...}``; nesting is bounded, so a hostile word cannot exhaust the
+        stack (each level is three frames of this recursive reader)."""
+        if self.depth >= MAX_SUBSTITUTION_DEPTH:
+            raise ExpansionError("variable substitutions (${...}) are nested more than "
+                                 f"{MAX_SUBSTITUTION_DEPTH} deep")
+        self.depth += 1
+        try:
+            return self._dollar()
+        finally:
+            self.depth -= 1
+
+    def _dollar(self) -> str:
         self.next()
         if self.peek() != "{":
             name = self.name()
@@ -221,9 +237,7 @@ class _Lexer:
         greedy = word.startswith(op)
         if greedy:
             word = word[1:]
-        if op == "#":
-            return _trim_prefix(word, value, greedy)
-        return _trim_suffix(word, value, greedy)
+        return _trim(op, word, value, greedy)
 
     def replace(self, name: str) -> str:
         replace_all = self.peek() == "/"
@@ -238,59 +252,20 @@ class _Lexer:
         except ExpansionError:
             raise ExpansionError("syntax error: missing '}'") from None
         value, _ = self.lookup(name)
-        regex = _pattern_regex(pattern, greedy=True, anchored=False)
-        if replace_all:
-            return regex.sub(lambda _m: replacement, value)
-        return regex.sub(lambda _m: replacement, value, count=1)
+        try:
+            return patterns.replace(pattern, value, replacement, every=replace_all)
+        except patterns.PatternError as exc:
+            raise ExpansionError(f"invalid pattern ({pattern}) in substitution: {exc}") from None
 
 
-def _pattern_regex(pattern: str, *, greedy: bool, anchored: bool) -> re.Pattern[str]:
-    """A shell pattern (``*``, ``?``, backslash escapes; no brackets) as a regular expression."""
-    out = ["^"] if anchored else []
-    i = 0
-    while i < len(pattern):
-        ch = pattern[i]
-        i += 1
-        if ch == "*":
-            out.append(".*" if greedy else ".*?")
-        elif ch == "?":
-            out.append(".")
-        elif ch == "\\":
-            if i < len(pattern) and pattern[i] in "}/":
-                continue
-            if i >= len(pattern) or pattern[i] not in "*?\\":
-                shown = pattern[i] if i < len(pattern) else ""
-                raise ExpansionError(f"invalid pattern ({pattern}) in substitution: "
-                                     f"invalid escape '\\{shown}'")
-            out.append(re.escape(pattern[i]))
-            i += 1
-        else:
-            out.append(re.escape(ch))
-    return re.compile("".join(out), re.DOTALL)
-
-
-def _trim_prefix(pattern: str, value: str, greedy: bool) -> str:
-    match = _pattern_regex(pattern, greedy=greedy, anchored=True).search(value)
-    return value[match.end():] if match else value
-
-
-def _reverse_pattern(pattern: str) -> str:
-    """Reverse a pattern keeping each escape before the character it escapes."""
-    tokens: list[str] = []
-    i = 0
-    while i < len(pattern):
-        if pattern[i] == "\\" and i + 1 < len(pattern):
-            tokens.append(pattern[i:i + 2])
-            i += 2
-        else:
-            tokens.append(pattern[i])
-            i += 1
-    return "".join(reversed(tokens))
-
-
-def _trim_suffix(pattern: str, value: str, greedy: bool) -> str:
-    # The shortest rightmost match is the shortest leftmost match of the reversed strings.
-    return _trim_prefix(_reverse_pattern(pattern), value[::-1], greedy)[::-1]
+def _trim(op: str, pattern: str, value: str, longest: bool) -> str:
+    """``${V#p}`` / ``${V##p}`` (``op`` ``#``) and ``${V%p}`` / ``${V%%p}`` (``op`` ``%``)."""
+    try:
+        if op == "#":
+            return patterns.trim_prefix(pattern, value, longest=longest)
+        return patterns.trim_suffix(pattern, value, longest=longest)
+    except patterns.PatternError as exc:
+        raise ExpansionError(f"invalid pattern ({pattern}) in substitution: {exc}") from None
 
 
 def expand_word(text: str, env: Mapping[str, str], escape: str = "\\", *,

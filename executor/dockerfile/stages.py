@@ -7,6 +7,7 @@ re-declares it with ``ARG NAME``. Stage names are case-insensitive, as in BuildK
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -98,6 +99,7 @@ def plan_build(dockerfile: Dockerfile, build_args: Mapping[str, str], target: st
                 elif default is not None:
                     global_args[name] = default
         else:
+            _check_mount_from(inst)
             current.append(inst)
     close_stage()
     if not stages:
@@ -256,6 +258,22 @@ def stage_references(inst: Instruction) -> list[str]:
     return refs
 
 
+def _check_mount_from(inst: Instruction) -> None:
+    """``RUN --mount=from=$x`` is refused in every stage, used or not, as BuildKit's parser
+    refuses it: ``from`` names a stage or an image as written, never through a variable."""
+    if inst.kind != "RUN":
+        return
+    for flag in inst.flags:
+        name, _, value = flag[2:].partition("=")
+        if name != "mount":
+            continue
+        for field_ in next(csv.reader([value]), []):
+            key, _, val = field_.partition("=")
+            if key.lower() == "from" and "$" in val[:-1]:
+                raise inst.error("'from' doesn't support variable expansion, define alias "
+                                 "stage instead")
+
+
 def _make_stage(inst: Instruction, index: int, body: tuple[Instruction, ...],
                 earlier: list[Stage], scope: Mapping[str, str], escape: str) -> Stage:
     flags = inst.flag_values(("platform",))
@@ -295,13 +313,16 @@ def _valid_stage_name(name: str) -> bool:
 
 def parse_arg(inst: Instruction, scope: Mapping[str, str],
               escape: str) -> list[tuple[str, str | None]]:
-    """``ARG A=1 B`` as ``[("A", "1"), ("B", None)]``; defaults expanded in ``scope``."""
+    """``ARG A=1 B`` as ``[("A", "1"), ("B", None)]``; defaults expanded in ``scope``.
+
+    Names are taken as written, never expanded, and only a blank one is refused, as BuildKit
+    does: ``ARG ${name}=value`` declares an ARG named ``${name}``.
+    """
     out: list[tuple[str, str | None]] = []
     for arg in inst.args:
         name, eq, raw = arg.partition("=")
-        if not name or not (name[0].isalpha() or name[0] == "_") or not all(
-                c.isalnum() or c == "_" for c in name):
-            raise inst.error(f"invalid ARG name {name!r}")
+        if not name:
+            raise inst.error("ARG names can not be blank")
         if not eq:
             out.append((name, None))
             continue

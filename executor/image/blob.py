@@ -38,10 +38,15 @@ class VerifyingReader(io.RawIOBase):
         self._hash.update(data)
         return data
 
-    def verify(self) -> None:
-        """Read what is left, then fail unless everything read hashes to the digest."""
+    def finish(self) -> str:
+        """Read what is left; the digest (``sha256:...``) of everything read."""
         while self.read(1 << 20):
             pass
+        return f"{self._hash.name}:{self._hash.hexdigest()}"
+
+    def verify(self) -> None:
+        """Read what is left, then fail unless everything read hashes to the digest."""
+        self.finish()
         if self._hash.hexdigest() != self._expected:
             raise CorruptLayerError(f"layer {self._digest}: the blob does not match its digest "
                                     f"(got {self._hash.name}:{self._hash.hexdigest()})")

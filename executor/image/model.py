@@ -96,19 +96,31 @@ class Descriptor:
     urls: tuple[str, ...] = ()
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Descriptor:
-        try:
-            platform = data.get("platform")
-            return cls(
-                media_type=data["mediaType"],
-                digest=data["digest"],
-                size=int(data["size"]),
-                annotations=data.get("annotations"),
-                platform=Platform.from_json(platform) if platform else None,
-                urls=tuple(data.get("urls") or ()),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ImageError(f"malformed descriptor {data!r}: {exc}") from None
+    def from_json(cls, data: Any, what: str = "descriptor") -> Descriptor:
+        """Parse one descriptor; ``what`` names it in errors (``the config descriptor``,
+        ``layer 2's descriptor``), which say which field is missing or wrong."""
+        if not isinstance(data, dict):
+            raise ImageError(f"{what} is a JSON {_json_kind(data)}, not an object")
+        for name in ("mediaType", "digest", "size"):
+            if name not in data:
+                raise ImageError(f"{what} lacks the {name!r} field")
+        media_type, digest, size = data["mediaType"], data["digest"], data["size"]
+        if not isinstance(media_type, str) or not isinstance(digest, str):
+            raise ImageError(f"{what}: 'mediaType' and 'digest' must be strings")
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise ImageError(f"{what}: 'size' must be a whole number of bytes, not {size!r}")
+        platform, annotations, urls = (data.get("platform"), data.get("annotations"),
+                                       data.get("urls"))
+        if platform is not None and not isinstance(platform, dict):
+            raise ImageError(f"{what}: 'platform' must be an object")
+        if annotations is not None and not isinstance(annotations, dict):
+            raise ImageError(f"{what}: 'annotations' must be an object")
+        if urls is not None and (not isinstance(urls, list)
+                                 or not all(isinstance(u, str) for u in urls)):
+            raise ImageError(f"{what}: 'urls' must be a list of strings")
+        return cls(media_type=media_type, digest=digest, size=size, annotations=annotations,
+                   platform=Platform.from_json(platform) if platform else None,
+                   urls=tuple(urls or ()))
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"mediaType": self.media_type, "digest": self.digest,
@@ -141,11 +153,22 @@ class Manifest:
         kind = data.get("mediaType") or media_type or OCI_MANIFEST
         if kind not in MANIFEST_TYPES:
             raise ImageError(f"not an image manifest: media type {kind!r}")
+        if "config" not in data:
+            raise ImageError("manifest lacks the 'config' field")
+        layers = data.get("layers")
+        if layers is None:
+            layers = []
+        if not isinstance(layers, list):
+            raise ImageError(f"manifest's 'layers' is a JSON {_json_kind(layers)}, not a list")
+        annotations = data.get("annotations")
+        if annotations is not None and not isinstance(annotations, dict):
+            raise ImageError("manifest's 'annotations' must be an object")
         return cls(
             media_type=kind,
-            config=Descriptor.from_json(data.get("config") or {}),
-            layers=tuple(Descriptor.from_json(layer) for layer in data.get("layers") or ()),
-            annotations=data.get("annotations"),
+            config=Descriptor.from_json(data["config"], "the config descriptor"),
+            layers=tuple(Descriptor.from_json(layer, f"layer {i}'s descriptor")
+                         for i, layer in enumerate(layers, 1)),
+            annotations=annotations,
         )
 
     def to_bytes(self) -> bytes:
@@ -171,7 +194,14 @@ class Index:
     def from_bytes(cls, body: bytes, media_type: str | None = None) -> Index:
         data = _load_json(body, "index")
         kind = data.get("mediaType") or media_type or OCI_INDEX
-        return cls(kind, tuple(Descriptor.from_json(m) for m in data.get("manifests") or ()))
+        manifests = data.get("manifests")
+        if manifests is None:
+            manifests = []
+        if not isinstance(manifests, list):
+            raise ImageError(f"index's 'manifests' is a JSON {_json_kind(manifests)}, not a "
+                             "list")
+        return cls(kind, tuple(Descriptor.from_json(m, f"manifest {i}'s descriptor")
+                               for i, m in enumerate(manifests, 1)))
 
     def select(self, platform: Platform) -> Descriptor:
         """The manifest for ``platform``; an error listing what the index offers otherwise."""
@@ -209,9 +239,11 @@ class ImageConfig:
     @classmethod
     def from_bytes(cls, body: bytes) -> ImageConfig:
         data = _load_json(body, "image config")
-        data.setdefault("config", {})
+        if data.get("config") is None:
+            data["config"] = {}
         data.setdefault("rootfs", {"type": "layers", "diff_ids": []})
         data.setdefault("history", [])
+        _check_config_shape(data)
         return cls(data)
 
     def copy(self) -> ImageConfig:
@@ -289,11 +321,46 @@ class Layer:
         return Descriptor(self.media_type, self.digest, self.size)
 
 
+def _check_config_shape(data: dict[str, Any]) -> None:
+    """Refuse an image config whose parts kiln reads have the wrong JSON types, in one line,
+    rather than fail on them later with an AttributeError."""
+    shapes = (("config", data.get("config"), dict), ("rootfs", data.get("rootfs"), dict),
+              ("history", data.get("history"), list))
+    for name, value, kind in shapes:
+        if not isinstance(value, kind):
+            raise ImageError(f"image config's {name!r} is a JSON {_json_kind(value)}, not "
+                             f"{'an object' if kind is dict else 'a list'}")
+    diff_ids = data["rootfs"].get("diff_ids")
+    if diff_ids is not None and (not isinstance(diff_ids, list)
+                                 or not all(isinstance(d, str) for d in diff_ids)):
+        raise ImageError("image config's 'rootfs.diff_ids' must be a list of strings")
+    if not all(isinstance(h, dict) for h in data["history"]):
+        raise ImageError("image config's 'history' entries must be objects")
+    for key in ("Env", "Entrypoint", "Cmd", "OnBuild", "Shell"):
+        value = data["config"].get(key)
+        if value is not None and (not isinstance(value, list)
+                                  or not all(isinstance(v, str) for v in value)):
+            raise ImageError(f"image config's 'config.{key}' must be a list of strings")
+    for key in ("Labels", "ExposedPorts", "Volumes"):
+        value = data["config"].get(key)
+        if value is not None and not isinstance(value, dict):
+            raise ImageError(f"image config's 'config.{key}' must be an object")
+
+
+def _json_kind(value: Any) -> str:
+    """``string``, ``list``, ... : JSON's name for the type of a parsed value."""
+    names = {str: "string", list: "list", dict: "object", bool: "boolean", int: "number",
+             float: "number", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
+
+
 def _load_json(body: bytes, what: str) -> dict[str, Any]:
     try:
         data = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ImageError(f"{what} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ImageError(f"{what} is not valid JSON: nested too deeply") from None
     if not isinstance(data, dict):
         raise ImageError(f"{what} is not a JSON object")
     return data

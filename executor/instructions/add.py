@@ -68,6 +68,7 @@ def apply_add(state: StageState, inst: Instruction) -> Step:
             if is_url(source):
                 unpack = unpack_flag is not None and unpack_flag.lower() == "true"
                 host = download(inst, source, Path(scratch) / str(index), checksum)
+                state.fetched.append((source, _sha256_file(host)))
                 found.append(Source(host, host.name, keep_rel=host.name,
                                     unpack=unpack and archive.is_archive(host)))
                 continue
@@ -151,6 +152,12 @@ def download(inst: Instruction, url: str, directory: Path, checksum: str | None)
         if parsed is not None:
             os.utime(path, (parsed, parsed))
     return path
+
+
+def _sha256_file(path: Path) -> str:
+    """The downloaded file's sha256 (hex), for ``--attest type=provenance``."""
+    with path.open("rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def _http_date(text: str) -> float | None:

@@ -4,8 +4,9 @@ BuildKit does not look at the file name: a source is extracted when its bytes, d
 whichever of gzip, bzip2, xz or zstd the magic number names (or none), begin with a tar header
 that Go's ``archive/tar`` accepts. A ``.tar.gz`` that is really text is copied as a file, and a
 tarball named ``data.bin`` is extracted. Extraction goes through :func:`snapshot.extract
-.extract_layer` with the destination directory as its root, which is what Docker's
-``chrootarchive.Untar`` does: no entry, link or ``..`` reaches outside the destination, and
+.extract_layer` with the destination directory as its root and chroot semantics, which is what
+Docker's ``chrootarchive.Untar`` does: no entry, link or ``..`` reaches outside the destination
+(``up -> ..`` then ``up/etc/f`` writes ``etc/f`` in it: a chroot's ``/..`` is ``/``), and
 owners, modes and times come from the archive (``--chown`` and ``--chmod`` do not apply to
 extracted content, in BuildKit as in the legacy builder).
 
@@ -27,7 +28,8 @@ from typing import Any, BinaryIO, cast
 
 import zstandard
 
-from snapshot.extract import Ignores, extract_layer
+from snapshot.extract import extract_layer
+from snapshot.securepath import Ignores
 
 _BLOCK = 512
 _MAGICS: tuple[tuple[bytes, str], ...] = (
@@ -111,7 +113,15 @@ class IgnoredBelow:
         return f"{prefix}/{rel}" if rel else prefix
 
 
-def extract_archive(path: Path, destination: Path, ignore: Ignores) -> None:
-    """Unpack the archive at ``path`` into the existing directory ``destination``."""
+def extract_archive(path: Path, destination: Path, ignore: Ignores) -> list[str]:
+    """Unpack the archive at ``path`` into the existing directory ``destination``.
+
+    Names and links resolve with ``destination`` as a chroot, as Docker's ``chrootarchive``
+    does: ``../x`` and ``up -> ..`` stay inside it and an entry naming it (``""``) is skipped.
+    Returns the names of the entries the ignore list kept out (mount points, in place).
+    """
+    skipped: list[str] = []
     with open_archive(path) as stream:
-        extract_layer(destination, stream, ignore=ignore, layer_name=path.name)
+        extract_layer(destination, stream, ignore=ignore, layer_name=path.name, chroot=True,
+                      skipped=skipped.append)
+    return skipped

@@ -55,7 +55,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from executor.context import DockerIgnore, wildcard_directory
+from executor.context import DockerIgnore, IgnorePattern, wildcard_directory
 from executor.dockerfile.expand import ExpansionError, expand_word
 from executor.dockerfile.parse import Instruction, strip_heredoc_tabs
 from executor.errors import ContextError
@@ -64,6 +64,7 @@ from executor.instructions.directories import NotADirectory, make_directories, r
 from executor.instructions.metadata import Step
 from executor.instructions.state import StageState
 from executor.passwd import UnknownUserError, owner_ids
+from executor.patterns import PatternError
 from snapshot.errors import SnapshotError, storage_errors
 from snapshot.rootpath import resolve_in_root
 
@@ -220,9 +221,22 @@ def read_request(state: StageState, inst: Instruction, allowed: tuple[str, ...])
         from_ref=state.expand(inst, flags["from"]) if "from" in flags else None,
         parents=_boolean(inst, flags, "parents"),
         link=_boolean(inst, flags, "link"),
-        excludes=DockerIgnore.from_text("\n".join(excludes)),
+        excludes=_exclude_patterns(inst, excludes),
         flags=flags,
     )
+
+
+def _exclude_patterns(inst: Instruction, values: list[str]) -> DockerIgnore:
+    """The ``--exclude`` values, each one ``.dockerignore`` pattern; a bad one names itself."""
+    found: list[IgnorePattern] = []
+    for value in values:
+        try:
+            pattern = IgnorePattern.parse(value)
+        except PatternError as exc:
+            raise inst.error(f"invalid --exclude pattern {value!r}: {exc}") from None
+        if pattern is not None:
+            found.append(pattern)
+    return DockerIgnore(tuple(found))
 
 
 def _boolean(inst: Instruction, flags: dict[str, str], name: str) -> bool:
@@ -271,9 +285,7 @@ def place_sources(state: StageState, inst: Instruction, request: CopyRequest,
         try:
             if source.unpack:
                 directory = _ensure_dir(state, target.rstrip("/") or "/", placement)
-                archive.extract_archive(
-                    source.host, directory,
-                    archive.IgnoredBelow(state.ignore, state.root, directory))
+                _extract(state, inst, source.host, directory)
             else:
                 _copy_source(state, request, placement, source, target)
                 if request.parents and source.keep_rel and source.origin is not None:
@@ -308,6 +320,27 @@ def _copy_kept_directories(state: StageState, placement: Placement, source: Sour
 def _shown(state: StageState, host: Path) -> str:
     """The image path of ``host``, a path under the root, for messages."""
     return "/" + host.relative_to(state.root).as_posix()
+
+
+def _extract(state: StageState, inst: Instruction, archive_path: Path, directory: Path) -> None:
+    """ADD's extraction of a local archive; entries the ignore list kept out are reported.
+
+    The ignore list holds the build container's mount points and kiln's own directory: in
+    place they cannot (or must not) be written, so an archive entry there is left out, and
+    the user is told in one line rather than finding the file missing from the image.
+    """
+    try:
+        skipped = archive.extract_archive(
+            archive_path, directory, archive.IgnoredBelow(state.ignore, state.root, directory))
+    except SnapshotError as exc:
+        raise inst.error(f"{inst.kind}: {exc}") from None
+    if skipped:
+        prefix = os.path.relpath(directory, state.root)
+        shown = ["/" + (f"{prefix}/{name}" if prefix != "." else name) for name in skipped]
+        more = f" and {len(shown) - 1} more" if len(shown) > 1 else ""
+        log.warning("%s: %s %s: not written: %s%s (under a mount point of the build "
+                    "container or an ignored path, which kiln never writes)", inst.location,
+                    inst.kind, archive_path.name, shown[0], more)
 
 
 def _check_link_destination(state: StageState, inst: Instruction, dest: str) -> None:

@@ -8,16 +8,17 @@ history line it leaves. Only WORKDIR touches the filesystem (it creates the dire
 from __future__ import annotations
 
 import json
+import posixpath
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from executor.dockerfile.parse import Instruction
+from executor.dockerfile.parse import Instruction, onbuild_trigger
 from executor.dockerfile.stages import parse_arg
 from executor.durations import parse_duration_ns
 from executor.instructions.directories import NotADirectory, make_directories
-from executor.instructions.state import StageState
-from executor.passwd import UnknownUserError, owner_ids
+from executor.instructions.state import StageState, clean_path
+from executor.passwd import file_owner
 from snapshot.rootpath import resolve_in_root
 
 
@@ -27,6 +28,10 @@ class Step:
 
     history: str | None
     touches_fs: bool = False
+    # Paths (relative to the root) whose stat the step moved without changing them: a RUN
+    # --mount's target and parents, renamed aside and back. A ctime-only difference there is
+    # not a change for the layer.
+    settled: tuple[str, ...] = ()
 
 
 def apply_env(state: StageState, inst: Instruction) -> Step:
@@ -35,7 +40,9 @@ def apply_env(state: StageState, inst: Instruction) -> Step:
     shown = []
     for key, raw in pairs:
         value = state.expand(inst, raw, env)
-        state.config.set_env(state.expand(inst, key, env), value)
+        name = state.expand(inst, key, env)
+        state.config.set_env(name, value)
+        state.args_over_env.discard(name)
         shown.append(f"{key}={value}")
     return Step("ENV " + " ".join(shown))
 
@@ -67,28 +74,44 @@ def apply_arg(state: StageState, inst: Instruction) -> Step:
             state.args[name] = state.plan.global_args[name]
         elif name in state.plan.predefined:
             state.args[name] = state.plan.predefined[name]
+        else:
+            continue
+        state.args_over_env.add(name)
     return Step(None)
 
 
+def workdir_value(current: str, path: str) -> str:
+    """WORKDIR's value in the config, as BuildKit's ``NormalizeWorkdir`` makes it.
+
+    An absolute path is kept as written, trailing slash and all (``WORKDIR /tmp/`` gives
+    ``/tmp/``); a relative one is joined to the current directory and cleaned; an empty one
+    (a variable that expanded to nothing) leaves the current directory as it is.
+    """
+    if path.startswith("/"):
+        return path
+    if not path:
+        return current or "/"
+    return clean_path(posixpath.join(clean_path(current or "/"), path))
+
+
 def apply_workdir(state: StageState, inst: Instruction) -> Step:
-    path = state.absolute(state.expand(inst, inst.args[0])).rstrip("/") or "/"
+    current = str(state.config.container.get("WorkingDir") or "")
+    path = workdir_value(current, state.expand(inst, inst.args[0]))
     state.config.container["WorkingDir"] = path
-    target = resolve_in_root(state.root, path)
+    target = resolve_in_root(state.root, clean_path(path))
     if not target.exists():
         _make_dirs(state, inst, target)
-    # BuildKit commits a layer for every WORKDIR but "/", an empty one if the directory exists.
+    # BuildKit commits a layer for every WORKDIR but "/" (as written), an empty one if the
+    # directory exists.
     return Step(f"WORKDIR {path}", touches_fs=path != "/")
 
 
 def _make_dirs(state: StageState, inst: Instruction, target: Path) -> None:
-    """Create WORKDIR's directory owned as ``--chown=<USER>`` would own it, as BuildKit does:
-    a numeric ``USER 10001`` gives 10001:10001, a name its passwd uid and primary gid."""
-    user = str(state.config.container.get("User") or "")
+    """Create WORKDIR's directory owned by the current USER, as BuildKit does (a file in
+    the way fails, as BuildKit's mkdir does)."""
+    uid, gid = file_owner(state.root, str(state.config.container.get("User") or ""))
     try:
-        uid, gid = owner_ids(state.root, user) if user else (0, 0)
         make_directories(target, uid, gid, root=state.root)
-    except UnknownUserError as exc:
-        raise inst.error(str(exc)) from None
     except NotADirectory as exc:
         shown = "/" + exc.path.relative_to(state.root).as_posix()
         raise inst.error(f"WORKDIR {inst.args[0]}: {shown} is not a directory") from None
@@ -184,8 +207,8 @@ def _valid_signal(text: str) -> bool:
 
 def apply_volume(state: StageState, inst: Instruction) -> Step:
     volumes = dict(state.config.container.get("Volumes") or {})
-    names = list(inst.args) if inst.json else [
-        word for arg in inst.args for word in state.expand_words(inst, arg)]
+    # BuildKit expands each word alone, JSON form too, and never splits what it expanded to.
+    names = [state.expand(inst, arg) for arg in inst.args]
     for name in names:
         if not name.strip():
             raise inst.error("VOLUME specified can not be an empty string")
@@ -195,7 +218,7 @@ def apply_volume(state: StageState, inst: Instruction) -> Step:
 
 
 def apply_onbuild(state: StageState, inst: Instruction) -> Step:
-    trigger = inst.original.split(None, 1)[1] if " " in inst.original else ""
+    trigger = onbuild_trigger(inst)
     if inst.sub_kind in ("ONBUILD", "FROM", "MAINTAINER"):
         raise inst.error(f"{inst.sub_kind} isn't allowed as an ONBUILD trigger")
     onbuild = list(state.config.container.get("OnBuild") or [])
@@ -212,28 +235,46 @@ def _duration_ns(inst: Instruction, flag: str, text: str) -> int:
 
 
 def apply_healthcheck(state: StageState, inst: Instruction) -> Step:
+    check = healthcheck_config(inst)
+    state.config.container["Healthcheck"] = check
+    if check == {"Test": ["NONE"]}:
+        return Step("HEALTHCHECK NONE")
+    return Step(f"HEALTHCHECK {json.dumps(check)}")
+
+
+#: Docker's shortest healthcheck duration; anything shorter but zero is refused, as BuildKit does.
+_MINIMUM_HEALTHCHECK_NS = 1_000_000
+
+
+def healthcheck_config(inst: Instruction) -> dict[str, object]:
+    """The config's ``Healthcheck`` for a HEALTHCHECK instruction.
+
+    Zero is "not set" in Docker's config (its fields are omitempty): a flag given as zero
+    leaves its field out, as BuildKit writes it.
+    """
     flags = inst.flag_values(("interval", "timeout", "start-period", "start-interval",
                               "retries"))
     kind = inst.args[0].upper() if inst.args else ""
     if kind == "NONE":
         if len(inst.args) > 1 or flags:
             raise inst.error("HEALTHCHECK NONE takes no arguments")
-        state.config.container["Healthcheck"] = {"Test": ["NONE"]}
-        return Step("HEALTHCHECK NONE")
+        return {"Test": ["NONE"]}
     if kind != "CMD" or len(inst.args) < 2:
         raise inst.error("HEALTHCHECK requires CMD or NONE (HEALTHCHECK [OPTIONS] CMD command)")
     test = ["CMD", *inst.args[1:]] if inst.json else ["CMD-SHELL", " ".join(inst.args[1:])]
     check: dict[str, object] = {"Test": test}
     for flag, key in (("interval", "Interval"), ("timeout", "Timeout"),
                       ("start-period", "StartPeriod"), ("start-interval", "StartInterval")):
-        if flag in flags:
-            check[key] = _duration_ns(inst, flag, flags[flag])
+        if flag in flags and (value := _duration_ns(inst, flag, flags[flag])):
+            if value < _MINIMUM_HEALTHCHECK_NS:
+                raise inst.error(f'Interval "{flag}" cannot be less than 1ms')
+            check[key] = value
     if "retries" in flags:
         if not flags["retries"].isdigit():
             raise inst.error(f"invalid --retries: {flags['retries']}")
-        check["Retries"] = int(flags["retries"])
-    state.config.container["Healthcheck"] = check
-    return Step(f"HEALTHCHECK {json.dumps(check)}")
+        if retries := int(flags["retries"]):
+            check["Retries"] = retries
+    return check
 
 
 def _pairs(inst: Instruction) -> list[tuple[str, str]]:

@@ -17,10 +17,13 @@ import tempfile
 from executor.dockerfile.parse import Instruction
 from executor.dockerfile.stages import PROXY_ARGS
 from executor.errors import BuildStepError
+from executor.instructions.directories import make_directories
 from executor.instructions.metadata import Step
 from executor.instructions.mounts import MountSpec, parse_mount, prepared_mounts
 from executor.instructions.state import DEFAULT_PATH, StageState
 from executor.passwd import UnknownUserError, resolve_identity
+from executor.sandbox import Identity
+from snapshot.rootpath import resolve_in_root
 
 log = logging.getLogger("kiln")
 
@@ -42,12 +45,13 @@ def apply_run(state: StageState, inst: Instruction) -> Step:
     specs = mount_specs(state, inst)
     argv, script = _command(state, inst)
     env = _environment(state)
-    user = str(state.config.container.get("User") or "root")
+    user = str(state.config.container.get("User") or "")
     try:
         identity = resolve_identity(state.root, user)
     except UnknownUserError as exc:
         raise inst.error(str(exc)) from None
     env.setdefault("HOME", identity.home)
+    _ensure_workdir(state, identity)
     if script is not None:
         argv = _with_script(state, script)
     log.info("Cmd: %s", argv[0])
@@ -72,7 +76,8 @@ def apply_run(state: StageState, inst: Instruction) -> Step:
     if code != 0:
         raise BuildStepError(str(inst.location), f"RUN exited with code {code}",
                              exit_code=code if 0 < code < 256 else 1)
-    return Step(_history(state, inst, argv if script is None else []), touches_fs=True)
+    return Step(_history(state, inst, argv if script is None else []), touches_fs=True,
+                settled=state.sandbox.settled_paths())
 
 
 def mount_specs(state: StageState, inst: Instruction) -> list[MountSpec]:
@@ -119,13 +124,23 @@ def _drop_flags(text: str, flags: tuple[str, ...]) -> str:
     return text.lstrip()
 
 
+def _ensure_workdir(state: StageState, identity: Identity) -> None:
+    """Create the working directory if an earlier step removed it, as BuildKit's executor
+    does before every RUN: it and its missing parents, mode 0755, owned by the RUN's user."""
+    target = resolve_in_root(state.root, state.workdir)
+    if not os.path.lexists(target):
+        make_directories(target, identity.uid, identity.gid, root=state.root)
+
+
 def _environment(state: StageState) -> dict[str, str]:
-    """ENV over ARGs (as for expansion), over the proxy build args, which need no ARG line."""
+    """ENV over ARGs (as for expansion), over the proxy build args, which need no ARG line.
+
+    No HOSTNAME: BuildKit's RUN environment has none (Docker's containers get one at run time).
+    """
     env = {name: state.plan.build_args[name] for name in PROXY_ARGS
            if name in state.plan.build_args}
     env.update(state.expansion_env())
     env.setdefault("PATH", DEFAULT_PATH)
-    env.setdefault("HOSTNAME", "kiln")
     return env
 
 

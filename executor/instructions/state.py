@@ -18,10 +18,16 @@ from executor.dockerfile.parse import Instruction
 from executor.dockerfile.stages import BuildPlan, Stage
 from executor.image.model import ImageConfig
 from executor.sandbox import Sandbox
-from snapshot.extract import Ignores
+from snapshot.securepath import Ignores
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_SHELL = ("/bin/sh", "-c")
+
+
+def clean_path(path: str) -> str:
+    """``path`` absolute and clean, as Go's ``path.Clean("/" + path)``: ``//a/b/`` -> ``/a/b``."""
+    cleaned = posixpath.normpath("/" + path)
+    return "/" + cleaned.lstrip("/")
 
 
 @dataclass
@@ -36,6 +42,9 @@ class StageState:
     sandbox: Sandbox
     created: str
     args: dict[str, str] = field(default_factory=dict)
+    # ARGs given a value after an ENV of the same name: BuildKit adds an ARG's value to the
+    # build environment, so the later of the two wins there (the config keeps the ENV).
+    args_over_env: set[str] = field(default_factory=set)
     cmd_set: bool = False
     # Returns a directory holding the filesystem of a stage or image, for COPY --from.
     source_root: Callable[[Instruction, str], Path] | None = None
@@ -47,6 +56,8 @@ class StageState:
     kiln_dir: Path | None = None
     # --secret values by id: a RUN --mount=type=secret reads them, no layer ever holds them.
     secrets: Mapping[str, bytes] = field(default_factory=dict)
+    # ADD URLs downloaded, with the sha256 of what came: provenance's resolvedDependencies.
+    fetched: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def escape(self) -> str:
@@ -54,18 +65,20 @@ class StageState:
 
     @property
     def workdir(self) -> str:
-        return str(self.config.container.get("WorkingDir") or "/")
+        """The working directory, clean (the config keeps ``WORKDIR /tmp/`` as written)."""
+        return clean_path(str(self.config.container.get("WorkingDir") or "/"))
 
     @property
     def shell(self) -> list[str]:
         return list(self.config.container.get("Shell") or DEFAULT_SHELL)
 
     def expansion_env(self) -> dict[str, str]:
-        """ARGs overlaid by ENV: an ENV always wins over an ARG of the same name."""
+        """ARGs overlaid by ENV: of an ARG and an ENV of the same name, the later one wins."""
         env = dict(self.args)
         for item in self.config.env:
             key, _, value = item.partition("=")
-            env[key] = value
+            if key not in self.args_over_env:
+                env[key] = value
         return env
 
     def expand(self, inst: Instruction, word: str, env: Mapping[str, str] | None = None) -> str:

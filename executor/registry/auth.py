@@ -211,7 +211,7 @@ class RegistryAuth:
                 data = json.loads(response.content)
                 token = data.get("token") or data.get("access_token")
                 lifetime = float(data.get("expires_in") or DEFAULT_TOKEN_LIFETIME)
-            except (ValueError, AttributeError, TypeError):
+            except (ValueError, AttributeError, TypeError, RecursionError):
                 token = None
             if not isinstance(token, str) or not token:
                 raise RegistryError(f"getting a token for {' '.join(scopes)} from "

@@ -13,13 +13,18 @@ what to advise when the registry still says no.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import fnmatch
 import hashlib
 import json
 import logging
 import os
+import socket
 import tempfile
+import threading
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -42,13 +47,25 @@ from executor.image.model import (
     sha256_digest,
 )
 from executor.image.reference import ImageRef, validate_digest
-from executor.registry.transport import Body, Transport, TransportOptions
+from executor.log import heartbeat
+from executor.registry.transport import (
+    RETRY_STATUSES,
+    Body,
+    RegistryConnectionError,
+    Transport,
+    TransportOptions,
+    describe_connection_error,
+    describe_failure,
+    format_wait,
+)
 from snapshot.errors import storage_errors
 
 log = logging.getLogger("kiln")
 _T = TypeVar("_T")
 
 CHUNK_SIZE = 1 << 20
+#: The suffix of a blob being downloaded (renamed into place once verified).
+PARTIAL_SUFFIX = ".partial"
 #: distribution refuses manifests above 4 MiB; anything bigger is not a manifest.
 MAX_MANIFEST_SIZE = 4 << 20
 #: A config blob is JSON read into memory; refuse absurd ones rather than exhaust memory.
@@ -130,6 +147,98 @@ class ResolvedImage:
                 for desc, diff_id in zip(descriptors, diff_ids, strict=True)]
 
 
+class DownloadCancelled(Exception):
+    """A download stopped by its ``Cancellation``; never retried, never reported."""
+
+
+class Cancellation:
+    """Stops blob downloads running in other threads, at once.
+
+    Setting a flag is not enough: a thread blocked reading from a stalled registry would only
+    see it after the read timeout (two minutes). ``cancel()`` also shuts down the socket of
+    every response being read, which ends the blocked read now. A stop signal must not wait
+    for base-layer downloads (issue 18: 401 s with a stalled registry; the kubelet's SIGKILL
+    comes after 30 s).
+    """
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._lock = threading.Lock()
+        self._responses: set[requests.Response] = set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+    def check(self) -> None:
+        """Raise ``DownloadCancelled`` once ``cancel()`` was called."""
+        if self._event.is_set():
+            raise DownloadCancelled()
+
+    def cancel(self) -> None:
+        self._event.set()
+        with self._lock:
+            responses = list(self._responses)
+        for response in responses:
+            _shut_down_socket(response)
+
+    @contextlib.contextmanager
+    def watching(self, response: requests.Response) -> Iterator[None]:
+        """Register ``response`` as being read, so ``cancel()`` can cut it."""
+        with self._lock:
+            self._responses.add(response)
+        try:
+            self.check()
+            yield
+        finally:
+            with self._lock:
+                self._responses.discard(response)
+
+
+def _shut_down_socket(response: requests.Response) -> None:
+    connection = getattr(response.raw, "_connection", None)
+    sock = getattr(connection, "sock", None)
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+
+def remove_stale_partials(directory: Path,
+                          patterns: tuple[str, ...] = (f"*{PARTIAL_SUFFIX}",)) -> list[Path]:
+    """Delete the unfinished files (``.partial`` downloads, or names matching ``patterns``)
+    that a build killed mid-way left in ``directory``.
+
+    Their writers hold an exclusive ``flock`` on them, which the kernel drops when the process
+    dies; a file whose lock can be taken is nobody's, a locked one is being written by another
+    build sharing the directory, and is left alone.
+    """
+    removed: list[Path] = []
+    try:
+        candidates = [p for p in directory.iterdir()
+                      if any(fnmatch.fnmatchcase(p.name, pattern) for pattern in patterns)]
+    except OSError:
+        return removed
+    for path in candidates:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            continue
+        try:
+            path.unlink(missing_ok=True)
+            removed.append(path)
+        finally:
+            os.close(fd)
+    if removed:
+        log.info("Removed %d unfinished file(s) a stopped build left in %s", len(removed),
+                 directory)
+    return removed
+
+
 class RegistryClient:
     """Talks to registries on behalf of one build. Use it as a context manager or ``close()`` it."""
 
@@ -199,7 +308,8 @@ class RegistryClient:
     def _resolve(self, ref: ImageRef, platform: Platform) -> ResolvedImage:
         body, media_type, digest = self.get_manifest(ref)
         if _is_index(body, media_type):
-            index = Index.from_bytes(body, media_type)
+            with _naming(f"pulling index {ref.name}{_at(ref)} ({digest})"):
+                index = Index.from_bytes(body, media_type)
             try:
                 entry = index.select(platform)
             except ImageError as exc:
@@ -209,14 +319,13 @@ class RegistryClient:
             if _is_index(body, media_type):
                 raise ImageError(f"{ref_for_platform}: the index for {platform} points at "
                                  "another index, which kiln does not follow")
-        try:
+        with _naming(f"pulling manifest {ref.name}{_at(ref)} ({digest})"):
             manifest = Manifest.from_bytes(body, media_type)
-        except ImageError as exc:
-            raise ImageError(f"{ref}: {exc}") from None
         config_bytes = self.get_blob_bytes(ref, manifest.config, what="config",
                                            limit=MAX_CONFIG_SIZE)
-        return ResolvedImage(ref, manifest, body, digest, ImageConfig.from_bytes(config_bytes),
-                             config_bytes)
+        with _naming(f"pulling config {ref.name}@{manifest.config.digest}"):
+            config = ImageConfig.from_bytes(config_bytes)
+        return ResolvedImage(ref, manifest, body, digest, config, config_bytes)
 
     def get_manifest(self, ref: ImageRef, *, push: bool = False) -> tuple[bytes, str | None, str]:
         """(body, media type, digest) of the manifest or index ``ref`` names, in one request.
@@ -257,38 +366,50 @@ class RegistryClient:
         return body
 
     def fetch_blob(self, ref: ImageRef, descriptor: Descriptor, dest: Path, *,
-                   push: bool = False) -> None:
+                   push: bool = False, cancel: Cancellation | None = None) -> None:
         """Download the blob ``descriptor`` names to ``dest``, verified, in 1 MiB chunks.
 
         The bytes go to a temporary file next to ``dest`` that is renamed into place only when
         digest and size match, so ``dest`` never holds a partial or corrupt blob. A download
-        that breaks off is started again, up to the transport's retry count.
+        that breaks off is started again, up to the transport's retry count. ``cancel`` stops
+        it from another thread (``DownloadCancelled``), even in the middle of a stalled read.
         """
         ref = ref if push else self._pulled_from.get(ref.name, ref)
-        self._retrying_pull(partial(self._fetch_blob, ref, descriptor, dest, push))
+        self._retrying_pull(partial(self._fetch_blob, ref, descriptor, dest, push,
+                                    cancel or Cancellation()))
 
     def _fetch_blob(self, ref: ImageRef, descriptor: Descriptor, dest: Path,
-                    push: bool = False) -> None:
+                    push: bool, cancel: Cancellation) -> None:
         operation = f"fetching blob {ref.name}@{descriptor.digest}"
         _check_descriptor(descriptor, operation)
         dest.parent.mkdir(parents=True, exist_ok=True)
         attempt = 0
         while True:
+            cancel.check()
             try:
-                self._download(ref, descriptor, dest, operation, push)
+                self._download(ref, descriptor, dest, operation, push, cancel)
                 return
             except (requests.ConnectionError, requests.Timeout,
                     requests.exceptions.ChunkedEncodingError) as exc:
-                if attempt >= self.transport.options.retries:
-                    raise RegistryError(f"{operation}: download broke off: {exc}") from exc
-                self.transport.sleep(self.transport.backoff_delay(attempt))
+                cancel.check()
+                path = f"/v2/{ref.repository}/blobs/{descriptor.digest}"
+                limit = self.transport.options.retries
+                if attempt >= limit:
+                    raise RegistryError(f"{operation}: "
+                                        f"{describe_failure(exc, ref.registry, 'GET', path)}"
+                                        ) from exc
+                delay = self.transport.backoff_delay(attempt)
+                log.warning("Retrying download of blob %s from %s after %s due to %s (retry %d "
+                            "of %d)", descriptor.digest, ref.registry, format_wait(delay),
+                            describe_connection_error(exc), attempt + 1, limit)
+                self.transport.sleep(delay)
                 attempt += 1
 
     def _download(self, ref: ImageRef, descriptor: Descriptor, dest: Path,
-                  operation: str, push: bool) -> None:
+                  operation: str, push: bool, cancel: Cancellation) -> None:
         response = self._request("GET", ref, f"/v2/{ref.repository}/blobs/{descriptor.digest}",
                                  stream=True, push=push)
-        with response:
+        with response, cancel.watching(response):
             if response.status_code != 200:
                 raise http_error(operation, response)
             hasher = hashlib.new(descriptor.digest.partition(":")[0])
@@ -296,10 +417,19 @@ class RegistryClient:
             disk = partial(storage_errors, dest.parent, f"write blob {descriptor.digest} to")
             size = 0
             handle = tempfile.NamedTemporaryFile(  # noqa: SIM115 - renamed or removed below
-                dir=dest.parent, prefix=f".{dest.name}.", suffix=".partial", delete=False)
+                dir=dest.parent, prefix=f".{dest.name}.", suffix=PARTIAL_SUFFIX, delete=False)
+            def progress() -> str:
+                return (f"Still downloading blob {descriptor.digest} from {ref.registry}: "
+                        f"{size / 1e6:.1f} of {descriptor.size / 1e6:.1f} MB")
+
             try:
-                with handle:
+                # Held while the file is written: stale-partial cleanup skips a live download.
+                # Best effort: a filesystem without locks only loses that protection.
+                with contextlib.suppress(OSError):
+                    fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+                with handle, heartbeat(progress, self.transport.heartbeat_every):
                     for chunk in response.iter_content(CHUNK_SIZE):
+                        cancel.check()
                         size += len(chunk)
                         if size > descriptor.size:
                             break  # a registry sending more than it should is wrong already
@@ -364,19 +494,55 @@ class RegistryClient:
             mounted, upload_url = self._start_mount(ref, descriptor.digest, source)
             if mounted:
                 return True
-        if upload_url is None:
-            upload_url = self._start_upload(ref, operation)
-        # Monolithic upload: one PUT that closes the session and names the digest.
-        response = self._request(
-            "PUT", ref, _with_query(upload_url, digest=descriptor.digest), push=True,
-            headers={"Content-Type": "application/octet-stream",
-                     "Content-Length": str(descriptor.size)},
-            body=body,
-        )
+        limit = self.transport.options.retries
+        attempt = 0
+        while True:
+            if upload_url is None:
+                upload_url = self._start_upload(ref, operation)
+            broken = self._put_upload(ref, upload_url, descriptor, body, operation)
+            if broken is None:
+                return True
+            if attempt >= limit:
+                raise broken
+            # The session died with the connection (distribution answers a PUT to it with
+            # 404 BLOB_UPLOAD_INVALID): the retry opens a new one, unless the blob got in.
+            delay = self.transport.backoff_delay(attempt)
+            log.warning("Retrying upload of blob %s to %s in a new upload session after %s due "
+                        "to %s (retry %d of %d)", descriptor.digest, ref.registry,
+                        format_wait(delay), broken.reason, attempt + 1, limit)
+            self.transport.sleep(delay)
+            attempt += 1
+            upload_url = None
+            if self.blob_exists(ref, descriptor.digest):
+                return True
+
+    def _put_upload(self, ref: ImageRef, upload_url: str, descriptor: Descriptor, body: Body,
+                    operation: str) -> BrokenUpload | None:
+        """The monolithic upload: one PUT that closes the session and names the digest.
+
+        None when the registry took the blob; a ``BrokenUpload`` when a new session may do
+        better (no answer, a 5xx or 429, the session gone); a refusal raises."""
+        try:
+            response = self._request(
+                "PUT", ref, _with_query(upload_url, digest=descriptor.digest), push=True,
+                headers={"Content-Type": "application/octet-stream",
+                         "Content-Length": str(descriptor.size)},
+                body=body, retries=0,
+            )
+        except RegistryConnectionError as exc:
+            if not exc.transient:
+                raise
+            return BrokenUpload(f"{operation}: {exc}", exc.reason)
         with response:
-            if response.status_code not in (201, 204):
-                raise http_error(operation, response)
-        return True
+            if response.status_code in (201, 204):
+                return None
+            error = http_error(operation, response)
+            session_gone = response.status_code == 404 and not set(error.codes).isdisjoint(
+                {"BLOB_UPLOAD_INVALID", "BLOB_UPLOAD_UNKNOWN"})
+            if response.status_code in RETRY_STATUSES or session_gone:
+                reason = f"{response.status_code} {response.reason or ''}".rstrip()
+                return BrokenUpload(str(error), reason)
+            raise error
 
     def mount_blob(self, ref: ImageRef, digest: str, from_repo: ImageRef | str) -> bool:
         """Mount blob ``digest`` from another repository of the same registry into ``ref``'s.
@@ -444,7 +610,8 @@ class RegistryClient:
 
     def _request(self, method: str, ref: ImageRef, target: str, *, push: bool = False,
                  mount_from: str | None = None, headers: Mapping[str, str] | None = None,
-                 body: Body = None, stream: bool = False) -> requests.Response:
+                 body: Body = None, stream: bool = False,
+                 retries: int | None = None) -> requests.Response:
         """Send a request for ``ref``'s repository, with credentials when an authenticator has
         them, answering one ``401`` challenge."""
         scope = Scope(ref.registry, ref.repository, push=push, mount_from=mount_from)
@@ -454,14 +621,15 @@ class RegistryClient:
             if authorization:
                 sent_headers["Authorization"] = authorization
         response = self.transport.request(method, ref, target, push=push, headers=sent_headers,
-                                          body=body, stream=stream)
+                                          body=body, stream=stream, retries=retries)
         if response.status_code == 401 and self.auth is not None:
             authorization = self.auth.challenge(scope, response)
             if authorization:
                 response.close()
                 sent_headers["Authorization"] = authorization
                 response = self.transport.request(method, ref, target, push=push,
-                                                  headers=sent_headers, body=body, stream=stream)
+                                                  headers=sent_headers, body=body, stream=stream,
+                                                  retries=retries)
         if response.status_code in (401, 403) and self.auth is not None:
             advice = self.auth.explain(scope, response)
             if advice:
@@ -476,6 +644,14 @@ class RegistryHTTPError(RegistryError):
         super().__init__(message)
         self.status = status
         self.codes = codes
+
+
+class BrokenUpload(RegistryError):
+    """An upload that failed in a way a new upload session may not: ``reason`` in a few words."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 def http_error(operation: str, response: requests.Response) -> RegistryHTTPError:
@@ -496,7 +672,7 @@ def _error_details(response: requests.Response) -> tuple[tuple[str, ...], str]:
         return (), ""
     try:
         data: Any = json.loads(_read_limited(response, 64 << 10, "reading an error"))
-    except (ValueError, RegistryError, requests.RequestException):
+    except (ValueError, RecursionError, RegistryError, requests.RequestException):
         return (), ""
     errors = data.get("errors") if isinstance(data, dict) else None
     if not isinstance(errors, list):
@@ -530,7 +706,7 @@ def _is_index(body: bytes, media_type: str | None) -> bool:
     optional in OCI), by the ``Content-Type`` and finally by the shape of the document."""
     try:
         data = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return False  # Manifest.from_bytes reports the malformed JSON
     if not isinstance(data, dict):
         return False
@@ -542,6 +718,15 @@ def _is_index(body: bytes, media_type: str | None) -> bool:
     if media_type in MANIFEST_TYPES:
         return False
     return "manifests" in data and "layers" not in data
+
+
+@contextlib.contextmanager
+def _naming(operation: str) -> Iterator[None]:
+    """Prefix an ``ImageError`` raised inside with the operation: registry, image, digest."""
+    try:
+        yield
+    except ImageError as exc:
+        raise ImageError(f"{operation}: {exc}") from None
 
 
 def _digest_of(data: bytes, algorithm: str) -> str:

@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import errno
 import json
 import logging
 import os
 import re
 import shutil
+import stat
 import subprocess
 import threading
 from collections.abc import Callable, Mapping
@@ -34,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from executor import lifetime
 from executor.errors import RegistryError
 from executor.image.reference import DOCKER_HUB, DOCKER_HUB_API
 
@@ -120,7 +123,7 @@ class DockerConfig:
     def load(cls, path: Path) -> DockerConfig:
         """Read ``path``; a missing file is an empty config (anonymous everywhere)."""
         try:
-            text = path.read_text()
+            text = _read_regular_file(path, _MAX_CONFIG_BYTES)
         except FileNotFoundError:
             return cls(path)
         except OSError as exc:
@@ -130,6 +133,9 @@ class DockerConfig:
         except ValueError as exc:
             raise RegistryError(f"reading registry credentials: {path}: invalid JSON: {exc}") \
                 from None
+        except RecursionError:
+            raise RegistryError(f"reading registry credentials: {path}: invalid JSON: nested "
+                                "too deeply") from None
         if not isinstance(data, dict):
             raise RegistryError(f"reading registry credentials: {path}: not a JSON object")
         auths = data.get("auths") or {}
@@ -157,6 +163,35 @@ class DockerConfig:
             if registry_host(key) == registry:
                 return entry
         return None
+
+
+#: A docker config.json holds a few credentials; more than this is not one.
+_MAX_CONFIG_BYTES = 16 << 20
+
+
+def _read_regular_file(path: Path, limit: int) -> str:
+    """The text of ``path``, refusing what is not a regular file without blocking on it.
+
+    Opening a FIFO for reading blocks until a writer comes, forever in a pod; ``O_NONBLOCK``
+    makes the open return so ``fstat`` can say what the path is. ``/dev/zero`` would be read
+    without end, hence the size limit.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = ("a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode)
+                else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+                else "a socket" if stat.S_ISSOCK(mode) else "not a file")
+        raise OSError(errno.EINVAL, f"not a regular file ({kind})")
+    with os.fdopen(fd, "rb") as handle:
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise OSError(errno.EFBIG, f"larger than {limit >> 20} MiB")
+    try:
+        return data.decode()
+    except UnicodeDecodeError as exc:
+        raise OSError(errno.EINVAL, f"not UTF-8 text (byte {exc.start})") from None
 
 
 def credential_from_entry(entry: Mapping[str, Any], registry: str, source: str) -> Credential:
@@ -194,14 +229,16 @@ def run_credential_helper(name: str, registry: str,
                             "is not on PATH")
     server = HUB_AUTH_KEY if registry == DOCKER_HUB else registry
     try:
-        proc = subprocess.run([executable, "get"], input=server.encode(), capture_output=True,
-                              timeout=_HELPER_TIMEOUT, env=env, check=False)
+        proc = _run_helper([executable, "get"], server.encode(), env)
     except subprocess.TimeoutExpired:
         raise RegistryError(f"getting credentials for {registry}: {program} did not answer "
                             f"within {_HELPER_TIMEOUT:.0f}s") from None
     except OSError as exc:
         raise RegistryError(f"getting credentials for {registry}: {program}: "
                             f"{exc.strerror}") from None
+    except subprocess.SubprocessError as exc:  # the keeper could not be set up
+        raise RegistryError(f"getting credentials for {registry}: {program} could not be "
+                            f"started: {exc}") from None
     if proc.returncode != 0:
         said = (proc.stdout or proc.stderr).decode(errors="replace").strip()
         if _NOT_FOUND in said.lower():
@@ -211,7 +248,7 @@ def run_credential_helper(name: str, registry: str,
     try:
         data = json.loads(proc.stdout)
         username, secret = str(data.get("Username") or ""), str(data.get("Secret") or "")
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
         raise RegistryError(f"getting credentials for {registry}: {program} did not answer "
                             "with the helper protocol's JSON") from None
     if not secret:
@@ -316,3 +353,19 @@ class Keychain:
             return False
         path = (os.environ if self.environ is None else self.environ).get("PATH")
         return shutil.which(f"docker-credential-{helper}", path=path) is None
+
+
+def _run_helper(argv: list[str], stdin: bytes,
+                env: dict[str, str]) -> subprocess.CompletedProcess[bytes]:
+    """Run a helper under a keeper (``executor.lifetime``): when it answers, times out or the
+    build is interrupted, every process it started ends with it, so a hanging helper's
+    children cannot outlive its timeout. It stays in kiln's process group (kiln as PID 1 does
+    not reap it) and so gets a terminal's Ctrl-C with kiln."""
+    proc = lifetime.spawn(argv, env=env, new_session=False, stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        out, err = proc.communicate(stdin, timeout=_HELPER_TIMEOUT)
+    except BaseException:
+        lifetime.stop(proc)
+        raise
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err)

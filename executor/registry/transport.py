@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
+import http.client
 import logging
 import os
 import socket
@@ -39,6 +40,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import requests
 import urllib3
@@ -47,6 +49,7 @@ from requests.adapters import HTTPAdapter
 from executor import __version__
 from executor.errors import RegistryError
 from executor.image.reference import DOCKER_HUB, DOCKER_HUB_API, ImageRef
+from executor.log import HEARTBEAT_SECONDS, heartbeat
 
 if TYPE_CHECKING:
     from requests.adapters import _HostParams, _PoolKwargs
@@ -107,6 +110,33 @@ class TransportOptions:
             return False
         flag = self.skip_tls_verify if push else self.skip_tls_verify_pull
         return not (flag or _names_match(self.skip_tls_verify_registries, registry))
+
+
+#: Environment variables that tune the retry policy (no kaniko flag exists for it): a slow
+#: link wants longer timeouts, a test of faults wants short ones.
+TIMING_VARIABLES = {"KILN_REGISTRY_RETRIES": "retries", "KILN_REGISTRY_BACKOFF": "backoff",
+                    "KILN_REGISTRY_TIMEOUT": "read_timeout",
+                    "KILN_REGISTRY_CONNECT_TIMEOUT": "connect_timeout"}
+
+
+def timing_from_environment(environ: Mapping[str, str] | None = None) -> dict[str, float]:
+    """``TransportOptions`` fields set by ``KILN_REGISTRY_*`` variables; a bad value is an
+    error naming the variable."""
+    environ = os.environ if environ is None else environ
+    out: dict[str, float] = {}
+    for variable, name in TIMING_VARIABLES.items():
+        value = environ.get(variable, "").strip()
+        if not value:
+            continue
+        try:
+            number = int(value) if name == "retries" else float(value)
+        except ValueError:
+            number = -1
+        if number < 0 or (name != "retries" and number == 0):
+            raise RegistryError(f"{variable}={value!r}: expected a "
+                                f"{'count' if name == 'retries' else 'number of seconds'}")
+        out[name] = number
+    return out
 
 
 @dataclass(frozen=True)
@@ -257,36 +287,60 @@ class Transport:
 
     def request(self, method: str, ref: ImageRef, target: str, *, push: bool,
                 headers: Mapping[str, str] | None = None, body: Body = None,
-                stream: bool = False) -> requests.Response:
+                stream: bool = False, retries: int | None = None) -> requests.Response:
         """Send one API request for ``ref``'s registry, retrying what is worth retrying.
 
         ``target`` is a path (``/v2/...``) on the registry or an absolute URL (an upload
         ``Location``). Redirects are followed. Returns whatever status the registry gave; raises
-        ``RegistryError`` only when the registry cannot be reached at all.
+        ``RegistryConnectionError`` only when no answer came. ``retries`` overrides the
+        transport's count: an upload ``PUT`` is never re-sent to its session (a broken upload
+        session is gone), its caller opens a new one instead.
         """
+        limit = self.options.retries if retries is None else retries
         attempt = 0
+        waiting = f"Still waiting for registry {ref.registry} to answer {method} " \
+            f"{request_path(target)}"
         while True:
             try:
-                response = self._send(method, ref, target, push=push, headers=headers,
-                                      body=body, stream=stream)
+                with heartbeat(lambda: waiting, self.heartbeat_every):
+                    response = self._send(method, ref, target, push=push, headers=headers,
+                                          body=body, stream=stream)
             except requests.RequestException as exc:
-                if attempt < self.options.retries and _is_transient(exc):
-                    log.debug("request to %s failed (%s), retrying", ref.registry, exc)
-                    self.sleep(self.backoff_delay(attempt))
+                failure = RegistryConnectionError(describe_failure(exc, ref.registry, method,
+                                                                   target),
+                                                  transient=_is_transient(exc),
+                                                  reason=describe_connection_error(exc))
+                if attempt < limit and failure.transient:
+                    self._wait_before_retry(attempt, limit, method, ref, target,
+                                            failure.reason)
                     attempt += 1
                     continue
-                raise RegistryError(
-                    f"cannot reach registry {ref.registry}: {describe_connection_error(exc)}"
-                ) from exc
-            if response.status_code in RETRY_STATUSES and attempt < self.options.retries:
+                raise failure from exc
+            if response.status_code in RETRY_STATUSES and attempt < limit:
                 delay = retry_after(response)
                 response.close()
-                log.debug("%s answered %d, retrying", ref.registry, response.status_code)
-                self.sleep(self.backoff_delay(attempt) if delay is None
-                           else min(delay, MAX_RETRY_AFTER))
+                self._wait_before_retry(
+                    attempt, limit, method, ref, target,
+                    f"{response.status_code} {response.reason or ''}".rstrip(),
+                    None if delay is None else min(delay, MAX_RETRY_AFTER))
                 attempt += 1
                 continue
             return response
+
+    def _wait_before_retry(self, attempt: int, limit: int, method: str, ref: ImageRef,
+                           target: str, reason: str, delay: float | None = None) -> None:
+        """Log the retry in kaniko's words (a WARN line, so a slow registry is never a silent
+        minute in the default log) and wait for it."""
+        wait = self.backoff_delay(attempt) if delay is None else delay
+        log.warning("Retrying %s %s on %s after %s due to %s (retry %d of %d)", method,
+                    request_path(target), ref.registry, format_wait(wait), reason, attempt + 1,
+                    limit)
+        self.sleep(wait)
+
+    @property
+    def heartbeat_every(self) -> float:
+        """Seconds between "still waiting" lines: a few per read timeout, at most 30 s."""
+        return min(HEARTBEAT_SECONDS, self.options.read_timeout / 4)
 
     def backoff_delay(self, attempt: int) -> float:
         """Seconds to wait before retry number ``attempt + 1``."""
@@ -362,6 +416,68 @@ def _is_transient(exc: requests.RequestException) -> bool:
                       | requests.exceptions.ChunkedEncodingError)
 
 
+class RegistryConnectionError(RegistryError):
+    """No answer came from a registry: it could not be reached, or the connection broke.
+
+    ``transient`` says whether trying again may help (a reset may; a certificate that does not
+    verify never will).
+    """
+
+    def __init__(self, message: str, *, transient: bool, reason: str = "") -> None:
+        super().__init__(message)
+        self.transient = transient
+        #: The cause in a few words (``connection reset by peer``), for retry lines.
+        self.reason = reason or message
+
+
+def request_path(target: str) -> str:
+    """The path of a request target, without the query (upload state tokens are long)."""
+    return urlsplit(target).path or target
+
+
+def format_wait(seconds: float) -> str:
+    """A wait as kaniko prints a Go duration: ``500ms``, ``2s``, ``1.5s``."""
+    if seconds < 1:
+        return f"{round(seconds * 1000)}ms"
+    return f"{seconds:g}s" if seconds == int(seconds) else f"{seconds:.1f}s"
+
+
+def describe_failure(exc: BaseException, registry: str, method: str, target: str) -> str:
+    """One line for a request that got no (complete) answer.
+
+    A registry that could not be reached at all is ``cannot reach registry R: why``; one that
+    answered and then broke off says what broke, rather than urllib3's ``IncompleteRead`` tuple.
+    """
+    where = f"{method} {request_path(target)}"
+    incomplete = next((c for c in _causes(exc)
+                       if isinstance(c, urllib3.exceptions.IncompleteRead
+                                     | http.client.IncompleteRead)), None)
+    if incomplete is not None:
+        received = incomplete.partial if isinstance(incomplete.partial, int) \
+            else len(incomplete.partial)
+        return (f"registry {registry} broke off its answer to {where}: received {received} "
+                f"bytes, {incomplete.expected} more were due")
+    if _reached(exc):
+        return f"connection to registry {registry} broke during {where}: " \
+            f"{describe_connection_error(exc)}"
+    return f"cannot reach registry {registry}: {describe_connection_error(exc)}"
+
+
+def _reached(exc: BaseException) -> bool:
+    """True when the failure came after a connection was made (a reset, a read timeout, a
+    broken body), false when none could be made (refused, no such host, TLS refused)."""
+    causes = list(_causes(exc))
+    if any(isinstance(c, urllib3.exceptions.NewConnectionError | socket.gaierror
+                      | urllib3.exceptions.ConnectTimeoutError | ssl.SSLError
+                      | ConnectionRefusedError) for c in causes):
+        return False
+    return isinstance(exc, requests.exceptions.ChunkedEncodingError
+                      | requests.exceptions.ReadTimeout) or any(
+        isinstance(c, ConnectionResetError | BrokenPipeError | http.client.RemoteDisconnected
+                   | urllib3.exceptions.ReadTimeoutError | urllib3.exceptions.ProtocolError)
+        for c in causes)
+
+
 def retry_after(response: requests.Response) -> float | None:
     """The wait a ``Retry-After`` header asks for (seconds or an HTTP date), if any."""
     value = response.headers.get("Retry-After")
@@ -382,6 +498,9 @@ def retry_after(response: requests.Response) -> float | None:
 def describe_connection_error(exc: BaseException) -> str:
     """The root cause of a connection failure in a few words: ``connection refused``."""
     for cause in _causes(exc):
+        if isinstance(cause, urllib3.exceptions.IncompleteRead | http.client.IncompleteRead):
+            received = cause.partial if isinstance(cause.partial, int) else len(cause.partial)
+            return f"the answer broke off after {received} bytes ({cause.expected} more were due)"
         if isinstance(cause, ssl.SSLCertVerificationError):
             return f"TLS certificate verification failed: {cause.verify_message}"
         if isinstance(cause, ssl.SSLError):

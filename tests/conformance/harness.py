@@ -24,7 +24,7 @@ registry), ``@BASE@`` (the busybox base image), ``@HTTP@`` (this case's HTTP dir
     xattrs = { "path" = { "user.a" = "test" } }  # extended attributes of context files
     hardlinks = { "path" = "existing/path" }     # context files made hard links (git cannot)
     mkdirs = ["empty/dir"]             # empty directories git cannot hold
-    archives = { "a.tar.gz" = "_archives/a" }
+    archives = { "a.tar.gz" = "_archives/a", "b.tar" = "_archives/b.toml" }  # dir or listing
     mtime_paths = ["/file"]            # paths whose mtime is compared too
     expect_error = "error building image: Dockerfile:N: ..."
     xfail = "why kiln cannot pass yet"
@@ -147,11 +147,38 @@ def _normalise_modes(root: Path) -> None:
                 p.chmod(0o755 if p.stat().st_mode & 0o100 else 0o644)
 
 
+_ENTRY_TYPES = {"file": tarfile.REGTYPE, "dir": tarfile.DIRTYPE, "symlink": tarfile.SYMTYPE,
+                "hardlink": tarfile.LNKTYPE}
+
+
+def _add_listed_entries(tar: tarfile.TarFile, listing: Path) -> None:
+    """The entries ``listing`` (a TOML file of ``[[entry]]`` tables) names, in its order.
+
+    For archives a directory cannot hold: names that climb (``../x``), an empty name, a
+    symlink then a file through it. Keys: ``name``, ``type`` (file, dir, symlink, hardlink;
+    default file), ``data`` (a file's text), ``target`` (a link's), ``mode`` (octal text).
+    """
+    for entry in tomllib.loads(listing.read_text())["entry"]:
+        info = tarfile.TarInfo(entry["name"])
+        info.type = _ENTRY_TYPES[entry.get("type", "file")]
+        info.mtime = FIXED_MTIME
+        info.mode = int(entry.get("mode", "755" if info.type == tarfile.DIRTYPE else "644"), 8)
+        info.linkname = entry.get("target", "")
+        data = entry.get("data", "").encode()
+        info.size = len(data) if info.type == tarfile.REGTYPE else 0
+        tar.addfile(info, io.BytesIO(data) if info.size else None)
+
+
 def _pack(source: Path, dest: Path) -> None:
-    """``source``'s contents as a tar archive, compressed as ``dest``'s suffix says."""
+    """``source``'s contents as a tar archive, compressed as ``dest``'s suffix says.
+
+    ``source`` is a directory, or a ``.toml`` listing of entries (:func:`_add_listed_entries`).
+    """
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for path in sorted(source.rglob("*")):
+        if source.suffix == ".toml":
+            _add_listed_entries(tar, source)
+        for path in sorted(source.rglob("*") if source.is_dir() else ()):
             info = tar.gettarinfo(str(path), arcname=path.relative_to(source).as_posix())
             info.mtime = FIXED_MTIME
             info.uid = info.gid = 0
@@ -190,7 +217,9 @@ def render_directory(source: Path, dest: Path, subs: Mapping[str, str],
     _normalise_modes(dest)
     for path in dest.rglob("*"):
         if "Dockerfile" in path.name and path.is_file() and not path.is_symlink():
-            path.write_text(_substitute(path.read_text(), subs))
+            # surrogateescape: a case may hold bytes that are not UTF-8 (latin1-comment)
+            text = path.read_text(errors="surrogateescape")
+            path.write_text(_substitute(text, subs), errors="surrogateescape")
     return dest
 
 

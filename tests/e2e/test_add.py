@@ -98,6 +98,28 @@ def test_add_archive_cannot_write_outside_its_destination(tmp_path: Path,
     assert b"evil" not in (built.root / "etc/passwd").read_bytes()
 
 
+def test_add_archive_into_sys_writes_it_in_a_sandbox(tmp_path: Path, busybox_image: str) -> None:
+    built = build(tmp_path, f"FROM {busybox_image}\nADD a.tar /\n",
+                  {"a.tar": tar_bytes({"sys/fs/foo": "foo\n", "dev/baz": "baz\n"})})
+    assert built.ok, built.run.stderr
+    assert built.contents[-1]["sys/fs/foo"] == b"foo\n"
+    assert built.contents[-1]["dev/baz"] == b"baz\n"
+
+
+def test_add_archive_entries_on_an_ignored_path_are_named_in_one_warning(
+        tmp_path: Path, busybox_image: str) -> None:
+    # --ignore-path stands in for a mount point of the build container (in place, /sys).
+    built = build(tmp_path, f"FROM {busybox_image}\nADD a.tar /opt/\n",
+                  {"a.tar": tar_bytes({"sys/fs/foo": "foo\n", "sys/b": "b\n", "ok": "ok\n"})},
+                  "--ignore-path", "/opt/sys")
+    assert built.ok, built.run.stderr
+    warnings = [line for line in built.run.stderr.splitlines() if "not written" in line]
+    assert len(warnings) == 1
+    assert warnings[0].startswith("WARN")
+    assert "Dockerfile:2: ADD a.tar: not written: /opt/sys/fs/foo and 1 more" in warnings[0]
+    assert "opt/ok" in built.contents[-1] and "opt/sys/fs/foo" not in built.contents[-1]
+
+
 # --- URLs ---------------------------------------------------------------------------------
 
 class _Handler(http.server.SimpleHTTPRequestHandler):

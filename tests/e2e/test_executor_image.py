@@ -154,6 +154,26 @@ RUN touch /run-started && sleep 120
     assert registry.tags("inplace/stopped") == []
 
 
+def test_a_daemon_started_by_a_run_ends_with_the_run_in_place(
+        executor_rootfs: Path, registry: Registry, busybox_image: str, tmp_path: Path) -> None:
+    # The daemon leaves the RUN's session and process group (the RUN gives it a second to do
+    # so); kiln as PID 1 must still end it with its RUN, or it writes /late into the image the
+    # next RUN commits.
+    context = write_dockerfile(tmp_path / "context", f"""\
+FROM {busybox_image}
+RUN setsid sh -c 'sleep 2; echo late > /late' > /dev/null 2>&1 & (setsid sleep 300 &); sleep 1
+RUN sleep 4; test ! -e /late && ps -o pid,args > /processes && grep CapEff /proc/self/status > /caps
+""")
+    dest = f"{registry.host}/inplace/daemon:1"
+    bundle = executor_bundle(tmp_path / "c", executor_rootfs, registry, context, build_args(dest))
+    result = run_container(bundle)
+    assert result.exit_code == 0, result.stderr[-4000:]
+    rootfs = tmp_path / "c" / "rootfs"
+    processes = (rootfs / "processes").read_text()
+    assert "sleep 300" not in processes and "sleep 2" not in processes, processes
+    assert (rootfs / "caps").read_text().split() == ["CapEff:", "00000000a80425fb"]
+
+
 def test_the_executor_starts_in_the_plain_image_with_nothing_but_kaniko(
         plain_executor_image: str, tmp_path: Path) -> None:
     info = inspect_image(plain_executor_image)
@@ -203,3 +223,32 @@ def test_ecrs_credential_helper_runs_in_the_plain_image_as_in_kanikos(
                     workdir=tmp_path)
     assert out.exit_code == 0, out.stderr
     assert out.stdout.strip().startswith("0.")
+
+
+def test_in_place_sbom_lists_the_image_not_the_executor(
+        executor_rootfs: Path, registry: Registry, debian_image: str, tmp_path: Path) -> None:
+    """``--attest`` in the executor image (issue 16): spdx-tools is bundled, and the SBOM of an
+    in-place build holds the built image's packages, none of kiln's own under /kaniko."""
+    import json
+
+    import requests
+
+    context = write_dockerfile(tmp_path / "context", DEBIAN_DOCKERFILE.format(base=debian_image))
+    dest = f"{registry.host}/inplace/attested:1"
+    bundle = executor_bundle(tmp_path / "c", executor_rootfs, registry, context, build_args(
+        dest, "--attest", "type=sbom", "--attest", "type=provenance,mode=max"))
+    result = run_container(bundle)
+    assert result.exit_code == 0, result.stderr[-4000:]
+    base = f"http://{registry.host}/v2/inplace/attested"
+    index = requests.get(f"{base}/manifests/1", timeout=30, headers={
+        "Accept": "application/vnd.oci.image.index.v1+json"}).json()
+    manifest = requests.get(f"{base}/manifests/{index['manifests'][1]['digest']}", timeout=30,
+                            headers={"Accept": "application/vnd.oci.image.manifest.v1+json"}
+                            ).json()
+    sbom = next(json.loads(requests.get(f"{base}/blobs/{layer['digest']}", timeout=30).content)
+                for layer in manifest["layers"]
+                if layer["annotations"]["in-toto.io/predicate-type"] == "https://spdx.dev/Document")
+    purls = [ref["referenceLocator"] for package in sbom["predicate"]["packages"]
+             for ref in package.get("externalRefs", [])]
+    assert len([p for p in purls if p.startswith("pkg:deb/debian/")]) > 80
+    assert not [p for p in purls if p.startswith("pkg:pypi/")]

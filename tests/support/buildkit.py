@@ -156,7 +156,7 @@ class BuildKit:
 
 def strip_syntax_directive(dockerfile: Path) -> None:
     """Drop a leading ``# syntax=`` line: BuildKit would pull that frontend from the internet."""
-    lines = dockerfile.read_text().splitlines(keepends=True)
+    lines = dockerfile.read_text(errors="surrogateescape").splitlines(keepends=True)
     out = []
     in_directives = True
     for line in lines:
@@ -167,4 +167,4 @@ def strip_syntax_directive(dockerfile: Path) -> None:
         if not line.lstrip().startswith("#"):
             in_directives = False
         out.append(line)
-    dockerfile.write_text("".join(out))
+    dockerfile.write_text("".join(out), errors="surrogateescape")

@@ -196,6 +196,21 @@ def test_a_failing_helper_reports_its_first_line_not_a_secret(tmp_path: Path) ->
                                " failed: token expired, run login")
 
 
+def test_a_hanging_helpers_children_end_with_its_timeout(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    bin_dir = tmp_path / "bin"
+    pid_file = tmp_path / "child.pid"
+    # The child leaves the helper's session and process group, as a daemon would.
+    write_helper(bin_dir, "hang", f"setsid sh -c 'echo $$ > {pid_file}; exec sleep 60' &\n"
+                 "sleep 60\n")
+    monkeypatch.setattr("executor.registry.credentials._HELPER_TIMEOUT", 1.0)
+    chain = keychain(tmp_path, {"credsStore": "hang"}, environ=helper_env(bin_dir))
+    with pytest.raises(RegistryError, match="did not answer within 1s"):
+        chain.resolve("reg.example.com")
+    child = int(pid_file.read_text())
+    assert not Path(f"/proc/{child}").exists()
+
+
 # --- google-auth selection -------------------------------------------------------------------
 
 

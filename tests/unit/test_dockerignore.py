@@ -1,10 +1,13 @@
 """The .dockerignore matcher, with Docker's pattern rules."""
 
+from pathlib import Path
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from executor.context import DockerIgnore
+from executor.context import BuildContext, DockerIgnore
+from executor.errors import ContextError
 
 
 @pytest.mark.parametrize(
@@ -25,7 +28,21 @@ from executor.context import DockerIgnore
         ("a/**/z", "a/b/c/z", True),
         ("a/**/z", "a/z", True),
         ("[ab].txt", "a.txt", True),
-        ("[!ab].txt", "a.txt", False),
+        # Docker hands classes to Go's regexp, where '!' is a member and '^' negates.
+        ("[!ab].txt", "a.txt", True),
+        ("[!ab].txt", "c.txt", False),
+        ("[^ab].txt", "c.txt", True),
+        ("[a-c]x", "bx", True),
+        ("a**b", "ab", True),
+        ("a**b", "axb", False),
+        ("a**b", "ax/b", True),
+        ("**", "any/thing", True),
+        ("**/x", "x", True),
+        ("build/**", "build/a/b", True),
+        ("build**", "buildx", True),
+        (" #x", "#x", True),
+        ("/!a\\*", "a*", False),
+        ("*\n/!a", "a", False),
         ("# comment", "# comment", False),
         ("./build", "build/out", True),
     ],
@@ -62,3 +79,12 @@ def test_reinclusion_after_exclusion_wins(parts: list[str]) -> None:
 def test_an_excluded_directory_is_entered_only_when_a_reinclusion_starts_below_it(
         patterns: str, directory: str, entered: bool) -> None:
     assert DockerIgnore.from_text(patterns).reincludes_below(directory) is entered
+
+
+def test_an_ignore_file_over_the_size_limit_is_refused_before_it_is_read(
+        tmp_path: Path) -> None:
+    (tmp_path / "Dockerfile").write_text("FROM scratch\n")
+    with (tmp_path / ".dockerignore").open("wb") as out:
+        out.truncate(1024 ** 3)  # sparse: 1 GB that costs no disk
+    with pytest.raises(ContextError, match=r"\.dockerignore: larger than kiln's limit of 10 MiB"):
+        BuildContext.load(tmp_path, tmp_path / "Dockerfile")

@@ -111,3 +111,8 @@ def test_braced_variable_is_its_value_or_empty(env: dict[str, str], name: str) -
 
 def test_heredoc_bodies_keep_their_quotes_but_expand_variables() -> None:
     assert expand_word("it's \"$abc\"\n", ENV, process_quotes=False) == "it's \"hello\"\n"
+
+
+def test_substitutions_nested_past_the_limit_are_an_expansion_error_not_a_recursion() -> None:
+    with pytest.raises(ExpansionError, match="nested more than 64 deep"):
+        expand_word("${A:-" * 400 + "x" + "}" * 400, {})

@@ -154,5 +154,19 @@ def test_mount_points_under_the_root_are_read_from_mountinfo(tmp_path: Path) -> 
     assert mount_points_under("/", mountinfo) >= {"proc", "build/root", "build/root/dev"}
 
 
+def test_in_place_the_runtimes_name_service_files_are_ignored_as_mount_points(
+        tmp_path: Path) -> None:
+    # What runc, crun and containerd bind over a pod's /etc: a RUN reads them, no layer
+    # may hold them.
+    mountinfo = tmp_path / "mountinfo"
+    mountinfo.write_bytes(
+        b"600 500 254:0 /containers/abc/resolv.conf /etc/resolv.conf rw - ext4 /dev/vda rw\n"
+        b"601 500 254:0 /containers/abc/hosts /etc/hosts rw - ext4 /dev/vda rw\n"
+        b"602 500 254:0 /containers/abc/hostname /etc/hostname rw - ext4 /dev/vda rw\n"
+    )
+    assert mount_points_under("/", mountinfo) == {"etc/resolv.conf", "etc/hosts",
+                                                  "etc/hostname"}
+
+
 def test_a_missing_mountinfo_means_no_mounts(tmp_path: Path) -> None:
     assert mount_points_under("/", tmp_path / "absent") == set()

@@ -96,3 +96,28 @@ def test_name_service_files_are_the_hosts_read_only_and_leave_the_images_alone(
     assert (root / "tmp/write").read_text() == "refused\n"
     assert (root / "etc/hosts").read_text() == "127.0.0.1 image\n"
     assert (root / "etc/resolv.conf").read_text() == "nameserver 192.0.2.1\n"
+
+
+def test_name_service_files_reach_a_run_where_the_image_has_none_and_leave_no_trace(
+        tmp_path: Path) -> None:
+    root = make_busybox_rootfs(tmp_path / "root")
+    before = os.lstat(root / "etc")
+    code = Sandbox(root, in_place=False).run(
+        ["/bin/sh", "-c", "cat /etc/hosts > /tmp/hosts && cat /etc/resolv.conf > /tmp/resolv"],
+        env=ENV, cwd="/", identity=Identity())
+    assert code == 0
+    assert "kiln" in (root / "tmp/hosts").read_text().split()
+    assert (root / "tmp/resolv").read_bytes() == Path("/etc/resolv.conf").read_bytes()
+    assert not os.path.lexists(root / "etc/hosts")
+    assert not os.path.lexists(root / "etc/resolv.conf")
+    assert os.lstat(root / "etc").st_mtime_ns == before.st_mtime_ns
+
+
+def test_a_run_that_adds_to_etc_keeps_the_new_mtime(tmp_path: Path) -> None:
+    root = make_busybox_rootfs(tmp_path / "root")
+    before = os.lstat(root / "etc")
+    assert Sandbox(root, in_place=False).run(
+        ["/bin/sh", "-c", "sleep 0.05; echo x > /etc/new"], env=ENV, cwd="/",
+        identity=Identity()) == 0
+    assert os.lstat(root / "etc").st_mtime_ns != before.st_mtime_ns
+    assert not os.path.lexists(root / "etc/hosts")

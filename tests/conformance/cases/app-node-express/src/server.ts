@@ -1,0 +1,2 @@
+const greeting: string = 'hi'
+export default greeting

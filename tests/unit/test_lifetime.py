@@ -1,0 +1,106 @@
+"""executor.lifetime: a command's processes, all of them, end with the command."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from executor import lifetime
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_a_setsid_daemon_ends_when_the_command_exits(tmp_path: Path) -> None:
+    pid_file = tmp_path / "daemon.pid"
+    proc = lifetime.spawn(["/bin/sh", "-c", f"setsid sh -c 'echo $$ > {pid_file}; "
+                           "exec sleep 60' & sleep 0.3; exit 3"], env={"PATH": "/bin:/usr/bin"})
+    assert proc.wait(10) == 3
+    assert not alive(int(pid_file.read_text()))
+
+
+def test_the_commands_exit_code_and_signal_come_through() -> None:
+    env = {"PATH": "/bin:/usr/bin"}
+    assert lifetime.spawn(["/bin/sh", "-c", "exit 7"], env=env).wait(10) == 7
+    assert lifetime.spawn(["/bin/sh", "-c", "kill -9 $$"], env=env).wait(10) == 137
+
+
+def test_stop_ends_the_command_and_what_it_started(tmp_path: Path) -> None:
+    pid_file = tmp_path / "child.pid"
+    proc = lifetime.spawn(["/bin/sh", "-c", f"(setsid sleep 60 & echo $! > {pid_file}); "
+                           "sleep 60"], env={"PATH": "/bin:/usr/bin"})
+    deadline = time.monotonic() + 10
+    while not pid_file.exists() or not pid_file.read_text().strip():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    started = time.monotonic()
+    lifetime.stop(proc)
+    assert time.monotonic() - started < 5
+    assert not alive(int(pid_file.read_text()))
+
+
+def test_a_missing_program_is_file_not_found() -> None:
+    with pytest.raises(FileNotFoundError):
+        lifetime.spawn(["/nonexistent/program"], env={})
+
+
+def test_a_failing_setup_fails_the_start() -> None:
+    def refuse() -> None:
+        raise OSError(1, "refused")
+
+    with pytest.raises(subprocess.SubprocessError):
+        lifetime.spawn(["/bin/true"], env={}, command_setup=refuse)
+
+
+def test_descendants_follow_the_tree() -> None:
+    me = os.getpid()
+    child = subprocess.Popen(["/bin/sh", "-c", "sleep 30 & wait"])
+    try:
+        deadline = time.monotonic() + 10
+        while len(lifetime.descendants(child.pid)) < 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        below_me = lifetime.descendants(me)
+        assert child.pid in below_me
+        assert set(lifetime.descendants(child.pid)) < set(below_me)
+    finally:
+        for pid in lifetime.descendants(child.pid):
+            os.kill(pid, signal.SIGKILL)
+        child.kill()
+        child.wait()
+
+
+def test_everything_ends_when_kiln_is_killed(tmp_path: Path) -> None:
+    pid_file = tmp_path / "daemon.pid"
+    script = ("import sys, time\nfrom executor import lifetime\n"
+              "lifetime.spawn(['/bin/sh', '-c', sys.argv[1]], env={'PATH': '/bin:/usr/bin'})\n"
+              "time.sleep(60)\n")
+    kiln = subprocess.Popen([sys.executable, "-c", script,
+                             f"setsid sh -c 'echo $$ > {pid_file}; exec sleep 60' & sleep 60"])
+    try:
+        deadline = time.monotonic() + 10
+        while not pid_file.exists() or not pid_file.read_text().strip():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        daemon = int(pid_file.read_text())
+        assert alive(daemon)
+        kiln.kill()
+        kiln.wait()
+        deadline = time.monotonic() + 5
+        while alive(daemon) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not alive(daemon)
+    finally:
+        kiln.kill()
+        kiln.wait()
