@@ -93,9 +93,18 @@ class DockerIgnore:
 
     def reincludes_below(self, directory: str) -> bool:
         """True when a ``!`` pattern may bring back something under the excluded ``directory``,
-        so the walk must enter it (Docker's rule: the pattern starts with ``directory/``)."""
-        prefix = directory.rstrip("/") + "/"
-        return any(p.exclusion and (p.text + "/").startswith(prefix) for p in self.patterns)
+        so the walk must enter it: the pattern's fixed part (before its first wildcard) lies
+        below ``directory`` or above it (``!dir/keep``, ``!**/*.go``), as BuildKit enters it."""
+        prefix = directory.strip("/") + "/"
+        for pattern in self.patterns:
+            if not pattern.exclusion:
+                continue
+            fixed = wildcard_directory(pattern.text) if glob.has_magic(pattern.text) \
+                else pattern.text
+            fixed = fixed.strip("/") + "/" if fixed.strip("/") else ""
+            if fixed.startswith(prefix) or prefix.startswith(fixed):
+                return True
+        return False
 
     def excluded(self, rel: str) -> bool:
         """True when ``rel`` (a context-relative path) is left out of the context."""
