@@ -83,7 +83,9 @@ def owner_ids(root: Path, spec: str) -> tuple[int, int]:
 
     BuildKit's rule: a numeric user without a group means uid:uid, whatever passwd says; a
     user name means its passwd uid and primary gid; ``:group`` overrides the gid; an empty
-    user (``:group``) is root. A name missing from passwd or group is UnknownUserError.
+    user (``:group``) is root, and so is ``root`` where the image has no passwd entry for it
+    (BuildKit gives 0:0 there). Any other name missing from passwd or group is
+    UnknownUserError (README, departures: BuildKit makes the files root's without a word).
     """
     user, _, group = spec.partition(":")
     if not user:
@@ -92,12 +94,13 @@ def owner_ids(root: Path, spec: str) -> tuple[int, int]:
         uid = gid = int(user)
     else:
         entry = lookup_user(root, user)
-        if entry is None:
+        if entry is None and user != "root":  # root is 0:0 even with no passwd (scratch)
             raise UnknownUserError(f"unable to find user {user}: no matching entries in "
                                    "passwd file")
-        uid, gid = entry.uid, entry.gid
+        uid, gid = (entry.uid, entry.gid) if entry is not None else (0, 0)
     if group:
-        gid = lookup_group(root, group)
+        gid = 0 if group == "root" and _lookup_gid(root, group) is None \
+            else lookup_group(root, group)
     return uid, gid
 
 

@@ -41,6 +41,11 @@ def test_owner_ids_follow_buildkits_chown_rule(image_root: Path, spec: str,
     assert owner_ids(image_root, spec) == ids
 
 
+@pytest.mark.parametrize("spec", ["root", "root:root", "0:root"])
+def test_root_is_zero_even_where_the_image_has_no_passwd(tmp_path: Path, spec: str) -> None:
+    assert owner_ids(tmp_path, spec) == (0, 0)
+
+
 @pytest.mark.parametrize(("spec", "message"), [
     ("nobody-here", "unable to find user nobody-here: no matching entries in passwd file"),
     ("app:nogroup", "unable to find group nogroup"),
