@@ -123,8 +123,9 @@ class Sandbox:
     def prepare(self) -> list[Path]:
         """Create missing mount points in a sandbox root; returns those it created.
 
-        The caller removes them again after the command, so a base image without ``/proc``
-        does not gain one in the built image.
+        They stay after the command: runc makes them in the rootfs for BuildKit's RUN, so an
+        image without ``/proc``, ``/dev`` or ``/sys`` (a ``FROM scratch`` stage) gains them, as
+        empty root 0755 directories, in that RUN's layer.
         """
         created: list[Path] = []
         if self.in_place:
@@ -151,27 +152,21 @@ class Sandbox:
         Both need a new namespace, which in place takes CAP_SYS_ADMIN: without it the command
         does not start (SubprocessError).
         """
-        created = self.prepare()
-        try:
-            with self._name_service_files() as name_service:
-                all_mounts = (*name_service, *mounts)
-                # As PID 1, orphans are reaped only once the command itself was waited for.
-                with reaping_paused():
-                    proc = lifetime.spawn(
-                        list(argv), env=env,
-                        stdin=subprocess.PIPE if stdin is not None
-                        else subprocess.DEVNULL,
-                        keeper_setup=self._namespaces(network),
-                        command_setup=self._command_setup(cwd, identity, all_mounts))
-                    try:
-                        proc.communicate(stdin)
-                    except BaseException:
-                        lifetime.stop(proc)
-                        raise
-        finally:
-            for point in created:
-                with contextlib.suppress(OSError):
-                    point.rmdir()
+        self.prepare()
+        with self._name_service_files() as name_service:
+            all_mounts = (*name_service, *mounts)
+            # As PID 1, orphans are reaped only once the command itself was waited for.
+            with reaping_paused():
+                proc = lifetime.spawn(
+                    list(argv), env=env,
+                    stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+                    keeper_setup=self._namespaces(network),
+                    command_setup=self._command_setup(cwd, identity, all_mounts))
+                try:
+                    proc.communicate(stdin)
+                except BaseException:
+                    lifetime.stop(proc)
+                    raise
         code = proc.returncode
         return 128 - code if code < 0 else code
 

@@ -43,14 +43,16 @@ def test_exit_code_and_user_are_the_commands(tmp_path: Path) -> None:
     assert (root / "tmp/pwd").read_text() == "/home/kiln\n"
 
 
-def test_missing_mount_points_are_created_then_removed(tmp_path: Path) -> None:
+def test_missing_mount_points_are_created_and_stay_as_runc_leaves_them(tmp_path: Path) -> None:
     root = make_busybox_rootfs(tmp_path / "root")
     for name in ("proc", "dev", "sys"):
         (root / name).rmdir()
     assert Sandbox(root, in_place=False).run(["/bin/true"], env=ENV, cwd="/",
                                              identity=Identity()) == 0
-    assert not (root / "proc").exists()
-    assert not (root / "dev").exists()
+    for name in ("proc", "dev", "sys"):
+        info = (root / name).lstat()
+        assert stat.S_ISDIR(info.st_mode) and stat.S_IMODE(info.st_mode) == 0o755, name
+        assert not any((root / name).iterdir()), name
 
 
 def test_background_processes_are_killed_when_the_command_ends(tmp_path: Path) -> None:
