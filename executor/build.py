@@ -199,7 +199,8 @@ class Builder:
         config.data["created"] = EPOCH if self.options.reproducible else _now()
         state = StageState(stage=stage, plan=self.plan, config=config, root=self.root,
                            context=self.context,
-                           sandbox=Sandbox(self.root, in_place=self.options.in_place),
+                           sandbox=Sandbox(self.root, in_place=self.options.in_place,
+                                           scratch=self.workspace.scratch),
                            created=config.data["created"], source_root=self._source_root,
                            ignore=self.ignore, scratch_dir=self.workspace.scratch,
                            kiln_dir=self.workspace.kiln_dir, secrets=self.secrets,

@@ -115,10 +115,16 @@ _PROC_READ_ONLY = ("bus", "fs", "irq", "sys", "sysrq-trigger")
 
 @dataclass(frozen=True)
 class Sandbox:
-    """Where commands run: ``root`` and whether it is this process's own ``/``."""
+    """Where commands run: ``root`` and whether it is this process's own ``/``.
+
+    ``scratch`` holds the command's private files (copies of the host's name-service files):
+    the build's workspace, so a killed build's leftovers go with it; the system's temporary
+    directory when None.
+    """
 
     root: Path
     in_place: bool
+    scratch: Path | None = None
 
     def prepare(self) -> list[Path]:
         """Create missing mount points in a sandbox root; returns those it created.
@@ -240,7 +246,7 @@ class Sandbox:
         if self.in_place or etc.is_symlink() or not etc.is_dir():
             yield ()
             return
-        with tempfile.TemporaryDirectory(prefix="kiln-etc-") as copies:
+        with tempfile.TemporaryDirectory(prefix="kiln-etc-", dir=self.scratch) as copies:
             mounts: list[Mount] = []
             missing: list[Path] = []
             for name in _NAME_SERVICE_FILES:

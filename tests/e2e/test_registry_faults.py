@@ -471,9 +471,9 @@ def test_a_stop_signal_ends_the_build_promptly_and_a_rerun_succeeds(
                 os.kill(pid, signal.SIGKILL)
     # A SIGKILL mid-download or mid-layer leaves the half-written file; the next build in the
     # same kiln dir removes it (and a SIGTERM's own cleanup may already have).
+    # (Whether the kill lands while a file is half-written is a race on a loaded machine, so
+    # only what the next build does with such a file is asserted.)
     left_behind = unfinished_files(build.kiln_dir)
-    if signum == signal.SIGKILL and phase in ("pull", "snapshot"):
-        assert left_behind
     again = build.rerun_succeeds(registry, "--build-arg", "PAUSE=0")
     if left_behind:
         assert f"Removed {len(left_behind)} unfinished file(s)" in again.stderr
