@@ -48,6 +48,7 @@ from executor.image.reference import ImageRef
 from executor.inplace import check_in_place_allowed, executor_image_paths
 from executor.instructions import add, copy, metadata, run
 from executor.instructions.metadata import Step
+from executor.instructions.placed import recover as recover_placements
 from executor.instructions.state import StageState
 from executor.options import BuildOptions, read_secrets
 from executor.publish import check_push_permissions, make_client, publish, transfer_line
@@ -62,6 +63,7 @@ from snapshot.snapshot import (
     Changes,
     Snapshot,
     diff_snapshots,
+    settle_ctimes,
     take_snapshot,
     wait_for_clock_tick,
 )
@@ -253,7 +255,8 @@ class Builder:
             if step.history is not None or step.touches_fs:
                 state.config.add_empty_history(step.history or inst.original, state.created)
             return snapshot
-        committed = self._commit_layer(state, snapshot, step.history or inst.original, layers)
+        committed = self._commit_layer(state, snapshot, step.history or inst.original, layers,
+                                       step.settled)
         if keys is not None and inst.kind in ("COPY", "ADD"):
             # Their inputs are files, not text: the key goes on from what they wrote.
             keys.key = chain(keys.key, written_content(self.root, committed.changes))
@@ -277,7 +280,7 @@ class Builder:
             log.info("Not caching cmd %s: it mounts files its cache key cannot see", command)
         step = HANDLERS["RUN"](state, inst)
         history = step.history or inst.original
-        committed = self._commit_layer(state, snapshot, history, layers)
+        committed = self._commit_layer(state, snapshot, history, layers, step.settled)
         if keyed:
             self.cache.store_layer(key, committed.layer, history)
         keys.key = chain(key, _layer_id(committed.layer))
@@ -295,11 +298,11 @@ class Builder:
         return take_snapshot(self.root, self.ignore)
 
     def _commit_layer(self, state: StageState, before: Snapshot, history: str,
-                      layers: list[Layer]) -> Committed:
+                      layers: list[Layer], settled: tuple[str, ...] = ()) -> Committed:
         """Snapshot the root, and write what changed since ``before`` as a new layer."""
         log.info("Taking snapshot of full filesystem...")
         new = take_snapshot(self.root, self.ignore)
-        changes = diff_snapshots(before, new)
+        changes = diff_snapshots(settle_ctimes(before, new, settled), new)
         if changes.is_empty():
             log.info("No files changed in this command, skipping snapshotting.")
             state.config.add_empty_history(history, state.created)
@@ -571,6 +574,8 @@ def _build(options: BuildOptions) -> str:
     ignore: IgnoreList | None = None
     try:
         with _workspace(options) as workspace:
+            # A build killed during a RUN --mount left its placements: undo them first.
+            recover_placements(workspace.kiln_dir)
             extra = list(options.ignore_paths)
             if not options.in_place:
                 extra += [f"/{name}" for name in SANDBOX_MOUNTS]

@@ -60,6 +60,9 @@ class Mount:
     source: Path | None
     readonly: bool = False
     tmpfs_size: int | None = None
+    # "dir" or "file": the mount point lies inside another mount of the same RUN and is made
+    # there just before mounting (item 8 of issue 19).
+    create: str | None = None
 
 
 @dataclass(frozen=True)
@@ -181,8 +184,16 @@ def _private_mounts(mounts: tuple[Mount, ...]) -> None:
 
 
 def _mount_all(libc: ctypes.CDLL, mounts: tuple[Mount, ...]) -> None:
+    """Mount outer targets first; read-only only once all are mounted, so a mount point nested
+    in a read-only bind (a copy of its source) can still be made."""
     for mount in mounts:
         target = str(mount.target).encode()
+        if mount.create and not os.path.lexists(mount.target):
+            os.makedirs(mount.target.parent, exist_ok=True)
+            if mount.create == "dir":
+                os.mkdir(mount.target, 0o755)
+            else:
+                os.close(os.open(mount.target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
         if mount.source is None:
             options = f"mode=1777,size={mount.tmpfs_size}" if mount.tmpfs_size else "mode=1777"
             _check(libc.mount(b"tmpfs", target, b"tmpfs", MS_NOSUID | MS_NODEV,
@@ -190,10 +201,13 @@ def _mount_all(libc: ctypes.CDLL, mounts: tuple[Mount, ...]) -> None:
             continue
         _check(libc.mount(str(mount.source).encode(), target, None, MS_BIND | MS_REC, None),
                f"bind {mount.source} on {mount.target}")
-        flags = MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NODEV
-        if mount.readonly:
-            flags |= MS_RDONLY
-        _check(libc.mount(None, target, None, flags, None), f"remount {mount.target}")
+        _check(libc.mount(None, target, None, MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NODEV,
+                          None), f"remount {mount.target}")
+    for mount in mounts:
+        if mount.source is not None and mount.readonly:
+            _check(libc.mount(None, str(mount.target).encode(), None,
+                              MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NODEV | MS_RDONLY, None),
+                   f"remount {mount.target} read-only")
 
 
 # What a container runtime provides to every RUN; in sandbox mode the host's copies, read-only.

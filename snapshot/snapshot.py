@@ -435,6 +435,31 @@ def diff_snapshots(old: Snapshot, new: Snapshot) -> Changes:
     return Changes(upserts, deletions, opaque)
 
 
+def settle_ctimes(old: Snapshot, new: Snapshot, paths: tuple[str, ...]) -> Snapshot:
+    """``old`` with the ctime of ``new`` for each of ``paths`` whose stat differs in ctime only.
+
+    For paths a step moved and put back itself (a RUN --mount emulated without mount(2):
+    its target renamed aside and back, its parent's times restored): ctime is the one field
+    user space cannot restore, and alone it would put an unchanged directory in the layer.
+    """
+    if not paths:
+        return old
+    entries = old.entries
+    copied = False
+    for rel in paths:
+        rel = rel.strip("/")
+        if rel in ("", "."):
+            continue
+        before, after = entries.get(rel), new.entries.get(rel)
+        if before is None or after is None or before == after:
+            continue
+        if before._replace(ctime_ns=after.ctime_ns) == after:
+            if not copied:
+                entries, copied = dict(entries), True
+            entries[rel] = after
+    return Snapshot(entries, old.taken_ns, old.root) if copied else old
+
+
 def _hidden_by_ancestor(path: str, deleted: set[str], after: dict[str, FileEntry],
                         opaque: set[str]) -> bool:
     parent = path

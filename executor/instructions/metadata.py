@@ -27,6 +27,10 @@ class Step:
 
     history: str | None
     touches_fs: bool = False
+    # Paths (relative to the root) whose stat the step moved without changing them: a RUN
+    # --mount's target and parents, renamed aside and back. A ctime-only difference there is
+    # not a change for the layer.
+    settled: tuple[str, ...] = ()
 
 
 def apply_env(state: StageState, inst: Instruction) -> Step:
