@@ -49,6 +49,8 @@ class ContainerSpec:
     env: Mapping[str, str] = field(default_factory=dict)
     binds: Sequence[Bind] = ()
     cwd: str = "/workspace"
+    #: An OCI ``linux.seccomp`` (tests/support/seccomp.py), as RuntimeDefault gives a pod.
+    seccomp: dict[str, Any] | None = None
 
 
 def _crun(args: Sequence[str]) -> list[str]:
@@ -102,6 +104,8 @@ def write_config(bundle: Path, rootfs: Path, spec: ContainerSpec) -> Path:
                               "/proc/sysrq-trigger"],
         },
     }
+    if spec.seccomp is not None:
+        config["linux"]["seccomp"] = spec.seccomp  # type: ignore[index]
     (bundle / "config.json").write_text(json.dumps(config, indent=2))
     return bundle
 
