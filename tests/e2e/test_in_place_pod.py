@@ -107,23 +107,44 @@ class PodBuild:
     base_layers: int
 
 
-@pytest.fixture(scope="module")
-def pod_build(executor_rootfs: Path, registry: Registry, busybox_image: str,
-              tmp_path_factory: pytest.TempPathFactory) -> PodBuild:
-    """ALL_MOUNTS built once in a pod; the tests below each check one thing of it."""
-    tmp = tmp_path_factory.mktemp("pod-all-mounts")
+def build_all_mounts(tmp: Path, executor_rootfs: Path, registry: Registry, busybox_image: str,
+                     extra_capabilities: tuple[str, ...] = ()) -> PodBuild:
     context = write_dockerfile(tmp / "context", ALL_MOUNTS.format(base=busybox_image))
     (context / "app.txt").write_text("from the context\n")
     secrets = tmp / "secrets"
     secrets.mkdir()
     (secrets / "token").write_text(SECRET)
-    dest = f"{registry.host}/pod/all-mounts:1"
+    dest = f"{registry.host}/pod/all-mounts:{len(extra_capabilities)}"
     pod = pod_bundle(tmp / "c", executor_rootfs, registry, context,
                      executor_args(dest, "--secret", "id=token,src=/secrets/token"),
-                     extra_binds=(Bind(secrets, "/secrets", readonly=True),))
+                     extra_binds=(Bind(secrets, "/secrets", readonly=True),),
+                     extra_capabilities=extra_capabilities)
     result = run_container(pod.bundle, timeout=600)
     assert result.exit_code == 0, result.stderr[-6000:]
     return PodBuild(dest, result, layer_listings(dest, tmp / "layers"), base_layers=1)
+
+
+@pytest.fixture(scope="module")
+def pod_build(executor_rootfs: Path, registry: Registry, busybox_image: str,
+              tmp_path_factory: pytest.TempPathFactory) -> PodBuild:
+    """ALL_MOUNTS built once in a pod; the tests below each check one thing of it."""
+    return build_all_mounts(tmp_path_factory.mktemp("pod-all-mounts"), executor_rootfs,
+                            registry, busybox_image)
+
+
+def test_with_cap_sys_admin_in_place_uses_real_mounts_and_isolates_the_network(
+        executor_rootfs: Path, registry: Registry, busybox_image: str, tmp_path: Path) -> None:
+    built = build_all_mounts(tmp_path, executor_rootfs, registry, busybox_image,
+                             ("CAP_SYS_ADMIN",))
+    final = built.layers[built.base_layers:]
+    written = {name: data.decode() for layer in final for name, data in layer.items()
+               if name in OUTPUTS}
+    assert written == OUTPUTS
+    # A real read-only bind refuses the write (no copy to discard), and --network=none works.
+    assert "read-only, but the command changed it" not in built.result.stderr
+    assert "may not create a network namespace" not in built.result.stderr
+    for layer in final[1:]:
+        assert all(name.endswith(".txt") and "/" not in name for name in layer), sorted(layer)
 
 
 def test_every_mount_type_builds_in_a_pod_without_cap_sys_admin(pod_build: PodBuild) -> None:

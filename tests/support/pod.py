@@ -61,9 +61,10 @@ def _kubelet_files(directory: Path) -> list[Bind]:
 
 def pod_bundle(workdir: Path, template: Path, registry: Registry, context: Path,
                args: list[str], *, extra_binds: tuple[Bind, ...] = (),
-               gitlab: bool = False) -> PodBundle:
+               gitlab: bool = False, extra_capabilities: tuple[str, ...] = ()) -> PodBundle:
     """A container of the executor image (``template``, an unpacked rootfs) under the
-    restrictions above; ``gitlab``: the GitLab-runner variant instead of a pod's."""
+    restrictions above; ``gitlab``: the GitLab-runner variant instead of a pod's;
+    ``extra_capabilities``: more than a pod gets (CAP_SYS_ADMIN, for the privileged case)."""
     workdir.mkdir(parents=True, exist_ok=True)
     rootfs = workdir / "rootfs"
     subprocess.run(["cp", "-a", str(template), str(rootfs)], check=True)
@@ -78,8 +79,9 @@ def pod_bundle(workdir: Path, template: Path, registry: Registry, context: Path,
         binds.append(Bind(docker_config(workdir / "docker", registry), "/kaniko/.docker",
                           readonly=True))
         binds.append(Bind(_service_account(workdir / "sa"), SERVICE_ACCOUNT, readonly=True))
+    caps = [*DEFAULT_CAPABILITIES, *extra_capabilities]
     spec = ContainerSpec(args=args, env=env, binds=(*binds, *extra_binds),
-                         seccomp=runtime_default(DEFAULT_CAPABILITIES))
+                         seccomp=runtime_default(caps), capabilities=caps)
     return PodBundle(write_config(workdir / "bundle", rootfs, spec), rootfs)
 
 

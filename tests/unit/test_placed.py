@@ -117,3 +117,35 @@ def test_a_target_inside_the_kiln_dir_is_refused(tmp_path: Path, kiln: Path) -> 
     with pytest.raises(PlacementError, match="is inside kiln's own directory"), \
             placed(tmp_path, kiln, [Placement("/kaniko/cache", "empty")], []):
         pass
+
+
+def test_a_directory_moved_aside_and_back_is_no_change_for_the_layer(root: Path,
+                                                                     kiln: Path) -> None:
+    from snapshot.ignore import IgnoreList
+    from snapshot.snapshot import diff_snapshots, settle_ctimes, take_snapshot, wait_for_clock_tick
+
+    ignore = IgnoreList(root=root, paths=frozenset())
+    before = take_snapshot(root, ignore, workers=1)
+    wait_for_clock_tick(before)
+    settled: list[str] = []
+    with placed(root, kiln, [Placement("/var/cache/apt", "cache", kiln / "cache/c1")], settled):
+        pass
+    after = take_snapshot(root, ignore, workers=1)
+    assert diff_snapshots(before, after).upserts  # ctime moved on the target and its parent
+    assert diff_snapshots(settle_ctimes(before, after, tuple(settled)), after).is_empty()
+
+
+def test_a_real_change_to_a_settled_directory_is_still_a_change(root: Path,
+                                                                kiln: Path) -> None:
+    from snapshot.ignore import IgnoreList
+    from snapshot.snapshot import diff_snapshots, settle_ctimes, take_snapshot, wait_for_clock_tick
+
+    ignore = IgnoreList(root=root, paths=frozenset())
+    before = take_snapshot(root, ignore, workers=1)
+    wait_for_clock_tick(before)
+    settled: list[str] = []
+    with placed(root, kiln, [Placement("/var/cache/apt", "empty")], settled):
+        os.chmod(root / "var/cache", 0o700)
+    after = take_snapshot(root, ignore, workers=1)
+    changes = diff_snapshots(settle_ctimes(before, after, tuple(settled)), after)
+    assert changes.upserts == ["var/cache"]
