@@ -160,6 +160,19 @@ def _wheel(directory: Path, name: str, version: str) -> Path:
     return path
 
 
+def _npm_tarball(path: Path) -> None:
+    """An npm package tarball (everything under ``package/``), as a registry serves it."""
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w:gz") as tar:
+        for name, text in {"package/package.json": '{"name": "left-pad", "version": "1.3.0"}\n',
+                           "package/index.js": "module.exports = s => s.padStart(8);\n"}.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(text)
+            tar.addfile(info, io.BytesIO(text.encode()))
+
+
 @pytest.fixture(scope="module")
 def private_index(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A PEP 503 simple index of local wheels on loopback; yields its URL."""
@@ -168,6 +181,7 @@ def private_index(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     (root / "simple/kilnapp").mkdir(parents=True)
     (root / "simple/kilnapp/index.html").write_text(
         f'<a href="../../files/{wheel.name}">{wheel.name}</a>\n')
+    _npm_tarball(root / "files" / "left-pad-1.3.0.tgz")
 
     class Quiet(http.server.SimpleHTTPRequestHandler):
         def __init__(self, *args: object, **kwargs: object) -> None:
@@ -249,3 +263,55 @@ def test_a_python_app_with_a_pip_cache_mount_and_a_secret_index_in_a_pod(
             assert private_index.encode() not in data, name
     out_run = run_image(f"{repo}:second", workdir=tmp_path / "run")
     assert out_run.stdout == "hello from a private wheel\n", out_run.stderr
+
+
+# --- Node: an npm cache mount (a busybox stand-in for npm: the base has no Node) -------------
+
+NPM_CI = """\
+set -e
+cache=/root/.npm/_cacache
+mkdir -p "$cache"
+for url in $(grep -o 'http://[^"]*' package-lock.json); do
+  file="$cache/$(basename "$url")"
+  if [ -e "$file" ]; then echo "npm: cache hit $(basename "$url")"
+  else wget -q -O "$file.part" "$url" && mv "$file.part" "$file" && echo "npm: fetched $url"; fi
+  name=$(basename "$url" | sed 's/-[0-9.]*tgz$//')
+  mkdir -p "node_modules/$name" && tar -xzf "$file" -C "node_modules/$name" --strip-components=1
+done
+"""
+
+NODE = """\
+FROM {base}
+WORKDIR /app
+COPY package-lock.json npm-ci.sh ./
+RUN --mount=type=cache,target=/root/.npm sh npm-ci.sh
+CMD ["cat", "/app/node_modules/left-pad/index.js"]
+"""
+
+
+def test_a_node_style_app_with_an_npm_cache_mount_twice_in_one_container(
+        executor_rootfs: Path, registry: Registry, busybox_image: str, private_index: str,
+        tmp_path: Path) -> None:
+    context = write_dockerfile(tmp_path / "context", NODE.format(base=busybox_image))
+    files = private_index.rsplit("/", 1)[0] + "/files"
+    (context / "package-lock.json").write_text(
+        f'{{"packages": {{"node_modules/left-pad": {{"resolved": '
+        f'"{files}/left-pad-1.3.0.tgz"}}}}}}\n')
+    (context / "npm-ci.sh").write_text(NPM_CI)
+    repo = f"{registry.host}/realistic/node"
+    steps = [_timed(" ".join(executor_args(f"{repo}:{n}")), n) for n in ("first", "second")]
+    out = tmp_path / "out"
+    out.mkdir()
+    pod = pod_bundle(tmp_path / "c", executor_rootfs, registry, context,
+                     gitlab_job_script(registry, *steps), extra_binds=(Bind(out, "/out"),),
+                     gitlab=True)
+    result = run_container(pod.bundle, timeout=600)
+    assert result.exit_code == 0, result.stderr[-3000:] + "".join(
+        p.read_text()[-3000:] for p in sorted(out.glob("*.log")))
+    assert "npm: fetched" in (out / "first.log").read_text()
+    assert "npm: cache hit left-pad-1.3.0.tgz" in (out / "second.log").read_text()
+    layers = layer_listings(f"{repo}:second", tmp_path / "layers")
+    assert not any(name.startswith("root") for layer in layers[1:] for name in layer)
+    assert "app/node_modules/left-pad/index.js" in layers[-1]
+    out_run = run_image(f"{repo}:second", workdir=tmp_path / "run")
+    assert out_run.stdout == "module.exports = s => s.padStart(8);\n", out_run.stderr
