@@ -247,7 +247,8 @@ def test_a_build_killed_during_a_run_mount_is_undone_by_the_next_build(
     assert "token" in (out / "secrets-before.txt").read_text()  # the kill left the secret
     assert "Undoing the RUN --mount placements of an interrupted build" in result.stderr
     layers = layer_listings(f"{repo}:2", tmp_path / "layers")
-    files = {name: data.decode() for layer in layers for name, data in layer.items()}
+    files = {name: data.decode(errors="replace") for layer in layers[1:]
+             for name, data in layer.items()}
     assert files["cache.txt"] == "from-first\n"  # the killed RUN's cache went back to its store
     assert files["secrets.txt"] == ""
     assert files["own.txt"] == "own.txt\n"
