@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import errno
 import logging
 import os
 import signal
@@ -183,11 +184,13 @@ def _private_mounts(mounts: tuple[Mount, ...]) -> None:
     _mount_all(libc, mounts)
 
 
-def _mount_all(libc: ctypes.CDLL, mounts: tuple[Mount, ...]) -> None:
+def _mount_all(libc: ctypes.CDLL, mounts: tuple[Mount, ...], root: str = "/") -> None:
     """Mount outer targets first; read-only only once all are mounted, so a mount point nested
     in a read-only bind (a copy of its source) can still be made."""
     for mount in mounts:
         target = str(mount.target).encode()
+        if mount.create:
+            _check_inside(root, mount.target)
         if mount.create and not os.path.lexists(mount.target):
             os.makedirs(mount.target.parent, exist_ok=True)
             if mount.create == "dir":
@@ -208,6 +211,14 @@ def _mount_all(libc: ctypes.CDLL, mounts: tuple[Mount, ...]) -> None:
             _check(libc.mount(None, str(mount.target).encode(), None,
                               MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NODEV | MS_RDONLY, None),
                    f"remount {mount.target} read-only")
+
+
+def _check_inside(root: str, target: Path) -> None:
+    """A nested mount point lies in what an outer mount shows (a cache a RUN filled, say): a
+    symlink there must not aim the mkdir or the mount at a host path outside the root."""
+    real, base = os.path.realpath(target), os.path.realpath(root)
+    if base != "/" and real != base and not real.startswith(base + "/"):
+        raise OSError(errno.EXDEV, f"RUN --mount target {target} leads out of the root")
 
 
 # What a container runtime provides to every RUN; in sandbox mode the host's copies, read-only.
@@ -247,6 +258,6 @@ def _enter_sandbox(root: str, mounts: tuple[Mount, ...] = ()) -> None:
            "mount proc")
     _check(libc.mount(b"/dev", base + b"/dev", None, MS_BIND | MS_REC, None), "bind /dev")
     _check(libc.mount(b"/sys", base + b"/sys", None, MS_BIND | MS_REC, None), "bind /sys")
-    _mount_all(libc, (*_name_service_mounts(root), *mounts))
+    _mount_all(libc, (*_name_service_mounts(root), *mounts), root)
     os.chroot(root)
     os.chdir("/")

@@ -68,6 +68,19 @@ def test_a_mount_nested_in_another_mounts_target_builds(tmp_path: Path,
     assert not (built.root / "a").exists() and not (built.root / "ctx").exists()
 
 
+def test_a_nested_mount_point_never_follows_a_symlink_out_of_the_root(
+        tmp_path: Path, busybox_image: str) -> None:
+    host = tmp_path / "host-dir"
+    host.mkdir()
+    built = build(tmp_path, f"FROM {busybox_image}\n"
+                  f"RUN --mount=type=cache,id=esc,target=/a ln -s {host} /a/b\n"
+                  "RUN --mount=type=cache,id=esc,target=/a --mount=type=tmpfs,target=/a/b/c "
+                  "true\n")
+    assert built.run.exit_code == 1
+    assert built.run.last_line.startswith("error building image: Dockerfile:3: ")
+    assert list(host.iterdir()) == []
+
+
 def test_bind_mount_of_the_context_is_read_only_by_default(tmp_path: Path,
                                                            busybox_image: str) -> None:
     files = {"src/a.txt": "from context\n"}
