@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from tests.support.container import DEFAULT_CAPABILITIES
@@ -10,7 +12,7 @@ from tests.support.seccomp import PROFILE, runtime_default
 pytestmark = pytest.mark.skipif(not PROFILE.exists(), reason="golang-github-containers-common")
 
 
-def allowed(seccomp: dict, name: str) -> bool:
+def allowed(seccomp: dict[str, Any], name: str) -> bool:
     return any(name in rule["names"] and rule["action"] == "SCMP_ACT_ALLOW"
                for rule in seccomp["syscalls"])
 
