@@ -281,8 +281,9 @@ def _place(prepared: PreparedMounts, spec: MountSpec, how: str, source: Path | N
 
 def _lock_cache(prepared: PreparedMounts, spec: MountSpec, source: Path, emulate: bool) -> None:
     """``sharing=locked`` waits for other users of the cache. Placed in the root, a cache can
-    be in one place at a time, so ``shared`` waits too there."""
-    if spec.sharing == "locked" or (emulate and spec.sharing == "shared"):
+    be in one place at a time, so ``shared`` and ``private`` wait too there (a concurrent
+    build in the same kiln dir would otherwise find its store gone)."""
+    if spec.sharing == "locked" or emulate:
         lock = prepared.stack.enter_context(open(str(source) + ".lock", "a"))  # noqa: SIM115
         fcntl.flock(lock, fcntl.LOCK_EX)
 
