@@ -52,6 +52,7 @@ from executor.image.reference import ImageRef
 from executor.inplace import check_in_place_allowed, executor_image_paths
 from executor.instructions import add, copy, metadata, run
 from executor.instructions.metadata import Step
+from executor.instructions.placed import recover as recover_placements
 from executor.instructions.state import StageState
 from executor.options import BuildOptions, read_secrets
 from executor.publish import (
@@ -645,6 +646,8 @@ def _build(options: BuildOptions) -> str:
     ignore: IgnoreList | None = None
     try:
         with _workspace(options) as workspace:
+            # A build killed during a RUN --mount left its placements: undo them first.
+            recover_placements(workspace.kiln_dir)
             extra = list(options.ignore_paths)
             # A sandbox mounts /proc, /dev and /sys only inside each RUN's own mount namespace:
             # outside a RUN they are the image's directories, written and snapshotted like any

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from executor.errors import OptionsError
 
+_CONTAINER_MARKER_FILES = (".dockerenv", "run/.containerenv")
 _CONTAINER_CGROUP_MARKERS = ("docker", "kubepods", "containerd", "crio", "libpod", "lxc",
                              "buildkit", "actions_job")
 
@@ -52,8 +53,13 @@ def executor_image_paths(root: Path) -> list[str]:
     The debug image's shell lives in ``/busybox`` (Dockerfile.executor, target ``debug``), so a
     CI job's shell keeps working across builds; kaniko's debug image declares it a VOLUME for
     that, which Kubernetes does not honour, so kiln ignores it by name when it is there.
+
+    The marker files that say "this is a container" (``/.dockerenv``, which Docker and so a
+    GitLab runner create in the root, and podman's ``/run/.containerenv``) stay too: the first
+    build would otherwise delete them, and the next build of the same job would refuse to run.
     """
-    return ["/busybox"] if (root / "busybox" / "busybox").is_file() else []
+    paths = ["/busybox"] if (root / "busybox" / "busybox").is_file() else []
+    return paths + [f"/{name}" for name in _CONTAINER_MARKER_FILES if (root / name).exists()]
 
 
 def check_in_place_allowed(kiln_dir: Path, force: bool) -> None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import logging
 import os
 import platform
@@ -86,6 +87,9 @@ class Mount:
     source: Path | None
     readonly: bool = False
     tmpfs_size: int | None = None
+    # "dir" or "file": the mount point lies inside another mount of the same RUN and is made
+    # there just before mounting (item 8 of issue 19).
+    create: str | None = None
 
 
 #: Docker's default capability set (moby's ``oci/caps/defaults.go``), by number: CHOWN,
@@ -339,9 +343,19 @@ def _limit_capabilities(c: ctypes.CDLL) -> None:
     _check(c.capset(header, data), "capset")
 
 
-def _mount_all(libc: ctypes.CDLL, mounts: tuple[Mount, ...]) -> None:
+def _mount_all(libc: ctypes.CDLL, mounts: tuple[Mount, ...], root: str = "/") -> None:
+    """Mount outer targets first; read-only only once all are mounted, so a mount point nested
+    in a read-only bind (a copy of its source) can still be made."""
     for mount in mounts:
         target = str(mount.target).encode()
+        if mount.create:
+            _check_inside(root, mount.target)
+        if mount.create and not os.path.lexists(mount.target):
+            os.makedirs(mount.target.parent, exist_ok=True)
+            if mount.create == "dir":
+                os.mkdir(mount.target, 0o755)
+            else:
+                os.close(os.open(mount.target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
         if mount.source is None:
             options = f"mode=1777,size={mount.tmpfs_size}" if mount.tmpfs_size else "mode=1777"
             _check(libc.mount(b"tmpfs", target, b"tmpfs", MS_NOSUID | MS_NODEV,
@@ -349,10 +363,21 @@ def _mount_all(libc: ctypes.CDLL, mounts: tuple[Mount, ...]) -> None:
             continue
         _check(libc.mount(str(mount.source).encode(), target, None, MS_BIND | MS_REC, None),
                f"bind {mount.source} on {mount.target}")
-        flags = MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NODEV
-        if mount.readonly:
-            flags |= MS_RDONLY
-        _check(libc.mount(None, target, None, flags, None), f"remount {mount.target}")
+        _check(libc.mount(None, target, None, MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NODEV,
+                          None), f"remount {mount.target}")
+    for mount in mounts:
+        if mount.source is not None and mount.readonly:
+            _check(libc.mount(None, str(mount.target).encode(), None,
+                              MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NODEV | MS_RDONLY, None),
+                   f"remount {mount.target} read-only")
+
+
+def _check_inside(root: str, target: Path) -> None:
+    """A nested mount point lies in what an outer mount shows (a cache a RUN filled, say): a
+    symlink there must not aim the mkdir or the mount at a host path outside the root."""
+    real, base = os.path.realpath(target), os.path.realpath(root)
+    if base != "/" and real != base and not real.startswith(base + "/"):
+        raise OSError(errno.EXDEV, f"RUN --mount target {target} leads out of the root")
 
 
 def _enter_sandbox(c: ctypes.CDLL, root: str, mounts: tuple[Mount, ...] = ()) -> None:
@@ -368,7 +393,7 @@ def _enter_sandbox(c: ctypes.CDLL, root: str, mounts: tuple[Mount, ...] = ()) ->
     _mount_dev(c, base + b"/dev")
     _check(c.mount(b"sysfs", base + b"/sys", b"sysfs",
                    MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, None), "mount sysfs read-only")
-    _mount_all(c, mounts)
+    _mount_all(c, mounts, root)
     _pivot_root(c, root)
 
 

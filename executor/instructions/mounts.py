@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from executor.dockerfile.parse import Instruction
+from executor.instructions.placed import Placement, PlacementError, placed
 from executor.instructions.state import StageState
 from executor.sandbox import Mount
 from snapshot.errors import SnapshotError
@@ -167,31 +168,65 @@ def _size(text: str | None) -> int | None:
 
 @dataclass
 class PreparedMounts:
-    """The mounts of one RUN and what must be undone after it."""
+    """The mounts of one RUN and what must be undone after it.
+
+    With real mounts (a sandbox root, or in place with CAP_SYS_ADMIN) ``mounts`` are mounted in
+    the command's own namespace; without them (a pod) ``placements`` are put in place around
+    the command by :mod:`executor.instructions.placed`. ``settled`` names the paths (relative
+    to the root) whose stat only the preparing moved: their ctime alone is not a change.
+    """
 
     mounts: list[Mount] = field(default_factory=list)
+    placements: list[Placement] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     created: list[Path] = field(default_factory=list)  # mount points made for this RUN
     parent_times: dict[Path, tuple[int, int]] = field(default_factory=dict)
+    settled: list[str] = field(default_factory=list)
     stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
+    nested: frozenset[str] = frozenset()  # targets that lie inside another mount's target
+    holding: frozenset[str] = frozenset()  # targets that hold another mount's target
 
 
 @contextlib.contextmanager
-def prepared_mounts(state: StageState, inst: Instruction,
-                    specs: list[MountSpec]) -> Iterator[PreparedMounts]:
-    """Sources, caches and mount points for ``specs``; all undone when the block ends."""
-    prepared = PreparedMounts()
+def prepared_mounts(state: StageState, inst: Instruction, specs: list[MountSpec], *,
+                    emulate: bool = False) -> Iterator[PreparedMounts]:
+    """Sources, caches and mount points for ``specs``; all undone when the block ends.
+
+    ``emulate``: no mount(2) is possible (in place, in a pod): the mounts' content is put in
+    place for the block instead, and taken away again after it.
+    """
+    targets = [s.target for s in specs if s.target is not None]
+    prepared = PreparedMounts(nested=_nested(targets), holding=_holding(targets))
     with prepared.stack:
         try:
             for spec in sorted(specs, key=lambda s: (s.target or "").count("/")):
-                _prepare(state, inst, spec, prepared)
+                _prepare(state, inst, spec, prepared, emulate)
+            if emulate and prepared.placements:
+                assert state.kiln_dir is not None
+                try:
+                    prepared.stack.enter_context(placed(state.root, state.kiln_dir,
+                                                        prepared.placements, prepared.settled))
+                except PlacementError as exc:
+                    raise inst.error(str(exc)) from None
             yield prepared
         finally:
             _remove_mount_points(prepared)
 
 
-def _prepare(state: StageState, inst: Instruction, spec: MountSpec,
-             prepared: PreparedMounts) -> None:
+def _inside(path: str, directory: str) -> bool:
+    return path != directory and path.startswith(directory.rstrip("/") + "/")
+
+
+def _nested(targets: list[str]) -> frozenset[str]:
+    return frozenset(t for t in targets if any(_inside(t, o) for o in targets))
+
+
+def _holding(targets: list[str]) -> frozenset[str]:
+    return frozenset(o for o in targets if any(_inside(t, o) for t in targets))
+
+
+def _prepare(state: StageState, inst: Instruction, spec: MountSpec, prepared: PreparedMounts,
+             emulate: bool) -> None:
     scratch = state.scratch_dir
     if spec.type == "secret":
         value = state.secrets.get(spec.id or "")
@@ -212,18 +247,62 @@ def _prepare(state: StageState, inst: Instruction, spec: MountSpec,
             handle.write(value)
         os.chown(source, spec.uid or 0, spec.gid or 0)
         os.chmod(source, spec.mode if spec.mode is not None else 0o400)
-        _add(state, inst, prepared, spec, source, is_dir=False)
+        if emulate:
+            _place(prepared, spec, "owned", source, readonly=False)
+        else:
+            _add(state, inst, prepared, spec, source, is_dir=False)
     elif spec.type == "tmpfs":
-        _add(state, inst, prepared, spec, None, is_dir=True)
+        if emulate:
+            _place(prepared, spec, "empty", None, readonly=False)
+        else:
+            _add(state, inst, prepared, spec, None, is_dir=True)
     elif spec.type == "cache":
         source = _cache_dir(state, inst, spec)
-        if spec.sharing == "locked":
-            lock = prepared.stack.enter_context(open(str(source) + ".lock", "a"))  # noqa: SIM115
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        _add(state, inst, prepared, spec, source, is_dir=True)
+        _lock_cache(prepared, spec, source, emulate)
+        source = _cache_source(inst, spec, source)
+        if emulate:
+            _place(prepared, spec, "cache", source, readonly=False)
+        else:
+            _add(state, inst, prepared, spec, source, is_dir=source.is_dir())
     else:
-        source = _bind_source(state, inst, spec, prepared)
-        _add(state, inst, prepared, spec, source, is_dir=source.is_dir())
+        source, owned = _bind_source(state, inst, spec, prepared, emulate)
+        if emulate:
+            _place(prepared, spec, "owned" if owned else "copy", source,
+                   readonly=spec.readonly)
+        else:
+            _add(state, inst, prepared, spec, source, is_dir=source.is_dir())
+
+
+def _place(prepared: PreparedMounts, spec: MountSpec, how: str, source: Path | None, *,
+           readonly: bool) -> None:
+    assert spec.target is not None
+    prepared.placements.append(Placement(spec.target, how, source, readonly))
+
+
+def _lock_cache(prepared: PreparedMounts, spec: MountSpec, source: Path, emulate: bool) -> None:
+    """``sharing=locked`` waits for other users of the cache. Placed in the root, a cache can
+    be in one place at a time, so ``shared`` and ``private`` wait too there (a concurrent
+    build in the same kiln dir would otherwise find its store gone)."""
+    if spec.sharing == "locked" or emulate:
+        lock = prepared.stack.enter_context(open(str(source) + ".lock", "a"))  # noqa: SIM115
+        fcntl.flock(lock, fcntl.LOCK_EX)
+
+
+def _cache_source(inst: Instruction, spec: MountSpec, cache: Path) -> Path:
+    """The part of the cache to mount: ``source=`` is a path inside it (BuildKit's subpath),
+    resolved inside the cache so that no ``..`` or symlink leads out; it must exist. With
+    ``from=``, ``source`` is the path in the other stage that seeded the cache instead."""
+    if spec.source is None or spec.from_ref is not None:
+        return cache
+    try:
+        path = resolve_in_root(cache, spec.source)
+    except SnapshotError as exc:
+        raise inst.error(f"RUN --mount=type=cache source {spec.source!r}: {exc}") from None
+    if not os.path.lexists(path):
+        shown = "/" + posixpath.normpath("/" + spec.source).lstrip("/")
+        raise inst.error(f"RUN --mount=type=cache source {spec.source!r}: {shown}: no such "
+                         "file or directory in the cache")
+    return path
 
 
 def _cache_dir(state: StageState, inst: Instruction, spec: MountSpec) -> Path:
@@ -261,9 +340,11 @@ def _from_path(state: StageState, inst: Instruction, spec: MountSpec) -> Path:
 
 
 def _bind_source(state: StageState, inst: Instruction, spec: MountSpec,
-                 prepared: PreparedMounts) -> Path:
-    """The host path to bind: the source itself when read-only and nothing is filtered,
-    else a scratch copy (writes to it are thrown away)."""
+                 prepared: PreparedMounts, emulate: bool) -> tuple[Path, bool]:
+    """The path to bind and whether it is kiln's own scratch copy: the source itself when
+    nothing is filtered and the mount is read-only (``emulate``: the placing copies it
+    anyway), else a copy, whose writes are thrown away. A bind that holds another mount's
+    target is a copy too: the nested mount point is made in it."""
     if spec.from_ref is not None:
         path = _from_path(state, inst, spec)
         filtered = False
@@ -280,12 +361,12 @@ def _bind_source(state: StageState, inst: Instruction, spec: MountSpec,
                              "in the build context")
         filtered = bool(state.context.ignore.patterns) and os.path.isdir(path)
         context_rel = rel
-    if spec.readonly and not filtered:
-        return Path(path)
+    if not filtered and (emulate or (spec.readonly and spec.target not in prepared.holding)):
+        return Path(path), False
     copy = Path(prepared.stack.enter_context(
         tempfile.TemporaryDirectory(prefix="kiln-bind-", dir=state.scratch_dir))) / "src"
     _copy_filtered(state, Path(path), copy, context_rel)
-    return copy
+    return copy, True
 
 
 def _copy_filtered(state: StageState, src: Path, dst: Path, context_rel: str | None) -> None:
@@ -317,9 +398,14 @@ def _add(state: StageState, inst: Instruction, prepared: PreparedMounts, spec: M
         raise inst.error(f"RUN --mount target {spec.target}: {exc}") from None
     if point == state.root:
         raise inst.error("RUN --mount: cannot mount over /")
-    _make_mount_point(state, inst, point, is_dir, prepared)
+    nested = spec.target in prepared.nested
+    if not nested:
+        _make_mount_point(state, inst, point, is_dir, prepared)
+    # A mount point inside another mount's target is made in that mount once it is mounted
+    # (in the cache, the tmpfs or the bind's copy), as BuildKit makes it; never in the root.
     prepared.mounts.append(Mount(target=point, source=source, readonly=spec.readonly,
-                                 tmpfs_size=spec.size))
+                                 tmpfs_size=spec.size,
+                                 create=("dir" if is_dir else "file") if nested else None))
 
 
 def _make_mount_point(state: StageState, inst: Instruction, point: Path, is_dir: bool,
@@ -339,6 +425,7 @@ def _make_mount_point(state: StageState, inst: Instruction, point: Path, is_dir:
                          f"/{probe.relative_to(state.root)} is not a directory")
     info = os.lstat(probe)
     prepared.parent_times.setdefault(probe, (info.st_atime_ns, info.st_mtime_ns))
+    prepared.settled.append(os.path.relpath(probe, state.root))
     for path in reversed(missing):
         if path == point and not is_dir:
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644))

@@ -21,6 +21,7 @@ from executor.instructions.directories import make_directories
 from executor.instructions.metadata import Step
 from executor.instructions.mounts import MountSpec, parse_mount, prepared_mounts
 from executor.instructions.state import DEFAULT_PATH, StageState
+from executor.namespaces import can_isolate_network, can_mount
 from executor.passwd import UnknownUserError, resolve_identity
 from executor.sandbox import Identity
 from snapshot.rootpath import resolve_in_root
@@ -43,6 +44,9 @@ def apply_run(state: StageState, inst: Instruction) -> Step:
                          "entitlements" if security == "insecure" else
                          f"RUN --security={security}: expected sandbox or insecure")
     specs = mount_specs(state, inst)
+    network = _network_in_place(state, network)
+    # In a pod (no CAP_SYS_ADMIN) mounts are emulated by placing their content (placed.py).
+    emulate = bool(specs) and state.sandbox.in_place and not can_mount()
     argv, script = _command(state, inst)
     env = _environment(state)
     user = str(state.config.container.get("User") or "")
@@ -58,10 +62,11 @@ def apply_run(state: StageState, inst: Instruction) -> Step:
     log.info("Args: [%s]", " ".join(argv[1:]))
     log.info("Running: [%s]", " ".join(argv))
     try:
-        with prepared_mounts(state, inst, specs) as mounts:
+        with prepared_mounts(state, inst, specs, emulate=emulate) as mounts:
             env.update(mounts.env)
             code = state.sandbox.run(argv, env=env, cwd=state.workdir, identity=identity,
                                      mounts=mounts.mounts, network=network)
+        settled = tuple(mounts.settled)
     except FileNotFoundError:
         raise inst.error(f"RUN: executable file not found: {argv[0]}") from None
     except OSError as exc:
@@ -77,7 +82,17 @@ def apply_run(state: StageState, inst: Instruction) -> Step:
         raise BuildStepError(str(inst.location), f"RUN exited with code {code}",
                              exit_code=code if 0 < code < 256 else 1)
     return Step(_history(state, inst, argv if script is None else []), touches_fs=True,
-                settled=state.sandbox.settled_paths())
+                settled=(*settled, *state.sandbox.settled_paths()))
+
+
+def _network_in_place(state: StageState, network: str) -> str:
+    """``--network=none`` in a pod that forbids a network namespace runs with the pod's
+    network, with one warning: it only changes hermeticity, never what the build means."""
+    if network != "none" or not state.sandbox.in_place or can_isolate_network():
+        return network
+    log.warning("RUN --network=none: this container may not create a network namespace (no "
+                "CAP_SYS_ADMIN); the command runs with the container's network")
+    return "default"
 
 
 def mount_specs(state: StageState, inst: Instruction) -> list[MountSpec]:

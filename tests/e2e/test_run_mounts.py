@@ -30,6 +30,57 @@ def test_cache_mount_persists_between_runs_and_stays_out_of_the_image(
     assert not any(name.startswith(("var/cache", "c2")) for name in layer_names(built))
 
 
+def test_cache_mount_source_selects_a_subdirectory_of_the_cache(
+        tmp_path: Path, busybox_image: str) -> None:
+    built = build(tmp_path, f"FROM {busybox_image}\n"
+                  "RUN --mount=type=cache,id=c,target=/c mkdir -p /c/sub && touch /c/sub/f /c/top\n"
+                  "RUN --mount=type=cache,id=c,target=/c,source=sub ls /c > /sub-listing\n"
+                  "RUN --mount=type=cache,id=c,target=/c,source=../sub/../sub/ ls /c > /clamped\n")
+    assert built.ok, built.run.stderr
+    assert (built.root / "sub-listing").read_text() == "f\n"
+    assert (built.root / "clamped").read_text() == "f\n"  # '..' stays inside the cache
+
+
+def test_cache_mount_source_must_exist_in_the_cache(tmp_path: Path, busybox_image: str) -> None:
+    built = build(tmp_path, f"FROM {busybox_image}\n"
+                  "RUN --mount=type=cache,id=c2,target=/c,source=../x true\n")
+    assert built.run.exit_code == 1
+    assert built.run.last_line == ("error building image: Dockerfile:2: RUN --mount=type=cache "
+                                   "source '../x': /x: no such file or directory in the cache")
+
+
+def test_a_mount_nested_in_another_mounts_target_builds(tmp_path: Path,
+                                                        busybox_image: str) -> None:
+    built = build(tmp_path, f"FROM {busybox_image}\n"
+                  "RUN --mount=type=cache,target=/a --mount=type=tmpfs,target=/a/b "
+                  "sh -c 'touch /a/b/in-tmpfs /a/in-cache'\n"
+                  "RUN --mount=type=cache,target=/a sh -c 'ls /a > /cache-listing; ls /a/b > "
+                  "/under-b'\n"
+                  "RUN --mount=source=.,target=/ctx --mount=type=tmpfs,target=/ctx/t/u "
+                  "sh -c 'touch /ctx/t/u/x && ls /ctx > /ctx-listing'\n", {"f.txt": "f\n"})
+    assert built.ok, built.run.stderr
+    # As BuildKit: the nested mount point is made in the cache and stays there; its tmpfs
+    # content does not.
+    assert (built.root / "cache-listing").read_text() == "b\nin-cache\n"
+    assert (built.root / "under-b").read_text() == ""
+    assert "t" in (built.root / "ctx-listing").read_text().split()
+    assert not (tmp_path / "context" / "t").exists()  # never made in the context itself
+    assert not (built.root / "a").exists() and not (built.root / "ctx").exists()
+
+
+def test_a_nested_mount_point_never_follows_a_symlink_out_of_the_root(
+        tmp_path: Path, busybox_image: str) -> None:
+    host = tmp_path / "host-dir"
+    host.mkdir()
+    built = build(tmp_path, f"FROM {busybox_image}\n"
+                  f"RUN --mount=type=cache,id=esc,target=/a ln -s {host} /a/b\n"
+                  "RUN --mount=type=cache,id=esc,target=/a --mount=type=tmpfs,target=/a/b/c "
+                  "true\n")
+    assert built.run.exit_code == 1
+    assert built.run.last_line.startswith("error building image: Dockerfile:3: ")
+    assert list(host.iterdir()) == []
+
+
 def test_bind_mount_of_the_context_is_read_only_by_default(tmp_path: Path,
                                                            busybox_image: str) -> None:
     files = {"src/a.txt": "from context\n"}

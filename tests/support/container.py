@@ -49,6 +49,10 @@ class ContainerSpec:
     env: Mapping[str, str] = field(default_factory=dict)
     binds: Sequence[Bind] = ()
     cwd: str = "/workspace"
+    #: An OCI ``linux.seccomp`` (tests/support/seccomp.py), as RuntimeDefault gives a pod.
+    seccomp: dict[str, Any] | None = None
+    #: The container's capabilities (default: Docker's default set).
+    capabilities: Sequence[str] = tuple(DEFAULT_CAPABILITIES)
 
 
 def _crun(args: Sequence[str]) -> list[str]:
@@ -76,7 +80,7 @@ def write_config(bundle: Path, rootfs: Path, spec: ContainerSpec) -> Path:
         options = ["rbind", "rprivate"] + (["ro"] if bind.readonly else [])
         mounts.append({"destination": bind.destination, "type": "bind",
                        "source": str(bind.source), "options": options})
-    caps = list(DEFAULT_CAPABILITIES)
+    caps = list(spec.capabilities)
     nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     config = {
         "ociVersion": "1.0.2",
@@ -102,6 +106,8 @@ def write_config(bundle: Path, rootfs: Path, spec: ContainerSpec) -> Path:
                               "/proc/sysrq-trigger"],
         },
     }
+    if spec.seccomp is not None:
+        config["linux"]["seccomp"] = spec.seccomp  # type: ignore[index]
     (bundle / "config.json").write_text(json.dumps(config, indent=2))
     return bundle
 

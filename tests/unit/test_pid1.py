@@ -83,3 +83,12 @@ def test_in_a_container_an_executor_outside_the_kiln_dir_is_refused(monkeypatch,
     monkeypatch.setattr("executor.inplace.running_in_container", lambda: True)
     with pytest.raises(OptionsError, match=r"^refusing to build in place over /: this executor"):
         check_in_place_allowed(tmp_path, force=False)
+
+
+def test_the_container_marker_files_outlive_an_in_place_build(tmp_path):
+    from executor.inplace import executor_image_paths
+
+    (tmp_path / ".dockerenv").touch()
+    (tmp_path / "busybox").mkdir()
+    (tmp_path / "busybox/busybox").touch()
+    assert executor_image_paths(tmp_path) == ["/busybox", "/.dockerenv"]

@@ -1,0 +1,151 @@
+"""RUN --mount placed without mount(2): what the command sees, and what is left afterwards."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import pytest
+
+from executor.instructions.placed import JOURNAL, Placement, PlacementError, placed, recover
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    root = tmp_path / "root"
+    (root / "var/cache/apt").mkdir(parents=True)
+    (root / "var/cache/apt/old.bin").write_text("from the image\n")
+    os.utime(root / "var/cache/apt", ns=(1_000_000_000, 2_000_000_000))
+    return root
+
+
+@pytest.fixture
+def kiln(tmp_path: Path) -> Path:
+    kiln = tmp_path / "kaniko"
+    (kiln / "cache/c1").mkdir(parents=True)
+    (kiln / "cache/c1/pkg.deb").write_text("cached\n")
+    return kiln
+
+
+def stat_of(path: Path) -> tuple[int, int, int, int]:
+    info = os.lstat(path)
+    return info.st_ino, info.st_mode, info.st_mtime_ns, info.st_size
+
+
+def test_a_cache_is_moved_into_place_and_back_with_what_the_command_wrote(
+        root: Path, kiln: Path) -> None:
+    settled: list[str] = []
+    with placed(root, kiln, [Placement("/var/cache/apt", "cache", kiln / "cache/c1")], settled):
+        assert sorted(os.listdir(root / "var/cache/apt")) == ["pkg.deb"]
+        (root / "var/cache/apt/new.deb").write_text("downloaded\n")
+    assert sorted(os.listdir(kiln / "cache/c1")) == ["new.deb", "pkg.deb"]
+    assert "var/cache/apt" in settled and "var/cache" in settled
+
+
+def test_the_targets_own_content_comes_back_exactly(root: Path, kiln: Path) -> None:
+    before = {p: stat_of(root / p) for p in ("var/cache", "var/cache/apt",
+                                             "var/cache/apt/old.bin")}
+    with placed(root, kiln, [Placement("/var/cache/apt", "empty")], []):
+        assert os.listdir(root / "var/cache/apt") == []
+        (root / "var/cache/apt/junk").write_text("x")
+    assert {p: stat_of(root / p) for p in before} == before
+    assert not (kiln / JOURNAL).exists()
+
+
+def test_missing_mount_points_are_made_and_removed_again(root: Path, kiln: Path) -> None:
+    secret = kiln / "tmp/s"
+    secret.parent.mkdir()
+    secret.write_text("s3cr3t")
+    with placed(root, kiln, [Placement("/run/secrets/tok", "owned", secret)], []):
+        assert (root / "run/secrets/tok").read_text() == "s3cr3t"
+    assert not (root / "run").exists()
+
+
+def test_a_mount_nested_in_a_placed_cache_goes_inside_it(root: Path, kiln: Path) -> None:
+    with placed(root, kiln, [Placement("/a/b", "empty"),
+                             Placement("/a", "cache", kiln / "cache/c1")], []):
+        assert sorted(os.listdir(root / "a")) == ["b", "pkg.deb"]
+        (root / "a/b/tmp-only").write_text("x")
+    assert not (root / "a").exists()
+    assert sorted(os.listdir(kiln / "cache/c1")) == ["pkg.deb"]
+
+
+def test_writes_to_a_read_only_copy_are_discarded_and_reported(
+        root: Path, kiln: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    source = tmp_path / "context"
+    source.mkdir()
+    (source / "a.txt").write_text("orig\n")
+    with caplog.at_level(logging.WARNING, logger="kiln"), \
+            placed(root, kiln, [Placement("/ctx", "copy", source, readonly=True)], []):
+        (root / "ctx/a.txt").write_text("changed\n")
+    assert (source / "a.txt").read_text() == "orig\n"
+    assert not (root / "ctx").exists()
+    assert "RUN --mount target /ctx is read-only, but the command changed it" in caplog.text
+
+
+def test_a_failing_command_still_gets_everything_undone(root: Path, kiln: Path) -> None:
+    with pytest.raises(RuntimeError), \
+            placed(root, kiln, [Placement("/var/cache/apt", "cache", kiln / "cache/c1")], []):
+        raise RuntimeError("the command failed")
+    assert (root / "var/cache/apt/old.bin").read_text() == "from the image\n"
+    assert (kiln / "cache/c1/pkg.deb").exists()
+
+
+def test_a_build_killed_during_the_command_is_undone_by_the_next_one(
+        root: Path, kiln: Path) -> None:
+    secret = kiln / "tmp/s"
+    secret.parent.mkdir()
+    secret.write_text("s3cr3t")
+    pid = os.fork()
+    if pid == 0:  # the killed build: no finally runs after os._exit
+        with placed(root, kiln, [Placement("/var/cache/apt", "cache", kiln / "cache/c1"),
+                                 Placement("/run/secrets/tok", "owned", secret)], []):
+            (root / "var/cache/apt/half.deb").write_text("x")
+            os._exit(0)
+    os.waitpid(pid, 0)
+    assert (root / "run/secrets/tok").exists() and (kiln / JOURNAL).exists()
+    assert recover(kiln)
+    assert not (root / "run").exists()
+    assert sorted(os.listdir(root / "var/cache/apt")) == ["old.bin"]
+    assert sorted(os.listdir(kiln / "cache/c1")) == ["half.deb", "pkg.deb"]
+    assert not (kiln / JOURNAL).exists()
+    assert not recover(kiln)
+
+
+def test_a_target_inside_the_kiln_dir_is_refused(tmp_path: Path, kiln: Path) -> None:
+    with pytest.raises(PlacementError, match="is inside kiln's own directory"), \
+            placed(tmp_path, kiln, [Placement("/kaniko/cache", "empty")], []):
+        pass
+
+
+def test_a_directory_moved_aside_and_back_is_no_change_for_the_layer(root: Path,
+                                                                     kiln: Path) -> None:
+    from snapshot.ignore import IgnoreList
+    from snapshot.snapshot import diff_snapshots, settle_ctimes, take_snapshot, wait_for_clock_tick
+
+    ignore = IgnoreList(root=root, paths=frozenset())
+    before = take_snapshot(root, ignore, workers=1)
+    wait_for_clock_tick(before)
+    settled: list[str] = []
+    with placed(root, kiln, [Placement("/var/cache/apt", "cache", kiln / "cache/c1")], settled):
+        pass
+    after = take_snapshot(root, ignore, workers=1)
+    assert diff_snapshots(before, after).upserts  # ctime moved on the target and its parent
+    assert diff_snapshots(settle_ctimes(before, after, tuple(settled)), after).is_empty()
+
+
+def test_a_real_change_to_a_settled_directory_is_still_a_change(root: Path,
+                                                                kiln: Path) -> None:
+    from snapshot.ignore import IgnoreList
+    from snapshot.snapshot import diff_snapshots, settle_ctimes, take_snapshot, wait_for_clock_tick
+
+    ignore = IgnoreList(root=root, paths=frozenset())
+    before = take_snapshot(root, ignore, workers=1)
+    wait_for_clock_tick(before)
+    settled: list[str] = []
+    with placed(root, kiln, [Placement("/var/cache/apt", "empty")], settled):
+        os.chmod(root / "var/cache", 0o700)
+    after = take_snapshot(root, ignore, workers=1)
+    changes = diff_snapshots(settle_ctimes(before, after, tuple(settled)), after)
+    assert changes.upserts == ["var/cache"]
