@@ -9,6 +9,7 @@ run twice in a row in one container, where the second one finds the cache mount 
 from __future__ import annotations
 
 import http.server
+import os
 import statistics
 import threading
 import zipfile
@@ -117,7 +118,9 @@ def test_apt_cache_mounts_make_the_second_build_in_a_container_download_nothing(
         tmp_path: Path) -> None:
     context = write_dockerfile(tmp_path / "context", APT.format(base=debian_image))
     repo = f"{registry.host}/realistic/apt"
-    rounds = 3
+    # One cold and one warm build prove the cache mounts hit; KILN_APT_ROUNDS=3 gives the
+    # medians of the closing note's speedup (a measurement, too slow for every CI run).
+    rounds = int(os.environ.get("KILN_APT_ROUNDS", "1"))
     steps = []
     for i in range(rounds):  # each round: a cold cache, then the same cache again
         for kind in ("cold", "warm"):
