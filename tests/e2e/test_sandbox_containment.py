@@ -21,6 +21,7 @@ import pytest
 
 from tests.support.built import Built, build
 from tests.support.kiln import write_context
+from tests.support.runtime import require_tool
 
 pytestmark = pytest.mark.e2e
 
@@ -284,8 +285,7 @@ int main(int argc, char **argv) {
 
 def test_a_run_cannot_leave_the_root_the_way_one_leaves_a_chroot(
         tmp_path: Path, busybox_image: str) -> None:
-    if subprocess.run(["gcc", "--version"], capture_output=True).returncode != 0:
-        pytest.skip("gcc is needed to build the escape program")
+    require_tool("gcc", "gcc")
     source = tmp_path / "escape.c"
     source.write_text(CHROOT_ESCAPE_C)
     program = tmp_path / "escape"
