@@ -42,6 +42,7 @@ from executor.instructions.metadata import Step
 from executor.instructions.state import StageState
 from executor.passwd import UnknownUserError, lookup_group, lookup_user
 from snapshot.errors import SnapshotError
+from snapshot.filecopy import copy_data
 from snapshot.rootpath import resolve_in_root
 
 COPY_FLAGS = ("from", "chown", "chmod", "link", "parents", "exclude")
@@ -452,7 +453,7 @@ def _copy_file(src: Path, target: Path, info: os.stat_result, owner: Ownership) 
         os.symlink(os.readlink(src), target)
     elif stat.S_ISREG(info.st_mode):
         with open(src, "rb") as reader, open(target, "xb") as writer:
-            shutil.copyfileobj(reader, writer, 1 << 20)
+            copy_data(reader.fileno(), writer.fileno())  # in the kernel, not through Python
     else:
         raise ContextError(f"{src.name}: cannot copy a special file (device, FIFO or socket)")
     _apply_metadata(target, info, owner)
