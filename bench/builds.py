@@ -319,7 +319,11 @@ def measure_builds(scenarios: list[str], tools: list[str], runs: int,
             for run in range(runs):
                 for i in range(len(tools)):
                     tool = tools[(i + run) % len(tools)]
-                    timed = builders[tool](context, Path(tmp) / scenario / tool)
+                    try:
+                        timed = builders[tool](context, Path(tmp) / scenario / tool)
+                    except RuntimeError as exc:  # one failed build leaves a gap, not no table
+                        print(f"{scenario}: {tool} failed: {exc}", file=sys.stderr, flush=True)
+                        continue
                     report(_measurement(scenario, tool, timed))
 
 
