@@ -164,6 +164,8 @@ class Builder:
     cache: LayerCache | None = None  # --cache
     # Stages whose filesystem was moved out of the root, whole, for a later COPY --from.
     stage_roots: dict[int, Path] = field(default_factory=dict)
+    # Digests of the layers this build wrote from its snapshots: they hold no ignored path.
+    made_layers: set[str] = field(default_factory=set)
 
     @property
     def root(self) -> Path:
@@ -315,6 +317,7 @@ class Builder:
         layer = Layer(blob.path, blob.digest, blob.diff_id, blob.size,
                       _media_type(blob.compression))
         layers.append(layer)
+        self.made_layers.add(layer.digest)
         state.config.add_layer(layer.diff_id, history, state.created)
         return Committed(new, changes, layer)
 
@@ -453,7 +456,8 @@ class Builder:
         if image is None or os.stat(self.root).st_dev != os.stat(self.workspace.roots).st_dev:
             return False
         inside = frozenset(p for p in self.ignore.paths if p)
-        content = stageroot.ignored_content(image.layers, inside)
+        content = stageroot.ignored_content(
+            [layer for layer in image.layers if layer.digest not in self.made_layers], inside)
         if content is None:
             return False
         target = Path(tempfile.mkdtemp(prefix=f"stage{held}-", dir=self.workspace.roots))
