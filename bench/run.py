@@ -253,9 +253,13 @@ def compare_builders(kaniko: Path, scenarios: list[str], runs: int, buildah: boo
 
     print(f"kiln vs kaniko ({kaniko}) vs buildah: medians of {runs} cold runs, interleaved")
     print(f"before: {before}\nafter:  {after}")
+    print("own: wall minus the RUN commands' own time (from the log lines, stamped as they "
+          "arrive); cpu: user + system seconds of the builder's whole process tree, RUN "
+          "commands included (hardly moved by the machine's load, unlike the wall time)")
     head = (f"{'scenario':<16} {'kiln s':>7} {'kaniko s':>8} {'buildah s':>9} "
             f"{'kiln/kaniko':>11} {'kiln/buildah':>12} {'own kiln':>8} {'own kaniko':>10} "
-            f"{'own ratio':>9} {'RSS MB kiln/kaniko/buildah':>27}")
+            f"{'own ratio':>9} {'cpu kiln':>8} {'cpu kaniko':>10} {'cpu ratio':>9} "
+            f"{'RSS MB kiln/kaniko/buildah':>27}")
     print(head)
     rows: list[tuple[str, Callable[[Measurement], float | None]]] = [
         ("", lambda m: m.seconds), (" RUN true step", lambda m: m.marked_step_seconds)]
