@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -20,18 +21,26 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support.images import make_busybox_rootfs, push_layout, write_busybox_layout
+from tests.support.images import (
+    make_busybox_rootfs,
+    push_layout,
+    write_busybox_layout,
+    write_debian_layout,
+)
 from tests.support.registry import Registry
 
-# Runs argv, then prints the peak RSS (KiB) of everything it waited for.
+# Runs argv with its output on this process's stdout, then writes the peak RSS (KiB) and the
+# CPU seconds (user + system) of everything it waited for to the file named first.
 _RSS_WRAPPER = (
     "import resource, subprocess, sys\n"
-    "code = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, "
-    "stderr=subprocess.DEVNULL).returncode\n"
-    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
+    "code = subprocess.run(sys.argv[2:], stdin=subprocess.DEVNULL).returncode\n"
+    "r = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
+    "open(sys.argv[1], 'w').write(f'{r.ru_maxrss} {r.ru_utime + r.ru_stime}')\n"
     "sys.exit(code)\n"
 )
 
+#: Dockerfiles by scenario: ``{base}`` is busybox, ``{debian}`` Debian bookworm minbase.
+#: ``ENV BENCH=done`` after the last RUN marks where that step ends in every builder's log.
 SCENARIOS: dict[str, str] = {
     "tiny": "FROM {base}\nRUN echo hello\nCOPY random.bin /random.bin\n",
     "files": (
@@ -39,9 +48,37 @@ SCENARIOS: dict[str, str] = {
         "RUN mkdir /files && awk 'BEGIN {{ for (i = 0; i < 50000; i++) "
         "{{ f = \"/files/f\" i; print i > f; close(f) }} }}'\n"
         "RUN true\n"
+        "ENV BENCH=done\n"
+    ),
+    "seed": (
+        "FROM {debian}\n"
+        "RUN apt-get update\n"
+        "RUN DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3\n"
+        "COPY app /app\n"
+    ),
+    # A service built in a full stage and shipped in a slim one: sources and vendored
+    # dependencies copied in, a "compiler" reading all of them and writing one big binary
+    # (half of it incompressible, as machine code nearly is), then only the binary and its
+    # assets copied into busybox.
+    "app": (
+        "FROM {debian} AS build\n"
+        "WORKDIR /src\n"
+        "COPY . .\n"
+        "RUN mkdir -p /out && find . -name '*.go' | sort | xargs cat > /out/server.o "
+        "&& head -c 20000000 /dev/urandom >> /out/server.o "
+        "&& gzip -1 -c /out/server.o > /out/server && rm /out/server.o && chmod 755 /out/server\n"
+        "RUN mkdir -p /out/assets && cp -r static/. /out/assets/\n"
+        "FROM {base}\n"
+        "COPY --from=build /out/server /usr/local/bin/server\n"
+        "COPY --from=build /out/assets /srv/assets\n"
+        "USER 1000\n"
+        "ENTRYPOINT [\"/usr/local/bin/server\"]\n"
     ),
     "bigfile": "FROM {base}\nRUN head -c 2147483648 /dev/urandom > /big.bin\n",
 }
+
+#: The scenarios ``python -m bench.run --kaniko`` compares, in order.
+COMPARED = ("tiny", "files", "seed", "app")
 
 
 @dataclass(frozen=True)
@@ -50,42 +87,169 @@ class Measurement:
     tool: str
     seconds: float
     peak_rss_mb: float
+    #: Seconds the RUN commands themselves took, from the log (None: not measurable).
+    run_seconds: float | None = None
+    #: CPU seconds (user + system) of the builder and everything it ran: unlike the wall
+    #: time, it hardly depends on what else the machine is doing.
+    cpu_seconds: float | None = None
+    #: Seconds of the step marked by ``ENV BENCH=done`` (the last RUN), from the log.
+    marked_step_seconds: float | None = None
+
+    @property
+    def own_seconds(self) -> float | None:
+        """Wall time minus the RUN commands' own work: what the builder itself spent."""
+        return None if self.run_seconds is None else self.seconds - self.run_seconds
 
 
-def _timed(argv: list[str]) -> tuple[float, float]:
-    started = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", _RSS_WRAPPER, *argv], capture_output=True,
-                          text=True, check=False)
-    elapsed = time.perf_counter() - started
-    if proc.returncode != 0:
-        raise RuntimeError(f"{argv[0]} failed with code {proc.returncode}: {proc.stderr[-2000:]}")
-    return elapsed, int(proc.stdout.strip().splitlines()[-1]) / 1024
+@dataclass(frozen=True)
+class Timed:
+    """One build's wall time, peak RSS and output lines, each with when it arrived."""
+
+    seconds: float
+    peak_rss_mb: float
+    lines: list[tuple[float, str]]
+    cpu_seconds: float = 0.0
 
 
-def _context(scenario: str, base: str, directory: Path) -> Path:
+def _timed(argv: list[str]) -> Timed:
+    """Run ``argv`` (stdout and stderr merged), stamping each output line as it arrives.
+
+    Both kiln and kaniko write their log unbuffered, so the stamps time their steps to the
+    millisecond where their own stamps give whole seconds.
+    """
+    with tempfile.NamedTemporaryFile(prefix="kiln-bench-rss-") as rss_file:
+        started = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-c", _RSS_WRAPPER, rss_file.name, *argv],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL)
+        assert proc.stdout is not None
+        lines = [(time.perf_counter() - started,
+                  _ANSI.sub("", raw.decode(errors="replace")).rstrip("\n"))
+                 for raw in proc.stdout]
+        code = proc.wait()
+        elapsed = time.perf_counter() - started
+        if code != 0:
+            tail = "\n".join(text for _, text in lines[-30:])
+            raise RuntimeError(f"{argv[0]} failed with code {code}:\n{tail}")
+        rss_kib, cpu = Path(rss_file.name).read_text().split()
+        return Timed(elapsed, int(rss_kib) / 1024, lines, float(cpu))
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # kaniko colours its level tags
+_LOG_LINE = re.compile(r"^(INFO|WARN|ERRO|DEBU|FATA)\[")
+
+
+def run_command_seconds(lines: list[tuple[float, str]]) -> float | None:
+    """Time spent inside RUN commands by kiln or kaniko: each ``Running: [...]`` log line to
+    the next log line (the command's own output, unformatted, comes in between)."""
+    total, started = 0.0, None
+    seen = False
+    for stamp, text in lines:
+        if not _LOG_LINE.match(text):
+            continue
+        if started is not None:
+            total += stamp - started
+            started = None
+        if "] Running: [" in text:
+            started, seen = stamp, True
+    return total if seen else None
+
+
+def marked_step_seconds(lines: list[tuple[float, str]]) -> float | None:
+    """Seconds from the log line announcing the last ``RUN true`` to the ``ENV BENCH=done``
+    line after it: that step's command, snapshot and layer (any builder's log)."""
+    run_at = None
+    for stamp, text in lines:
+        if text.rstrip().endswith("RUN true"):
+            run_at = stamp
+        elif "ENV BENCH=done" in text and run_at is not None:
+            return stamp - run_at
+    return None
+
+
+def _measurement(scenario: str, tool: str, timed: Timed) -> Measurement:
+    runs = run_command_seconds(timed.lines) if tool in ("kiln", "kaniko") else None
+    return Measurement(scenario, tool, timed.seconds, timed.peak_rss_mb, run_seconds=runs,
+                       cpu_seconds=timed.cpu_seconds,
+                       marked_step_seconds=marked_step_seconds(timed.lines))
+
+
+def _context(scenario: str, bases: dict[str, str], directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "Dockerfile").write_text(SCENARIOS[scenario].format(base=base))
+    (directory / "Dockerfile").write_text(SCENARIOS[scenario].format(**bases))
     if scenario == "tiny":
         with open(directory / "random.bin", "wb") as out:
             for _ in range(100):
                 out.write(os.urandom(1 << 20))
+    elif scenario == "seed":
+        _write_sources(directory / "app", packages=20, files=25)
+    elif scenario == "app":
+        _write_sources(directory, packages=60, files=25)
+        _write_sources(directory / "vendor", packages=200, files=15)
+        for index in range(200):
+            (directory / "static" / f"img{index // 50}").mkdir(parents=True, exist_ok=True)
+            (directory / "static" / f"img{index // 50}" / f"a{index}.bin").write_bytes(
+                os.urandom(20_000))
     return directory
+
+
+def _write_sources(root: Path, packages: int, files: int) -> None:
+    """``packages`` directories of ``files`` source files each (a few KB of text apiece)."""
+    for p in range(packages):
+        package = root / f"pkg{p:03d}"
+        package.mkdir(parents=True, exist_ok=True)
+        for f in range(files):
+            body = "".join(f"func f{p}_{f}_{line}(x int) int {{ return x*{line} + {p} }}\n"
+                           for line in range(60 + (p * f) % 40))
+            (package / f"file{f:02d}.go").write_text(f"package pkg{p}\n\n{body}")
 
 
 def kiln_build(context: Path, work: Path, *push: str) -> tuple[float, float]:
     """A cold kiln build; ``push`` replaces ``--no-push`` (``--destination ... --cache``)."""
+    timed = _kiln(context, work, list(push or ("--no-push",)))
+    return timed.seconds, timed.peak_rss_mb
+
+
+def _kiln(context: Path, work: Path, output: list[str]) -> Timed:
     root, kiln_dir = work / "root", work / "kiln"
     try:
         return _timed([sys.executable, "-m", "executor.cli", "--context", str(context),
                        "--dockerfile", str(context / "Dockerfile"), "--root", str(root),
-                       "--kaniko-dir", str(kiln_dir), *(push or ("--no-push",)),
-                       "--insecure-pull"])
+                       "--kaniko-dir", str(kiln_dir), *output, "--insecure-pull"])
     finally:
         shutil.rmtree(root, ignore_errors=True)
         shutil.rmtree(kiln_dir, ignore_errors=True)
 
 
+def _kiln_to_tar(context: Path, work: Path, destination: str) -> Timed:
+    """kiln as the comparison runs it: build only, the image written as a tarball."""
+    out = work / "out"
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        return _kiln(context, work, ["--no-push", "--destination", destination,
+                                     "--tar-path", str(out / "image.tar")])
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def _kaniko(binary: Path, context: Path, work: Path, destination: str) -> Timed:
+    """A cold kaniko build (``bench/kaniko.py``): fresh sandbox root, image as a tarball."""
+    from bench.kaniko import kaniko_argv, remove_root
+
+    root, out = work / "root", work / "out"
+    try:
+        return _timed(kaniko_argv(binary, root, context, out, destination))
+    finally:
+        remove_root(root)
+        shutil.rmtree(out, ignore_errors=True)
+
+
 def buildah_build(context: Path, work: Path) -> tuple[float, float]:
+    timed = _buildah(context, work)
+    return timed.seconds, timed.peak_rss_mb
+
+
+def _buildah(context: Path, work: Path) -> Timed:
     work.mkdir(parents=True, exist_ok=True)
     storage, runroot = work / "storage", work / "runroot"
     policy = work / "policy.json"
@@ -93,7 +257,7 @@ def buildah_build(context: Path, work: Path) -> tuple[float, float]:
     buildah = f"buildah --storage-driver vfs --root {storage} --runroot {runroot}"
     script = (
         f"{buildah} build --isolation chroot --layers --format docker "
-        f"--signature-policy {policy} --tls-verify=false -q "
+        f"--signature-policy {policy} --tls-verify=false "
         f"-f {context}/Dockerfile -t bench:latest {context}; code=$?; "
         f"{buildah} rmi -a -f >/dev/null 2>&1; exit $code"
     )
@@ -105,39 +269,72 @@ def buildah_build(context: Path, work: Path) -> tuple[float, float]:
 
 
 @contextmanager
-def busybox_registry() -> Iterator[str]:
-    """A registry on loopback holding the busybox test base image; yields its reference."""
+def busybox_registry(debian: bool = False) -> Iterator[dict[str, str]]:
+    """A registry on loopback holding the busybox test base image (and, with ``debian``, the
+    Debian minbase one); yields their references as ``base`` and ``debian``."""
     with tempfile.TemporaryDirectory(prefix="kiln-bench-reg-") as scratch:
         registry = Registry(Path(scratch) / "registry").start()
         try:
-            ref = f"{registry.host}/bench/busybox:latest"
+            refs = {"base": f"{registry.host}/bench/busybox:latest",
+                    "debian": f"{registry.host}/bench/debian:bookworm"}
             write_busybox_layout(Path(scratch) / "layout", "latest")
-            push_layout(Path(scratch) / "layout", "latest", ref)
-            yield ref
+            push_layout(Path(scratch) / "layout", "latest", refs["base"])
+            if debian:
+                write_debian_layout(Path(scratch) / "debian", "bookworm")
+                push_layout(Path(scratch) / "debian", "bookworm", refs["debian"])
+            yield refs
         finally:
             registry.stop()
 
 
+def compile_kiln() -> None:
+    """Write kiln's bytecode before timing it, as ``pip install`` does in the executor image.
+
+    Without it, and with ``PYTHONDONTWRITEBYTECODE`` set (as on the machines the bench runs
+    on), every build compiles all of kiln's modules from source first: 0.1 s of CPU that no
+    installed kiln spends.
+    """
+    repo = Path(__file__).resolve().parent.parent
+    subprocess.run([sys.executable, "-m", "compileall", "-q", "executor", "snapshot"],
+                   cwd=repo, check=True)
+
+
 def measure_builds(scenarios: list[str], tools: list[str], runs: int,
-                   report: Callable[[Measurement], None]) -> None:
-    """Run every (scenario, tool) ``runs`` times and report each measurement."""
-    builders = {"kiln": kiln_build, "buildah": buildah_build}
-    with busybox_registry() as base, tempfile.TemporaryDirectory(prefix="kiln-bench-") as tmp:
+                   report: Callable[[Measurement], None], kaniko: Path | None = None) -> None:
+    """Build every scenario ``runs`` times with every tool, cold, interleaved (run 1 of each
+    tool, then run 2 of each, the order rotating), and report each measurement."""
+    compile_kiln()
+    needs_debian = any("{debian}" in SCENARIOS[s] for s in scenarios)
+    with busybox_registry(needs_debian) as bases, \
+            tempfile.TemporaryDirectory(prefix="kiln-bench-") as tmp:
+        destination = bases["base"].split("/", 1)[0] + "/bench/out:latest"
+        builders: dict[str, Callable[[Path, Path], Timed]] = {
+            "kiln": lambda c, w: _kiln_to_tar(c, w, destination),
+            "buildah": _buildah,
+        }
+        if kaniko is not None:
+            builders["kaniko"] = lambda c, w: _kaniko(kaniko, c, w, destination)
         for scenario in scenarios:
-            context = _context(scenario, base, Path(tmp) / scenario / "context")
-            for tool in tools:
-                for _ in range(runs):
-                    seconds, rss = builders[tool](context, Path(tmp) / scenario / tool)
-                    report(Measurement(scenario, tool, seconds, rss))
+            context = _context(scenario, bases, Path(tmp) / scenario / "context")
+            for run in range(runs):
+                for i in range(len(tools)):
+                    tool = tools[(i + run) % len(tools)]
+                    try:
+                        timed = builders[tool](context, Path(tmp) / scenario / tool)
+                    except RuntimeError as exc:  # one failed build leaves a gap, not no table
+                        print(f"{scenario}: {tool} failed: {exc}", file=sys.stderr, flush=True)
+                        continue
+                    report(_measurement(scenario, tool, timed))
 
 
 def measure_cached_rebuild(runs: int, report: Callable[[Measurement], None]) -> None:
     """The ``files`` build with ``--cache`` into an empty cache repository (cold: it runs and
     stores both RUNs), then again on a fresh root and kiln dir (warm: both come from the
     cache), as a CI job building an unchanged Dockerfile would; both push the image."""
-    with busybox_registry() as base, tempfile.TemporaryDirectory(prefix="kiln-bench-") as tmp:
-        context = _context("files", base, Path(tmp) / "context")
-        registry = base.split("/", 1)[0]
+    compile_kiln()
+    with busybox_registry() as bases, tempfile.TemporaryDirectory(prefix="kiln-bench-") as tmp:
+        context = _context("files", bases, Path(tmp) / "context")
+        registry = bases["base"].split("/", 1)[0]
         for run in range(runs):
             push = ("--cache", "--insecure", "--destination",
                     f"{registry}/bench/cached{run}:1")

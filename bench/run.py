@@ -8,6 +8,13 @@ buildah against a local registry (bench/builds.py), and ``files-cache`` builds `
 tar (bench/extract.py). Push memory has its own script: ``python -m bench.push``. Add a
 scenario by writing a function ``(workdir, runs) -> list[Result]`` and listing it in
 ``SCENARIOS``.
+
+``python -m bench.run --kaniko PATH`` compares whole builds instead: kiln, kaniko (the executor
+binary at PATH, run chrooted in a throwaway root, bench/kaniko.py) and buildah build the
+``tiny``, ``files``, ``seed`` and ``app`` Dockerfiles of bench/builds.py cold, interleaved, from
+the same local registry, and one table gives the medians, kiln's ratios to both, each builder's
+own time (wall minus its RUN commands) and the no-op ``RUN true`` step of ``files``, with the
+machine's load before and after.
 """
 
 from __future__ import annotations
@@ -207,14 +214,102 @@ def print_table(results: list[Result]) -> None:
               f"{result.peak_rss_mb:>12.1f}")
 
 
+def _ratio(a: float | None, b: float | None) -> str:
+    return f"{a / b:.2f}x" if a is not None and b else "-"
+
+
+def _secs(value: float | None) -> str:
+    return f"{value:.2f}" if value is not None else "-"
+
+
+def _load() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.2f}, {five:.2f}, {fifteen:.2f} ({os.cpu_count()} CPUs)"
+
+
+def compare_builders(kaniko: Path, scenarios: list[str], runs: int, buildah: bool) -> None:
+    """The kiln / kaniko / buildah table (module docstring); progress goes to stderr."""
+    from bench.builds import Measurement, measure_builds
+
+    tools = ["kiln", "kaniko", *(["buildah"] if buildah else [])]
+    samples: dict[tuple[str, str], list[Measurement]] = {}
+
+    def collect(m: Measurement) -> None:
+        samples.setdefault((m.scenario, m.tool), []).append(m)
+        print(f"  {m.scenario:<6} {m.tool:<8} {m.seconds:7.2f} s  cpu {_secs(m.cpu_seconds):>6}"
+              f"  own {_secs(m.own_seconds):>6}"
+              f"  step {_secs(m.marked_step_seconds):>6}  {m.peak_rss_mb:6.0f} MB",
+              file=sys.stderr, flush=True)
+
+    before = _load()
+    print(f"{before}; {runs} cold runs each, interleaved", file=sys.stderr, flush=True)
+    measure_builds(scenarios, tools, runs, collect, kaniko)
+    after = _load()
+
+    def median(scenario: str, tool: str, what: Callable[[Measurement], float | None]
+               ) -> float | None:
+        values = [v for m in samples.get((scenario, tool), []) if (v := what(m)) is not None]
+        return statistics.median(values) if values else None
+
+    print(f"kiln vs kaniko ({kaniko}) vs buildah: medians of {runs} cold runs, interleaved")
+    print(f"before: {before}\nafter:  {after}")
+    print("own: wall minus the RUN commands' own time (from the log lines, stamped as they "
+          "arrive); cpu: user + system seconds of the builder's whole process tree, RUN "
+          "commands included (hardly moved by the machine's load, unlike the wall time)")
+    head = (f"{'scenario':<16} {'kiln s':>7} {'kaniko s':>8} {'buildah s':>9} "
+            f"{'kiln/kaniko':>11} {'kiln/buildah':>12} {'own kiln':>8} {'own kaniko':>10} "
+            f"{'own ratio':>9} {'cpu kiln':>8} {'cpu kaniko':>10} {'cpu ratio':>9} "
+            f"{'RSS MB kiln/kaniko/buildah':>27}")
+    print(head)
+    rows: list[tuple[str, Callable[[Measurement], float | None]]] = [
+        ("", lambda m: m.seconds), (" RUN true step", lambda m: m.marked_step_seconds)]
+    for scenario in scenarios:
+        for suffix, what in rows:
+            times = {t: median(scenario, t, what) for t in ("kiln", "kaniko", "buildah")}
+            if times["kiln"] is None:
+                continue
+            own = {t: median(scenario, t, lambda m: m.own_seconds) if not suffix else None
+                   for t in ("kiln", "kaniko")}
+            cpu = {t: median(scenario, t, lambda m: m.cpu_seconds) if not suffix else None
+                   for t in ("kiln", "kaniko")}
+            rss = "/".join(f"{v:.0f}" if v is not None else "-" for v in (
+                median(scenario, t, lambda m: m.peak_rss_mb) if not suffix else None
+                for t in ("kiln", "kaniko", "buildah")))
+            print(f"{scenario + suffix:<16} {_secs(times['kiln']):>7} "
+                  f"{_secs(times['kaniko']):>8} {_secs(times['buildah']):>9} "
+                  f"{_ratio(times['kiln'], times['kaniko']):>11} "
+                  f"{_ratio(times['kiln'], times['buildah']):>12} {_secs(own['kiln']):>8} "
+                  f"{_secs(own['kaniko']):>10} {_ratio(own['kiln'], own['kaniko']):>9} "
+                  f"{_secs(cpu['kiln']):>8} {_secs(cpu['kaniko']):>10} "
+                  f"{_ratio(cpu['kiln'], cpu['kaniko']):>9} {rss if not suffix else '':>27}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
-    parser.add_argument("--runs", type=int, default=5, help="timed runs per scenario (median)")
+    parser.add_argument("--runs", type=int, default=None,
+                        help="timed runs per scenario, for the median (5; 3 with --kaniko)")
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
-    parser.add_argument("--scenario", action="append", choices=sorted(SCENARIOS),
+    parser.add_argument("--scenario", action="append",
+                        choices=sorted({*SCENARIOS, "seed", "app"}),
                         help="run only this scenario (repeatable)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--kaniko", type=Path, metavar="PATH",
+                        help="compare whole builds with this kaniko executor binary (and "
+                        "buildah); --scenario then picks among tiny, files, seed, app")
+    parser.add_argument("--no-buildah", action="store_true",
+                        help="with --kaniko: leave buildah out (it is the slowest)")
     args = parser.parse_args(argv)
+    if args.kaniko:
+        from bench.builds import COMPARED
+
+        chosen = args.scenario or list(COMPARED)
+        unknown = [name for name in chosen if name not in COMPARED]
+        if unknown:
+            parser.error(f"with --kaniko, --scenario is one of {', '.join(COMPARED)}")
+        compare_builders(args.kaniko, chosen, args.runs or 3,
+                         not args.no_buildah)
+        return 0
+    args.runs = args.runs or 5
     if args.child:
         for result in run_scenario_here(args.child, args.runs):
             print(json.dumps(asdict(result)), flush=True)

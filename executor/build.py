@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO, NamedTuple, cast
 
+from executor import stageroot
 from executor.attest.collect import Pending
 from executor.basecache import BaseImageCache
 from executor.cache import (
@@ -164,6 +165,10 @@ class Builder:
     stage_args: dict[int, dict[str, str]] = field(default_factory=dict)
     cache: LayerCache | None = None  # --cache
     fetched: list[tuple[str, str]] = field(default_factory=list)  # ADD URLs (for --attest)
+    # Stages whose filesystem was moved out of the root, whole, for a later COPY --from.
+    stage_roots: dict[int, Path] = field(default_factory=dict)
+    # Digests of the layers this build wrote from its snapshots: they hold no ignored path.
+    made_layers: set[str] = field(default_factory=set)
 
     @property
     def root(self) -> Path:
@@ -326,6 +331,7 @@ class Builder:
         layer = Layer(blob.path, blob.digest, blob.diff_id, blob.size,
                       _media_type(blob.compression))
         layers.append(layer)
+        self.made_layers.add(layer.digest)
         state.config.add_layer(layer.diff_id, history, state.created)
         return Committed(new, changes, layer)
 
@@ -441,7 +447,7 @@ class Builder:
         if (stage.base_stage is not None and stage.base_stage == self.root_holds
                 and base.snapshot is not None):
             return base.snapshot
-        if self.root_holds is not None or base.layers:
+        if (self.root_holds is not None or base.layers) and not self._keep_root_for_copies():
             clear_root(self.root, self.ignore)
         if base.layers:
             log.info("Unpacking rootfs as cmd %s requires it.",
@@ -474,6 +480,47 @@ class Builder:
                         layer.path.unlink(missing_ok=True)
                 clear_root(self.root, self.ignore)
 
+    def _keep_root_for_copies(self) -> bool:
+        """Move the root's filesystem out for a later COPY --from of the stage it holds,
+        rather than delete it (:mod:`executor.stageroot`); False, with nothing moved, where
+        that does not apply: no later copy of it, in place, an ignored glob, kiln's directory
+        on another filesystem, or an image with more than it can make at ignored paths."""
+        held = self.root_holds
+        if (held is None or held in self.stage_roots or self.options.in_place
+                or self.ignore.globs or not self._copied_from_later(held)):
+            return False
+        image = self.built.get(held)
+        if image is None or os.stat(self.root).st_dev != os.stat(self.workspace.roots).st_dev:
+            return False
+        inside = frozenset(p for p in self.ignore.paths if p)
+        content = stageroot.ignored_content(
+            [layer for layer in image.layers if layer.digest not in self.made_layers], inside)
+        if content is None:
+            return False
+        target = Path(tempfile.mkdtemp(prefix=f"stage{held}-", dir=self.workspace.roots))
+        stageroot.move_root(self.root, self.ignore, target)
+        if not stageroot.make_ignored(target, content):
+            # The move is done: the root is as clear_root leaves it; the copy extracts.
+            shutil.rmtree(target, ignore_errors=True)
+            return True
+        log.debug("stage %d's filesystem moved to %s for later copies", held, target)
+        self.stage_roots[held] = target
+        return True
+
+    def _copied_from_later(self, index: int) -> bool:
+        """Does a stage not built yet copy from (or mount) stage ``index`` by a name the
+        plan resolves as written? (A ``--from`` made of ARGs is not seen: it extracts.)"""
+        for stage in self.plan.stages:
+            if stage.index == index or stage.index in self.built:
+                continue
+            for inst in stage.instructions:
+                for flag in inst.flags:
+                    ref = _from_ref(flag)
+                    found = self.plan.stage_by_ref(ref) if ref else None
+                    if found is not None and found.index == index:
+                        return True
+        return False
+
     def _source_root(self, inst: Instruction, ref: str) -> Path:
         """A directory holding the filesystem of a stage or an image, for COPY --from."""
         if ref in self.source_roots:
@@ -487,6 +534,9 @@ class Builder:
             if image is None:
                 raise inst.error(f"{inst.kind} --from={ref}: stage {ref!r} was not built "
                                  "(check --target and --skip-unused-stages)")
+            if stage.index in self.stage_roots:
+                self.source_roots[ref] = self.stage_roots[stage.index]
+                return self.source_roots[ref]
         else:
             if ref.isdigit():
                 raise inst.error(f"COPY --from={ref}: there is no stage {ref}")
@@ -562,6 +612,18 @@ def clear_root(root: Path, ignore: IgnoreList, rel: str = "") -> None:
             shutil.rmtree(entry.path)
         else:
             os.unlink(entry.path)
+
+
+def _from_ref(flag: str) -> str | None:
+    """The stage a ``--from=REF`` flag, or a ``--mount=...,from=REF`` flag, names."""
+    if flag.startswith("--from="):
+        return flag[len("--from="):]
+    if flag.startswith("--mount="):
+        for part in flag[len("--mount="):].split(","):
+            key, _, value = part.partition("=")
+            if key.strip() == "from":
+                return value.strip()
+    return None
 
 
 def delete_filesystem(root: Path, ignore: IgnoreList, workspace: Workspace) -> None:

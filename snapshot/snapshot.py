@@ -192,7 +192,7 @@ def _scan(root_str: str, rel_dir: str, ignore: IgnoreList, entries: dict[str, Fi
 
 # Below this many directories to share out, a walk is too small to be worth a fork.
 _UNITS_PER_WORKER = 16
-_MAX_TOKENS = 4096  # 4-byte tokens: 16 KiB, which a pipe takes without blocking
+_MAX_TOKENS = 4096  # of each kind; 4-byte tokens: 32 KiB, which a pipe takes without blocking
 
 
 def _walk_in_parallel(root_str: str, ignore: IgnoreList, entries: dict[str, FileEntry],
@@ -207,21 +207,42 @@ def _walk_in_parallel(root_str: str, ignore: IgnoreList, entries: dict[str, File
     paths of entries equal to ``previous`` (which this process already holds, and the helper
     has as a copy-on-write image) and the full entries of the others. A helper that dies
     leaves this process to walk the whole tree again alone: slower, never wrong.
+
+    A big directory (``_BIG_DIRECTORY`` bytes of entries or more, by its own size: thousands
+    of files side by side, as a build's output or a cache often is) would be one unit that a
+    single process stats alone while the others wait; so its names are listed here and shared
+    out in slices of ``_SLICE`` names, each stat'ed by whoever takes it (subdirectories found
+    in a slice are walked by the same process).
     """
     pending = [""]
+    big: list[str] = []
     target = _UNITS_PER_WORKER * (helpers + 1)
-    while pending and len(pending) < target:
+    while pending and len(pending) + len(big) < target:
         level, pending = pending, []
         for rel_dir in level:
-            _scan(root_str, rel_dir, ignore, entries, pending)
-    if len(pending) < 2:
+            if rel_dir and entries[rel_dir].size >= _BIG_DIRECTORY:
+                big.append(rel_dir)
+            else:
+                _scan(root_str, rel_dir, ignore, entries, pending)
+    big += [rel_dir for rel_dir in pending if entries[rel_dir].size >= _BIG_DIRECTORY]
+    pending = [rel_dir for rel_dir in pending if entries[rel_dir].size < _BIG_DIRECTORY]
+    listed = [(rel_dir, _names_kept(root_str, rel_dir, ignore)) for rel_dir in big]
+    # Slices of at least _SLICE names, and few enough that every token fits in the pipe.
+    size = max(_SLICE, -(-sum(len(names) for _, names in listed) // _MAX_TOKENS))
+    slices = [(rel_dir, names[start:start + size]) for rel_dir, names in listed
+              for start in range(0, len(names), size)]
+    if len(pending) + len(slices) < 2:
+        for rel_dir, names in slices:
+            _scan_names(root_str, rel_dir, names, entries, pending)
         _walk(root_str, ignore, entries, pending)
         return
     units = pending
     groups = min(len(units), _MAX_TOKENS)
     tokens_r, tokens_w = os.pipe()
     try:
-        os.write(tokens_w, b"".join(i.to_bytes(4, "little") for i in range(groups)))
+        # Slices first: they are the big pieces, best started early.
+        order = [*range(groups, groups + len(slices)), *range(groups)]
+        os.write(tokens_w, b"".join(i.to_bytes(4, "little") for i in order))
     finally:
         os.close(tokens_w)  # no writer left: an empty pipe reads as end-of-file
     children: list[tuple[int, int]] = []
@@ -229,14 +250,14 @@ def _walk_in_parallel(root_str: str, ignore: IgnoreList, entries: dict[str, File
         for _ in range(helpers):
             result_r, result_w = os.pipe()
             pid = fork_helper(functools.partial(_helper_main, root_str, ignore, units, groups,
-                                                tokens_r, result_w, previous),
+                                                tokens_r, result_w, previous, slices),
                               close=(result_r, *(r for _, r in children)))
             os.close(result_w)
             if pid is None:
                 os.close(result_r)
                 break  # no more processes to be had: walk with those there are
             children.append((pid, result_r))
-        _walk_tokens(root_str, ignore, units, groups, tokens_r, entries)
+        _walk_tokens(root_str, ignore, units, groups, tokens_r, entries, slices)
         new = tuple.__new__
         while children:
             pid, result_r = children.pop()
@@ -263,18 +284,85 @@ def _walk_in_parallel(root_str: str, ignore: IgnoreList, entries: dict[str, File
 
 
 def _walk_tokens(root_str: str, ignore: IgnoreList, units: list[str], groups: int,
-                 tokens_r: int, entries: dict[str, FileEntry]) -> None:
+                 tokens_r: int, entries: dict[str, FileEntry],
+                 slices: list[tuple[str, list[str]]]) -> None:
+    """Take tokens until none are left: below ``groups`` a group of ``units`` to walk, above
+    it one of ``slices`` to stat (and the subdirectories found there to walk)."""
     while token := os.read(tokens_r, 4):  # a pipe hands each 4-byte token to one reader
         group = int.from_bytes(token, "little")
-        _walk(root_str, ignore, entries, units[group::groups])
+        if group < groups:
+            _walk(root_str, ignore, entries, units[group::groups])
+        else:
+            rel_dir, names = slices[group - groups]
+            pending: list[str] = []
+            _scan_names(root_str, rel_dir, names, entries, pending)
+            _walk(root_str, ignore, entries, pending)
+
+
+# A directory whose own size says it holds thousands of entries (ext4: about 4,000 to 8,000
+# names; tmpfs: 6,500) is shared out by name, in slices of this many names.
+_BIG_DIRECTORY = 128 * 1024
+_SLICE = 2048
+
+
+def _names_kept(root_str: str, rel_dir: str, ignore: IgnoreList) -> list[str]:
+    """The names in ``rel_dir`` that the ignore list does not leave out."""
+    skip = ignore.ignored_names_in(rel_dir)
+    glob = ignore.glob_at_depth(rel_dir.count("/") + 2)
+    try:
+        names = os.listdir(os.path.join(root_str, rel_dir))
+    except FileNotFoundError:
+        return []  # removed while the walk was under way
+    except OSError as exc:
+        raise _walk_error(rel_dir, exc) from None
+    prefix = rel_dir + "/"
+    return [name for name in names if name not in skip
+            and (glob is None or not glob(prefix + name))]
+
+
+def _scan_names(root_str: str, rel_dir: str, names: list[str],
+                entries: dict[str, FileEntry], pending: list[str]) -> None:
+    """Record the entries ``names`` of ``rel_dir`` (already filtered by the ignore list), and
+    their subdirectories in ``pending``; a name that vanished since it was listed is skipped,
+    as the walk skips anything removed while it runs."""
+    try:
+        dir_fd = os.open(os.path.join(root_str, rel_dir), _DIR_FLAGS)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise _walk_error(rel_dir, exc) from None
+    prefix = rel_dir + "/"
+    new = tuple.__new__
+    fields = _stat_fields
+    entry_type = FileEntry
+    lstat = os.stat
+    try:
+        for name in names:
+            try:
+                stat = fields(lstat(name, dir_fd=dir_fd, follow_symlinks=False))
+                kind = stat[0] & 0o170000
+                target = os.readlink(name, dir_fd=dir_fd) if kind == 0o120000 else None
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise _walk_error(prefix + name, exc) from None
+            if kind == 0o140000:  # a socket: an image cannot hold one
+                continue
+            rel = prefix + name
+            entries[rel] = new(entry_type, (rel, *stat, target))
+            if kind == 0o040000:
+                pending.append(rel)
+    finally:
+        os.close(dir_fd)
 
 
 def _helper_main(root_str: str, ignore: IgnoreList, units: list[str], groups: int,
-                 tokens_r: int, result_w: int, previous: dict[str, FileEntry]) -> None:
+                 tokens_r: int, result_w: int, previous: dict[str, FileEntry],
+                 slices: list[tuple[str, list[str]]]) -> None:
     """A forked helper's whole life: walk tokens, send entries (or the error)."""
     found: dict[str, FileEntry] = {}
     try:
-        _walk_tokens(root_str, ignore, units, groups, tokens_r, found)
+        _walk_tokens(root_str, ignore, units, groups, tokens_r, found, slices)
         unchanged: list[str] = []
         changed: list[tuple[Any, ...]] = []
         previous_get = previous.get

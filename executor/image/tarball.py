@@ -3,13 +3,14 @@
 The format is Docker's: a ``manifest.json`` listing, per image, the ``Config`` file, the
 ``RepoTags`` and the ``Layers`` files (bottom first), next to those files in the archive. Layers
 are stored compressed as built (``docker load``, skopeo and go-containerregistry all accept
-that) and streamed from their blob files, never held in memory. The archive is deterministic:
-fixed owners, modes and times, so the same image gives the same bytes.
+that) and copied from their blob files by the kernel (``copy_file_range``), never through
+Python's buffers. The archive is deterministic: fixed owners, modes and times, so the same image
+gives the same bytes, the bytes :mod:`tarfile` writes for these members (the headers are its
+``TarInfo.tobuf``; only the data is moved without it).
 """
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import tarfile
@@ -20,6 +21,7 @@ from executor.errors import ImageError
 from executor.image.atomic import output_file
 from executor.image.model import ImageConfig, Layer, compression_of, sha256_digest
 from executor.image.reference import ImageRef
+from snapshot.filecopy import copy_data
 
 _EXTENSIONS = {"gzip": ".tar.gz", "zstd": ".tar.zst", "none": ".tar"}
 
@@ -40,18 +42,17 @@ def write_docker_tarball(path: Path, ref: str | Sequence[str], config_bytes: byt
     layer_names = [_layer_name(layer) for layer in layers]
     manifest = [{"Config": config_name, "RepoTags": tags, "Layers": layer_names}]
 
-    with output_file(path) as handle, tarfile.open(
-            # a pipe (--tar-path /dev/stdout) cannot tell(): the stream mode never asks
-            fileobj=handle, mode="w" if handle.seekable() else "w|",
-            format=tarfile.PAX_FORMAT) as tar:
-        _add_bytes(tar, config_name, config_bytes)
+    with output_file(path) as handle:  # a pipe (--tar-path /dev/stdout) is written in order
+        out = _Archive(handle.fileno())
+        out.add_bytes(config_name, config_bytes)
         written: set[str] = set()
         for layer, name in zip(layers, layer_names, strict=True):
             if name in written:  # an image may repeat a layer; the file is stored once
                 continue
             written.add(name)
-            _add_file(tar, name, layer)
-        _add_bytes(tar, "manifest.json", json.dumps(manifest).encode())
+            out.add_file(name, layer)
+        out.add_bytes("manifest.json", json.dumps(manifest).encode())
+        out.close()
 
 
 def _repo_tag(text: str) -> str:
@@ -75,14 +76,48 @@ def _info(name: str, size: int) -> tarfile.TarInfo:
     return info
 
 
-def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    tar.addfile(_info(name, len(data)), io.BytesIO(data))
+class _Archive:
+    """A PAX tar written straight to a file descriptor, laid out as :class:`tarfile.TarFile`
+    lays it out: header blocks, data padded to 512 bytes, two zero blocks, then zeros up to a
+    whole 10240-byte record."""
 
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._offset = 0
 
-def _add_file(tar: tarfile.TarFile, name: str, layer: Layer) -> None:
-    with layer.path.open("rb") as source:
-        size = os.fstat(source.fileno()).st_size
-        if size != layer.size:
-            raise ImageError(f"blob {layer.digest} in {layer.path} is {size} bytes, "
-                             f"expected {layer.size}")
-        tar.addfile(_info(name, size), source)
+    def _write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view):]
+        self._offset += len(data)
+
+    def _header(self, name: str, size: int) -> None:
+        self._write(_info(name, size).tobuf(tarfile.PAX_FORMAT, tarfile.ENCODING,
+                                            "surrogateescape"))
+
+    def _pad(self, size: int) -> None:
+        if size % tarfile.BLOCKSIZE:
+            self._write(tarfile.NUL * (tarfile.BLOCKSIZE - size % tarfile.BLOCKSIZE))
+
+    def add_bytes(self, name: str, data: bytes) -> None:
+        self._header(name, len(data))
+        self._write(data)
+        self._pad(len(data))
+
+    def add_file(self, name: str, layer: Layer) -> None:
+        with layer.path.open("rb") as source:
+            size = os.fstat(source.fileno()).st_size
+            if size != layer.size:
+                raise ImageError(f"blob {layer.digest} in {layer.path} is {size} bytes, "
+                                 f"expected {layer.size}")
+            self._header(name, size)
+            if copy_data(source.fileno(), self._fd, size) != size:
+                raise ImageError(f"blob {layer.digest} in {layer.path} shrank while it was "
+                                 "copied")
+            self._offset += size
+            self._pad(size)
+
+    def close(self) -> None:
+        self._write(tarfile.NUL * (2 * tarfile.BLOCKSIZE))
+        if self._offset % tarfile.RECORDSIZE:
+            self._write(tarfile.NUL * (tarfile.RECORDSIZE - self._offset % tarfile.RECORDSIZE))

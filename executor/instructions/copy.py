@@ -49,7 +49,6 @@ import logging
 import os
 import posixpath
 import re
-import shutil
 import stat
 import tempfile
 from dataclasses import dataclass, field
@@ -66,6 +65,7 @@ from executor.instructions.state import StageState
 from executor.passwd import UnknownUserError, owner_ids
 from executor.patterns import PatternError
 from snapshot.errors import SnapshotError, storage_errors
+from snapshot.filecopy import copy_data
 from snapshot.rootpath import resolve_in_root
 
 log = logging.getLogger("kiln")
@@ -623,7 +623,7 @@ def _copy_file(state: StageState, src: Path, target: Path, info: os.stat_result,
     elif stat.S_ISREG(info.st_mode):
         with storage_errors(target, "copy to"), open(src, "rb") as reader, \
                 open(target, "xb") as writer:
-            shutil.copyfileobj(reader, writer, 1 << 20)
+            copy_data(reader.fileno(), writer.fileno())  # in the kernel, not through Python
     elif stat.S_ISFIFO(info.st_mode) or stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode):
         os.mknod(target, info.st_mode, info.st_rdev)  # copied as the node it is, as BuildKit
     else:

@@ -148,8 +148,8 @@ class TLSProfile:
 
     def context(self, *, verify: bool) -> ssl.SSLContext:
         """An SSL context: system trust, ``SSL_CERT_DIR``, this profile's CA and client cert."""
-        context = ssl.create_default_context()
         if verify:
+            context = ssl.create_default_context()
             _load_cert_dirs(context)
             if self.ca_bundle is not None:
                 try:
@@ -158,6 +158,9 @@ class TLSProfile:
                     raise RegistryError(f"--registry-certificate {self.ca_bundle}: cannot load: "
                                         f"{describe_connection_error(exc)}") from None
         else:
+            # Nothing is verified, so the system's CA store (tens of ms to load, paid on the
+            # HTTPS probe of every insecure registry) is not loaded.
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
         if self.client_cert is not None:

@@ -161,3 +161,35 @@ def test_copy_refuses(tmp_path: Path, busybox_image: str, dockerfile: str,
                   {"f.txt": "f\n", "a.txt": "a\n", "b.txt": "b\n"})
     assert built.run.exit_code == 1
     assert built.run.last_line == f"error building image: {message}"
+
+
+_TWO_STAGES = (
+    "FROM {base} AS build\n"
+    "RUN mkdir -p /out/sub /var/run /var/lib/app && echo one > /out/sub/f && ln -s sub/f /out/link"
+    " && echo pid > /var/run/app.pid && echo state > /var/lib/app/s && chmod 700 /out/sub\n"
+    "FROM {base}\n"
+    "ARG SRC=build\n"
+    "COPY --from={ref} /out /copied/out\n"
+    "COPY --from={ref} /var /copied/var\n"
+    "COPY --from={ref} /proc /copied/proc\n"
+)
+
+
+def test_copy_from_a_stage_moved_out_of_the_root_is_what_extracting_it_gives(
+        tmp_path: Path, busybox_image: str) -> None:
+    """A stage copied from later is moved out of the root, not extracted again; /var/run and
+    /proc, which the build ignores, come from the image as an extraction would give them.
+    ``--from=${SRC}`` is not resolved before the build, so it takes the extracting path: the
+    two images must be the same, layer for layer (--reproducible: the RUN's files have the
+    times of their own build)."""
+    moved = build(tmp_path / "moved", _TWO_STAGES.format(base=busybox_image, ref="build"),
+                  {}, "--verbosity", "debug", "--reproducible")
+    extracted = build(tmp_path / "extracted",
+                      _TWO_STAGES.format(base=busybox_image, ref="${SRC}"), {},
+                      "--verbosity", "debug", "--reproducible")
+    assert moved.ok and extracted.ok, moved.run.stderr + extracted.run.stderr
+    assert "filesystem moved to" in moved.run.stderr
+    assert "filesystem moved to" not in extracted.run.stderr
+    assert moved.config["rootfs"]["diff_ids"] == extracted.config["rootfs"]["diff_ids"]
+    assert (moved.root / "copied/out/sub/f").read_text() == "one\n"
+    assert not (moved.root / "copied/var/run/app.pid").exists()  # ignored in the build stage

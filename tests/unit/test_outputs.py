@@ -6,6 +6,7 @@ import gzip
 import hashlib
 import io
 import json
+import os
 import subprocess
 import tarfile
 from dataclasses import dataclass
@@ -269,6 +270,31 @@ def test_docker_tarball_is_deterministic(tmp_path: Path, image: TinyImage) -> No
     write_docker_tarball(first, "app:v1", image.config_bytes, image.layers)
     write_docker_tarball(second, "app:v1", image.config_bytes, image.layers)
     assert first.read_bytes() == second.read_bytes()
+
+
+def test_docker_tarball_is_the_archive_tarfile_writes(tmp_path: Path, image: TinyImage) -> None:
+    """The layers are copied by the kernel, not through tarfile, and nothing else changed: the
+    bytes are those tarfile writes for the same members (headers, padding, end records)."""
+    tar_path = tmp_path / "image.tar"
+    write_docker_tarball(tar_path, "app:v1", image.config_bytes, image.layers)
+    expected = io.BytesIO()
+    with tarfile.open(tar_path) as written, \
+            tarfile.open(fileobj=expected, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for member in written.getmembers():
+            data = written.extractfile(member)
+            assert data is not None
+            tar.addfile(member, data)
+    assert tar_path.read_bytes() == expected.getvalue()
+
+
+def test_docker_tarball_stores_a_layer_larger_than_one_copy_chunk(tmp_path: Path) -> None:
+    big = make_image(tmp_path / "blobs", {"big": os.urandom(3 << 20)})
+    tar_path = tmp_path / "image.tar"
+    write_docker_tarball(tar_path, "app:v1", big.config_bytes, big.layers)
+    with tarfile.open(tar_path) as tar:
+        member = tar.extractfile(big.layers[0].digest.partition(":")[2] + ".tar.gz")
+        assert member is not None
+        assert member.read() == big.layers[0].path.read_bytes()
 
 
 def test_docker_tarball_refuses_a_layer_count_the_config_does_not_have(

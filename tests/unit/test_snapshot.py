@@ -449,6 +449,51 @@ def test_a_helper_that_dies_leaves_a_complete_walk(wide: Path,
                              workers=3).entries == expected
 
 
+@pytest.fixture
+def flat(tmp_path: Path) -> Path:
+    """One directory of 5,000 entries (a build output): files, subdirectories, symlinks."""
+    root = tmp_path / "flat"
+    make_tree(root, [f"out/f{i}" for i in range(5000)] + ["out/sub/a", "out/sub/deep/b", "x"])
+    for i in range(20):
+        os.symlink(f"f{i}", root / f"out/link{i}")
+    return root
+
+
+def test_a_big_directory_is_shared_out_by_name_and_seen_whole(
+        flat: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from snapshot import snapshot as module
+
+    monkeypatch.setattr(module, "_BIG_DIRECTORY", 1)  # whatever this filesystem reports
+    monkeypatch.setattr(module, "_SLICE", 300)
+    alone = snap(flat).entries
+    ignore = IgnoreList(root=flat, paths=frozenset({"out/f7", "out/sub/deep"}))
+    for workers in (2, 3):
+        assert take_snapshot(flat, IgnoreList(root=flat, paths=frozenset()),
+                             workers=workers).entries == alone
+        assert take_snapshot(flat, ignore, workers=workers).entries == {
+            p: e for p, e in alone.items() if p != "out/f7" and not p.startswith("out/sub/deep")}
+
+
+def test_a_name_of_a_big_directory_removed_before_its_lstat_is_left_out(
+        flat: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from snapshot import snapshot as module
+
+    monkeypatch.setattr(module, "_BIG_DIRECTORY", 1)
+    expected = dict(snap(flat).entries)
+    real = module._names_kept
+
+    def listing_then_removing(root_str: str, rel_dir: str, ignore: IgnoreList) -> list[str]:
+        names = real(root_str, rel_dir, ignore)
+        if rel_dir == "out":
+            (flat / "out/f42").unlink()  # listed, then gone, as a racing rm would make it
+        return names
+
+    monkeypatch.setattr(module, "_names_kept", listing_then_removing)
+    del expected["out/f42"]
+    entries = take_snapshot(flat, IgnoreList(root=flat, paths=frozenset()), workers=2).entries
+    assert set(entries) == set(expected)
+
+
 def test_default_workers_is_between_one_and_four() -> None:
     from snapshot.forking import default_workers
 

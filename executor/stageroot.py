@@ -1,0 +1,148 @@
+"""A finished stage's filesystem moved out of the root, whole, for a later ``COPY --from``.
+
+When the next stage needs the root and a later instruction copies from the stage the root
+holds, the build used to delete that filesystem and, at the copy, extract the stage's image
+all over again into a directory of its own: for a multi-stage build on a Debian-sized base,
+most of kiln's own time. Moving the root's entries into that directory (``rename``, nothing
+copied) gives the same tree, with one difference the build's ignore list makes: the root
+never held what the image has at ignored paths (``/proc``, ``/var/run``, ...), and may hold
+things there the image lacks. So those stay in the root, as :func:`executor.build.clear_root`
+leaves them, and the moved tree gets exactly what the image's layers put there. Layers kiln
+built never touch ignored paths, so only the pulled base layers are read, headers only; what
+base images have there is a directory or a symlink (``/proc``, ``/var/run -> /run``), which
+is made here. Anything else there (a file, a whiteout, an opaque directory above an ignored
+path, a hard link into one) makes :func:`ignored_content` give up, and the caller extracts
+the image as before.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import stat
+import tarfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import BinaryIO, cast
+
+from executor.image.model import Layer, compression_of
+from snapshot.compress import open_decompressed
+from snapshot.ignore import IgnoreList
+
+
+@dataclass(frozen=True)
+class Made:
+    """A directory or symlink the image has at an ignored path, as its last layer left it."""
+
+    path: str
+    is_dir: bool
+    mode: int
+    uid: int
+    gid: int
+    mtime_ns: int
+    link_target: str = ""
+
+
+def ignored_content(layers: Iterable[Layer], paths: frozenset[str]) -> list[Made] | None:
+    """What ``layers`` (bottom first) leave at or under ``paths``; None when it is more than
+    directories and symlinks at the paths themselves, or when a layer removes or replaces
+    something above one of them."""
+    final: dict[str, Made | None] = {}
+    for layer in layers:
+        with open(layer.path, "rb") as raw:
+            stream = open_decompressed(cast(BinaryIO, raw), compression_of(layer.media_type))
+            try:
+                with tarfile.open(fileobj=stream, mode="r|") as tar:
+                    for member in tar:
+                        if not _note(member, paths, final):
+                            return None
+            except tarfile.TarError:
+                return None
+    return [made for made in final.values() if made is not None]
+
+
+def _note(member: tarfile.TarInfo, paths: frozenset[str], final: dict[str, Made | None]
+          ) -> bool:
+    name = member.name.strip("/")
+    name = name[2:] if name.startswith("./") else name
+    parent, _, base = name.rpartition("/")
+    if base.startswith(".wh."):
+        gone = parent if base == ".wh..wh..opq" else (f"{parent}/{base[4:]}" if parent
+                                                         else base[4:])
+        return not any(_under(gone, p) or _under(p, gone) for p in paths)
+    if member.islnk() and any(_under(member.linkname.strip("/"), p) for p in paths):
+        return False
+    if member.issym() and name not in paths:
+        # A later entry could reach an ignored path through this link, which the root's
+        # extraction would have skipped: too subtle to follow here.
+        pointed = posixpath.normpath(posixpath.join("/", parent, member.linkname)).strip("/")
+        if not pointed or any(_under(pointed, p) or _under(p, pointed) for p in paths):
+            return False
+    for p in paths:
+        if name == p:
+            if not (member.isdir() or member.issym()) or any(
+                    key.startswith("SCHILY.xattr.") for key in member.pax_headers):
+                return False
+            final[p] = Made(p, member.isdir(), member.mode, member.uid, member.gid,
+                            _mtime_ns(member), member.linkname if member.issym() else "")
+        elif _under(name, p) or (_under(p, name) and not member.isdir()):
+            return False
+    return True
+
+
+def _under(path: str, top: str) -> bool:
+    return path == top or path.startswith(top + "/")
+
+
+def _mtime_ns(member: tarfile.TarInfo) -> int:
+    exact = member.pax_headers.get("mtime")
+    if exact is not None:
+        return int(Decimal(exact) * 1_000_000_000)
+    return int(member.mtime) * 1_000_000_000
+
+
+def move_root(root: Path, ignore: IgnoreList, target: Path, rel: str = "") -> None:
+    """Move everything :func:`executor.build.clear_root` would delete from ``root`` into
+    ``target`` (on the same filesystem): renamed whole, except directories holding an ignored
+    path, which are made anew in ``target`` with their owner, mode and times, and filled child
+    by child."""
+    directory = root / rel if rel else root
+    with os.scandir(directory) as entries:
+        children = list(entries)
+    for entry in children:
+        child = f"{rel}/{entry.name}" if rel else entry.name
+        if ignore.is_ignored(child):
+            continue
+        if entry.is_dir(follow_symlinks=False) and any(
+                p.startswith(child + "/") for p in ignore.paths):
+            info = entry.stat(follow_symlinks=False)
+            made = target / child
+            made.mkdir()
+            move_root(root, ignore, target, child)
+            os.chown(made, info.st_uid, info.st_gid)
+            os.chmod(made, stat.S_IMODE(info.st_mode))
+            os.utime(made, ns=(info.st_atime_ns, info.st_mtime_ns))
+            continue
+        os.rename(entry.path, target / child)
+
+
+def make_ignored(target: Path, content: list[Made]) -> bool:
+    """Make ``content`` in ``target``; False (with nothing made) when a parent is missing."""
+    if any(not (target / made.path).parent.is_dir() for made in content):
+        return False
+    for made in sorted(content, key=lambda m: m.path):
+        where = target / made.path
+        parent = os.stat(where.parent)
+        if made.is_dir:
+            where.mkdir()
+            os.chown(where, made.uid, made.gid)
+            os.chmod(where, made.mode)
+        else:
+            os.symlink(made.link_target, where)
+            os.lchown(where, made.uid, made.gid)
+        os.utime(where, ns=(made.mtime_ns, made.mtime_ns), follow_symlinks=False)
+        # Making the entry moved its parent's mtime: put back what the move gave it.
+        os.utime(where.parent, ns=(parent.st_atime_ns, parent.st_mtime_ns))
+    return True
