@@ -11,6 +11,7 @@ fixed case in ``cases/``.
 
     scripts/differential [--count N] [--seed S] [--keep DIR]
     scripts/differential --case DIR [DIR...]     # compare given case directories instead
+    scripts/differential --cold ...              # BuildKit without its cache, for timing
 """
 
 from __future__ import annotations
@@ -206,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count", type=int, default=50)
     parser.add_argument("--seed", type=int, default=1, help="the first case's seed")
     parser.add_argument("--keep", type=Path, help="copy each differing case here")
+    parser.add_argument("--cold", action="store_true",
+                        help="empty BuildKit's cache before each of its builds (for timing)")
     parser.add_argument("--case", type=Path, nargs="+", default=[],
                         help="case directories (as in cases/) to compare instead of random ones")
     args = parser.parse_args(argv)
@@ -230,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
                     outcomes = {}
                     for tag, builder in (("buildkit", buildkit_builder(buildkit)),
                                          ("kiln", kiln_builder)):
+                        if tag == "buildkit" and args.cold:
+                            buildkit.prune()
                         spent: list[float] = []
                         outcomes[tag] = run_case(case, env, tmp / tag / case.name,
                                                  _timed(builder, spent), tag)
