@@ -42,6 +42,7 @@ from executor.dockerfile.stages import (
     plan_build,
     unused_build_args,
 )
+from executor.dryrun import print_plan
 from executor.errors import DockerfileError, ImageError, KilnError, RegistryError, at_step
 from executor.image import model
 from executor.image.blob import VerifyingReader
@@ -66,6 +67,7 @@ from executor.registry.client import (
     RegistryClient,
     remove_stale_partials,
 )
+from executor.report import BuildRecorder
 from executor.sandbox import SANDBOX_MOUNTS, Sandbox
 from executor.workspace import temporary_workspace
 from snapshot.compress import Compression, open_decompressed
@@ -160,6 +162,7 @@ class Builder:
     current_stage: int = -1
     stage_args: dict[int, dict[str, str]] = field(default_factory=dict)
     cache: LayerCache | None = None  # --cache
+    recorder: BuildRecorder = field(default_factory=BuildRecorder)  # the build report's timings
 
     @property
     def root(self) -> Path:
@@ -242,7 +245,8 @@ class Builder:
         if handler is None:
             raise inst.error(f"{inst.kind} is not supported")
         log.info("%s", inst.original.split("\n", 1)[0])
-        with at_step(str(inst.location)):
+        with at_step(str(inst.location)), self.recorder.step(self.current_stage, inst.original,
+                                                             str(inst.location)):
             return self._apply_step(state, inst, handler, snapshot, layers, keys)
 
     def _apply_step(self, state: StageState, inst: Instruction, handler: Handler,
@@ -255,7 +259,8 @@ class Builder:
             if inst.kind == "RUN" and self.options.cache_run_layers:
                 return self._run_with_cache(state, inst, snapshot, layers, keys, key)
             keys.key = key
-        step = handler(state, inst)
+        with self.recorder.phase("run"):
+            step = handler(state, inst)
         if not step.touches_fs or self.options.single_snapshot:
             # --single-snapshot: the stage's changes become one layer at its end.
             if step.history is not None or step.touches_fs:
@@ -278,12 +283,14 @@ class Builder:
         keyed = not _reads_unkeyed_files(state, inst)
         if keyed:
             found = self.cache.lookup(key, command)
+            self.recorder.cache(found is not None)
             if found is not None:
                 keys.key = chain(key, _layer_id(found.layer))
                 return self._apply_cached(state, found, snapshot, layers)
         else:
             log.info("Not caching cmd %s: it mounts files its cache key cannot see", command)
-        step = HANDLERS["RUN"](state, inst)
+        with self.recorder.phase("run"):
+            step = HANDLERS["RUN"](state, inst)
         history = step.history or inst.original
         committed = self._commit_layer(state, snapshot, history, layers)
         if keyed:
@@ -306,14 +313,19 @@ class Builder:
                       layers: list[Layer]) -> Committed:
         """Snapshot the root, and write what changed since ``before`` as a new layer."""
         log.info("Taking snapshot of full filesystem...")
-        new = take_snapshot(self.root, self.ignore)
-        changes = diff_snapshots(before, new)
+        with self.recorder.phase("snapshot"):
+            new = take_snapshot(self.root, self.ignore)
+            changes = diff_snapshots(before, new)
         if changes.is_empty():
             # BuildKit commits a layer for every RUN, COPY, ADD and WORKDIR, an empty one when
             # nothing changed; kaniko skips it. Docker's image is the reference.
             log.info("No files changed in this command, adding an empty layer.")
-        blob = write_layer(self.root, changes, new, self.workspace.blobs, self._compression(),
-                           mtime_ns=0 if self.options.reproducible else None)
+        with self.recorder.phase("layer"):
+            blob = write_layer(self.root, changes, new, self.workspace.blobs,
+                               self._compression(),
+                               mtime_ns=0 if self.options.reproducible else None)
+        self.recorder.layer(blob.size, blob.uncompressed_size,
+                            len(changes.upserts) + len(changes.deletions))
         layer = Layer(blob.path, blob.digest, blob.diff_id, blob.size,
                       _media_type(blob.compression))
         layers.append(layer)
@@ -362,7 +374,8 @@ class Builder:
         resolved = base_cache.resolve(ref, platform) if ref.digest else None
         if resolved is None:
             log.info("Retrieving image %s from registry %s", ref, ref.registry)
-            resolved = self.client.resolve(ref, platform)
+            with self.recorder.phase("pull"):
+                resolved = self.client.resolve(ref, platform)
         layers = resolved.layer_files(self.workspace.blobs)
         base_cache.copy_layers(name, resolved.manifest_digest, layers)
         image = BuiltImage(resolved.config, layers, resolved.manifest.media_type, ref,
@@ -381,6 +394,7 @@ class Builder:
                 started = time.monotonic()
                 self.client.fetch_blob(image.source, layer.descriptor(), layer.path,
                                        cancel=cancel)
+                self.recorder.add("pull", time.monotonic() - started)
                 log.info("%s", transfer_line("Pulled", layer.digest, layer.size,
                                              time.monotonic() - started, True))
             return layer
@@ -404,6 +418,7 @@ class Builder:
                 started = time.monotonic()
                 self._extract_layer(layer, root, ignore,
                                     str(image.source) if image.source else "the base stage")
+                self.recorder.add("extract", time.monotonic() - started)
                 log.debug("extracted %s in %.2fs", layer.digest, time.monotonic() - started)
         finally:
             downloads.close()  # now, not when the traceback is freed: cuts running downloads
@@ -442,7 +457,8 @@ class Builder:
         self.root_holds = None
         log.info("Initializing snapshotter ...")
         log.info("Taking snapshot of full filesystem...")
-        return take_snapshot(self.root, self.ignore)
+        with self.recorder.phase("snapshot"):
+            return take_snapshot(self.root, self.ignore)
 
     def _extract_with_retries(self, base: BuiltImage) -> None:
         """Extract the base into the root, starting over on a failure when
@@ -619,6 +635,8 @@ def _build(options: BuildOptions) -> str:
     created_root = not options.in_place and not options.root.exists()
     options.root.mkdir(parents=True, exist_ok=True)
     ignore: IgnoreList | None = None
+    recorder = BuildRecorder()
+    succeeded = False
     try:
         with _workspace(options) as workspace:
             extra = list(options.ignore_paths)
@@ -634,12 +652,24 @@ def _build(options: BuildOptions) -> str:
             check_push_permissions(options, client)
             builder = Builder(options, plan, client, workspace, context, platform, ignore,
                               secrets=read_secrets(options.secrets),
-                              cache=_layer_cache(options, client, workspace, platform))
+                              cache=_layer_cache(options, client, workspace, platform),
+                              recorder=recorder)
+            if options.dryrun:
+                print_plan(options, plan, builder._stages_to_build(), client, platform)
+                return ""
+            if options.pre_cleanup:
+                delete_filesystem(options.root, ignore, workspace)
             image = builder.build()
             if builder.cache is not None:
                 image.blob_homes.update(builder.cache.homes)
-            return publish(image, options, client)
+            with recorder.phase("push"):
+                digest = publish(image, options, client)
+            succeeded = True
+            return digest
     finally:
+        if not options.dryrun:
+            recorder.finish(succeeded)
+            recorder.publish(options.report_path)
         if options.cleanup and options.in_place and ignore is not None:
             delete_filesystem(options.root, ignore, Workspace(options.kaniko_dir))
         if created_root and options.cleanup:
