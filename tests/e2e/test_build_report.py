@@ -11,7 +11,7 @@ from typing import Any
 import jsonschema
 import pytest
 
-from tests.support.kiln import ExecutorRun, run_executor, write_context
+from tests.support.kiln import ExecutorRun, run_executor_on, write_context
 from tests.support.registry import Registry
 
 pytestmark = pytest.mark.e2e
@@ -32,24 +32,13 @@ CMD ["cat", "/app/version"]
 
 
 def build(tmp: Path, name: str, base: str, registry: Registry, *args: str,
-          env: dict[str, str] | None = None) -> ExecutorRun:
+          env: dict[str, str | None] | None = None) -> ExecutorRun:
     context = write_context(tmp / "context", DOCKERFILE.format(base=base),
                             {"app.txt": "app\n"})
-    import os
-
-    old = {key: os.environ.get(key) for key in (env or {})}
-    os.environ.update(env or {})
-    try:
-        return run_executor(context, tmp / f"root-{name}", "--destination",
-                            f"{registry.host}/report/app:{name}", "--insecure",
-                            "--insecure-pull", "--cache", "--cache-repo",
-                            f"{registry.host}/report/cache", *args)
-    finally:
-        for key, value in old.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    return run_executor_on(str(context), tmp / f"root-{name}", "--destination",
+                           f"{registry.host}/report/app:{name}", "--insecure",
+                           "--insecure-pull", "--cache", "--cache-repo",
+                           f"{registry.host}/report/cache", *args, env=env)
 
 
 @pytest.fixture(scope="module")
