@@ -163,7 +163,7 @@ def version() -> None:
 
 
 def _run_build(flags: dict[str, object]) -> int:
-    from executor.log import setup_logging
+    from executor.log import error_line, setup_logging
     from executor.pid1 import BuildInterrupted, install_handlers, spawn_by_fork
 
     install_handlers()
@@ -176,7 +176,7 @@ def _run_build(flags: dict[str, object]) -> int:
 
         run_build(options)
     except BuildInterrupted as exc:
-        click.echo(f"error building image: {exc}", err=True)
+        click.echo(error_line(f"error building image: {exc}"), err=True)
         exit_without_waiting(exc.exit_code)
     except KeyboardInterrupt:
         log.error("build interrupted: nothing was pushed")
@@ -203,19 +203,20 @@ def report_error(exc: BaseException, debug: bool, doing: str = "building image")
     """Print a user error as one line (``error DOING: ...``); keep the traceback for what is a
     kiln bug."""
     from executor.errors import KilnError
+    from executor.log import error_line
     from snapshot.errors import SnapshotError
 
     if isinstance(exc, KilnError | SnapshotError):
         if debug:
             log.debug("traceback", exc_info=exc)
-        click.echo(f"error {doing}: {exc}", err=True)
+        click.echo(error_line(f"error {doing}: {exc}"), err=True)
         return exc.exit_code if isinstance(exc, KilnError) else 1
     if isinstance(exc, OSError):
         # The last net under snapshot.errors.storage_errors: a full disk or an I/O error that
         # no place named is still one line (the OS's reason, and any file it names).
         from snapshot.errors import describe_os_error
 
-        click.echo(f"error {doing}: {describe_os_error(exc)}", err=True)
+        click.echo(error_line(f"error {doing}: {describe_os_error(exc)}"), err=True)
         if debug:
             log.debug("traceback", exc_info=exc)
         return 1

@@ -48,15 +48,31 @@ class JsonFormatter(logging.Formatter):
     """One JSON object a line: ``{"level": "info", "msg": ..., "time": ...}`` like logrus."""
 
     def format(self, record: logging.LogRecord) -> str:
-        return json.dumps({
-            "level": _JSON_LEVELS.get(record.levelno, "info"),
-            "msg": record.getMessage(),
-            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.created)),
-        })
+        return json_line(_JSON_LEVELS.get(record.levelno, "info"), record.getMessage(),
+                         record.created)
+
+
+def json_line(level: str, msg: str, created: float) -> str:
+    """logrus's JSON fields, in its order."""
+    return json.dumps({"level": level, "msg": msg,
+                       "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(created))})
+
+
+#: Set by ``setup_logging``: whether lines on stderr are JSON (``--log-format json``).
+_JSON_OUTPUT = False
+
+
+def error_line(text: str) -> str:
+    """The last line of a failed build as printed: plain like kaniko's, or under
+    ``--log-format json`` one JSON object like every other line, so a log collector that parses
+    each line as JSON does not drop the one line that says why the build failed."""
+    return json_line("error", text, time.time()) if _JSON_OUTPUT else text
 
 
 def setup_logging(verbosity: str, log_format: str, timestamps: bool) -> None:
     """Configure the ``kiln`` logger for the CLI (stderr, kaniko's format)."""
+    global _JSON_OUTPUT
+    _JSON_OUTPUT = log_format == "json"
     handler = logging.StreamHandler(sys.stderr)
     formatter: logging.Formatter = (JsonFormatter() if log_format == "json"
                                     else KanikoTextFormatter(timestamps))

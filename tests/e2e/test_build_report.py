@@ -114,3 +114,42 @@ def test_json_log_format_makes_every_line_one_object_with_logrus_fields(
     assert all(set(o) == {"level", "msg", "time"} for o in objects)
     assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", o["time"]) for o in objects)
     assert any(o["msg"].startswith("Build report: 7 steps") for o in objects)
+
+
+FAILED_REPORT: list[Path] = []
+
+
+@pytest.fixture(scope="module")
+def failed(busybox_image: str, tmp_path_factory: pytest.TempPathFactory) -> ExecutorRun:
+    """A build whose RUN fails, with JSON logs; its report is ``FAILED_REPORT`` there."""
+    tmp = tmp_path_factory.mktemp("report-failed")
+    FAILED_REPORT.append(tmp / "report.json")
+    context = write_context(tmp / "context", f"FROM {busybox_image}\nCOPY app.txt /\n"
+                            "RUN exit 3\n", {"app.txt": "app\n"})
+    return run_executor_on(str(context), tmp / "root", "--no-push", "--insecure-pull",
+                           "--log-format", "json", "--report", str(tmp / "report.json"))
+
+
+def test_a_failed_build_reports_its_steps_up_to_the_failure(failed: ExecutorRun) -> None:
+    assert failed.exit_code == 3, failed.stderr
+    msgs = [json.loads(line)["msg"] for line in failed.stderr.splitlines()]
+    start = next(i for i, m in enumerate(msgs) if m.startswith("Build report:"))
+    assert msgs[start].startswith("Build report: 2 steps, failed in ")
+    assert msgs[start + 1].startswith("  Dockerfile:2 ")
+    assert msgs[start + 1].endswith("COPY app.txt /  [layer 196 B (3.0 KiB uncompressed), "
+                                    "1 files changed]")
+    assert msgs[start + 2].startswith("  Dockerfile:3 ")
+    assert msgs[start + 2].endswith("RUN exit 3  [no layer]")
+
+
+def test_a_failed_builds_report_file_says_so(failed: ExecutorRun) -> None:
+    report = json.loads(FAILED_REPORT[-1].read_text())
+    jsonschema.validate(report, SCHEMA)
+    assert report["succeeded"] is False
+    assert [s["location"] for s in report["steps"]] == ["Dockerfile:2", "Dockerfile:3"]
+
+
+def test_a_failed_builds_error_line_is_json_too(failed: ExecutorRun) -> None:
+    last = json.loads(failed.stderr.splitlines()[-1])
+    assert last["level"] == "error"
+    assert last["msg"].startswith("error building image: ")
