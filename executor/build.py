@@ -659,6 +659,7 @@ def _build(options: BuildOptions) -> str:
                 return ""
             if options.pre_cleanup:
                 delete_filesystem(options.root, ignore, workspace)
+                workspace.create()  # the scratch roots it removed
             image = builder.build()
             if builder.cache is not None:
                 image.blob_homes.update(builder.cache.homes)

@@ -179,7 +179,10 @@ def no_push_build(tmp_path: Path, busybox_image: str, *args: str,
 def test_pre_cleanup_clears_the_filesystem_before_the_build(tmp_path: Path, busybox_image: str,
                                                             how: list[str]) -> None:
     env: dict[str, str | None] = {"KANIKO_PRE_CLEANUP": None if how else "true"}
-    result = no_push_build(tmp_path, busybox_image, *how, env=env)
+    context = simple_context(tmp_path, f"FROM {busybox_image}\nCOPY app.txt /\n"
+                             f"COPY --from={busybox_image} /bin/busybox /copied\n")
+    result = executor(context, tmp_path / "root", "--no-push", "--insecure-pull", *how,
+                      env=env)
     assert result.exit_code == 0, result.stderr
     lines = result.stderr.splitlines()
     first = next(i for i, line in enumerate(lines) if "Deleting filesystem..." in line)
