@@ -231,9 +231,10 @@ _DEPRECATED = {"whitelist_var_run": ("--whitelist-var-run", "ignore_var_run", "-
                "tar_path_deprecated": ("--tarPath", "tar_path", "--tar-path")}
 
 
-#: kaniko marks --whitelist-var-run deprecated through cobra, whose message reads differently.
-_DEPRECATION_MESSAGES = {"whitelist_var_run": "Flag %s has been deprecated, Please use %s "
-                                              "instead."}
+#: kaniko marks --whitelist-var-run deprecated through cobra, whose message reads differently
+#: (word for word, the new flag without its dashes); kiln logs it as a warning like the others.
+_DEPRECATION_MESSAGES = {"whitelist_var_run": "Flag %s has been deprecated, Please use "
+                                              "ignore-var-run instead."}
 #: The defaults of flags with an old spelling: given alongside it, a default is no conflict.
 _DEFAULTS: dict[str, object] = {"snapshot_mode": "full", "ignore_var_run": True}
 
@@ -256,8 +257,10 @@ def _resolve_old_spellings(flags: dict[str, object]) -> dict[str, object]:
                     "behaviour")
     for key, (old, name, new) in _DEPRECATED.items():
         if flags.get(key) is not None:
-            log.warning(_DEPRECATION_MESSAGES.get(key, "Flag %s is deprecated. Use: %s"),
-                        old, new)
+            if key in _DEPRECATION_MESSAGES:
+                log.warning(_DEPRECATION_MESSAGES[key], old)
+            else:
+                log.warning("Flag %s is deprecated. Use: %s", old, new)
             given = flags.get(name)
             if given is not None and given != flags[key] and given != _DEFAULTS.get(name):
                 raise OptionsError(f"{old} {flags[key]} and {new} {given} disagree; "

@@ -237,7 +237,7 @@ def test_whitelist_var_run_false_keeps_var_run_with_kaniko_deprecation_warning(
         tmp_path: Path, busybox_image: str) -> None:
     result, files = var_run_files(tmp_path, busybox_image, "--whitelist-var-run=false")
     assert ("WARN[0000] Flag --whitelist-var-run has been deprecated, Please use "
-            "--ignore-var-run instead.") in result.stderr.splitlines()
+            "ignore-var-run instead.") in result.stderr.splitlines()
     assert files >= 3  # /var/run, /var/run/app and its pid file
 
 
