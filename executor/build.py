@@ -304,7 +304,9 @@ class Builder:
         if found.layer is None:  # the RUN changed no file: an empty layer, as BuildKit has
             empty = self._commit_layer(state, snapshot, found.history, layers)
             return empty.snapshot
-        self._extract_layer(found.layer, self.root, self.ignore, "the layer cache")
+        with self.recorder.phase("extract"):
+            self._extract_layer(found.layer, self.root, self.ignore, "the layer cache")
+        self.recorder.layer(found.layer.size, None, None)
         layers.append(found.layer)
         state.config.add_layer(found.layer.diff_id, found.history, state.created)
         return take_snapshot(self.root, self.ignore)

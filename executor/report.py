@@ -91,8 +91,8 @@ class BuildRecorder:
             record.seconds = time.monotonic() - started
             self._current = None
 
-    def layer(self, compressed: int, uncompressed: int, files: int) -> None:
-        """The current step wrote a layer."""
+    def layer(self, compressed: int, uncompressed: int | None, files: int | None) -> None:
+        """The current step made a layer (a layer from the cache: sizes not known here)."""
         if self._current is not None:
             self._current.layer_compressed_bytes = compressed
             self._current.layer_uncompressed_bytes = uncompressed
@@ -181,6 +181,8 @@ def _step_line(step: StepRecord, width: int) -> str:
         text = text[:59] + "…"
     if step.layer_compressed_bytes is None:
         layer = "no layer"
+    elif step.layer_uncompressed_bytes is None:
+        layer = f"layer {_size(step.layer_compressed_bytes)} from the cache"
     else:
         layer = (f"layer {_size(step.layer_compressed_bytes)} "
                  f"({_size(step.layer_uncompressed_bytes or 0)} uncompressed), "

@@ -92,8 +92,10 @@ def test_the_report_file_matches_its_schema(builds: dict[str, Any]) -> None:
 def test_a_second_build_reports_its_run_steps_as_cache_hits(builds: dict[str, Any]) -> None:
     report = json.loads((builds["tmp"] / "second.json").read_text())
     jsonschema.validate(report, SCHEMA)
-    assert [s["cache"] for s in report["steps"] if s["instruction"].startswith("RUN")] == \
-        ["hit", "hit"]
+    runs = [s for s in report["steps"] if s["instruction"].startswith("RUN")]
+    assert [s["cache"] for s in runs] == ["hit", "hit"]
+    assert runs[0]["layer"]["compressedBytes"] > 290000  # the cached layer's blob
+    assert runs[0]["layer"]["uncompressedBytes"] is None
 
 
 def test_benchmark_file_has_kaniko_timing_categories_in_nanoseconds(
