@@ -44,6 +44,7 @@ from executor.dockerfile.stages import (
     plan_build,
     unused_build_args,
 )
+from executor.dryrun import print_plan
 from executor.errors import DockerfileError, ImageError, KilnError, RegistryError, at_step
 from executor.image import model
 from executor.image.blob import VerifyingReader
@@ -69,6 +70,7 @@ from executor.registry.client import (
     RegistryClient,
     remove_stale_partials,
 )
+from executor.report import BuildRecorder
 from executor.sandbox import Sandbox
 from executor.workspace import temporary_workspace
 from snapshot.compress import Compression, open_decompressed
@@ -169,6 +171,7 @@ class Builder:
     stage_roots: dict[int, Path] = field(default_factory=dict)
     # Digests of the layers this build wrote from its snapshots: they hold no ignored path.
     made_layers: set[str] = field(default_factory=set)
+    recorder: BuildRecorder = field(default_factory=BuildRecorder)  # the build report's timings
 
     @property
     def root(self) -> Path:
@@ -255,7 +258,8 @@ class Builder:
         if handler is None:
             raise inst.error(f"{inst.kind} is not supported")
         log.info("%s", inst.original.split("\n", 1)[0])
-        with at_step(str(inst.location)):
+        with at_step(str(inst.location)), self.recorder.step(self.current_stage, inst.original,
+                                                             str(inst.location)):
             return self._apply_step(state, inst, handler, snapshot, layers, keys)
 
     def _apply_step(self, state: StageState, inst: Instruction, handler: Handler,
@@ -268,7 +272,8 @@ class Builder:
             if inst.kind == "RUN" and self.options.cache_run_layers:
                 return self._run_with_cache(state, inst, snapshot, layers, keys, key)
             keys.key = key
-        step = handler(state, inst)
+        with self.recorder.phase("run"):
+            step = handler(state, inst)
         if not step.touches_fs or self.options.single_snapshot:
             # --single-snapshot: the stage's changes become one layer at its end.
             if step.history is not None or step.touches_fs:
@@ -292,12 +297,14 @@ class Builder:
         keyed = not _reads_unkeyed_files(state, inst)
         if keyed:
             found = self.cache.lookup(key, command)
+            self.recorder.cache(found is not None)
             if found is not None:
                 keys.key = chain(key, _layer_id(found.layer))
                 return self._apply_cached(state, found, snapshot, layers)
         else:
             log.info("Not caching cmd %s: it mounts files its cache key cannot see", command)
-        step = HANDLERS["RUN"](state, inst)
+        with self.recorder.phase("run"):
+            step = HANDLERS["RUN"](state, inst)
         history = step.history or inst.original
         committed = self._commit_layer(state, snapshot, history, layers, step.settled)
         if keyed:
@@ -311,7 +318,9 @@ class Builder:
         if found.layer is None:  # the RUN changed no file: an empty layer, as BuildKit has
             empty = self._commit_layer(state, snapshot, found.history, layers)
             return empty.snapshot
-        self._extract_layer(found.layer, self.root, self.ignore, "the layer cache")
+        with self.recorder.phase("extract"):
+            self._extract_layer(found.layer, self.root, self.ignore, "the layer cache")
+        self.recorder.layer(found.layer.size, None, None)
         layers.append(found.layer)
         state.config.add_layer(found.layer.diff_id, found.history, state.created)
         return take_snapshot(self.root, self.ignore)
@@ -320,14 +329,19 @@ class Builder:
                       layers: list[Layer], settled: tuple[str, ...] = ()) -> Committed:
         """Snapshot the root, and write what changed since ``before`` as a new layer."""
         log.info("Taking snapshot of full filesystem...")
-        new = take_snapshot(self.root, self.ignore)
-        changes = diff_snapshots(settle_ctimes(before, new, settled), new)
+        with self.recorder.phase("snapshot"):
+            new = take_snapshot(self.root, self.ignore)
+            changes = diff_snapshots(settle_ctimes(before, new, settled), new)
         if changes.is_empty():
             # BuildKit commits a layer for every RUN, COPY, ADD and WORKDIR, an empty one when
             # nothing changed; kaniko skips it. Docker's image is the reference.
             log.info("No files changed in this command, adding an empty layer.")
-        blob = write_layer(self.root, changes, new, self.workspace.blobs, self._compression(),
-                           mtime_ns=0 if self.options.reproducible else None)
+        with self.recorder.phase("layer"):
+            blob = write_layer(self.root, changes, new, self.workspace.blobs,
+                               self._compression(),
+                               mtime_ns=0 if self.options.reproducible else None)
+        self.recorder.layer(blob.size, blob.uncompressed_size,
+                            len(changes.upserts) + len(changes.deletions))
         layer = Layer(blob.path, blob.digest, blob.diff_id, blob.size,
                       _media_type(blob.compression))
         layers.append(layer)
@@ -377,7 +391,8 @@ class Builder:
         resolved = base_cache.resolve(ref, platform) if ref.digest else None
         if resolved is None:
             log.info("Retrieving image %s from registry %s", ref, ref.registry)
-            resolved = self.client.resolve(ref, platform)
+            with self.recorder.phase("pull"):
+                resolved = self.client.resolve(ref, platform)
         layers = resolved.layer_files(self.workspace.blobs)
         base_cache.copy_layers(name, resolved.manifest_digest, layers)
         image = BuiltImage(resolved.config, layers, resolved.manifest.media_type, ref,
@@ -396,6 +411,7 @@ class Builder:
                 started = time.monotonic()
                 self.client.fetch_blob(image.source, layer.descriptor(), layer.path,
                                        cancel=cancel)
+                self.recorder.add("pull", time.monotonic() - started)
                 log.info("%s", transfer_line("Pulled", layer.digest, layer.size,
                                              time.monotonic() - started, True))
             return layer
@@ -419,6 +435,7 @@ class Builder:
                 started = time.monotonic()
                 self._extract_layer(layer, root, ignore,
                                     str(image.source) if image.source else "the base stage")
+                self.recorder.add("extract", time.monotonic() - started)
                 log.debug("extracted %s in %.2fs", layer.digest, time.monotonic() - started)
         finally:
             downloads.close()  # now, not when the traceback is freed: cuts running downloads
@@ -457,7 +474,8 @@ class Builder:
         self.root_holds = None
         log.info("Initializing snapshotter ...")
         log.info("Taking snapshot of full filesystem...")
-        return take_snapshot(self.root, self.ignore)
+        with self.recorder.phase("snapshot"):
+            return take_snapshot(self.root, self.ignore)
 
     def _extract_with_retries(self, base: BuiltImage) -> None:
         """Extract the base into the root, starting over on a failure when
@@ -706,6 +724,8 @@ def _build(options: BuildOptions) -> str:
     created_root = not options.in_place and not options.root.exists()
     options.root.mkdir(parents=True, exist_ok=True)
     ignore: IgnoreList | None = None
+    recorder = BuildRecorder()
+    succeeded = False
     try:
         with _workspace(options) as workspace:
             # A build killed during a RUN --mount left its placements: undo them first.
@@ -724,12 +744,26 @@ def _build(options: BuildOptions) -> str:
             check_push_permissions(options, client)
             builder = Builder(options, plan, client, workspace, context, platform, ignore,
                               secrets=read_secrets(options.secrets),
-                              cache=_layer_cache(options, client, workspace, platform))
+                              cache=_layer_cache(options, client, workspace, platform),
+                              recorder=recorder)
+            if options.dryrun:
+                print_plan(options, plan, builder._stages_to_build(), client, platform)
+                return ""
+            if options.pre_cleanup:
+                delete_filesystem(options.root, ignore, workspace)
+                workspace.create()  # the scratch roots it removed
             image = builder.build()
             if builder.cache is not None:
                 image.blob_homes.update(builder.cache.homes)
-            return publish(image, options, client, _attestations(options, builder, started))
+            attestations = _attestations(options, builder, started)
+            with recorder.phase("push"):
+                digest = publish(image, options, client, attestations)
+            succeeded = True
+            return digest
     finally:
+        if not options.dryrun:
+            recorder.finish(succeeded)
+            recorder.publish(options.report_path)
         if options.cleanup and options.in_place and ignore is not None:
             delete_filesystem(options.root, ignore, Workspace(options.kaniko_dir))
         if created_root and options.cleanup:

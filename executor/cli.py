@@ -94,7 +94,22 @@ log = logging.getLogger("kiln")
               help="Take one snapshot at the end of each stage: one layer over the base.")
 @click.option("--skip-unused-stages", **_BOOL,
               help="Build only the stages the target depends on.")
-@click.option("--cleanup", **_BOOL, help="Remove the built filesystem at the end.")
+@click.option("--cleanup", **{**_BOOL, "default": lambda: env_bool("KANIKO_CLEANUP")},
+              help="Remove the built filesystem at the end (env KANIKO_CLEANUP).")
+@click.option("--pre-cleanup", **{**_BOOL, "default": lambda: env_bool("KANIKO_PRE_CLEANUP")},
+              help="Remove the filesystem before the build (env KANIKO_PRE_CLEANUP).")
+@click.option("--dryrun", **_BOOL,
+              help="Resolve the stages, base images and destinations, print the plan, and "
+              "build nothing.")
+@click.option("--credential-helpers", "credential_helpers", multiple=True,
+              help="Built-in credential sources to use: env, google, ecr, acr, gitlab; "
+              "repeatable; all by default; an empty value turns them off.")
+@click.option("--report", "report_path", type=click.Path(path_type=Path),
+              help="(kiln) Write the build report (steps, phases, memory) as JSON here.")
+@click.option("--force-build-metadata", "force_build_metadata", hidden=True, **_BOOL,
+              help="Deprecated in kaniko: its behaviour is the default.")
+@click.option("--whitelist-var-run", "whitelist_var_run", hidden=True,
+              **{**_BOOL, "default": None}, help="Deprecated: use --ignore-var-run.")
 @click.option("--secret", "secrets", multiple=True,
               help="(kiln) Build secret for RUN --mount=type=secret, as id=NAME,src=PATH or "
               "id=NAME,env=VAR; repeatable.")
@@ -151,7 +166,7 @@ def version() -> None:
 
 
 def _run_build(flags: dict[str, object]) -> int:
-    from executor.log import setup_logging
+    from executor.log import error_line, setup_logging
     from executor.pid1 import BuildInterrupted, install_handlers, spawn_by_fork
 
     install_handlers()
@@ -164,7 +179,7 @@ def _run_build(flags: dict[str, object]) -> int:
 
         run_build(options)
     except BuildInterrupted as exc:
-        click.echo(f"error building image: {exc}", err=True)
+        click.echo(error_line(f"error building image: {exc}"), err=True)
         exit_without_waiting(exc.exit_code)
     except KeyboardInterrupt:
         log.error("build interrupted: nothing was pushed")
@@ -191,19 +206,20 @@ def report_error(exc: BaseException, debug: bool, doing: str = "building image")
     """Print a user error as one line (``error DOING: ...``); keep the traceback for what is a
     kiln bug."""
     from executor.errors import KilnError
+    from executor.log import error_line
     from snapshot.errors import SnapshotError
 
     if isinstance(exc, KilnError | SnapshotError):
         if debug:
             log.debug("traceback", exc_info=exc)
-        click.echo(f"error {doing}: {exc}", err=True)
+        click.echo(error_line(f"error {doing}: {exc}"), err=True)
         return exc.exit_code if isinstance(exc, KilnError) else 1
     if isinstance(exc, OSError):
         # The last net under snapshot.errors.storage_errors: a full disk or an I/O error that
         # no place named is still one line (the OS's reason, and any file it names).
         from snapshot.errors import describe_os_error
 
-        click.echo(f"error {doing}: {describe_os_error(exc)}", err=True)
+        click.echo(error_line(f"error {doing}: {describe_os_error(exc)}"), err=True)
         if debug:
             log.debug("traceback", exc_info=exc)
         return 1
@@ -211,10 +227,25 @@ def report_error(exc: BaseException, debug: bool, doing: str = "building image")
 
 
 #: kaniko's deprecated spellings, still common in CI files: the flag each stands for.
-_DEPRECATED = {"snapshot_mode_deprecated": ("--snapshotMode", "snapshot_mode", "--snapshot-mode"),
+_DEPRECATED = {"whitelist_var_run": ("--whitelist-var-run", "ignore_var_run", "--ignore-var-run"),
+               "snapshot_mode_deprecated": ("--snapshotMode", "snapshot_mode", "--snapshot-mode"),
                "custom_platform_deprecated": ("--customPlatform", "custom_platform",
                                               "--custom-platform"),
                "tar_path_deprecated": ("--tarPath", "tar_path", "--tar-path")}
+
+
+#: kaniko marks --whitelist-var-run deprecated through cobra, whose message reads differently
+#: (word for word, the new flag without its dashes); kiln logs it as a warning like the others.
+_DEPRECATION_MESSAGES = {"whitelist_var_run": "Flag %s has been deprecated, Please use "
+                                              "ignore-var-run instead."}
+#: The defaults of flags with an old spelling: given alongside it, a default is no conflict.
+_DEFAULTS: dict[str, object] = {"snapshot_mode": "full", "ignore_var_run": True}
+
+
+def env_bool(name: str) -> bool:
+    """A boolean from the environment as kaniko reads one (Go's ``strconv.ParseBool``): unset
+    or unreadable is false."""
+    return os.environ.get(name, "").strip() in ("1", "t", "T", "TRUE", "true", "True")
 
 
 def _resolve_old_spellings(flags: dict[str, object]) -> dict[str, object]:
@@ -224,12 +255,17 @@ def _resolve_old_spellings(flags: dict[str, object]) -> dict[str, object]:
     from executor.errors import OptionsError
 
     flags = dict(flags)
+    if flags.get("force_build_metadata"):
+        log.warning("Flag --force-build-metadata is deprecated. This is the new default "
+                    "behaviour")
     for key, (old, name, new) in _DEPRECATED.items():
-        if flags.get(key):
-            log.warning("Flag %s is deprecated. Use: %s", old, new)
+        if flags.get(key) is not None:
+            if key in _DEPRECATION_MESSAGES:
+                log.warning(_DEPRECATION_MESSAGES[key], old)
+            else:
+                log.warning("Flag %s is deprecated. Use: %s", old, new)
             given = flags.get(name)
-            if given and given != flags[key] and not (name == "snapshot_mode"
-                                                      and given == "full"):
+            if given is not None and given != flags[key] and given != _DEFAULTS.get(name):
                 raise OptionsError(f"{old} {flags[key]} and {new} {given} disagree; "
                                    f"give {new} only")
             flags[name] = flags[key]
@@ -317,7 +353,19 @@ def _options_from_flags(flags: dict[str, object]) -> BuildOptions:
         cache_run_layers=bool(flags["cache_run_layers"]),
         no_push_cache=bool(flags["no_push_cache"]),
         cache_dir=Path(str(flags["cache_dir"])),
+        dryrun=bool(flags["dryrun"]),
+        pre_cleanup=bool(flags["pre_cleanup"]),
+        credential_helpers=_credential_helpers(_strs(flags["credential_helpers"])),
+        report_path=_path(flags["report_path"]),
     ).validate()
+
+
+def _credential_helpers(values: tuple[str, ...]) -> tuple[str, ...] | None:
+    """``--credential-helpers`` as the fork reads it: not given is every built-in source, an
+    empty value none (one value a flag, as the fork's repeatable flag takes them)."""
+    if not values:
+        return None
+    return tuple(value.strip() for value in values if value.strip())
 
 
 def pull_options(flags: dict[str, object]) -> BuildOptions:

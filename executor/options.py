@@ -98,6 +98,15 @@ class BuildOptions:
     no_push_cache: bool = False
     #: ``--cache-dir``: base images warmed onto a volume (executor/basecache.py).
     cache_dir: Path = DEFAULT_CACHE_DIR
+    #: ``--dryrun``: resolve and print the plan (executor/dryrun.py), build nothing.
+    dryrun: bool = False
+    #: ``--pre-cleanup`` (env ``KANIKO_PRE_CLEANUP``): clear the filesystem before building.
+    pre_cleanup: bool = False
+    #: ``--credential-helpers``: the built-in credential sources to use (None: all of them;
+    #: empty: none). See executor/registry/credentials.py.
+    credential_helpers: tuple[str, ...] | None = None
+    #: ``--report FILE``: the build report as JSON (executor/report.py).
+    report_path: Path | None = None
 
     @property
     def cache_repository(self) -> str:

@@ -73,7 +73,8 @@ def make_client(options: BuildOptions, keychain: Keychain | None = None) -> Regi
         client_certificates=dict(options.registry_client_certs),
         **timing_from_environment(),  # type: ignore[arg-type]
     ))
-    auth = RegistryAuth(keychain or Keychain.from_environment(), transport)
+    auth = RegistryAuth(keychain or Keychain.from_environment(options.credential_helpers),
+                        transport)
     return RegistryClient(transport=transport, auth=auth, pull_sources=pull_sources(options))
 
 

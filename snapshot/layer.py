@@ -88,6 +88,7 @@ class LayerBlob:
     diff_id: str     # sha256:... of the uncompressed tar
     size: int        # bytes in the file
     compression: str
+    uncompressed_size: int = 0  # bytes of the tar (the build report shows both sizes)
 
 
 def write_layer(root: Path, changes: Changes, snapshot: Snapshot, out_dir: Path,
@@ -109,12 +110,14 @@ def write_layer(root: Path, changes: Changes, snapshot: Snapshot, out_dir: Path,
             fcntl.flock(fd, fcntl.LOCK_EX)
         with open(fd, "wb", buffering=0) as raw:
             diff_id = hashlib.sha256()
+            tar_size = 0
             # The sink is written from the compressor's thread; its StorageError reaches this
             # thread through the compressor's next write or its close.
             sink = _HashingSink(raw, out_dir, hashing=compression.algorithm != "none")
             with compressed_writer(cast(BinaryIO, sink), compression) as compressor:
                 for chunk in _tar_chunks(os.fspath(root), changes, snapshot, mtime_ns):
                     diff_id.update(chunk)
+                    tar_size += len(chunk)
                     compressor.write(chunk)
         # Uncompressed, the file is the tar: one hash serves as both.
         digest = (sink.sha256 if compression.algorithm != "none" else diff_id).hexdigest()
@@ -126,7 +129,7 @@ def write_layer(root: Path, changes: Changes, snapshot: Snapshot, out_dir: Path,
             temp.unlink()
         raise
     return LayerBlob(final, f"sha256:{digest}", f"sha256:{diff_id.hexdigest()}", sink.size,
-                     compression.algorithm)
+                     compression.algorithm, tar_size)
 
 
 class _HashingSink:

@@ -47,10 +47,11 @@ from executor.image.model import (
     sha256_digest,
 )
 from executor.image.reference import ImageRef, validate_digest
-from executor.log import heartbeat
+from executor.log import TransferMeter, heartbeat
 from executor.registry.transport import (
     RETRY_STATUSES,
     Body,
+    MeteredFile,
     RegistryConnectionError,
     Transport,
     TransportOptions,
@@ -418,19 +419,19 @@ class RegistryClient:
             size = 0
             handle = tempfile.NamedTemporaryFile(  # noqa: SIM115 - renamed or removed below
                 dir=dest.parent, prefix=f".{dest.name}.", suffix=PARTIAL_SUFFIX, delete=False)
-            def progress() -> str:
-                return (f"Still downloading blob {descriptor.digest} from {ref.registry}: "
-                        f"{size / 1e6:.1f} of {descriptor.size / 1e6:.1f} MB")
+            meter = TransferMeter("downloading", descriptor.digest, ref.registry,
+                                  descriptor.size)
 
             try:
                 # Held while the file is written: stale-partial cleanup skips a live download.
                 # Best effort: a filesystem without locks only loses that protection.
                 with contextlib.suppress(OSError):
                     fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-                with handle, heartbeat(progress, self.transport.heartbeat_every):
+                with handle, heartbeat(meter.describe, self.transport.progress_every):
                     for chunk in response.iter_content(CHUNK_SIZE):
                         cancel.check()
                         size += len(chunk)
+                        meter.done = size
                         if size > descriptor.size:
                             break  # a registry sending more than it should is wrong already
                         hasher.update(chunk)
@@ -474,7 +475,8 @@ class RegistryClient:
         if actual != descriptor.size:
             raise ImageError(f"blob {descriptor.digest} in {path} is {actual} bytes, "
                              f"its descriptor says {descriptor.size}")
-        return self._push(ref, descriptor, path, mount_from)
+        meter = TransferMeter("uploading", descriptor.digest, ref.registry, descriptor.size)
+        return self._push(ref, descriptor, MeteredFile(path, meter), mount_from)
 
     def push_blob_bytes(self, ref: ImageRef, descriptor: Descriptor, data: bytes) -> bool:
         """Upload a small blob held in memory (an image config); as ``push_blob``."""

@@ -10,10 +10,18 @@ works unchanged:
 3. ``auths[registry]``: ``auth`` (base64 ``user:password``), ``username``/``password``,
    ``identitytoken`` (an OAuth2 refresh token) or ``registrytoken`` (a bearer token as is);
 4. for ``gcr.io``, ``*.gcr.io`` and ``*-docker.pkg.dev``: ``google.auth.default()``;
+4b. ``KANIKO_<HOST>_USER`` and ``KANIKO_<HOST>_PASSWORD`` (the fork's ``env`` source: the
+    registry upper-cased, ``-`` and ``.`` as ``_``; ``KANIKO_EXAMPLE_COM_USER`` also serves
+    ``registry.example.com``);
 5. otherwise anonymous.
 
 ECR, ACR and GitLab work through their credential helpers (``docker-credential-ecr-login``,
 ``docker-credential-acr-env``) or a plain ``auths`` entry, as they do for Docker.
+
+``--credential-helpers`` (the fork's flag) chooses the built-in sources tried after the Docker
+config: ``env`` (``KANIKO_<HOST>_USER``/``_PASSWORD``, step 4b), ``google`` (step 4); the
+fork's built-in ``ecr``, ``acr`` and ``gitlab`` are not built into kiln, their Docker credential
+helpers are (step 1), so naming them changes nothing. Not given: all; an empty value: none.
 
 A ``Credential`` never shows its secrets in ``repr`` or a log line; only where it came from.
 """
@@ -52,6 +60,8 @@ _NOT_FOUND = "credentials not found in native keychain"
 _TOKEN_USERNAME = "<token>"
 _GOOGLE_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 _HELPER_TIMEOUT = 60.0
+#: The fork's built-in credential sources, in its order (``--credential-helpers``).
+BUILTIN_SOURCES = ("env", "google", "ecr", "acr", "gitlab")
 
 
 @dataclass(frozen=True)
@@ -294,17 +304,27 @@ class Keychain:
 
     def __init__(self, config: DockerConfig, *,
                  environ: Mapping[str, str] | None = None,
-                 google: Callable[[], Credential | None] = google_credential) -> None:
+                 google: Callable[[], Credential | None] = google_credential,
+                 sources: tuple[str, ...] = BUILTIN_SOURCES) -> None:
         self.config = config
         self.environ = environ
         self.google = google
+        self.sources = frozenset(sources)
         self._found: dict[str, Credential | None] = {}
         self._lock = threading.Lock()
 
     @classmethod
-    def from_environment(cls) -> Keychain:
-        """The keychain for ``$DOCKER_CONFIG`` (default ``/kaniko/.docker``)."""
-        return cls(DockerConfig.load(docker_config_path()))
+    def from_environment(cls, sources: tuple[str, ...] | None = None) -> Keychain:
+        """The keychain for ``$DOCKER_CONFIG`` (default ``/kaniko/.docker``) and the built-in
+        ``sources`` (``--credential-helpers``; None: all)."""
+        if sources is None:
+            sources = BUILTIN_SOURCES
+        elif not sources:
+            log.info("all credential helpers disabled")
+        for name in sources:
+            if name not in BUILTIN_SOURCES:
+                log.warning("Unknown cred-source %r, skipping.", name)
+        return cls(DockerConfig.load(docker_config_path()), sources=sources)
 
     def resolve(self, registry: str) -> Credential | None:
         """The credential for ``registry``, or None for anonymous access."""
@@ -341,8 +361,10 @@ class Keychain:
             if found is not None and not (found.has_basic or found.identity_token
                                           or found.registry_token):
                 found = None
-        if found is None and is_google_registry(registry):
+        if found is None and "google" in self.sources and is_google_registry(registry):
             found = self.google()
+        if found is None and "env" in self.sources:
+            found = env_credential(registry, self.environ)
         return found
 
     def _google_helper_missing(self, helper: str, registry: str) -> bool:
@@ -369,3 +391,18 @@ def _run_helper(argv: list[str], stdin: bytes,
         lifetime.stop(proc)
         raise
     return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+
+
+def env_credential(registry: str, environ: Mapping[str, str] | None = None) -> Credential | None:
+    """The fork's ``env`` source: ``KANIKO_<HOST>_USER`` and ``KANIKO_<HOST>_PASSWORD``, HOST
+    the registry upper-cased with ``-`` as ``_`` and dots as ``_``, tried from the full name
+    down to its last label (``KANIKO_REGISTRY_EXAMPLE_COM_USER``, then
+    ``KANIKO_EXAMPLE_COM_USER``, then ``KANIKO_COM_USER``); a port stays as it is."""
+    env = os.environ if environ is None else environ
+    labels = registry.replace("-", "_").upper().split(".")
+    for start in range(len(labels)):
+        name = "KANIKO_" + "_".join(labels[start:])
+        user, password = env.get(name + "_USER"), env.get(name + "_PASSWORD")
+        if user is not None and password is not None:
+            return Credential(f"${name}_USER", username=user, password=password)
+    return None

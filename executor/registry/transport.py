@@ -49,7 +49,7 @@ from requests.adapters import HTTPAdapter
 from executor import __version__
 from executor.errors import RegistryError
 from executor.image.reference import DOCKER_HUB, DOCKER_HUB_API, ImageRef
-from executor.log import HEARTBEAT_SECONDS, heartbeat
+from executor.log import HEARTBEAT_SECONDS, PROGRESS_SECONDS, TransferMeter, heartbeat
 
 if TYPE_CHECKING:
     from requests.adapters import _HostParams, _PoolKwargs
@@ -64,7 +64,18 @@ MAX_RETRY_AFTER = 60.0
 
 _HUB_NAMES = frozenset({DOCKER_HUB, DOCKER_HUB_API, "index.docker.io"})
 
-Body = bytes | Path | None
+
+
+@dataclass(frozen=True)
+class MeteredFile:
+    """A file to upload whose progress ``meter`` counts (its progress lines replace the
+    "still waiting" ones while it is sent)."""
+
+    path: Path
+    meter: TransferMeter
+
+
+Body = bytes | Path | MeteredFile | None
 
 
 @dataclass(frozen=True)
@@ -305,7 +316,7 @@ class Transport:
             f"{request_path(target)}"
         while True:
             try:
-                with heartbeat(lambda: waiting, self.heartbeat_every):
+                with self._beating(waiting, body):
                     response = self._send(method, ref, target, push=push, headers=headers,
                                           body=body, stream=stream)
             except requests.RequestException as exc:
@@ -339,6 +350,18 @@ class Transport:
                     request_path(target), ref.registry, format_wait(wait), reason, attempt + 1,
                     limit)
         self.sleep(wait)
+
+    def _beating(self, waiting: str, body: Body) -> contextlib.AbstractContextManager[None]:
+        """The heartbeat of one request: an upload's progress, or that it is waited for."""
+        if isinstance(body, MeteredFile):
+            body.meter.restart()
+            return heartbeat(body.meter.describe, self.progress_every)
+        return heartbeat(lambda: waiting, self.heartbeat_every)
+
+    @property
+    def progress_every(self) -> float:
+        """Seconds between progress lines of a layer transfer."""
+        return min(PROGRESS_SECONDS, self.heartbeat_every)
 
     @property
     def heartbeat_every(self) -> float:
@@ -407,6 +430,9 @@ def _opened(body: Body) -> Iterator[IO[bytes] | bytes | None]:
     if isinstance(body, Path):
         with body.open("rb") as handle:
             yield handle
+    elif isinstance(body, MeteredFile):
+        with body.path.open("rb") as handle:
+            yield _CountingReader(handle, body.meter)  # type: ignore[misc]
     else:
         yield body
 
@@ -544,3 +570,31 @@ def _causes(exc: BaseException) -> Iterator[BaseException]:
 
 def _lower_first(text: str) -> str:
     return text[:1].lower() + text[1:]
+
+
+class _CountingReader:
+    """A file that counts what is read from it into a meter. requests streams it like the
+    file it wraps (``fileno``, ``tell`` and ``mode`` give it the length for Content-Length;
+    without them it would add ``Transfer-Encoding: chunked`` beside it)."""
+
+    mode = "rb"  # requests' length check reads it
+
+    def __init__(self, handle: IO[bytes], meter: TransferMeter) -> None:
+        self._handle, self._meter = handle, meter
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._handle.read(size)
+        self._meter.done += len(data)
+        return data
+
+    def fileno(self) -> int:
+        return self._handle.fileno()
+
+    def tell(self) -> int:
+        return self._handle.tell()
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._handle.seek(offset, whence)
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(lambda: self.read(1 << 16), b"")

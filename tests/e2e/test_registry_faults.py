@@ -263,8 +263,8 @@ def test_a_stalled_registry_is_never_silent(proxy: FaultProxy, registry: Registr
                      r"/v2/test/busybox/manifests/latest \(\d+s so far\)$", result.stderr,
                      re.MULTILINE), result.stderr
     assert re.search(rf"^INFO\[\d{{4}}\] Still downloading blob sha256:\w{{64}} from {host}: "
-                     r"[\d.]+ of [\d.]+ MB \(\d+s so far\)$", result.stderr, re.MULTILINE), \
-        result.stderr
+                     r"[\d.]+ of [\d.]+ MB at [\d.]+ MB/s \(\d+s so far\)$", result.stderr,
+                     re.MULTILINE), result.stderr
     # No gap between two lines of the log is longer than a heartbeat and a bit.
     stamps = [int(m) for m in re.findall(r"^[A-Z]{4}\[(\d{4})\]", result.stderr, re.MULTILINE)]
     assert max(b - a for a, b in itertools.pairwise(stamps)) <= 2

@@ -20,6 +20,8 @@ The faults (``Fault.action``):
   the proxy stops), then reset: a registry that takes an upload and never replies.
 - ``truncate``: answer with the first half of the body and a ``Content-Length`` that matches it.
 - ``corrupt``: answer with the body's first byte changed (a wrong digest, same size).
+- ``slow``: read the request body and send the answer's body in 64 KiB pieces, ``stall``
+  seconds apart: a slow link, for progress lines of long transfers.
 """
 
 from __future__ import annotations
@@ -42,7 +44,9 @@ _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer",
                "proxy-authorization", "proxy-authenticate"}
 
 ACTIONS = ("answer", "reset_request", "reset_response", "close_response", "stall", "hang",
-           "truncate", "corrupt")
+           "truncate", "corrupt", "slow")
+#: The piece a ``slow`` fault moves at a time.
+SLOW_PIECE = 64 * 1024
 
 
 @dataclass
@@ -150,7 +154,10 @@ def _handler_for(proxy: FaultProxy) -> type[http.server.BaseHTTPRequestHandler]:
                 self._reset_request()
                 return
             length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(length) if length else b""
+            if fault is not None and fault.action == "slow":
+                body = self._read_slowly(length, fault.stall)
+            else:
+                body = self.rfile.read(length) if length else b""
             if fault is not None and fault.action == "answer":
                 proxy._record(self.command, self.path, fault.status)
                 self._send(fault.status, list(fault.headers.items()), fault.body)
@@ -172,7 +179,9 @@ def _handler_for(proxy: FaultProxy) -> type[http.server.BaseHTTPRequestHandler]:
                 self._send(answer.status_code, kept, content)
                 return
             proxy._record(self.command, self.path, fault.action)
-            if fault.action == "truncate":
+            if fault.action == "slow":
+                self._send(answer.status_code, kept, content, pause=fault.stall)
+            elif fault.action == "truncate":
                 self._send(answer.status_code, kept, content[:len(content) // 2])
             elif fault.action == "corrupt":
                 flipped = bytes([content[0] ^ 0xFF]) + content[1:] if content else content
@@ -187,15 +196,30 @@ def _handler_for(proxy: FaultProxy) -> type[http.server.BaseHTTPRequestHandler]:
                     _reset(self.connection)
 
         def _send(self, status: int, headers: list[tuple[str, str]], body: bytes,
-                  length: int | None = None) -> None:
+                  length: int | None = None, pause: float = 0.0) -> None:
             self.send_response(status)
             for key, value in headers:
                 self.send_header(key, value)
             self.send_header("Content-Length", str(len(body) if length is None else length))
             self.end_headers()
             if self.command != "HEAD":
-                self.wfile.write(body)
+                for start in range(0, len(body), SLOW_PIECE if pause else max(len(body), 1)):
+                    self.wfile.write(body[start:start + (SLOW_PIECE if pause else len(body))])
+                    self.wfile.flush()
+                    if pause:
+                        proxy._stopping.wait(pause)
             self.wfile.flush()
+
+        def _read_slowly(self, length: int, pause: float) -> bytes:
+            pieces = []
+            while length > 0:
+                piece = self.rfile.read(min(SLOW_PIECE, length))
+                if not piece:
+                    break
+                pieces.append(piece)
+                length -= len(piece)
+                proxy._stopping.wait(pause)
+            return b"".join(pieces)
 
         def _reset_request(self) -> None:
             """Send the registry the headers and half the body, then drop both ends."""
