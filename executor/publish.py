@@ -267,6 +267,15 @@ def write_local_outputs(final: FinalImage, options: BuildOptions,
         from executor.image.tarball import write_docker_tarball
 
         tag = str(destinations[0]) if destinations else "kiln/image:latest"
+        if attached is not None and _is_stream(options.tar_path):
+            log.warning("--tar-path %s is not a file: its attestations are not written beside "
+                        "it (use --attest ...,dest=DIR)", options.tar_path)
+        elif attached is not None:  # a docker-save tarball holds no index: beside it
+            from executor.attest.attach import sidecar_directory, write_sidecar
+
+            sidecar = sidecar_directory(options.tar_path)
+            with storage_errors(f"--tar-path {options.tar_path}: {sidecar}"):
+                write_sidecar(sidecar, attached)
         with storage_errors(f"--tar-path {options.tar_path}"):
             write_docker_tarball(options.tar_path, tag, final.config_bytes, list(final.layers))
     if options.oci_layout_path:
@@ -289,6 +298,14 @@ def write_local_outputs(final: FinalImage, options: BuildOptions,
         if path is not None:
             with storage_errors(f"{flag} {path}"):
                 write_output(path, text.encode())
+
+
+def _is_stream(path: Path) -> bool:
+    """``/dev/stdout``, a FIFO: no directory can sit beside it."""
+    try:
+        return not stat.S_ISREG(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return False
 
 
 def _write_attached_layout(path: Path, final: FinalImage, attached: Attached,

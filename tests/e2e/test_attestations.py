@@ -175,7 +175,7 @@ def attested(tmp_path_factory: pytest.TempPathFactory, registry, busybox_image: 
             "--secret", f"id=token,src={tmp / 'token'}",
             "--attest", "type=provenance,mode=max,dest=" + str(tmp / "dest"),
             "--attest", "type=sbom,dest=" + str(tmp / "dest"),
-            "--oci-layout-path", str(tmp / "layout"),
+            "--oci-layout-path", str(tmp / "layout"), "--tar-path", str(tmp / "image.tar"),
             "--destination", ref, "--insecure", "--insecure-pull",
             env={"GIT_PULL_METHOD": "git", "DOCKER_CONFIG": str(docker_config)})
     assert result.exit_code == 0, result.stderr
@@ -259,7 +259,9 @@ def test_sbom_finds_every_package_the_databases_record(attested) -> None:
 
 
 def test_no_secret_credential_or_proxy_value_in_any_attestation(attested) -> None:
-    written = [*attested.raw, *(p.read_bytes() for p in attested.dest.iterdir())]
+    beside = attested.layout.parent / "image.tar.attestations"
+    written = [*attested.raw, *(p.read_bytes() for p in attested.dest.iterdir()),
+               *(p.read_bytes() for p in beside.iterdir())]
     auth = base64.b64encode(f"kiln-user:{REGISTRY_PASSWORD}".encode())
     for data in written:
         for forbidden in (SECRET.encode(), PROXY_PASSWORD.encode(), b"proxyuser",
@@ -271,6 +273,21 @@ def test_attestations_are_written_to_the_oci_layout_and_dest(attested) -> None:
     assert json.loads(_skopeo_raw(f"oci:{attested.layout}:v1")) == attested.index
     assert sorted(p.name for p in attested.dest.iterdir()) == ["provenance.json",
                                                                 "sbom.spdx.json"]
+
+
+def test_attestations_are_written_beside_the_tarball(attested) -> None:
+    """A docker-save tarball holds no index: its statements and their manifest sit beside it,
+    byte for byte what was pushed, so the manifest's digests check the files."""
+    beside = attested.layout.parent / "image.tar.attestations"
+    assert sorted(p.name for p in beside.iterdir()) == [
+        "attestation-manifest.json", "provenance.intoto.json", "sbom.intoto.json"]
+    manifest = (beside / "attestation-manifest.json").read_bytes()
+    assert "sha256:" + hashlib.sha256(manifest).hexdigest() == attested.attestation_entry["digest"]
+    for layer in json.loads(manifest)["layers"]:
+        kind = "provenance" if "slsa" in layer["annotations"]["in-toto.io/predicate-type"] \
+            else "sbom"
+        data = (beside / f"{kind}.intoto.json").read_bytes()
+        assert "sha256:" + hashlib.sha256(data).hexdigest() == layer["digest"]
 
 
 def test_containerd_pulls_and_runs_the_attested_image(attested, containerd) -> None:
