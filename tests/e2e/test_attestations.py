@@ -19,6 +19,7 @@ import requests
 
 from tests.support.attest_schemas import SLSA_PROVENANCE_V1, STATEMENT_V1
 from tests.support.context_servers import ContextServer, GitDaemon
+from tests.support.go_elf import go_binary
 from tests.support.kiln import run_executor_on
 
 pytestmark = pytest.mark.e2e
@@ -110,6 +111,10 @@ def _make_repository(work: Path, served: Path) -> str:
     for rel, text in PACKAGE_FILES.items():
         (work / rel).parent.mkdir(parents=True, exist_ok=True)
         (work / rel).write_text(text)
+    go_app = work / "pkgs/usr/bin/goapp"  # a synthetic Go binary: its build info is scanned
+    go_app.write_bytes(go_binary("example.com/goapp", ("example.com/goapp", "v0.4.0"),
+                                 [("golang.org/x/text", "v0.14.0")]))
+    go_app.chmod(0o755)
     _git("init", "-q", "-b", "main", cwd=work)
     _git("add", "-A", cwd=work)
     _git("commit", "-q", "-m", "app", cwd=work)
@@ -249,12 +254,13 @@ def test_sbom_finds_every_package_the_databases_record(attested) -> None:
     installed = DPKG_STATUS.count("Status: install ok installed")
     assert len([p for p in purls if p.startswith("pkg:deb/")]) == installed == 2
     assert [p for p in purls if not p.startswith("pkg:deb/")] == [
-        "pkg:npm/%40scope/util@2.0.1", "pkg:npm/left-pad@1.3.0",
+        "pkg:golang/example.com/goapp@v0.4.0", "pkg:golang/golang.org/x/text@v0.14.0",
+        "pkg:golang/stdlib@1.22.1", "pkg:npm/%40scope/util@2.0.1", "pkg:npm/left-pad@1.3.0",
         "pkg:npm/tiny@0.0.1", "pkg:pypi/oldpkg@1.0", "pkg:pypi/requests@2.31.0",
         "pkg:pypi/typing-extensions@4.9.0"]
     assert "pkg:deb/debian/libfoo1@1%3A1.2-1%2Bb1?arch=amd64" in purls
     files = {f["fileName"] for f in predicate["files"]}
-    assert {"./usr/bin/hello", "./usr/lib/libfoo.so.1",
+    assert {"./usr/bin/hello", "./usr/lib/libfoo.so.1", "./usr/bin/goapp",
             "./usr/lib/python3/site-packages/requests/__init__.py"} <= files
 
 
