@@ -240,6 +240,13 @@ def check_local_outputs(options: BuildOptions) -> None:
                 raise OptionsError(f"{flag} {path}: not writable")
             continue
         _probe_directory(flag, path, path if mode is not None and directory else path.parent)
+    if options.attest and options.tar_path and not _is_stream(options.tar_path):
+        from executor.attest.attach import sidecar_directory
+
+        beside = sidecar_directory(options.tar_path)
+        if beside.exists() and not beside.is_dir():
+            raise OptionsError(f"--tar-path {options.tar_path}: {beside} (where its "
+                               "attestations go) is not a directory")
 
 
 def _probe_directory(flag: str, path: Path, directory: Path) -> None:

@@ -360,3 +360,27 @@ def test_a_bad_attest_flag_is_one_line_before_building(tmp_path) -> None:
     assert result.last_line.endswith("--attest 'type=provenance,mode=full': mode must be min "
                                      "or max")
     assert "Traceback" not in result.stderr
+
+
+def test_unwritable_tarball_attestations_fail_the_build_before_any_push(tmp_path, registry,
+                                                                        busybox_image) -> None:
+    """The directory beside --tar-path is a local output, checked before building and written
+    before the push: a path that cannot take it fails in one line and the tag never appears."""
+    from tests.support.kiln import run_executor, write_context
+
+    context = write_context(tmp_path / "ctx", f"FROM {busybox_image}\nRUN echo hi > /hi\n")
+    (tmp_path / "image.tar.attestations").write_text("a file where the directory goes\n")
+    ref = f"{registry.host}/attest/blocked:v1"
+    result = run_executor(context, tmp_path / "root", "--insecure", "--insecure-pull",
+                          "--attest", "type=provenance", "--tar-path", str(tmp_path / "image.tar"),
+                          "--destination", ref)
+    assert result.exit_code != 0
+    assert "--tar-path" in result.last_line and "image.tar.attestations" in result.last_line
+    assert result.last_line.endswith("image.tar.attestations (where its attestations go) is "
+                                     "not a directory")
+    assert "Traceback" not in result.stderr
+    response = requests.get(f"http://{registry.host}/v2/attest/blocked/manifests/v1", timeout=30,
+                            headers={"Accept": "application/vnd.oci.image.index.v1+json"})
+    assert response.status_code == 404
+    assert [p.name for p in tmp_path.iterdir() if p.name.lstrip(".").startswith("image")] == [
+        "image.tar.attestations"]
