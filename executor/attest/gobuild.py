@@ -60,7 +60,8 @@ def read_build_info(path: Path) -> GoBuildInfo | None:
 
 def _buildinfo_blob(fh: BinaryIO) -> bytes | None:
     """The ``.go.buildinfo`` section's bytes, or the aligned blob holding the magic when the
-    section headers are gone."""
+    section headers are gone (only then is the file searched: every other ELF file in a root
+    costs its headers and its section table, a few kilobytes)."""
     ident = fh.read(16)
     if len(ident) < 16 or ident[:4] != b"\x7fELF" or ident[4] not in (1, 2) \
             or ident[5] not in (1, 2):
@@ -89,6 +90,7 @@ def _buildinfo_blob(fh: BinaryIO) -> bytes | None:
                 if names[name_at:names.find(b"\0", name_at)] == SECTION:
                     fh.seek(offset)
                     return fh.read(min(size, MAX_STRING))
+            return None  # a section table without the section: not Go, or Go before 1.18
     return _search_magic(fh)
 
 
