@@ -241,6 +241,13 @@ def check_local_outputs(options: BuildOptions) -> None:
                 raise OptionsError(f"{flag} {path}: not writable")
             continue
         _probe_directory(flag, path, path if mode is not None and directory else path.parent)
+    if options.attest and options.tar_path and not _is_stream(options.tar_path):
+        from executor.attest.attach import sidecar_directory
+
+        beside = sidecar_directory(options.tar_path)
+        if beside.exists() and not beside.is_dir():
+            raise OptionsError(f"--tar-path {options.tar_path}: {beside} (where its "
+                               "attestations go) is not a directory")
 
 
 def _probe_directory(flag: str, path: Path, directory: Path) -> None:
@@ -268,6 +275,15 @@ def write_local_outputs(final: FinalImage, options: BuildOptions,
         from executor.image.tarball import write_docker_tarball
 
         tag = str(destinations[0]) if destinations else "kiln/image:latest"
+        if attached is not None and _is_stream(options.tar_path):
+            log.warning("--tar-path %s is not a file: its attestations are not written beside "
+                        "it (use --attest ...,dest=DIR)", options.tar_path)
+        elif attached is not None:  # a docker-save tarball holds no index: beside it
+            from executor.attest.attach import sidecar_directory, write_sidecar
+
+            sidecar = sidecar_directory(options.tar_path)
+            with storage_errors(f"--tar-path {options.tar_path}: {sidecar}"):
+                write_sidecar(sidecar, attached)
         with storage_errors(f"--tar-path {options.tar_path}"):
             write_docker_tarball(options.tar_path, tag, final.config_bytes, list(final.layers))
     if options.oci_layout_path:
@@ -290,6 +306,14 @@ def write_local_outputs(final: FinalImage, options: BuildOptions,
         if path is not None:
             with storage_errors(f"{flag} {path}"):
                 write_output(path, text.encode())
+
+
+def _is_stream(path: Path) -> bool:
+    """``/dev/stdout``, a FIFO: no directory can sit beside it."""
+    try:
+        return not stat.S_ISREG(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return False
 
 
 def _write_attached_layout(path: Path, final: FinalImage, attached: Attached,

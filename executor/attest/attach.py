@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -115,3 +118,39 @@ def write_files(directory: Path, statements: list[dict[str, Any]], kind: str) ->
     name = {"provenance": "provenance.json", "sbom": "sbom.spdx.json"}[kind]
     for statement in statements:
         (directory / name).write_text(json.dumps(statement, indent=2) + "\n")
+
+
+#: ``<predicate-kind>.intoto.json`` beside a docker-save tarball, by predicate type.
+_KINDS = {"https://slsa.dev/provenance/v1": "provenance", "https://spdx.dev/Document": "sbom"}
+
+
+def sidecar_directory(tar_path: Path) -> Path:
+    """Where ``--tar-path FILE`` keeps its attestations: ``FILE.attestations/``."""
+    return tar_path.with_name(tar_path.name + ".attestations")
+
+
+def write_sidecar(directory: Path, attached: Attached) -> None:
+    """The attestations beside a docker-save tarball, which cannot hold an index: each in-toto
+    statement as ``<predicate-kind>.intoto.json`` (the layer's exact bytes, so the digests in the
+    manifest check out) and ``attestation-manifest.json``. The directory appears whole or not at
+    all: filled under a temporary name beside it, then renamed over any previous one."""
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        for blob in attached.statements:
+            predicate = (blob.annotations or {}).get(PREDICATE_ANNOTATION, "")
+            kind = _KINDS.get(predicate) or predicate.rstrip("/").rsplit("/", 1)[-1].lower()
+            (staging / f"{kind}.intoto.json").write_bytes(blob.data)
+        (staging / "attestation-manifest.json").write_bytes(attached.manifest.data)
+        os.chmod(staging, 0o755)
+        previous = None
+        if directory.is_dir() and not directory.is_symlink():
+            previous = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old.",
+                                             dir=directory.parent))
+            os.replace(directory, previous)
+        os.replace(staging, directory)
+        if previous is not None:
+            shutil.rmtree(previous, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

@@ -1,11 +1,12 @@
 """An SPDX 2.3 SBOM of a root filesystem: what each package database in it says is installed.
 
 The scanning is kiln's own: dpkg's status file and ``info/*.list``, apk's installed database,
-Python distributions (``*.dist-info/METADATA`` and ``RECORD``, ``*.egg-info/PKG-INFO``) and
-Node packages (``package.json`` under ``node_modules``). The SPDX model, its JSON form and its
-validation are the SPDX project's own library (``spdx-tools``), so the document is what SPDX
-readers expect. Files are listed where the database names them, each with the SHA-1 SPDX 2.3
-requires. Not scanned (yet): the rpm database, Go binaries' build info.
+Python distributions (``*.dist-info/METADATA`` and ``RECORD``, ``*.egg-info/PKG-INFO``),
+Node packages (``package.json`` under ``node_modules``) and Go binaries' embedded build info
+(``gobuild.py``). The SPDX model, its JSON form and its validation are the SPDX project's own
+library (``spdx-tools``), so the document is what SPDX readers expect. Files are listed where
+the database names them, each with the SHA-1 SPDX 2.3 requires. Not scanned (yet): the rpm
+database.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ _PSEUDO = frozenset({"proc", "sys", "dev"})
 class FoundPackage:
     """One installed package as its database records it; ``files`` are root-relative."""
 
-    ecosystem: str  # deb, apk, pypi, npm
+    ecosystem: str  # deb, apk, pypi, npm, golang
     name: str
     version: str
     purl: str
@@ -174,6 +175,35 @@ def _scan_tree(root: Path, skip: Callable[[str], bool]) -> Iterator[FoundPackage
                 egg = _python_metadata(root / rel, rel, None)
                 if egg is not None:
                     yield egg
+            elif _is_executable(os.path.join(directory, name)):
+                yield from _go_binary(root, f"{rel_dir}/{name}" if rel_dir else name)
+
+
+def _is_executable(path: str) -> bool:
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        return False
+    return stat.S_ISREG(mode) and bool(mode & 0o111)
+
+
+def _go_binary(root: Path, rel: str) -> Iterator[FoundPackage]:
+    """A Go binary's main module (owning the binary), the modules linked into it and the
+    standard library of the Go that built it, from its embedded build info."""
+    from executor.attest.gobuild import read_build_info
+
+    info = read_build_info(root / rel)
+    if info is None:
+        return
+    if info.main is not None:
+        yield FoundPackage("golang", info.main.path, info.main.version, info.main.purl, [rel],
+                           rel)
+    for dep in info.deps:
+        yield FoundPackage("golang", dep.path, dep.version, dep.purl, [], rel)
+    if info.go_version.startswith("go"):
+        version = info.go_version[2:].split(" ", 1)[0]
+        yield FoundPackage("golang", "stdlib", info.go_version,
+                           f"pkg:golang/stdlib@{_q(version)}", [], rel)
 
 
 def _is_node_package_dir(rel_dir: str) -> bool:

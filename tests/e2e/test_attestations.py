@@ -19,6 +19,7 @@ import requests
 
 from tests.support.attest_schemas import SLSA_PROVENANCE_V1, STATEMENT_V1
 from tests.support.context_servers import ContextServer, GitDaemon
+from tests.support.go_elf import go_binary
 from tests.support.kiln import run_executor_on
 
 pytestmark = pytest.mark.e2e
@@ -110,6 +111,10 @@ def _make_repository(work: Path, served: Path) -> str:
     for rel, text in PACKAGE_FILES.items():
         (work / rel).parent.mkdir(parents=True, exist_ok=True)
         (work / rel).write_text(text)
+    go_app = work / "pkgs/usr/bin/goapp"  # a synthetic Go binary: its build info is scanned
+    go_app.write_bytes(go_binary("example.com/goapp", ("example.com/goapp", "v0.4.0"),
+                                 [("golang.org/x/text", "v0.14.0")]))
+    go_app.chmod(0o755)
     _git("init", "-q", "-b", "main", cwd=work)
     _git("add", "-A", cwd=work)
     _git("commit", "-q", "-m", "app", cwd=work)
@@ -175,7 +180,7 @@ def attested(tmp_path_factory: pytest.TempPathFactory, registry, busybox_image: 
             "--secret", f"id=token,src={tmp / 'token'}",
             "--attest", "type=provenance,mode=max,dest=" + str(tmp / "dest"),
             "--attest", "type=sbom,dest=" + str(tmp / "dest"),
-            "--oci-layout-path", str(tmp / "layout"),
+            "--oci-layout-path", str(tmp / "layout"), "--tar-path", str(tmp / "image.tar"),
             "--destination", ref, "--insecure", "--insecure-pull",
             env={"GIT_PULL_METHOD": "git", "DOCKER_CONFIG": str(docker_config)})
     assert result.exit_code == 0, result.stderr
@@ -249,17 +254,20 @@ def test_sbom_finds_every_package_the_databases_record(attested) -> None:
     installed = DPKG_STATUS.count("Status: install ok installed")
     assert len([p for p in purls if p.startswith("pkg:deb/")]) == installed == 2
     assert [p for p in purls if not p.startswith("pkg:deb/")] == [
-        "pkg:npm/%40scope/util@2.0.1", "pkg:npm/left-pad@1.3.0",
+        "pkg:golang/example.com/goapp@v0.4.0", "pkg:golang/golang.org/x/text@v0.14.0",
+        "pkg:golang/stdlib@1.22.1", "pkg:npm/%40scope/util@2.0.1", "pkg:npm/left-pad@1.3.0",
         "pkg:npm/tiny@0.0.1", "pkg:pypi/oldpkg@1.0", "pkg:pypi/requests@2.31.0",
         "pkg:pypi/typing-extensions@4.9.0"]
     assert "pkg:deb/debian/libfoo1@1%3A1.2-1%2Bb1?arch=amd64" in purls
     files = {f["fileName"] for f in predicate["files"]}
-    assert {"./usr/bin/hello", "./usr/lib/libfoo.so.1",
+    assert {"./usr/bin/hello", "./usr/lib/libfoo.so.1", "./usr/bin/goapp",
             "./usr/lib/python3/site-packages/requests/__init__.py"} <= files
 
 
 def test_no_secret_credential_or_proxy_value_in_any_attestation(attested) -> None:
-    written = [*attested.raw, *(p.read_bytes() for p in attested.dest.iterdir())]
+    beside = attested.layout.parent / "image.tar.attestations"
+    written = [*attested.raw, *(p.read_bytes() for p in attested.dest.iterdir()),
+               *(p.read_bytes() for p in beside.iterdir())]
     auth = base64.b64encode(f"kiln-user:{REGISTRY_PASSWORD}".encode())
     for data in written:
         for forbidden in (SECRET.encode(), PROXY_PASSWORD.encode(), b"proxyuser",
@@ -271,6 +279,21 @@ def test_attestations_are_written_to_the_oci_layout_and_dest(attested) -> None:
     assert json.loads(_skopeo_raw(f"oci:{attested.layout}:v1")) == attested.index
     assert sorted(p.name for p in attested.dest.iterdir()) == ["provenance.json",
                                                                 "sbom.spdx.json"]
+
+
+def test_attestations_are_written_beside_the_tarball(attested) -> None:
+    """A docker-save tarball holds no index: its statements and their manifest sit beside it,
+    byte for byte what was pushed, so the manifest's digests check the files."""
+    beside = attested.layout.parent / "image.tar.attestations"
+    assert sorted(p.name for p in beside.iterdir()) == [
+        "attestation-manifest.json", "provenance.intoto.json", "sbom.intoto.json"]
+    manifest = (beside / "attestation-manifest.json").read_bytes()
+    assert "sha256:" + hashlib.sha256(manifest).hexdigest() == attested.attestation_entry["digest"]
+    for layer in json.loads(manifest)["layers"]:
+        kind = "provenance" if "slsa" in layer["annotations"]["in-toto.io/predicate-type"] \
+            else "sbom"
+        data = (beside / f"{kind}.intoto.json").read_bytes()
+        assert "sha256:" + hashlib.sha256(data).hexdigest() == layer["digest"]
 
 
 def test_containerd_pulls_and_runs_the_attested_image(attested, containerd) -> None:
@@ -337,3 +360,27 @@ def test_a_bad_attest_flag_is_one_line_before_building(tmp_path) -> None:
     assert result.last_line.endswith("--attest 'type=provenance,mode=full': mode must be min "
                                      "or max")
     assert "Traceback" not in result.stderr
+
+
+def test_unwritable_tarball_attestations_fail_the_build_before_any_push(tmp_path, registry,
+                                                                        busybox_image) -> None:
+    """The directory beside --tar-path is a local output, checked before building and written
+    before the push: a path that cannot take it fails in one line and the tag never appears."""
+    from tests.support.kiln import run_executor, write_context
+
+    context = write_context(tmp_path / "ctx", f"FROM {busybox_image}\nRUN echo hi > /hi\n")
+    (tmp_path / "image.tar.attestations").write_text("a file where the directory goes\n")
+    ref = f"{registry.host}/attest/blocked:v1"
+    result = run_executor(context, tmp_path / "root", "--insecure", "--insecure-pull",
+                          "--attest", "type=provenance", "--tar-path", str(tmp_path / "image.tar"),
+                          "--destination", ref)
+    assert result.exit_code != 0
+    assert "--tar-path" in result.last_line and "image.tar.attestations" in result.last_line
+    assert result.last_line.endswith("image.tar.attestations (where its attestations go) is "
+                                     "not a directory")
+    assert "Traceback" not in result.stderr
+    response = requests.get(f"http://{registry.host}/v2/attest/blocked/manifests/v1", timeout=30,
+                            headers={"Accept": "application/vnd.oci.image.index.v1+json"})
+    assert response.status_code == 404
+    assert [p.name for p in tmp_path.iterdir() if p.name.lstrip(".").startswith("image")] == [
+        "image.tar.attestations"]

@@ -6,11 +6,12 @@ import json
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from executor.attest import AttestRequest, parse_attest
-from executor.attest.attach import attach
+from executor.attest.attach import attach, sidecar_directory, write_sidecar
 from executor.attest.provenance import (
     BaseImage,
     BuildFacts,
@@ -108,6 +109,34 @@ def test_attestation_index_points_at_the_image_manifest() -> None:
     manifest = json.loads(attached.manifest.data)
     assert manifest["layers"][0]["annotations"] == {
         "in-toto.io/predicate-type": "https://slsa.dev/provenance/v1"}
+
+
+def _attached_pair() -> Any:
+    return attach([{"predicateType": "https://slsa.dev/provenance/v1"},
+                   {"predicateType": "https://spdx.dev/Document"}], b"{}",
+                  "application/vnd.oci.image.manifest.v1+json",
+                  {"architecture": "amd64", "os": "linux"})
+
+
+def test_tarball_attestations_replace_the_previous_directory_whole(tmp_path: Path) -> None:
+    beside = sidecar_directory(tmp_path / "image.tar")
+    assert beside == tmp_path / "image.tar.attestations"
+    beside.mkdir()
+    (beside / "stale.json").write_text("{}")
+    attached = _attached_pair()
+    write_sidecar(beside, attached)
+    assert sorted(p.name for p in beside.iterdir()) == [
+        "attestation-manifest.json", "provenance.intoto.json", "sbom.intoto.json"]
+    assert (beside / "attestation-manifest.json").read_bytes() == attached.manifest.data
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["image.tar.attestations"]
+
+
+def test_tarball_attestations_leave_nothing_when_they_cannot_be_written(tmp_path: Path) -> None:
+    (tmp_path / "image.tar.attestations").write_text("a file, not a directory")
+    with pytest.raises(OSError):
+        write_sidecar(tmp_path / "image.tar.attestations", _attached_pair())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["image.tar.attestations"]
+    assert (tmp_path / "image.tar.attestations").read_text() == "a file, not a directory"
 
 
 def _write(root: Path, rel: str, text: str) -> None:
