@@ -152,6 +152,10 @@ def _place(root: Path, kiln_dir: Path, index: int, placement: Placement, journal
             kiln_real + "/"):
         raise PlacementError(f"RUN --mount target {placement.target} is inside kiln's own "
                              f"directory {kiln_dir}")
+    if kiln_real.startswith(os.path.realpath(point).rstrip("/") + "/"):
+        # Moved aside, the target would take kiln's directory (its journal, caches) with it.
+        raise PlacementError(f"RUN --mount target {placement.target} holds kiln's own "
+                             f"directory {kiln_dir}")
     holder = _existing_ancestor(point)
     info = os.lstat(holder)
     journal.add({"undo": "times", "path": str(holder), "atime": info.st_atime_ns,

@@ -149,3 +149,16 @@ def test_a_real_change_to_a_settled_directory_is_still_a_change(root: Path,
     after = take_snapshot(root, ignore, workers=1)
     changes = diff_snapshots(settle_ctimes(before, after, tuple(settled)), after)
     assert changes.upserts == ["var/cache"]
+
+
+def test_a_target_holding_the_kiln_dir_is_refused_before_anything_moves(root: Path) -> None:
+    # Moved aside (beside itself when the kiln dir is another filesystem, a pod's volume), the
+    # target would take kiln's own directory, its journal and caches, away with it.
+    kiln = root / "var/kiln"
+    kiln.mkdir()
+    (kiln / "blob").write_text("kiln's\n")
+    with pytest.raises(PlacementError, match="holds kiln's own directory"), \
+            placed(root, kiln, [Placement("/var", "empty")], []):
+        pass
+    assert (kiln / "blob").read_text() == "kiln's\n"
+    assert sorted(os.listdir(root / "var")) == ["cache", "kiln"]
