@@ -34,6 +34,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from executor.errors import KilnError
 from snapshot.errors import SnapshotError
 from snapshot.rootpath import resolve_in_root
 
@@ -42,8 +43,9 @@ log = logging.getLogger("kiln")
 JOURNAL = "mounts/journal.json"
 
 
-class PlacementError(Exception):
-    """A mount could not be put in place; the message names the target and the cause."""
+class PlacementError(KilnError):
+    """A mount could not be put in place, or a killed build's journal cannot be read; the
+    message names the target (or the journal) and the cause."""
 
 
 @dataclass(frozen=True)
