@@ -172,6 +172,8 @@ class Builder:
     # Digests of the layers this build wrote from its snapshots: they hold no ignored path.
     made_layers: set[str] = field(default_factory=set)
     recorder: BuildRecorder = field(default_factory=BuildRecorder)  # the build report's timings
+    # --single-snapshot: the paths the stage's steps moved only in ctime (Step.settled).
+    stage_settled: list[str] = field(default_factory=list)
 
     @property
     def root(self) -> Path:
@@ -223,14 +225,17 @@ class Builder:
         instructions = [*self._triggers(stage, triggers), *stage.instructions]
         keys = (KeyChain(stage_seed(base.cache_key, self.platform, self._layer_settings()))
                 if self.cache is not None else None)
+        self.stage_settled = []
         for inst in instructions:
             snapshot = self._apply(state, inst, snapshot, layers, keys)
         if self.options.single_snapshot:
-            # The sandbox's mount points for RUN moved /etc's ctime in any RUN of the stage.
+            # The sandbox's mount points for RUN moved /etc's ctime in any RUN of the stage,
+            # and a RUN --mount's the ctime of its mount points' parents.
             with at_step(str(stage.location)):  # the stage's one layer: named by its FROM
                 snapshot = self._commit_layer(state, snapshot, "kiln: single snapshot of the "
                                               "stage (--single-snapshot)", layers,
-                                              state.sandbox.settled_paths()).snapshot
+                                              (*self.stage_settled,
+                                               *state.sandbox.settled_paths())).snapshot
         self.root_holds = stage.index
         self.stage_args[stage.index] = dict(state.args)
         if self.options.labels:  # --label, as kaniko applies it to every stage's image
@@ -274,6 +279,7 @@ class Builder:
             keys.key = key
         with self.recorder.phase("run"):
             step = handler(state, inst)
+        self.stage_settled.extend(step.settled)
         if not step.touches_fs or self.options.single_snapshot:
             # --single-snapshot: the stage's changes become one layer at its end.
             if step.history is not None or step.touches_fs:

@@ -177,7 +177,16 @@ def end_descendants() -> None:
 
 
 def descendants(ancestor: int, proc: str = "/proc") -> list[int]:
-    """Pids of every process below ``ancestor`` in the process tree ``proc`` shows."""
+    """Pids of every process below ``ancestor`` in the process tree ``proc`` shows.
+
+    None when ``proc`` is not of this process's PID namespace (``/proc/self`` names another
+    pid, or none): its pids would name other processes, which must never be killed.
+    """
+    try:
+        if os.readlink(f"{proc}/self") != str(os.getpid()):
+            return []
+    except OSError:
+        return []
     children: dict[int, list[int]] = {}
     for pid, ppid, _state, _group in process_table(proc):
         children.setdefault(ppid, []).append(pid)

@@ -101,13 +101,16 @@ def write_layer(root: Path, changes: Changes, snapshot: Snapshot, out_dir: Path,
     doing = "write a layer to"  # a full disk names the blobs directory, not a temporary name
     with storage_errors(out_dir, doing):
         out_dir.mkdir(parents=True, exist_ok=True)
-        fd, temp_name = tempfile.mkstemp(prefix=".layer-", suffix=".tmp", dir=out_dir)
+        while True:
+            fd, temp_name = tempfile.mkstemp(prefix=".layer-", suffix=".tmp", dir=out_dir)
+            # Held while the file is written: a later build removes the file only when no
+            # writer holds it (one killed mid-layer leaves it unlocked). Best effort, as for
+            # downloads.
+            if lock_new_file(fd, temp_name):
+                break
+            os.close(fd)
     temp = Path(temp_name)
     try:
-        # Held while the file is written: a later build removes the file only when no writer
-        # holds it (one killed mid-layer leaves it unlocked). Best effort, as for downloads.
-        with contextlib.suppress(OSError):
-            fcntl.flock(fd, fcntl.LOCK_EX)
         with open(fd, "wb", buffering=0) as raw:
             diff_id = hashlib.sha256()
             tar_size = 0
@@ -130,6 +133,23 @@ def write_layer(root: Path, changes: Changes, snapshot: Snapshot, out_dir: Path,
         raise
     return LayerBlob(final, f"sha256:{digest}", f"sha256:{diff_id.hexdigest()}", sink.size,
                      compression.algorithm, tar_size)
+
+
+def lock_new_file(fd: int, name: str) -> bool:
+    """``flock`` the file just created as ``name``; False when it is gone by then.
+
+    Another build's cleanup of stale temporary files (``remove_stale_partials``) may take the
+    file before it is locked, when it is still unlocked as a killed build's would be, and
+    delete it: the caller then creates another. Where locks fail, the file is just kept.
+    """
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except OSError:
+        return True
+    try:
+        return os.path.samestat(os.fstat(fd), os.lstat(name))
+    except FileNotFoundError:
+        return False
 
 
 class _HashingSink:

@@ -543,11 +543,11 @@ def _copy_tree(state: StageState, request: CopyRequest, placement: Placement, so
     directory metadata is applied last, so copying children does not disturb their mtimes.
     Files that are hard links of each other in the source are hard links in the copy.
     """
-    owner = placement.owner
     src = source.host
     context_rel = source.context_rel
     directories: list[tuple[Path, os.stat_result]] = []
     linked: dict[tuple[int, int], Path] = {}
+    made: set[Path] = set()
     for dirpath, dirnames, filenames in os.walk(src):
         base = Path(dirpath)
         rel_dir = base.relative_to(src)
@@ -567,10 +567,11 @@ def _copy_tree(state: StageState, request: CopyRequest, placement: Placement, so
                 continue  # an excluded directory that is entered is itself not copied
             info = os.lstat(entry)
             target = out_dir / name
-            if not out_dir.is_dir():
+            if rel_dir.parts and out_dir not in made:
                 # The parents of a file re-included below an excluded directory, as
-                # extracting Docker's context tar would make them.
-                make_directories(out_dir, owner.uid, owner.gid, root=state.root)
+                # extracting Docker's context tar would make them; never through a link.
+                _make_reincluded_parents(state, dst, rel_dir, placement)
+                made.add(out_dir)
             if stat.S_ISDIR(info.st_mode):
                 _make_tree_dir(state, target, placement)
                 directories.append((target, info))
@@ -585,6 +586,21 @@ def _copy_tree(state: StageState, request: CopyRequest, placement: Placement, so
                 linked[key] = target
     for target, info in reversed(directories):
         _apply_metadata(target, src / target.relative_to(dst), info, placement)
+
+
+def _make_reincluded_parents(state: StageState, dst: Path, rel_dir: Path,
+                             placement: Placement) -> None:
+    """Each directory from ``dst`` down to ``dst/rel_dir`` as :func:`_make_tree_dir` makes
+    one: an excluded directory is not copied, so nothing else stops an image symlink there
+    (``pkg -> /etc``) from taking the re-included file out of the root."""
+    owner = placement.owner
+    directory = dst
+    for part in rel_dir.parts:
+        directory = directory / part
+        if os.path.lexists(directory) and (directory.is_symlink() or not directory.is_dir()):
+            _make_tree_dir(state, directory, placement)  # refused, or replaced on --link
+        elif not os.path.lexists(directory):
+            make_directories(directory, owner.uid, owner.gid, root=state.root)
 
 
 def _make_tree_dir(state: StageState, target: Path, placement: Placement) -> None:

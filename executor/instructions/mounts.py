@@ -184,6 +184,7 @@ class PreparedMounts:
     settled: list[str] = field(default_factory=list)
     stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
     nested: frozenset[str] = frozenset()  # targets that lie inside another mount's target
+    locked: set[str] = field(default_factory=set)  # cache locks this RUN holds
     holding: frozenset[str] = frozenset()  # targets that hold another mount's target
 
 
@@ -261,6 +262,7 @@ def _prepare(state: StageState, inst: Instruction, spec: MountSpec, prepared: Pr
         _lock_cache(prepared, spec, source, emulate)
         source = _cache_source(inst, spec, source)
         if emulate:
+            _check_placed_once(inst, spec, prepared, source)
             _place(prepared, spec, "cache", source, readonly=False)
         else:
             _add(state, inst, prepared, spec, source, is_dir=source.is_dir())
@@ -283,9 +285,26 @@ def _lock_cache(prepared: PreparedMounts, spec: MountSpec, source: Path, emulate
     """``sharing=locked`` waits for other users of the cache. Placed in the root, a cache can
     be in one place at a time, so ``shared`` and ``private`` wait too there (a concurrent
     build in the same kiln dir would otherwise find its store gone)."""
+    lock_path = str(source) + ".lock"
+    if lock_path in prepared.locked:
+        return  # this RUN holds it already: a second flock would wait for the first forever
     if spec.sharing == "locked" or emulate:
-        lock = prepared.stack.enter_context(open(str(source) + ".lock", "a"))  # noqa: SIM115
+        lock = prepared.stack.enter_context(open(lock_path, "a"))  # noqa: SIM115
         fcntl.flock(lock, fcntl.LOCK_EX)
+        prepared.locked.add(lock_path)
+
+
+def _check_placed_once(inst: Instruction, spec: MountSpec, prepared: PreparedMounts,
+                       source: Path) -> None:
+    """Placed by rename, a cache (or a part of it) can be at one target only."""
+    for other in prepared.placements:
+        if other.how == "cache" and other.source is not None and (
+                other.source == source or other.source in source.parents
+                or source in other.source.parents):
+            raise inst.error(f"RUN --mount=type=cache: the cache {spec.id} at two targets "
+                             f"({other.target} and {spec.target}): without mount(2), in a "
+                             "container with no CAP_SYS_ADMIN, a cache can be in one place at "
+                             "a time")
 
 
 def _cache_source(inst: Instruction, spec: MountSpec, cache: Path) -> Path:

@@ -34,6 +34,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from executor.errors import KilnError
 from snapshot.errors import SnapshotError
 from snapshot.rootpath import resolve_in_root
 
@@ -42,8 +43,9 @@ log = logging.getLogger("kiln")
 JOURNAL = "mounts/journal.json"
 
 
-class PlacementError(Exception):
-    """A mount could not be put in place; the message names the target and the cause."""
+class PlacementError(KilnError):
+    """A mount could not be put in place, or a killed build's journal cannot be read; the
+    message names the target (or the journal) and the cause."""
 
 
 @dataclass(frozen=True)
@@ -151,6 +153,10 @@ def _place(root: Path, kiln_dir: Path, index: int, placement: Placement, journal
     if os.path.realpath(point) == kiln_real or os.path.realpath(point).startswith(
             kiln_real + "/"):
         raise PlacementError(f"RUN --mount target {placement.target} is inside kiln's own "
+                             f"directory {kiln_dir}")
+    if kiln_real.startswith(os.path.realpath(point).rstrip("/") + "/"):
+        # Moved aside, the target would take kiln's directory (its journal, caches) with it.
+        raise PlacementError(f"RUN --mount target {placement.target} holds kiln's own "
                              f"directory {kiln_dir}")
     holder = _existing_ancestor(point)
     info = os.lstat(holder)

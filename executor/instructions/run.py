@@ -17,7 +17,7 @@ import tempfile
 from executor.dockerfile.parse import Instruction
 from executor.dockerfile.stages import PROXY_ARGS
 from executor.errors import BuildStepError
-from executor.instructions.directories import make_directories
+from executor.instructions.directories import NotADirectory, make_directories
 from executor.instructions.metadata import Step
 from executor.instructions.mounts import MountSpec, parse_mount, prepared_mounts
 from executor.instructions.state import DEFAULT_PATH, StageState
@@ -55,7 +55,7 @@ def apply_run(state: StageState, inst: Instruction) -> Step:
     except UnknownUserError as exc:
         raise inst.error(str(exc)) from None
     env.setdefault("HOME", identity.home)
-    _ensure_workdir(state, identity)
+    _ensure_workdir(state, inst, identity)
     if script is not None:
         argv = _with_script(state, script)
     log.info("Cmd: %s", argv[0])
@@ -139,12 +139,17 @@ def _drop_flags(text: str, flags: tuple[str, ...]) -> str:
     return text.lstrip()
 
 
-def _ensure_workdir(state: StageState, identity: Identity) -> None:
+def _ensure_workdir(state: StageState, inst: Instruction, identity: Identity) -> None:
     """Create the working directory if an earlier step removed it, as BuildKit's executor
     does before every RUN: it and its missing parents, mode 0755, owned by the RUN's user."""
     target = resolve_in_root(state.root, state.workdir)
     if not os.path.lexists(target):
-        make_directories(target, identity.uid, identity.gid, root=state.root)
+        try:
+            make_directories(target, identity.uid, identity.gid, root=state.root)
+        except NotADirectory as exc:
+            shown = "/" + exc.path.relative_to(state.root).as_posix()
+            raise inst.error(f"cannot create the working directory {state.workdir}: {shown} "
+                             "is not a directory") from None
 
 
 def _environment(state: StageState) -> dict[str, str]:

@@ -60,6 +60,7 @@ from executor.registry.transport import (
     format_wait,
 )
 from snapshot.errors import storage_errors
+from snapshot.layer import lock_new_file
 
 log = logging.getLogger("kiln")
 _T = TypeVar("_T")
@@ -417,16 +418,19 @@ class RegistryClient:
             # A full disk names the blob; only file operations: requests' errors are OSErrors.
             disk = partial(storage_errors, dest.parent, f"write blob {descriptor.digest} to")
             size = 0
-            handle = tempfile.NamedTemporaryFile(  # noqa: SIM115 - renamed or removed below
-                dir=dest.parent, prefix=f".{dest.name}.", suffix=PARTIAL_SUFFIX, delete=False)
+            while True:
+                handle = tempfile.NamedTemporaryFile(  # noqa: SIM115 - renamed or removed
+                    dir=dest.parent, prefix=f".{dest.name}.", suffix=PARTIAL_SUFFIX,
+                    delete=False)
+                # Held while the file is written: stale-partial cleanup skips a live download
+                # (and a file it took before the lock is made again).
+                if lock_new_file(handle.fileno(), handle.name):
+                    break
+                handle.close()
             meter = TransferMeter("downloading", descriptor.digest, ref.registry,
                                   descriptor.size)
 
             try:
-                # Held while the file is written: stale-partial cleanup skips a live download.
-                # Best effort: a filesystem without locks only loses that protection.
-                with contextlib.suppress(OSError):
-                    fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
                 with handle, heartbeat(meter.describe, self.transport.progress_every):
                     for chunk in response.iter_content(CHUNK_SIZE):
                         cancel.check()

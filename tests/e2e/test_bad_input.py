@@ -65,3 +65,24 @@ def test_unreachable_registry(tmp_path: Path, registry: Registry) -> None:
     port = free_port()
     result = build(tmp_path, registry, f"FROM 127.0.0.1:{port}/some/image\n", "bad/reach")
     assert_failed(result, f"cannot reach registry 127.0.0.1:{port}: connection refused")
+
+
+def test_a_workdir_a_run_replaced_with_a_file_fails_the_next_run_in_one_line(
+        tmp_path: Path, registry: Registry, busybox_image: str) -> None:
+    result = build(tmp_path, registry, f"FROM {busybox_image}\nWORKDIR /app/sub\n"
+                   "RUN rm -rf /app && touch /app\nRUN true\n", "bad/workdir-file")
+    assert result.exit_code == 1
+    assert "Traceback" not in result.stderr
+    assert result.last_line.startswith("error building image: Dockerfile:4: ")
+    assert "/app" in result.last_line
+
+
+def test_an_unreadable_mount_journal_is_one_line(tmp_path: Path) -> None:
+    kiln = tmp_path / "kiln"
+    (kiln / "mounts").mkdir(parents=True)
+    (kiln / "mounts/journal.json").write_text("{not json")
+    context = write_context(tmp_path / "context", "FROM scratch\nENV A=1\n")
+    result = run_executor(context, tmp_path / "root", "--no-push", "--kaniko-dir", str(kiln))
+    assert result.exit_code == 1
+    assert "Traceback" not in result.stderr
+    assert "journal.json" in result.last_line

@@ -193,3 +193,19 @@ def test_copy_from_a_stage_moved_out_of_the_root_is_what_extracting_it_gives(
     assert moved.config["rootfs"]["diff_ids"] == extracted.config["rootfs"]["diff_ids"]
     assert (moved.root / "copied/out/sub/f").read_text() == "one\n"
     assert not (moved.root / "copied/var/run/app.pid").exists()  # ignored in the build stage
+
+
+def test_a_reincluded_file_never_goes_through_an_image_symlink_out_of_the_root(
+        tmp_path: Path) -> None:
+    # src/pkg is excluded but entered (!src/pkg/util.go): its directory is not copied, only
+    # the file; /app/pkg in the image is a symlink to a host path, which must not receive it.
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (tmp_path / "context/links").mkdir(parents=True)
+    (tmp_path / "context/links/pkg").symlink_to(outside)
+    files = {".dockerignore": "src/pkg\n!src/pkg/util.go\n", "src/pkg/util.go": "go\n",
+             "src/main.go": "main\n"}
+    built = build(tmp_path, "FROM scratch\nCOPY links/ /app/\nCOPY src/ /app/\n", files)
+    assert list(outside.iterdir()) == []
+    assert not built.ok
+    assert "Dockerfile:3" in built.run.stderr and "Traceback" not in built.run.stderr

@@ -305,3 +305,14 @@ def test_single_snapshot_holds_nothing_of_the_runs_mount_points(
                   None, "--single-snapshot")
     assert built.ok, built.run.stderr
     assert set(built.layers[-1]) == {"a", "b"}
+
+
+def test_single_snapshot_holds_nothing_of_a_run_mount_points_parent(
+        tmp_path: Path, busybox_image: str) -> None:
+    # The mount point /usr/new is made and removed again; /usr gets its times back but not
+    # its ctime, which only the per-RUN layers excused.
+    dockerfile = (f"FROM {busybox_image}\n"
+                  "RUN --mount=type=tmpfs,target=/usr/new echo a > /a\n")
+    built = build(tmp_path, dockerfile, None, "--single-snapshot")
+    assert built.ok, built.run.stderr
+    assert set(built.layers[-1]) == {"a"}

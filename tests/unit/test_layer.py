@@ -471,3 +471,27 @@ def test_memory_does_not_grow_with_the_layer(tmp_path: Path) -> None:
              algorithm], check=True, capture_output=True, text=True,
             cwd=Path(__file__).resolve().parents[2]).stdout)
         assert grown_kib < 48 * 1024, f"{algorithm}: grew by {grown_kib} KiB"
+
+
+def test_a_layer_survives_another_builds_cleanup_between_its_creation_and_its_lock(
+        root: Path, out: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Another build sharing the blobs directory starts up (Workspace.create) just after this
+    # one created its temporary layer file and before it locked it: the file is unlocked, so
+    # that cleanup takes it for a killed build's and deletes it.
+    import fcntl
+
+    from executor.registry.client import remove_stale_partials
+
+    real_flock = fcntl.flock
+    removed: list[Path] = []
+
+    def other_build_cleans_up_first(fd: int, operation: int) -> None:
+        if not removed and operation == fcntl.LOCK_EX:
+            removed.append(out)
+            removed.extend(remove_stale_partials(out, (".layer-*.tmp",)))
+        real_flock(fd, operation)
+
+    monkeypatch.setattr(fcntl, "flock", other_build_cleans_up_first)
+    blob = write_layer(root, *everything(root), out, Compression("gzip"))
+    assert len(removed) == 2  # the race happened: the first temporary file was deleted
+    assert blob.path.exists() and [m.name for m in read_tar(blob)[1]][:1] == ["etc"]

@@ -104,3 +104,31 @@ def test_everything_ends_when_kiln_is_killed(tmp_path: Path) -> None:
     finally:
         kiln.kill()
         kiln.wait()
+
+
+def test_descendants_are_none_where_proc_shows_another_pid_namespace() -> None:
+    # kiln started in a PID namespace of its own whose /proc was not mounted again (unshare
+    # -p -f without --mount-proc): its pids name other processes in that /proc, and a keeper
+    # there would SIGKILL the children of whatever process holds its own pid number.
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through the pipe
+        code = 1
+        try:
+            os.close(read)
+            lifetime.check(lifetime.libc().unshare(0x20000000), "unshare(CLONE_NEWPID)")
+            inner = os.fork()
+            if inner == 0:
+                os.write(write, str(len(lifetime.descendants(os.getpid()))).encode())
+                os._exit(0)
+            os.waitpid(inner, 0)
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        found = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        pytest.skip("no PID namespace here")
+    assert found == "0"

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
 
 import pytest
 
+from executor.dockerfile.parse import Instruction, parse_text
+from executor.errors import DockerfileError
+from executor.instructions.mounts import parse_mount, prepared_mounts
 from executor.instructions.placed import JOURNAL, Placement, PlacementError, placed, recover
+from executor.instructions.state import StageState
 
 
 @pytest.fixture
@@ -149,3 +156,47 @@ def test_a_real_change_to_a_settled_directory_is_still_a_change(root: Path,
     after = take_snapshot(root, ignore, workers=1)
     changes = diff_snapshots(settle_ctimes(before, after, tuple(settled)), after)
     assert changes.upserts == ["var/cache"]
+
+
+def test_a_target_holding_the_kiln_dir_is_refused_before_anything_moves(root: Path) -> None:
+    # Moved aside (beside itself when the kiln dir is another filesystem, a pod's volume), the
+    # target would take kiln's own directory, its journal and caches, away with it.
+    kiln = root / "var/kiln"
+    kiln.mkdir()
+    (kiln / "blob").write_text("kiln's\n")
+    with pytest.raises(PlacementError, match="holds kiln's own directory"), \
+            placed(root, kiln, [Placement("/var", "empty")], []):
+        pass
+    assert (kiln / "blob").read_text() == "kiln's\n"
+    assert sorted(os.listdir(root / "var")) == ["cache", "kiln"]
+
+
+def _run_instruction() -> Instruction:
+    return parse_text("FROM scratch\nRUN true\n").instructions[-1]
+
+
+@pytest.mark.parametrize("second", ["type=cache,id=x,target=/b",
+                                    "type=cache,id=x,target=/b,sharing=locked"])
+def test_one_cache_at_two_targets_of_a_run_is_a_one_line_error_not_a_hang(
+        tmp_path: Path, second: str) -> None:
+    # Placed by rename, a cache can be in one place at a time; and the cache's lock, taken
+    # again for the second target, waited for this very RUN forever.
+    for name in ("root", "kiln", "scratch"):
+        (tmp_path / name).mkdir()
+    state = cast(StageState, SimpleNamespace(root=tmp_path / "root", kiln_dir=tmp_path / "kiln",
+                                             scratch_dir=tmp_path / "scratch"))
+    specs = [parse_mount("type=cache,id=x,target=/a", "/"), parse_mount(second, "/")]
+
+    def hung(_signum: int, _frame: object) -> None:
+        raise TimeoutError("prepared_mounts hung")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(10)
+    try:
+        with pytest.raises(DockerfileError, match=r"Dockerfile:2.*cache x at two targets"), \
+                prepared_mounts(state, _run_instruction(), specs, emulate=True):
+            pass
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert not (tmp_path / "root/a").exists() and not (tmp_path / "root/b").exists()
