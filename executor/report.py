@@ -208,6 +208,8 @@ class BuildRecorder:
         if (benchmark and benchmark != "false"
                 and _write(Path(benchmark), self.benchmark_json(), "BENCHMARK_FILE")):
             log.info("Benchmark file written at %s", benchmark)
+        if self.trace is not None:  # last: an endpoint that is down never delays the report
+            self.trace.flush()
 
 
 def peak_memory() -> dict[str, int]:

@@ -16,6 +16,7 @@ an endpoint is set. No Dockerfile text goes into a span unless ``KILN_TELEMETRY_
 from __future__ import annotations
 
 import collections
+import logging
 import os
 import threading
 import time
@@ -67,6 +68,7 @@ class BuildTrace:
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
+        _route_sdk_log()
         self.with_commands = with_commands
         resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME")
                                     or "kiln"})
@@ -123,8 +125,7 @@ class BuildTrace:
             self._requests[registry] += 1
 
     def finish(self, succeeded: bool) -> None:
-        """End every open span and send what is left; the exporter's timeout
-        (``OTEL_EXPORTER_OTLP_TIMEOUT``) bounds the wait for an endpoint that is down."""
+        """End every open span (the build's last); :meth:`flush` sends them."""
         with self._lock:
             counts: dict[str, Any] = {f"kiln.registry.requests.{host}": n
                                       for host, n in self._requests.items()}
@@ -132,4 +133,23 @@ class BuildTrace:
         while len(self._stack) > 1:
             self.close(self._stack[-1], failed=True)
         self.close(self._build, failed=not succeeded)
+
+    def flush(self) -> None:
+        """Send what is left; the exporter's timeout (``OTEL_EXPORTER_OTLP_TIMEOUT``, 10 s by
+        default) bounds the wait for an endpoint that is down."""
         self._provider.shutdown()
+
+
+class _ToKilnLog(logging.Handler):
+    """The SDK's complaints (an endpoint that is down) as kiln warnings, in kiln's log format
+    (``--log-format json`` included), instead of bare lines from Python's last resort."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        logging.getLogger("kiln").warning("Tracing: %s", record.getMessage())
+
+
+def _route_sdk_log() -> None:
+    sdk = logging.getLogger("opentelemetry")
+    if not any(isinstance(h, _ToKilnLog) for h in sdk.handlers):
+        sdk.addHandler(_ToKilnLog(logging.WARNING))
+        sdk.propagate = False

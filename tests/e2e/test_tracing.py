@@ -183,3 +183,19 @@ def test_build_without_endpoint_never_imports_opentelemetry(busybox_image: str,
                           capture_output=True, text=True, env=env, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr
     assert "OTEL []" in proc.stdout, proc.stdout
+
+
+def test_endpoint_down_is_a_warning_after_the_report_never_a_failed_build(
+        busybox_image: str, tmp_path: Path) -> None:
+    context = write_context(tmp_path / "context", f"FROM {busybox_image}\nRUN true\n")
+    with otlp_receiver() as receiver:
+        closed = receiver.base_url  # the port is free again once the receiver stops
+    run = run_executor_on(str(context), tmp_path / "root", "--no-push", "--insecure-pull",
+                          env={**no_otel_env(), "OTEL_EXPORTER_OTLP_ENDPOINT": closed,
+                               "OTEL_EXPORTER_OTLP_TIMEOUT": "2"})
+    assert run.exit_code == 0, run.stderr
+    lines = run.stderr.splitlines()
+    report = next(i for i, line in enumerate(lines) if "Build report:" in line)
+    warnings = [i for i, line in enumerate(lines) if "Tracing: " in line]
+    assert warnings and min(warnings) > report
+    assert all(lines[i].startswith("WARN[") for i in warnings)
