@@ -765,7 +765,7 @@ def _build(options: BuildOptions) -> str:
                 image.blob_homes.update(builder.cache.homes)
             attestations = _attestations(options, builder, started)
             with recorder.phase("push", {"kiln.destinations": ", ".join(options.destinations)}):
-                digest = publish(image, options, client, attestations)
+                digest = publish(image, options, client, attestations, recorder)
             succeeded = True
             return digest
     finally:

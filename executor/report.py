@@ -79,6 +79,12 @@ class BuildRecorder:
         if self.trace is not None and span is not None:
             self.trace.record(f"{phase} layer", seconds, span)
 
+    def span(self, name: str, seconds: float, attributes: Attributes) -> None:
+        """Work of the build's thread that just ended, for the trace only (its time is in the
+        open phase already), under the innermost open span."""
+        if self.trace is not None:
+            self.trace.record(name, seconds, attributes, innermost=True)
+
     @contextlib.contextmanager
     def phase(self, name: str, span: Attributes | None = None) -> Iterator[None]:
         """Time the block into phase ``name`` (a span ``name`` with attributes ``span``)."""

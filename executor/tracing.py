@@ -109,12 +109,15 @@ class BuildTrace:
         """Add attributes to the innermost open span."""
         self._stack[-1].set_attributes(attributes)
 
-    def record(self, name: str, seconds: float, attributes: Attributes) -> None:
-        """A span that just ended after ``seconds``, from any thread, under the open stage."""
+    def record(self, name: str, seconds: float, attributes: Attributes,
+               innermost: bool = False) -> None:
+        """A span that just ended after ``seconds``: from any thread, under the open stage, or
+        from the build's thread, with ``innermost``, under the innermost open span."""
         from opentelemetry import trace
 
         end = time.time_ns()
-        span = self._tracer.start_span(name, context=trace.set_span_in_context(self._stage),
+        parent = self._stack[-1] if innermost else self._stage
+        span = self._tracer.start_span(name, context=trace.set_span_in_context(parent),
                                        attributes=attributes,
                                        start_time=end - int(seconds * 1e9))
         span.end(end_time=end)

@@ -107,6 +107,20 @@ def test_base_layer_pulls_and_extractions_have_digest_and_bytes(traced: dict[str
     assert push.parent_id == by_name(spans, "build").span_id
 
 
+
+def test_each_pushed_layer_has_a_span_under_push(traced: dict[str, Any],
+                                                 registry: Registry) -> None:
+    spans: list[ReceivedSpan] = traced["spans"]
+    push = by_name(spans, "push")
+    pushes = [s for s in spans if s.name == "push layer"]
+    assert pushes and all(s.parent_id == push.span_id for s in pushes)
+    assert all(s.attributes["kiln.registry"] == registry.host for s in pushes)
+    copied = by_name(spans, "COPY Dockerfile:6").attributes["kiln.layer.digest"]
+    uploaded = [s for s in pushes if s.attributes["kiln.layer.digest"] == copied]
+    assert uploaded and uploaded[0].attributes["kiln.bytes"] == \
+        uploaded[0].attributes["kiln.layer.compressed_bytes"]
+
+
 def test_build_span_counts_registry_requests(traced: dict[str, Any],
                                              registry: Registry) -> None:
     build = by_name(traced["spans"], "build")
