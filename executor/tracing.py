@@ -55,7 +55,13 @@ def start_tracing() -> BuildTrace | None:
     endpoint = traces_endpoint(os.environ)
     if endpoint is None:
         return None
-    return BuildTrace(endpoint, include_commands(os.environ))
+    try:
+        return BuildTrace(endpoint, include_commands(os.environ))
+    except ImportError as exc:  # an image without the extra: the build goes on untraced
+        logging.getLogger("kiln").warning(
+            "Tracing to %s is not possible: %s (install kiln[otel]); building without it",
+            endpoint, exc)
+        return None
 
 
 class BuildTrace:

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from executor.tracing import include_commands, traces_endpoint
+import logging
+import sys
+
+import pytest
+
+from executor.tracing import include_commands, start_tracing, traces_endpoint
 
 
 def test_no_variable_means_tracing_is_off() -> None:
@@ -36,3 +41,13 @@ def test_commands_only_when_asked() -> None:
     assert not include_commands({})
     assert not include_commands({"KILN_TELEMETRY_INCLUDE_COMMANDS": "0"})
     assert include_commands({"KILN_TELEMETRY_INCLUDE_COMMANDS": "1"})
+
+
+def test_missing_sdk_is_a_warning_and_no_trace(monkeypatch: pytest.MonkeyPatch,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setitem(sys.modules, "opentelemetry.exporter.otlp.proto.http.trace_exporter",
+                        None)
+    with caplog.at_level(logging.WARNING, logger="kiln"):
+        assert start_tracing() is None
+    assert "install kiln[otel]" in caplog.text
