@@ -213,3 +213,22 @@ def test_endpoint_down_is_a_warning_after_the_report_never_a_failed_build(
     warnings = [i for i, line in enumerate(lines) if "Tracing: " in line]
     assert warnings and min(warnings) > report
     assert all(lines[i].startswith("WARN[") for i in warnings)
+
+
+def test_cache_hits_and_misses_are_on_the_run_spans(busybox_image: str, registry: Registry,
+                                                    tmp_path: Path) -> None:
+    context = write_context(tmp_path / "context",
+                            f"FROM {busybox_image}\nRUN echo cached > /c\n")
+    found: list[object] = []
+    with otlp_receiver() as receiver:
+        for name in ("cold", "warm"):
+            receiver.clear()
+            run = run_executor_on(str(context), tmp_path / f"root-{name}", "--destination",
+                                  f"{registry.host}/trace/cached:{name}", "--insecure",
+                                  "--insecure-pull", "--cache", "--cache-repo",
+                                  f"{registry.host}/trace/cache",
+                                  env={**no_otel_env(),
+                                       "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.base_url})
+            assert run.exit_code == 0, run.stderr
+            found.append(by_name(receiver.spans, "RUN Dockerfile:2").attributes["kiln.cache.hit"])
+    assert found == [False, True]
