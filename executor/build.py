@@ -72,6 +72,7 @@ from executor.registry.client import (
 )
 from executor.report import BuildRecorder
 from executor.sandbox import Sandbox
+from executor.tracing import start_tracing
 from executor.workspace import temporary_workspace
 from snapshot.compress import Compression, open_decompressed
 from snapshot.errors import CorruptLayerError, UnsafeLayerError
@@ -184,7 +185,8 @@ class Builder:
         for stage in stages:
             log.info("Building stage '%s' [idx: '%d', base-idx: '%d']", stage.base, stage.index,
                      -1 if stage.base_stage is None else stage.base_stage)
-            self.built[stage.index] = self._build_stage(stage)
+            with self.recorder.stage(stage.index, stage.display_name):
+                self.built[stage.index] = self._build_stage(stage)
         unused = unused_build_args(self.plan, stages)
         if unused:
             log.warning("[Warning] One or more build-args [%s] were not consumed",
@@ -326,7 +328,7 @@ class Builder:
             return empty.snapshot
         with self.recorder.phase("extract"):
             self._extract_layer(found.layer, self.root, self.ignore, "the layer cache")
-        self.recorder.layer(found.layer.size, None, None)
+        self.recorder.layer(found.layer.size, None, None, found.layer.digest)
         layers.append(found.layer)
         state.config.add_layer(found.layer.diff_id, found.history, state.created)
         return take_snapshot(self.root, self.ignore)
@@ -347,7 +349,7 @@ class Builder:
                                self._compression(),
                                mtime_ns=0 if self.options.reproducible else None)
         self.recorder.layer(blob.size, blob.uncompressed_size,
-                            len(changes.upserts) + len(changes.deletions))
+                            len(changes.upserts) + len(changes.deletions), blob.digest)
         layer = Layer(blob.path, blob.digest, blob.diff_id, blob.size,
                       _media_type(blob.compression))
         layers.append(layer)
@@ -397,7 +399,8 @@ class Builder:
         resolved = base_cache.resolve(ref, platform) if ref.digest else None
         if resolved is None:
             log.info("Retrieving image %s from registry %s", ref, ref.registry)
-            with self.recorder.phase("pull"):
+            with self.recorder.phase("pull", {"kiln.image": str(ref),
+                                              "kiln.registry": ref.registry}):
                 resolved = self.client.resolve(ref, platform)
         layers = resolved.layer_files(self.workspace.blobs)
         base_cache.copy_layers(name, resolved.manifest_digest, layers)
@@ -417,7 +420,9 @@ class Builder:
                 started = time.monotonic()
                 self.client.fetch_blob(image.source, layer.descriptor(), layer.path,
                                        cancel=cancel)
-                self.recorder.add("pull", time.monotonic() - started)
+                self.recorder.add("pull", time.monotonic() - started, {
+                    "kiln.layer.digest": layer.digest, "kiln.layer.compressed_bytes": layer.size,
+                    "kiln.registry": image.source.registry})
                 log.info("%s", transfer_line("Pulled", layer.digest, layer.size,
                                              time.monotonic() - started, True))
             return layer
@@ -441,7 +446,8 @@ class Builder:
                 started = time.monotonic()
                 self._extract_layer(layer, root, ignore,
                                     str(image.source) if image.source else "the base stage")
-                self.recorder.add("extract", time.monotonic() - started)
+                self.recorder.add("extract", time.monotonic() - started, {
+                    "kiln.layer.digest": layer.digest, "kiln.layer.compressed_bytes": layer.size})
                 log.debug("extracted %s in %.2fs", layer.digest, time.monotonic() - started)
         finally:
             downloads.close()  # now, not when the traceback is freed: cuts running downloads
@@ -730,7 +736,7 @@ def _build(options: BuildOptions) -> str:
     created_root = not options.in_place and not options.root.exists()
     options.root.mkdir(parents=True, exist_ok=True)
     ignore: IgnoreList | None = None
-    recorder = BuildRecorder()
+    recorder = BuildRecorder(trace=start_tracing())
     succeeded = False
     try:
         with _workspace(options) as workspace:
@@ -747,6 +753,8 @@ def _build(options: BuildOptions) -> str:
             ignore = IgnoreList.for_build(options.root, kiln_dir=workspace.kiln_dir,
                                           extra=extra, ignore_var_run=options.ignore_var_run)
             client = make_client(options)
+            if recorder.trace is not None:
+                client.transport.on_response = recorder.trace.count_request
             check_push_permissions(options, client)
             builder = Builder(options, plan, client, workspace, context, platform, ignore,
                               secrets=read_secrets(options.secrets),
@@ -762,8 +770,8 @@ def _build(options: BuildOptions) -> str:
             if builder.cache is not None:
                 image.blob_homes.update(builder.cache.homes)
             attestations = _attestations(options, builder, started)
-            with recorder.phase("push"):
-                digest = publish(image, options, client, attestations)
+            with recorder.phase("push", {"kiln.destinations": ", ".join(options.destinations)}):
+                digest = publish(image, options, client, attestations, recorder)
             succeeded = True
             return digest
     finally:

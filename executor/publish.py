@@ -37,6 +37,7 @@ from snapshot.errors import os_error_reason, storage_errors
 if TYPE_CHECKING:
     from executor.attest.attach import Attached
     from executor.attest.collect import Pending
+    from executor.report import BuildRecorder
 
 log = logging.getLogger("kiln")
 
@@ -138,7 +139,7 @@ def finalize(image: BuiltImage, image_format: str | None = None,
 
 
 def publish(image: BuiltImage, options: BuildOptions, client: RegistryClient,
-            attestations: Pending | None = None) -> str:
+            attestations: Pending | None = None, recorder: BuildRecorder | None = None) -> str:
     """Write every requested local output, then push to every destination; returns the digest.
 
     The local outputs come first, as in kaniko: a full disk or an unwritable path then fails
@@ -160,7 +161,7 @@ def publish(image: BuiltImage, options: BuildOptions, client: RegistryClient,
             push_image(client, ref if attached is None else _by_digest(ref, final.digest),
                        final, image.source, retries=options.push_retry,
                        ignore_immutable_tag=options.push_ignore_immutable_tag_errors,
-                       homes=image.blob_homes)
+                       homes=image.blob_homes, recorder=recorder)
             if attached is not None:
                 push_attached(client, ref, attached)
         _write_builder_output(destinations, _named_digest(final, attached))
@@ -336,7 +337,8 @@ def _write_attached_layout(path: Path, final: FinalImage, attached: Attached,
 def push_image(client: RegistryClient, ref: ImageRef, final: FinalImage,
                source: ImageRef | None, *, retries: int = 0,
                ignore_immutable_tag: bool = False,
-               homes: Mapping[str, ImageRef] | None = None) -> None:
+               homes: Mapping[str, ImageRef] | None = None,
+               recorder: BuildRecorder | None = None) -> None:
     """Blobs first (skipping what the registry has), the manifest last.
 
     A failed push is started again ``retries`` times (``--push-retry``), after 1 s, 2 s, 4 s...
@@ -355,6 +357,11 @@ def push_image(client: RegistryClient, ref: ImageRef, final: FinalImage,
                                             mount_from=(homes or {}).get(layer.digest, source))
                 log.info("%s", transfer_line("Pushed" if uploaded else "Existing", layer.digest,
                                              layer.size, time.monotonic() - started, uploaded))
+                if recorder is not None:
+                    recorder.span("push layer", time.monotonic() - started, {
+                        "kiln.layer.digest": layer.digest, "kiln.registry": ref.registry,
+                        "kiln.layer.compressed_bytes": layer.size,
+                        "kiln.bytes": layer.size if uploaded else 0})
             client.push_blob_bytes(ref, final.manifest.config, final.config_bytes)
             client.push_manifest(ref, final.manifest_bytes, final.manifest.media_type)
             break

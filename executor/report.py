@@ -20,6 +20,10 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # imported only when tracing is on (executor.tracing.start_tracing)
+    from executor.tracing import Attributes, BuildTrace
 
 log = logging.getLogger("kiln")
 
@@ -64,48 +68,103 @@ class BuildRecorder:
     succeeded: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _current: StepRecord | None = field(default=None, repr=False)
+    #: The OpenTelemetry trace these hooks also feed (``None``: tracing is off).
+    trace: BuildTrace | None = None
 
-    def add(self, phase: str, seconds: float) -> None:
+    def add(self, phase: str, seconds: float, span: Attributes | None = None) -> None:
+        """Add ``seconds`` to ``phase``; with ``span``, also a span of that work that just
+        ended (``<phase> layer``, from any thread) carrying those attributes."""
         with self._lock:
             self.phases[phase] += seconds
+        if self.trace is not None and span is not None:
+            self.trace.record(f"{phase} layer", seconds, span)
+
+    def span(self, name: str, seconds: float, attributes: Attributes) -> None:
+        """Work of the build's thread that just ended, for the trace only (its time is in the
+        open phase already), under the innermost open span."""
+        if self.trace is not None:
+            self.trace.record(name, seconds, attributes, innermost=True)
 
     @contextlib.contextmanager
-    def phase(self, name: str) -> Iterator[None]:
-        """Time the block into phase ``name``."""
-        started = time.monotonic()
-        try:
+    def phase(self, name: str, span: Attributes | None = None) -> Iterator[None]:
+        """Time the block into phase ``name`` (a span ``name`` with attributes ``span``)."""
+        with self._span(name, span):
+            started = time.monotonic()
+            try:
+                yield
+            finally:
+                self.add(name, time.monotonic() - started)
+
+    @contextlib.contextmanager
+    def stage(self, index: int, name: str) -> Iterator[None]:
+        """The build works on stage ``index`` meanwhile (only the trace needs to know)."""
+        with self._span(f"stage {name}", {"kiln.stage.index": index, "kiln.stage.name": name},
+                        stage=True):
             yield
-        finally:
-            self.add(name, time.monotonic() - started)
 
     @contextlib.contextmanager
     def step(self, stage: int, instruction: str, location: str) -> Iterator[StepRecord]:
         """Time one instruction; what it writes is attributed to it meanwhile."""
         record = StepRecord(stage, instruction, location)
-        self.steps.append(record)
-        self._current = record
-        started = time.monotonic()
-        try:
-            yield record
-        finally:
-            record.seconds = time.monotonic() - started
-            self._current = None
+        kind = instruction.split(None, 1)[0].upper() if instruction.strip() else "?"
+        attributes: dict[str, str | int] = {"kiln.instruction.kind": kind,
+                                            "kiln.instruction.location": location,
+                                            "kiln.stage.index": stage}
+        if self.trace is not None and self.trace.with_commands:
+            attributes["kiln.instruction.text"] = instruction
+        with self._span(f"{kind} {location}", attributes):
+            self.steps.append(record)
+            self._current = record
+            started = time.monotonic()
+            try:
+                yield record
+            finally:
+                record.seconds = time.monotonic() - started
+                self._current = None
 
-    def layer(self, compressed: int, uncompressed: int | None, files: int | None) -> None:
+    def layer(self, compressed: int, uncompressed: int | None, files: int | None,
+              digest: str | None = None) -> None:
         """The current step made a layer (a layer from the cache: sizes not known here)."""
         if self._current is not None:
             self._current.layer_compressed_bytes = compressed
             self._current.layer_uncompressed_bytes = uncompressed
             self._current.files_changed = files
+        if self.trace is not None:
+            attributes: dict[str, str | int] = {"kiln.layer.compressed_bytes": compressed}
+            if uncompressed is not None:
+                attributes["kiln.layer.uncompressed_bytes"] = uncompressed
+            if files is not None:
+                attributes["kiln.layer.files_changed"] = files
+            if digest is not None:
+                attributes["kiln.layer.digest"] = digest
+            self.trace.annotate(attributes)
 
     def cache(self, hit: bool) -> None:
         """The current step was looked up in the layer cache."""
         if self._current is not None:
             self._current.cache = "hit" if hit else "miss"
+        if self.trace is not None:
+            self.trace.annotate({"kiln.cache.hit": hit})
 
     def finish(self, succeeded: bool) -> None:
         self.total_seconds = time.monotonic() - self.started
         self.succeeded = succeeded
+        if self.trace is not None:
+            self.trace.finish(succeeded)
+
+    @contextlib.contextmanager
+    def _span(self, name: str, attributes: Attributes | None,
+              stage: bool = False) -> Iterator[None]:
+        if self.trace is None:
+            yield
+            return
+        span = self.trace.open(name, attributes, stage=stage)
+        try:
+            yield
+        except BaseException:
+            self.trace.close(span, failed=True)
+            raise
+        self.trace.close(span)
 
     # -- output ------------------------------------------------------------------------
 
@@ -155,6 +214,8 @@ class BuildRecorder:
         if (benchmark and benchmark != "false"
                 and _write(Path(benchmark), self.benchmark_json(), "BENCHMARK_FILE")):
             log.info("Benchmark file written at %s", benchmark)
+        if self.trace is not None:  # last: an endpoint that is down never delays the report
+            self.trace.flush()
 
 
 def peak_memory() -> dict[str, int]:

@@ -260,6 +260,8 @@ class Transport:
                  sleep: Callable[[float], None] = time.sleep, pool_size: int = 16) -> None:
         self.options = options or TransportOptions()
         self.sleep = sleep
+        #: Told the host of every response (the trace's request count per registry).
+        self.on_response: Callable[[str], None] | None = None
         self._pool_size = pool_size
         self._sessions: dict[TLSProfile, requests.Session] = {}
         #: The session for registries without certificates of their own.
@@ -275,8 +277,13 @@ class Transport:
                               max_retries=0)
         session.mount("https://", adapter)
         session.mount("http://", adapter)
+        session.hooks["response"].append(self._observe)
         self._sessions[profile] = session
         return session
+
+    def _observe(self, response: requests.Response, *args: object, **kwargs: object) -> None:
+        if self.on_response is not None:
+            self.on_response(urlsplit(response.url).netloc)
 
     def session_for(self, registry: str) -> requests.Session:
         """The pooled session whose TLS settings are ``registry``'s."""
