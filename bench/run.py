@@ -5,9 +5,10 @@ builds in a temporary directory and removes afterwards, and reports the median o
 timed runs. ``tiny``, ``files`` and ``bigfile`` build whole Dockerfiles with kiln and with
 buildah against a local registry (bench/builds.py), and ``files-cache`` builds ``files`` with
 ``--cache`` twice (cold, then warm from the cache); ``extract-*`` compare kiln, umoci and GNU
-tar (bench/extract.py). Push memory has its own script: ``python -m bench.push``. Add a
-scenario by writing a function ``(workdir, runs) -> list[Result]`` and listing it in
-``SCENARIOS``.
+tar (bench/extract.py); ``floors-debian`` sets the seed build's own phases (extract, snapshot,
+layer) beside their floors in CPU seconds (bench/floors.py). Push memory has its own script:
+``python -m bench.push``. Add a scenario by writing a function
+``(workdir, runs) -> list[Result]`` and listing it in ``SCENARIOS``.
 
 ``python -m bench.run --kaniko PATH`` compares whole builds instead: kiln, kaniko (the executor
 binary at PATH, run chrooted in a throwaway root, bench/kaniko.py) and buildah build the
@@ -165,6 +166,20 @@ def _extract_scenario(name: str) -> Callable[[Path, int], list[Result]]:
     return run
 
 
+def floors_debian(_workdir: Path, runs: int) -> list[Result]:
+    """The seed build's own phases against their floors, in CPU seconds (bench/floors.py):
+    ``seconds`` is CPU time here, and the tool is ``phase/tool``."""
+    from bench.extract import default_workdir
+    from bench.floors import measure_floors
+    from tests.support.images import debian_layer
+
+    samples: dict[str, list[tuple[float, float]]] = {}
+    measure_floors(debian_layer(), runs, default_workdir(),
+                   lambda phase, tool, cpu: samples.setdefault(f"{phase}/{tool}", []).append(
+                       (cpu, float("nan"))))
+    return _medians("floors-debian", samples)
+
+
 def files_cache(_workdir: Path, runs: int) -> list[Result]:
     """The ``files`` build with --cache, cold and warm (bench/builds.py)."""
     from bench.builds import Measurement, measure_cached_rebuild
@@ -188,6 +203,7 @@ SCENARIOS: dict[str, Callable[[Path, int], list[Result]]] = {
     "files-cache": files_cache,
     "extract-debian": _extract_scenario("extract-debian"),
     "extract-50k": _extract_scenario("extract-50k"),
+    "floors-debian": floors_debian,
 }
 
 
