@@ -10,17 +10,12 @@ exits; the answer is kept for the rest of the process.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import functools
 import os
 
+from executor.lifetime import libc
 from executor.pid1 import reaping_paused
-
-CLONE_NEWNS = 0x00020000
-CLONE_NEWNET = 0x40000000
-MS_REC = 0x4000
-MS_PRIVATE = 1 << 18
+from executor.sandbox import CLONE_NEWNET, CLONE_NEWNS, MS_PRIVATE, MS_REC
 
 
 def _try_in_child(flags: int, make_private: bool) -> bool:
@@ -31,10 +26,10 @@ def _try_in_child(flags: int, make_private: bool) -> bool:
         if pid == 0:  # pragma: no cover - runs in the child
             code = 1
             try:
-                libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-                ok = libc.unshare(flags) == 0
+                c = libc()  # the handle loaded once (find_library would run ldconfig here)
+                ok = c.unshare(flags) == 0
                 if ok and make_private:
-                    ok = libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None) == 0
+                    ok = c.mount(None, b"/", None, MS_REC | MS_PRIVATE, None) == 0
                 code = 0 if ok else 1
             finally:
                 os._exit(code)
