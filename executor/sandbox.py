@@ -130,16 +130,15 @@ class Sandbox:
     in_place: bool
     scratch: Path | None = None
 
-    def prepare(self) -> list[Path]:
-        """Create missing mount points in a sandbox root; returns those it created.
+    def prepare(self) -> None:
+        """Create missing mount points in a sandbox root.
 
         They stay after the command: runc makes them in the rootfs for BuildKit's RUN, so an
         image without ``/proc``, ``/dev`` or ``/sys`` (a ``FROM scratch`` stage) gains them, as
         empty root 0755 directories, in that RUN's layer.
         """
-        created: list[Path] = []
         if self.in_place:
-            return created
+            return
         for name in SANDBOX_MOUNTS:
             point = self.root / name
             if point.is_symlink() or (point.exists() and not point.is_dir()):
@@ -148,8 +147,6 @@ class Sandbox:
                                 f"/{name} there for RUN")
             if not point.exists():
                 point.mkdir(mode=0o755)
-                created.append(point)
-        return created
 
     def run(self, argv: Sequence[str], *, env: dict[str, str], cwd: str,
             identity: Identity, stdin: bytes | None = None, mounts: Sequence[Mount] = (),
