@@ -628,17 +628,10 @@ def _reads_unkeyed_files(state: StageState, inst: Instruction) -> bool:
 
 def clear_root(root: Path, ignore: IgnoreList, rel: str = "") -> None:
     """Remove everything under ``root`` that is not ignored (and keep ignored paths' parents)."""
-    directory = root / rel if rel else root
-    with os.scandir(directory) as entries:
-        children = list(entries)
-    for entry in children:
-        child = f"{rel}/{entry.name}" if rel else entry.name
-        if ignore.is_ignored(child):
-            continue
-        if entry.is_dir(follow_symlinks=False):
-            if any(p == child or p.startswith(child + "/") for p in ignore.paths):
-                clear_root(root, ignore, child)
-                continue
+    for entry, child, holds_ignored in stageroot.root_entries(root, ignore, rel):
+        if holds_ignored:
+            clear_root(root, ignore, child)
+        elif entry.is_dir(follow_symlinks=False):
             shutil.rmtree(entry.path)
         else:
             os.unlink(entry.path)

@@ -21,7 +21,7 @@ import os
 import posixpath
 import stat
 import tarfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -103,11 +103,11 @@ def _mtime_ns(member: tarfile.TarInfo) -> int:
     return int(member.mtime) * 1_000_000_000
 
 
-def move_root(root: Path, ignore: IgnoreList, target: Path, rel: str = "") -> None:
-    """Move everything :func:`executor.build.clear_root` would delete from ``root`` into
-    ``target`` (on the same filesystem): renamed whole, except directories holding an ignored
-    path, which are made anew in ``target`` with their owner, mode and times, and filled child
-    by child."""
+def root_entries(root: Path, ignore: IgnoreList,
+                 rel: str = "") -> Iterator[tuple[os.DirEntry[str], str, bool]]:
+    """The entries of ``root/rel`` that are not ignored, as (entry, path relative to ``root``,
+    whether it is a directory holding an ignored path): what a stage's root is cleared of, or
+    moved out of, the directories that hold an ignored path being walked into instead."""
     directory = root / rel if rel else root
     with os.scandir(directory) as entries:
         children = list(entries)
@@ -115,8 +115,18 @@ def move_root(root: Path, ignore: IgnoreList, target: Path, rel: str = "") -> No
         child = f"{rel}/{entry.name}" if rel else entry.name
         if ignore.is_ignored(child):
             continue
-        if entry.is_dir(follow_symlinks=False) and any(
-                p.startswith(child + "/") for p in ignore.paths):
+        holds_ignored = entry.is_dir(follow_symlinks=False) and any(
+            p.startswith(child + "/") for p in ignore.paths)
+        yield entry, child, holds_ignored
+
+
+def move_root(root: Path, ignore: IgnoreList, target: Path, rel: str = "") -> None:
+    """Move everything :func:`executor.build.clear_root` would delete from ``root`` into
+    ``target`` (on the same filesystem): renamed whole, except directories holding an ignored
+    path, which are made anew in ``target`` with their owner, mode and times, and filled child
+    by child."""
+    for entry, child, holds_ignored in root_entries(root, ignore, rel):
+        if holds_ignored:
             info = entry.stat(follow_symlinks=False)
             made = target / child
             made.mkdir()
