@@ -19,10 +19,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO, NamedTuple, cast
+from typing import TYPE_CHECKING, BinaryIO, NamedTuple, cast
 
 from executor import stageroot
-from executor.attest.collect import Pending
 from executor.basecache import BaseImageCache
 from executor.cache import (
     CachedLayer,
@@ -87,6 +86,9 @@ from snapshot.snapshot import (
     take_snapshot,
     wait_for_clock_tick,
 )
+
+if TYPE_CHECKING:  # the attestation modules load only for --attest (see _attestations)
+    from executor.attest.collect import Pending
 
 log = logging.getLogger("kiln")
 
