@@ -65,7 +65,7 @@ def _buildable_cases() -> list[tuple[Path, bytes]]:
 
 def _copy_context(case: Path, into: Path) -> None:
     shutil.copytree(case, into, symlinks=True,
-                    ignore=shutil.ignore_patterns("case.toml", "Dockerfile.buildah"))
+                    ignore=shutil.ignore_patterns("case.toml"))
 
 
 @pytest.mark.e2e
