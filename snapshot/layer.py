@@ -7,7 +7,9 @@ at a few buffers whatever the layer's size.
 
 Entries are what Docker and BuildKit write: relative names (``etc/passwd``, directories as
 ``etc/``), numeric owners with empty user and group names, the mode with its setuid, setgid and
-sticky bits, sub-second mtimes as PAX ``mtime`` records, xattrs (``security.capability``,
+sticky bits, mtimes cut to the whole second below them (as containerd's tar writer, which
+BuildKit uses, cuts them: no PAX ``mtime`` record but for a time a USTAR field cannot hold, and
+half the bytes for a small file), xattrs (``security.capability``,
 ``user.*``, ``trusted.*``) as ``SCHILY.xattr.*`` records, hard links within the layer as tar
 links to the first name written, device nodes and FIFOs; no entry for the root. Deletions are
 whiteouts (``dir/.wh.name``) and a re-created directory gets ``dir/.wh..wh..opq`` right after
@@ -351,11 +353,10 @@ def _header(name: bytes, mode: int, uid: int, gid: int, size: int, mtime_ns: int
             typeflag: bytes, linkname: bytes, devmajor: int, devminor: int,
             pax: dict[str, bytes]) -> bytes:
     """One entry's header blocks: a PAX extended header when needed, then the USTAR header."""
-    seconds, nanos = divmod(mtime_ns, 1_000_000_000)
-    if nanos or not 0 <= seconds < _MAX_OCTAL_11:
-        pax["mtime"] = _pax_time(mtime_ns).encode()
-        if not 0 <= seconds < _MAX_OCTAL_11:
-            seconds = 0
+    seconds = mtime_ns // 1_000_000_000  # floored, as Go's Time.Truncate(time.Second)
+    if not 0 <= seconds < _MAX_OCTAL_11:
+        pax["mtime"] = str(seconds).encode()
+        seconds = 0
     if len(name) > 100 or not name.isascii():
         pax["path"] = name
     if len(linkname) > 100 or not linkname.isascii():
@@ -410,14 +411,3 @@ def _pax_data(records: dict[str, bytes]) -> bytes:
             length += 1
         out.append(str(length).encode() + body)
     return b"".join(out)
-
-
-def _pax_time(ns: int) -> str:
-    """Go's ``formatPAXTime``: seconds, and a trimmed fraction when there is one."""
-    seconds, nanos = divmod(ns, 1_000_000_000)
-    if nanos == 0:
-        return str(seconds)
-    sign = ""
-    if seconds < 0:
-        sign, seconds, nanos = "-", -(seconds + 1), 1_000_000_000 - nanos
-    return f"{sign}{seconds}.{nanos:09d}".rstrip("0")

@@ -120,6 +120,14 @@ def test_fifo_device_and_capability_survive_in_the_tar(built) -> None:
     assert "SCHILY.xattr.security.capability" in step3["w/capbin"].pax_headers
 
 
+def test_mtimes_are_whole_seconds_without_pax_records_as_buildkit_writes_them(built) -> None:
+    _, layout = built
+    for members in layer_members(layout)[-3:]:
+        for member in members.values():
+            assert "mtime" not in member.pax_headers, member.name
+            assert member.mtime == int(member.mtime), member.name
+
+
 def test_umoci_unpacks_the_same_tree(built, tmp_path: Path) -> None:
     ref, _ = built
     rootfs = unpack_image(ref, tmp_path)
