@@ -162,8 +162,17 @@ def end_descendants() -> None:
 
     Repeated because a process may fork between the scan and its kill; the child it made is
     found by the next scan (as a subreaper's orphan, or below its killed parent).
+
+    A subreaper with no child left has no descendant either (every live descendant hangs from
+    a live chain that starts at one of its children, orphans being handed to it), so the
+    common end, a command that left nothing behind, costs one ``waitpid`` and no scan of
+    ``/proc``, which lists every process of the machine.
     """
     me = os.getpid()
+    try:
+        os.waitpid(-1, os.WNOHANG)
+    except ChildProcessError:
+        return
     while True:
         for pid in descendants(me):
             with contextlib.suppress(ProcessLookupError, PermissionError):
