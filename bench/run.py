@@ -322,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="timed runs per scenario, for the median (5; 3 with --kaniko)")
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     parser.add_argument("--scenario", action="append",
-                        choices=sorted({*SCENARIOS, "seed", "app"}),
+                        choices=sorted({*SCENARIOS, "seed", "app", "remote"}),
                         help="run only this scenario (repeatable)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--kaniko", type=Path, metavar="PATH",
@@ -332,12 +332,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="with --kaniko: leave buildah out (it is the slowest)")
     args = parser.parse_args(argv)
     if args.kaniko:
-        from bench.builds import COMPARED
+        from bench.builds import COMPARABLE, COMPARED
 
         chosen = args.scenario or list(COMPARED)
-        unknown = [name for name in chosen if name not in COMPARED]
+        unknown = [name for name in chosen if name not in COMPARABLE]
         if unknown:
-            parser.error(f"with --kaniko, --scenario is one of {', '.join(COMPARED)}")
+            parser.error(f"with --kaniko, --scenario is one of {', '.join(COMPARABLE)}")
         compare_builders(args.kaniko, chosen, args.runs or 3,
                          not args.no_buildah)
         return 0
