@@ -203,14 +203,70 @@ def end_descendants() -> None:
     me = os.getpid()
     while True:
         for pid in descendants(me):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
+            kill_if_below(pid, me)
         try:
             os.waitpid(-1, 0)
         except ChildProcessError:
             return
         except InterruptedError:
             continue
+
+
+def kill_if_below(pid: int, ancestor: int, proc: str = "/proc") -> None:
+    """SIGKILL the process ``pid`` if it is below ``ancestor`` in the process tree.
+
+    ``pid`` comes from a scan of the tree, and by the time of the kill that process may have
+    ended, been reaped by its own parent (a descendant too) and its number given to an
+    unrelated process. So the process is held by a pidfd first, which names that one
+    process and no later holder of its number, and the tree is read again: only a process
+    that is still below ``ancestor`` while held is signalled. (A direct child needs none of
+    this: its number stays its own until it is waited for.) Without pidfds (Linux before 5.3,
+    a seccomp profile that refuses them) it is signalled by number, as before.
+    """
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    except OSError:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+        return
+    try:
+        if _is_below(pid, ancestor, proc):
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    finally:
+        os.close(pidfd)
+
+
+def _is_below(pid: int, ancestor: int, proc: str) -> bool:
+    """Whether the chain of parents from ``pid``, read now, reaches ``ancestor``."""
+    for _ in range(4096):  # deeper than any real tree; a loop read mid-change ends here
+        parent = _parent(pid, proc)
+        if parent == ancestor:
+            return True
+        if parent is None or parent <= 1:
+            return False
+        pid = parent
+    return False
+
+
+def _parent(pid: int, proc: str) -> int | None:
+    fields = _stat_fields(pid, proc)
+    return int(fields[1]) if fields is not None and len(fields) >= 2 else None
+
+
+def _stat_fields(pid: int | str, proc: str) -> list[str] | None:
+    """The fields of ``/proc/PID/stat`` after the command name (state first); None when the
+    process is gone."""
+    try:
+        with open(f"{proc}/{pid}/stat", "rb") as f:
+            stat = f.read().decode(errors="replace")
+    except OSError:
+        return None
+    # The command name is in parentheses and may itself contain ") ".
+    return stat[stat.rfind(")") + 2:].split()
 
 
 def descendants(ancestor: int, proc: str = "/proc") -> list[int]:
@@ -245,14 +301,8 @@ def process_table(proc: str = "/proc") -> Iterator[tuple[int, int, str, int]]:
     for name in names:
         if not name.isdigit():
             continue
-        try:
-            with open(f"{proc}/{name}/stat", "rb") as f:
-                stat = f.read().decode(errors="replace")
-        except OSError:
-            continue
-        # The command name is in parentheses and may itself contain ") ".
-        fields = stat[stat.rfind(")") + 2:].split()
-        if len(fields) >= 3:
+        fields = _stat_fields(name, proc)
+        if fields is not None and len(fields) >= 3:
             yield int(name), int(fields[1]), fields[0], int(fields[2])
 
 

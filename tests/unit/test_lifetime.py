@@ -186,3 +186,27 @@ def test_a_stop_signal_while_a_command_starts_stops_it_before_the_build_goes_on(
     assert done.returncode == 0, done.stderr
     assert done.stdout == "0\n", "processes left when BuildInterrupted was raised"
     assert marked(tmp_path.name) == []
+
+
+def test_a_process_no_longer_below_the_keeper_is_not_killed() -> None:
+    # What a scanned pid names by the time of the kill when its process was reaped and the
+    # number reused: a process elsewhere in the tree. It must survive.
+    env = {"PATH": "/bin:/usr/bin"}
+    elsewhere = subprocess.Popen(["sleep", "30"], env=env)
+    keeper = subprocess.Popen(["sleep", "30"], env=env)
+    try:
+        lifetime.kill_if_below(elsewhere.pid, keeper.pid)
+        time.sleep(0.2)
+        assert elsewhere.poll() is None
+        lifetime.kill_if_below(elsewhere.pid, os.getpid())
+        assert elsewhere.wait(5) == -signal.SIGKILL
+    finally:
+        for proc in (elsewhere, keeper):
+            proc.kill()
+            proc.wait()
+
+
+def test_a_process_that_is_gone_is_no_error() -> None:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    lifetime.kill_if_below(proc.pid, os.getpid())
