@@ -30,13 +30,9 @@ import requests
 
 from executor.image.model import OCI_LAYER, OCI_MANIFEST, Descriptor, sha256_digest
 from executor.image.reference import ImageRef
-from executor.registry.client import (
-    Cancellation,
-    DownloadCancelled,
-    RegistryClient,
-    remove_stale_partials,
-)
+from executor.registry.client import Cancellation, DownloadCancelled, RegistryClient
 from executor.registry.transport import Transport, TransportOptions
+from executor.workspace import remove_stale_partials
 from tests.support.fault_proxy import Fault, FaultProxy
 from tests.support.kiln import ExecutorRun, run_spawning, write_context
 from tests.support.registry import Registry
@@ -172,7 +168,7 @@ def test_a_stale_partial_download_is_removed_but_a_live_one_is_kept(tmp_path: Pa
     blob.write_bytes(b"whole")
     with open(live, "rb") as held:
         fcntl.flock(held.fileno(), fcntl.LOCK_EX)
-        assert remove_stale_partials(tmp_path) == [stale]
+        assert remove_stale_partials(tmp_path, ("*.partial",)) == [stale]
     assert sorted(p.name for p in tmp_path.iterdir()) == [".abc.2.partial", "abc"]
 
 
