@@ -86,11 +86,11 @@ class Journal:
             step = self.steps[-1]
             try:
                 touched.extend(_undo(step))
+                self.steps.pop()
+                self._write()
             except OSError as exc:
                 raise PlacementError(f"RUN --mount: undoing the mount of {_target_of(step)}: "
                                      f"{exc.strerror or exc}") from None
-            self.steps.pop()
-            self._write()
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
         return touched
