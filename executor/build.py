@@ -63,17 +63,12 @@ from executor.publish import (
     publish,
     transfer_line,
 )
-from executor.registry.client import (
-    PARTIAL_SUFFIX,
-    Cancellation,
-    RegistryClient,
-    remove_stale_partials,
-)
+from executor.registry.client import PARTIAL_SUFFIX, Cancellation, RegistryClient
 from executor.registry.feed import DownloadFailed, DownloadFeed, DownloadRestarted, FollowingReader
 from executor.report import BuildRecorder
 from executor.sandbox import Sandbox
 from executor.tracing import start_tracing
-from executor.workspace import temporary_workspace
+from executor.workspace import remove_stale_partials, temporary_workspace
 from snapshot.compress import Compression, open_decompressed
 from snapshot.errors import CorruptLayerError, UnsafeLayerError
 from snapshot.extract import extract_layer

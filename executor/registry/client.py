@@ -14,8 +14,6 @@ what to advise when the registry still says no.
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import fnmatch
 import hashlib
 import json
 import logging
@@ -207,42 +205,6 @@ def _shut_down_socket(response: requests.Response) -> None:
     if sock is not None:
         with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_RDWR)
-
-
-def remove_stale_partials(directory: Path,
-                          patterns: tuple[str, ...] = (f"*{PARTIAL_SUFFIX}",)) -> list[Path]:
-    """Delete the unfinished files (``.partial`` downloads, or names matching ``patterns``)
-    that a build killed mid-way left in ``directory``.
-
-    Their writers hold an exclusive ``flock`` on them, which the kernel drops when the process
-    dies; a file whose lock can be taken is nobody's, a locked one is being written by another
-    build sharing the directory, and is left alone.
-    """
-    removed: list[Path] = []
-    try:
-        candidates = [p for p in directory.iterdir()
-                      if any(fnmatch.fnmatchcase(p.name, pattern) for pattern in patterns)]
-    except OSError:
-        return removed
-    for path in candidates:
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-        except OSError:
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            continue
-        try:
-            path.unlink(missing_ok=True)
-            removed.append(path)
-        finally:
-            os.close(fd)
-    if removed:
-        log.info("Removed %d unfinished file(s) a stopped build left in %s", len(removed),
-                 directory)
-    return removed
 
 
 class RegistryClient:
