@@ -4,7 +4,8 @@ In place, kiln is PID 1 of a pod's container: Docker's default capabilities, no 
 so no mount namespace and no mount. kiln then does what a mount would look like from inside:
 
 - the target's own content, if the image has something there, is renamed aside (into the kiln
-  dir, or beside the target when that is another filesystem) and renamed back afterwards, so it
+  dir, or, when that is another filesystem, to the top of the target's own filesystem, out of
+  reach of a command that removes the target's parents) and renamed back afterwards, so it
   comes back exactly: same inodes, bytes, owners, modes and times. It always comes back, as
   from under a mount: over whatever is at the target then, and into parent directories made
   again if the command removed them (under a mount it could not have);
@@ -16,7 +17,12 @@ so no mount namespace and no mount. kiln then does what a mount would look like 
 Every step is written to a journal in the kiln dir *before* it is taken, and the journal shrinks
 as steps are undone, so a build killed during a RUN and run again in the same container undoes
 what is left first (:func:`recover`): the cache goes back to its store, a secret never stays, and
-the image's own files return. Nothing of the mounts is ever in a snapshot, which is taken after.
+the image's own files return. Each step records the inode it placed or moved aside, and a
+later build undoes a step only where that very inode still is: a kiln dir on a kept volume
+outlives the container's root, and its journal must take nothing from the fresh root of a
+restarted container (a rename only ever moves within one filesystem, so an aside found with its
+recorded inode proves the filesystem is the one the journal was written for). Nothing of the
+mounts is ever in a snapshot, which is taken after.
 
 Weaker than a mount (the README says so): the content is really at the target while the command
 runs (another process of the same container sees it), and a read-only bind is a copy that root
@@ -68,24 +74,42 @@ class Placement:
 
 @dataclass
 class Journal:
-    """The undo steps of the placements in force, kept on disk in the kiln dir."""
+    """The undo steps of the placements in force, kept on disk in the kiln dir.
+
+    Each step names the inode it acts on (``ino``): what kiln moved aside, made or put in
+    place. A build that replays the journal of a killed one acts only on those very inodes,
+    so a journal that outlived its root (a kiln dir on a kept volume, a container restarted
+    with a fresh ``/``) takes nothing away from the root it finds instead.
+    """
 
     path: Path
     steps: list[dict[str, str | int]] = field(default_factory=list)
+    left_alone: list[str] = field(default_factory=list)
 
     def add(self, step: dict[str, str | int]) -> None:
         self.steps.append(step)
         self._write()
 
-    def undo_all(self) -> list[str]:
+    def settle(self, path: Path) -> None:
+        """Record the inode now at ``path`` as the one the last step placed there."""
+        self.steps[-1]["ino"] = os.lstat(path).st_ino
+        self._write()
+
+    def undo_all(self, *, verify: bool = False) -> list[str]:
         """Undo every step, last first; the journal shrinks as it goes. Returns the paths
         (relative to ``/``) whose stat the undoing moved without changing them. A step that
-        fails stays in the journal and raises PlacementError naming its target."""
+        fails stays in the journal and raises PlacementError naming its target.
+
+        ``verify`` (a journal another process wrote): a step whose path holds another inode
+        than the one it recorded is not undone; its path is added to ``left_alone``."""
         touched: list[str] = []
         while self.steps:
             step = self.steps[-1]
             try:
-                touched.extend(_undo(step))
+                if verify and not _still_placed(step):
+                    self.left_alone.append(_path_of(step))
+                else:
+                    touched.extend(_undo(step))
                 self.steps.pop()
                 self._write()
             except OSError as exc:
@@ -108,7 +132,9 @@ class Journal:
 def recover(kiln_dir: Path) -> bool:
     """Undo what a killed build left in place (secrets, caches, moved-aside files).
 
-    Returns True when there was something to undo.
+    Only what is still exactly what that build placed is undone (:meth:`Journal.undo_all`);
+    the rest of the journal is discarded with a warning that names it. Returns True when
+    there was a journal.
     """
     path = kiln_dir / JOURNAL
     try:
@@ -117,9 +143,33 @@ def recover(kiln_dir: Path) -> bool:
         return False
     except (OSError, ValueError) as exc:
         raise PlacementError(f"cannot read {path}: {exc}") from None
-    log.warning("Undoing the RUN --mount placements of an interrupted build (%s)", path)
-    Journal(path, list(steps)).undo_all()
+    journal = Journal(path, list(steps))
+    if any(os.path.lexists(_path_of(step)) and _still_placed(step) for step in journal.steps):
+        log.warning("Undoing the RUN --mount placements of an interrupted build (%s)", path)
+    journal.undo_all(verify=True)
+    if journal.left_alone:
+        shown = ", ".join(dict.fromkeys(journal.left_alone))
+        log.warning("Discarding RUN --mount journal %s: it was written for another root "
+                    "filesystem (a container restarted with its kiln dir kept?): what is at %s "
+                    "is not what that build placed there, so it was left alone", path, shown)
     return True
+
+
+def _path_of(step: dict[str, str | int]) -> str:
+    """The path a step's undoing acts on first: the one whose inode it recorded."""
+    return str(step["from"] if step["undo"] in ("move", "restore") else step["path"])
+
+
+def _still_placed(step: dict[str, str | int]) -> bool:
+    """Whether undoing ``step`` can only touch what kiln placed: its path is empty (undoing
+    is then a no-op), or holds the very inode the step recorded. A step without one (a
+    journal of an older kiln, or a build killed between writing the step and taking it)
+    cannot tell, and so acts on nothing that is there."""
+    try:
+        info = os.lstat(_path_of(step))
+    except FileNotFoundError:
+        return True
+    return "ino" in step and info.st_ino == step["ino"]
 
 
 @contextlib.contextmanager
@@ -170,27 +220,11 @@ def _place(root: Path, kiln_dir: Path, index: int, placement: Placement, journal
     holder = _existing_ancestor(point)
     info = os.lstat(holder)
     journal.add({"undo": "times", "path": str(holder), "atime": info.st_atime_ns,
-                 "mtime": info.st_mtime_ns, "target": target})
+                 "mtime": info.st_mtime_ns, "target": target, "ino": info.st_ino})
     settled.append(os.path.relpath(holder, root))
     if os.path.lexists(point):
-        aside = kiln_dir / "mounts" / f"aside-{index}"
-        _remove(aside)
-        journal.add({"undo": "restore", "from": str(aside), "to": str(point), "target": target})
-        try:
-            _rename(point, aside)
-        except OSError as exc:
-            if exc.errno not in (errno.EXDEV, errno.EBUSY):
-                raise _error(placement, exc) from None
-            if exc.errno == errno.EBUSY:
-                raise PlacementError(f"RUN --mount target {placement.target} is a mount point "
-                                     "of the container; kiln cannot move it aside") from None
-            # The target is on another filesystem than the kiln dir: hold it beside itself.
-            journal.steps.pop()
-            aside = point.parent / f".kiln-aside-{index}-{point.name}"
-            _remove(aside)
-            journal.add({"undo": "restore", "from": str(aside), "to": str(point),
-                         "target": target})
-            _rename(point, aside)
+        _move_aside(root, kiln_dir / "mounts" / f"aside-{index}", index, point, journal,
+                    placement, settled)
         settled.append(os.path.relpath(point, root))
     else:
         _make_parents(root, point, journal, target)
@@ -201,15 +235,56 @@ def _place(root: Path, kiln_dir: Path, index: int, placement: Placement, journal
     return point
 
 
+def _move_aside(root: Path, held: Path, index: int, point: Path, journal: Journal,
+                placement: Placement, settled: list[str]) -> None:
+    """Rename the image's own content at ``point`` out of the command's way, to ``held`` in
+    the kiln dir, or, when that is another filesystem (a pod's volume), to the highest
+    directory of ``point``'s own filesystem: the root's top, as a rule. Not beside the
+    target: a command that removes the target's parent (``rm -rf /var/cache``, which a real
+    mount would have stopped) would take the image's content with it."""
+    ino = os.lstat(point).st_ino
+    candidates = [held, *(directory / f".kiln-aside-{index}-{point.name}"
+                          for directory in reversed(point.parents)
+                          if directory.is_relative_to(root))]
+    for aside in candidates:
+        outside = aside.parent not in (held.parent, point.parent)
+        if outside:  # the holder's times are journaled already
+            info = os.lstat(aside.parent)
+            journal.add({"undo": "times", "path": str(aside.parent), "atime": info.st_atime_ns,
+                         "mtime": info.st_mtime_ns, "target": placement.target,
+                         "ino": info.st_ino})
+        _remove(aside)
+        journal.add({"undo": "restore", "from": str(aside), "to": str(point),
+                     "target": placement.target, "ino": ino})
+        try:
+            _rename(point, aside)
+        except OSError as exc:
+            if exc.errno == errno.EBUSY:
+                raise PlacementError(f"RUN --mount target {placement.target} is a mount point "
+                                     "of the container; kiln cannot move it aside") from None
+            if exc.errno != errno.EXDEV or aside.parent == point.parent:
+                raise _error(placement, exc) from None
+            del journal.steps[-2 if outside else -1:]  # another filesystem: one level down
+            continue
+        if outside:
+            settled.append(os.path.relpath(aside.parent, root))
+        return
+
+
 def _put(placement: Placement, point: Path, journal: Journal) -> None:
     target = placement.target
     if placement.how == "cache":
         assert placement.source is not None
         journal.add({"undo": "move", "from": str(point), "to": str(placement.source),
-                     "target": target})
+                     "target": target, "ino": os.lstat(placement.source).st_ino})
         _move(placement.source, point)
+        journal.settle(point)  # another inode if it had to be copied across filesystems
         return
-    journal.add({"undo": "remove", "path": str(point), "target": target})
+    step: dict[str, str | int] = {"undo": "remove", "path": str(point), "target": target}
+    if placement.how == "owned":
+        assert placement.source is not None
+        step["ino"] = os.lstat(placement.source).st_ino
+    journal.add(step)
     if placement.how == "empty":
         point.mkdir(mode=0o755)
         os.chmod(point, 0o1777)
@@ -219,6 +294,7 @@ def _put(placement: Placement, point: Path, journal: Journal) -> None:
     else:
         assert placement.source is not None
         copy_exact(placement.source, point)
+    journal.settle(point)
 
 
 def _existing_ancestor(point: Path) -> Path:
@@ -241,6 +317,7 @@ def _make_parents(root: Path, point: Path, journal: Journal, target: str) -> Non
         journal.add({"undo": "rmdir", "path": str(path), "target": target})
         path.mkdir(mode=0o755)
         os.chmod(path, 0o755)
+        journal.settle(path)
 
 
 def _undo(step: dict[str, str | int]) -> list[str]:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
 import signal
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import cast
@@ -34,6 +37,24 @@ def kiln(tmp_path: Path) -> Path:
     (kiln / "cache/c1").mkdir(parents=True)
     (kiln / "cache/c1/pkg.deb").write_text("cached\n")
     return kiln
+
+
+@pytest.fixture
+def kiln_elsewhere(tmp_path: Path) -> Iterator[Path]:
+    """A kiln dir on another filesystem than the root (a pod's volume): nothing renames
+    between the two, so caches and secrets are copied and the image's content is held in
+    the root itself."""
+    volume = Path(tempfile.mkdtemp(prefix="kiln-volume-", dir="/dev/shm"))
+    if os.stat(volume).st_dev == os.stat(tmp_path).st_dev:
+        shutil.rmtree(volume)
+        pytest.skip("/dev/shm is on the test's own filesystem")
+    (volume / "cache/c1").mkdir(parents=True)
+    (volume / "cache/c1/pkg.deb").write_text("cached\n")
+    yield volume
+    shutil.rmtree(volume)
+
+
+KILN_DIRS = ["kiln", "kiln_elsewhere"]
 
 
 def stat_of(path: Path) -> tuple[int, int, int, int]:
@@ -92,10 +113,13 @@ def test_writes_to_a_read_only_copy_are_discarded_and_reported(
     assert "RUN --mount target /ctx is read-only, but the command changed it" in caplog.text
 
 
+@pytest.mark.parametrize("kiln_dir", KILN_DIRS)
 def test_the_images_content_comes_back_when_the_command_removed_the_targets_parent(
-        root: Path, kiln: Path) -> None:
+        root: Path, kiln_dir: str, request: pytest.FixtureRequest) -> None:
     # Under a real mount the parent could not have gone (rm stops at the mount point) and
-    # the image's content stays under the mount: it must come back here too, never be lost.
+    # the image's content stays under the mount: it must come back here too, never be lost,
+    # also when it could not be held in the kiln dir (another filesystem).
+    kiln = request.getfixturevalue(kiln_dir)
     with placed(root, kiln, [Placement("/var/cache/apt", "empty")], []):
         shutil.rmtree(root / "var/cache")
     assert (root / "var/cache/apt/old.bin").read_text() == "from the image\n"
@@ -110,8 +134,10 @@ def test_a_failing_command_still_gets_everything_undone(root: Path, kiln: Path) 
     assert (kiln / "cache/c1/pkg.deb").exists()
 
 
+@pytest.mark.parametrize("kiln_dir", KILN_DIRS)
 def test_a_build_killed_during_the_command_is_undone_by_the_next_one(
-        root: Path, kiln: Path) -> None:
+        root: Path, kiln_dir: str, request: pytest.FixtureRequest) -> None:
+    kiln = request.getfixturevalue(kiln_dir)
     secret = kiln / "tmp/s"
     secret.parent.mkdir()
     secret.write_text("s3cr3t")
@@ -131,14 +157,60 @@ def test_a_build_killed_during_the_command_is_undone_by_the_next_one(
     assert not recover(kiln)
 
 
+def test_a_journal_kept_across_a_container_restart_leaves_the_fresh_root_alone(
+        root: Path, kiln_elsewhere: Path, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    # The kiln dir is a kept volume; the build is killed during a RUN, the container
+    # restarts with a fresh / from the executor image, which has its own files at the
+    # targets. The journal speaks of the old root: it must take nothing from the new one.
+    kiln = kiln_elsewhere
+    secret = kiln / "tmp/s"
+    secret.parent.mkdir()
+    secret.write_text("s3cr3t")
+    pid = os.fork()
+    if pid == 0:  # the killed build: no finally runs after os._exit
+        with placed(root, kiln, [Placement("/var/cache/apt", "cache", kiln / "cache/c1"),
+                                 Placement("/run/secrets/tok", "owned", secret)], []):
+            os._exit(0)
+    os.waitpid(pid, 0)
+    root.rename(tmp_path / "old-root")  # the dead container's /, not yet collected
+    (root / "var/cache/apt").mkdir(parents=True)
+    (root / "var/cache/apt/fresh.bin").write_text("the new container's\n")
+    (root / "run/secrets").mkdir(parents=True)
+    (root / "run/secrets/tok").write_text("the new container's\n")
+    with caplog.at_level(logging.WARNING, logger="kiln"):
+        assert recover(kiln)
+    assert (root / "var/cache/apt/fresh.bin").read_text() == "the new container's\n"
+    assert (root / "run/secrets/tok").read_text() == "the new container's\n"
+    assert not (kiln / "cache/c1").exists()  # nothing of the new root taken as the cache
+    assert not (kiln / JOURNAL).exists()
+    assert (f"Discarding RUN --mount journal {kiln / JOURNAL}: it was written for another "
+            "root filesystem") in caplog.text
+    assert f"{root}/run/secrets/tok" in caplog.text
+    assert "Undoing" not in caplog.text
+
+
+def test_a_journal_step_without_the_placed_inode_takes_nothing_away(
+        root: Path, kiln: Path) -> None:
+    # A journal of an older kiln (or a build killed between writing a step and taking it)
+    # cannot say that what is at a path is what it placed: it is left there.
+    (kiln / JOURNAL).parent.mkdir(parents=True)
+    (kiln / JOURNAL).write_text(json.dumps([
+        {"undo": "remove", "path": str(root / "var/cache/apt"), "target": "/var/cache/apt"}]))
+    assert recover(kiln)
+    assert (root / "var/cache/apt/old.bin").read_text() == "from the image\n"
+    assert not (kiln / JOURNAL).exists()
+
+
 def test_a_target_inside_the_kiln_dir_is_refused(tmp_path: Path, kiln: Path) -> None:
     with pytest.raises(PlacementError, match="is inside kiln's own directory"), \
             placed(tmp_path, kiln, [Placement("/kaniko/cache", "empty")], []):
         pass
 
 
-def test_a_directory_moved_aside_and_back_is_no_change_for_the_layer(root: Path,
-                                                                     kiln: Path) -> None:
+@pytest.mark.parametrize("kiln_dir", KILN_DIRS)
+def test_a_directory_moved_aside_and_back_is_no_change_for_the_layer(
+        root: Path, kiln_dir: str, request: pytest.FixtureRequest) -> None:
     from snapshot.ignore import IgnoreList
     from snapshot.snapshot import diff_snapshots, settle_ctimes, take_snapshot, wait_for_clock_tick
 
@@ -146,6 +218,7 @@ def test_a_directory_moved_aside_and_back_is_no_change_for_the_layer(root: Path,
     before = take_snapshot(root, ignore, workers=1)
     wait_for_clock_tick(before)
     settled: list[str] = []
+    kiln = request.getfixturevalue(kiln_dir)
     with placed(root, kiln, [Placement("/var/cache/apt", "cache", kiln / "cache/c1")], settled):
         pass
     after = take_snapshot(root, ignore, workers=1)
