@@ -21,7 +21,9 @@ the image's own files return. Each step records the inode it placed or moved asi
 later build undoes a step only where that very inode still is: a kiln dir on a kept volume
 outlives the container's root, and its journal must take nothing from the fresh root of a
 restarted container (a rename only ever moves within one filesystem, so an aside found with its
-recorded inode proves the filesystem is the one the journal was written for). Nothing of the
+recorded inode proves the filesystem is the one the journal was written for). What kiln makes
+at a target is made under a name of its own and renamed there once journaled with its inode,
+so a build killed at any point leaves nothing the journal cannot account for. Nothing of the
 mounts is ever in a snapshot, which is taken after.
 
 Weaker than a mount (the README says so): the content is really at the target while the command
@@ -36,9 +38,10 @@ import errno
 import json
 import logging
 import os
+import secrets
 import shutil
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,11 +91,6 @@ class Journal:
 
     def add(self, step: dict[str, str | int]) -> None:
         self.steps.append(step)
-        self._write()
-
-    def settle(self, path: Path) -> None:
-        """Record the inode now at ``path`` as the one the last step placed there."""
-        self.steps[-1]["ino"] = os.lstat(path).st_ino
         self._write()
 
     def undo_all(self, *, verify: bool = False) -> list[str]:
@@ -162,9 +160,11 @@ def _path_of(step: dict[str, str | int]) -> str:
 
 def _still_placed(step: dict[str, str | int]) -> bool:
     """Whether undoing ``step`` can only touch what kiln placed: its path is empty (undoing
-    is then a no-op), or holds the very inode the step recorded. A step without one (a
-    journal of an older kiln, or a build killed between writing the step and taking it)
+    is then a no-op), holds the very inode the step recorded, or has a name of that build's
+    own (:func:`_made_in_place`). A step without an inode (a journal of an older kiln)
     cannot tell, and so acts on nothing that is there."""
+    if step.get("unique"):
+        return True
     try:
         info = os.lstat(_path_of(step))
     except FileNotFoundError:
@@ -273,28 +273,52 @@ def _move_aside(root: Path, held: Path, index: int, point: Path, journal: Journa
 
 def _put(placement: Placement, point: Path, journal: Journal) -> None:
     target = placement.target
-    if placement.how == "cache":
-        assert placement.source is not None
-        journal.add({"undo": "move", "from": str(point), "to": str(placement.source),
-                     "target": target, "ino": os.lstat(placement.source).st_ino})
-        _move(placement.source, point)
-        journal.settle(point)  # another inode if it had to be copied across filesystems
-        return
-    step: dict[str, str | int] = {"undo": "remove", "path": str(point), "target": target}
-    if placement.how == "owned":
-        assert placement.source is not None
-        step["ino"] = os.lstat(placement.source).st_ino
-    journal.add(step)
     if placement.how == "empty":
-        point.mkdir(mode=0o755)
-        os.chmod(point, 0o1777)
-    elif placement.how == "owned":
-        assert placement.source is not None
-        _move(placement.source, point)
-    else:
-        assert placement.source is not None
-        copy_exact(placement.source, point)
-    journal.settle(point)
+        _made_in_place(point, journal, {"undo": "remove", "path": str(point), "target": target},
+                       _make_tmpfs)
+        return
+    assert placement.source is not None
+    source = placement.source
+    if placement.how == "copy":
+        _made_in_place(point, journal, {"undo": "remove", "path": str(point), "target": target},
+                       lambda made: copy_exact(source, made))
+        return
+    step: dict[str, str | int] = (
+        {"undo": "move", "from": str(point), "to": str(source), "target": target}
+        if placement.how == "cache" else {"undo": "remove", "path": str(point), "target": target})
+    journal.add({**step, "ino": os.lstat(source).st_ino})  # a rename keeps the inode
+    try:
+        os.rename(source, point)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        journal.steps.pop()  # the kiln dir is another filesystem: a copy, a new inode
+        _made_in_place(point, journal, step, lambda made: copy_exact(source, made))
+        _remove(source)
+
+
+def _made_in_place(point: Path, journal: Journal, step: dict[str, str | int],
+                   make: Callable[[Path], None]) -> None:
+    """Make ``point`` by ``make`` under a name of this build's own beside it, and rename it
+    into place once ``step`` (its undoing) is journaled with its inode: so nothing is ever at
+    ``point`` that the journal cannot prove kiln put there. The name's own step removes a
+    half-made copy of a killed build; no other build or image can have that name."""
+    made = point.parent / f".kiln-placing-{secrets.token_hex(8)}"
+    journal.add({"undo": "remove", "path": str(made), "target": str(step["target"]),
+                 "unique": 1})
+    make(made)
+    journal.add({**step, "ino": os.lstat(made).st_ino})
+    os.rename(made, point)
+
+
+def _make_tmpfs(path: Path) -> None:
+    path.mkdir(mode=0o755)
+    os.chmod(path, 0o1777)
+
+
+def _make_dir(path: Path) -> None:
+    path.mkdir(mode=0o755)
+    os.chmod(path, 0o755)
 
 
 def _existing_ancestor(point: Path) -> Path:
@@ -314,10 +338,8 @@ def _make_parents(root: Path, point: Path, journal: Journal, target: str) -> Non
         raise PlacementError(f"RUN --mount target /{point.relative_to(root)}: "
                              f"/{probe.relative_to(root)} is not a directory")
     for path in reversed(missing):
-        journal.add({"undo": "rmdir", "path": str(path), "target": target})
-        path.mkdir(mode=0o755)
-        os.chmod(path, 0o755)
-        journal.settle(path)
+        _made_in_place(path, journal, {"undo": "rmdir", "path": str(path), "target": target},
+                       _make_dir)
 
 
 def _undo(step: dict[str, str | int]) -> list[str]:

@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -188,6 +189,28 @@ def test_a_journal_kept_across_a_container_restart_leaves_the_fresh_root_alone(
             "root filesystem") in caplog.text
     assert f"{root}/run/secrets/tok" in caplog.text
     assert "Undoing" not in caplog.text
+
+
+def test_a_build_killed_while_copying_a_bind_into_place_leaves_nothing_of_it(
+        root: Path, kiln: Path, tmp_path: Path) -> None:
+    # The copy is made under a name of the build's own and renamed to the target once its
+    # inode is journaled: a half-made copy is found and removed, never left at the target.
+    source = tmp_path / "context"
+    source.mkdir()
+    for number in range(3000):
+        (source / f"f{number}").write_text("x")
+    pid = os.fork()
+    if pid == 0:
+        with placed(root, kiln, [Placement("/ctx", "copy", source)], []):
+            os._exit(0)
+    deadline = time.monotonic() + 30
+    while not any(name == "ctx" or name.startswith(".kiln-placing-")
+                  for name in os.listdir(root)) and time.monotonic() < deadline:
+        time.sleep(0.001)
+    os.kill(pid, signal.SIGKILL)  # as an OOM kill would, mid-copy
+    os.waitpid(pid, 0)
+    assert recover(kiln)
+    assert sorted(os.listdir(root)) == ["var"]
 
 
 def test_a_journal_step_without_the_placed_inode_takes_nothing_away(
