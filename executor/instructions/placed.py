@@ -141,7 +141,7 @@ def recover(kiln_dir: Path) -> bool:
         return False
     except (OSError, ValueError) as exc:
         raise PlacementError(f"cannot read {path}: {exc}") from None
-    journal = Journal(path, list(steps))
+    journal = Journal(path, _checked_steps(path, steps))
     if any(os.path.lexists(_path_of(step)) and _still_placed(step) for step in journal.steps):
         log.warning("Undoing the RUN --mount placements of an interrupted build (%s)", path)
     journal.undo_all(verify=True)
@@ -151,6 +151,19 @@ def recover(kiln_dir: Path) -> bool:
                     "filesystem (a container restarted with its kiln dir kept?): what is at %s "
                     "is not what that build placed there, so it was left alone", path, shown)
     return True
+
+
+_KEYS = {"remove": ("path",), "rmdir": ("path",), "times": ("path", "atime", "mtime"),
+         "move": ("from", "to"), "restore": ("from", "to")}
+
+
+def _checked_steps(path: Path, steps: object) -> list[dict[str, str | int]]:
+    """The steps of a journal read from disk, each with what its undoing needs."""
+    if not isinstance(steps, list) or not all(
+            isinstance(step, dict) and step.get("undo") in _KEYS
+            and all(key in step for key in _KEYS[step["undo"]]) for step in steps):
+        raise PlacementError(f"cannot read {path}: not a journal of RUN --mount steps")
+    return steps
 
 
 def _path_of(step: dict[str, str | int]) -> str:

@@ -225,6 +225,15 @@ def test_a_journal_step_without_the_placed_inode_takes_nothing_away(
     assert not (kiln / JOURNAL).exists()
 
 
+@pytest.mark.parametrize("text", ['{"undo": "remove"}', '[{"undo": "remove"}]', '["x"]',
+                                  '[{"undo": "unlink", "path": "/x"}]'])
+def test_a_journal_of_the_wrong_shape_is_a_one_line_error(kiln: Path, text: str) -> None:
+    (kiln / JOURNAL).parent.mkdir(parents=True)
+    (kiln / JOURNAL).write_text(text)
+    with pytest.raises(PlacementError, match=f"cannot read {kiln / JOURNAL}: not a journal"):
+        recover(kiln)
+
+
 def test_a_target_inside_the_kiln_dir_is_refused(tmp_path: Path, kiln: Path) -> None:
     with pytest.raises(PlacementError, match="is inside kiln's own directory"), \
             placed(tmp_path, kiln, [Placement("/kaniko/cache", "empty")], []):
