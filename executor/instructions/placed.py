@@ -99,13 +99,13 @@ class Journal:
         fails stays in the journal and raises PlacementError naming its target.
 
         ``verify`` (a journal another process wrote): a step whose path holds another inode
-        than the one it recorded is not undone; its path is added to ``left_alone``."""
+        than the one it recorded is not undone; its target is added to ``left_alone``."""
         touched: list[str] = []
         while self.steps:
             step = self.steps[-1]
             try:
                 if verify and not _still_placed(step):
-                    self.left_alone.append(_path_of(step))
+                    self.left_alone.append(_target_of(step))
                 else:
                     touched.extend(_undo(step))
                 self.steps.pop()
@@ -147,9 +147,10 @@ def recover(kiln_dir: Path) -> bool:
     journal.undo_all(verify=True)
     if journal.left_alone:
         shown = ", ".join(dict.fromkeys(journal.left_alone))
-        log.warning("Discarding RUN --mount journal %s: it was written for another root "
-                    "filesystem (a container restarted with its kiln dir kept?): what is at %s "
-                    "is not what that build placed there, so it was left alone", path, shown)
+        log.warning("Discarding RUN --mount journal %s for %s: what is there is not what the "
+                    "interrupted build placed (the journal was written for another root "
+                    "filesystem, as after a container restart with a kept kiln dir, or the "
+                    "command replaced it); left alone", path, shown)
     return True
 
 

@@ -319,8 +319,10 @@ def test_a_journal_kept_across_a_container_restart_takes_nothing_from_the_fresh_
         restarted: Restarted) -> None:
     # Replayed, the dead build's cache step would have taken the new container's
     # /var/cache/app into the cache store, and its secret step removed /run/secrets/token.
-    assert ("Discarding RUN --mount journal /kaniko/mounts/journal.json: it was written for "
-            "another root filesystem") in restarted.result.stderr
+    assert ("Discarding RUN --mount journal /kaniko/mounts/journal.json for "
+            "/run/secrets/token, /var/cache/app: what is there is not what the interrupted "
+            "build placed (the journal was written for another root filesystem"
+            ) in restarted.result.stderr
     assert "Undoing the RUN --mount placements" not in restarted.result.stderr
     assert restarted.files["cache.txt"] == ""  # a fresh cache: nothing of the job's files
 

@@ -185,9 +185,9 @@ def test_a_journal_kept_across_a_container_restart_leaves_the_fresh_root_alone(
     assert (root / "run/secrets/tok").read_text() == "the new container's\n"
     assert not (kiln / "cache/c1").exists()  # nothing of the new root taken as the cache
     assert not (kiln / JOURNAL).exists()
-    assert (f"Discarding RUN --mount journal {kiln / JOURNAL}: it was written for another "
-            "root filesystem") in caplog.text
-    assert f"{root}/run/secrets/tok" in caplog.text
+    assert (f"Discarding RUN --mount journal {kiln / JOURNAL} for /run/secrets/tok, "
+            "/var/cache/apt: what is there is not what the interrupted build placed (the "
+            "journal was written for another root filesystem") in caplog.text
     assert "Undoing" not in caplog.text
 
 
