@@ -9,8 +9,9 @@ so no mount namespace and no mount. kiln then does what a mount would look like 
   comes back exactly: same inodes, bytes, owners, modes and times. It always comes back, as
   from under a mount: over whatever is at the target then, and into parent directories made
   again if the command removed them (under a mount it could not have);
-- a cache directory is renamed into place and back (the kiln dir is on the root filesystem, so a
-  rename: no copy, whatever the cache's size); a bind's source is copied into place and the copy
+- a cache directory is renamed into place and back (when the kiln dir is on the root's
+  filesystem: no copy, whatever the cache's size; copied when it is a volume); a bind's source
+  is copied into place and the copy
   removed; a secret is written as a file and removed; a tmpfs is an empty directory, removed;
 - mount points it had to create are removed again, and their parent's times restored.
 
