@@ -414,13 +414,22 @@ def _rename(source: Path, dest: Path) -> None:
 
 
 def _move(source: Path, dest: Path) -> None:
-    """Rename; across filesystems, copy exactly and remove the source."""
+    """Rename; across filesystems, copy exactly under a name of its own beside ``dest``,
+    rename that to ``dest`` and remove the source: ``dest`` is never half a copy (a cache
+    going back to its store on a volume, when the build is killed during the copy)."""
     try:
         os.rename(source, dest)
     except OSError as exc:
         if exc.errno != errno.EXDEV:
             raise
-        copy_exact(source, dest)
+        partial = dest.parent / f".kiln-partial-{dest.name}"  # a killed build's goes now
+        _remove(partial)
+        try:
+            copy_exact(source, partial)
+        except BaseException:
+            _remove(partial)
+            raise
+        os.rename(partial, dest)
         _remove(source)
 
 

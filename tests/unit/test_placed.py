@@ -213,6 +213,31 @@ def test_a_build_killed_while_copying_a_bind_into_place_leaves_nothing_of_it(
     assert sorted(os.listdir(root)) == ["var"]
 
 
+def test_a_build_killed_while_returning_a_cache_to_a_volume_leaves_the_cache_whole(
+        root: Path, kiln_elsewhere: Path) -> None:
+    # From another filesystem the cache is copied back: into a name of its own, renamed to
+    # the store when complete, so a store that exists is never half a copy (the next build
+    # would keep it and drop the placed cache as the one a newer build had made again).
+    kiln = kiln_elsewhere
+    pid = os.fork()
+    if pid == 0:
+        with placed(root, kiln, [Placement("/var/cache/apt", "cache", kiln / "cache/c1")], []):
+            for number in range(3000):
+                (root / f"var/cache/apt/f{number}").write_text("x")
+        os._exit(0)
+    deadline = time.monotonic() + 30
+    while os.listdir(kiln / "cache") and time.monotonic() < deadline:
+        time.sleep(0.001)  # until the cache is in place
+    while not os.listdir(kiln / "cache") and time.monotonic() < deadline:
+        time.sleep(0.001)  # until it starts to come back
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    recover(kiln)
+    assert len(os.listdir(kiln / "cache/c1")) == 3001
+    assert os.listdir(kiln / "cache") == ["c1"]  # no half copy left beside it
+    assert sorted(os.listdir(root / "var/cache/apt")) == ["old.bin"]
+
+
 def test_a_journal_step_without_the_placed_inode_takes_nothing_away(
         root: Path, kiln: Path) -> None:
     # A journal of an older kiln (or a build killed between writing a step and taking it)
