@@ -169,10 +169,13 @@ def test_a_journal_kept_across_a_container_restart_leaves_the_fresh_root_alone(
     secret.parent.mkdir()
     secret.write_text("s3cr3t")
     pid = os.fork()
-    if pid == 0:  # the killed build: no finally runs after os._exit
-        with placed(root, kiln, [Placement("/var/cache/apt", "cache", kiln / "cache/c1"),
-                                 Placement("/run/secrets/tok", "owned", secret)], []):
-            os._exit(0)
+    if pid == 0:  # the killed build: no finally of placed() runs after os._exit
+        try:
+            with placed(root, kiln, [Placement("/var/cache/apt", "cache", kiln / "cache/c1"),
+                                     Placement("/run/secrets/tok", "owned", secret)], []):
+                os._exit(0)
+        finally:
+            os._exit(1)
     os.waitpid(pid, 0)
     root.rename(tmp_path / "old-root")  # the dead container's /, not yet collected
     (root / "var/cache/apt").mkdir(parents=True)
@@ -201,8 +204,11 @@ def test_a_build_killed_while_copying_a_bind_into_place_leaves_nothing_of_it(
         (source / f"f{number}").write_text("x")
     pid = os.fork()
     if pid == 0:
-        with placed(root, kiln, [Placement("/ctx", "copy", source)], []):
-            os._exit(0)
+        try:
+            with placed(root, kiln, [Placement("/ctx", "copy", source)], []):
+                os._exit(0)
+        finally:
+            os._exit(1)
     deadline = time.monotonic() + 30
     while not any(name == "ctx" or name.startswith(".kiln-placing-")
                   for name in os.listdir(root)) and time.monotonic() < deadline:
@@ -221,10 +227,13 @@ def test_a_build_killed_while_returning_a_cache_to_a_volume_leaves_the_cache_who
     kiln = kiln_elsewhere
     pid = os.fork()
     if pid == 0:
-        with placed(root, kiln, [Placement("/var/cache/apt", "cache", kiln / "cache/c1")], []):
-            for number in range(3000):
-                (root / f"var/cache/apt/f{number}").write_text("x")
-        os._exit(0)
+        try:
+            with placed(root, kiln, [Placement("/var/cache/apt", "cache", kiln / "cache/c1")],
+                        []):
+                for number in range(3000):
+                    (root / f"var/cache/apt/f{number}").write_text("x")
+        finally:
+            os._exit(0)
     deadline = time.monotonic() + 30
     while os.listdir(kiln / "cache") and time.monotonic() < deadline:
         time.sleep(0.001)  # until the cache is in place
