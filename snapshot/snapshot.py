@@ -650,7 +650,9 @@ def take_partial_snapshot(root: Path, ignore: IgnoreList, previous: Snapshot,
       link count. Each is stat'ed again; one that is no longer the directory ``previous``
       knew (just created, or replaced) is walked as a whole, as if it had been named;
     - in the other names of a file with several hard links that the step replaced, removed
-      or linked again: their link count and ctime moved. Each is stat'ed again.
+      or linked again: their link count and ctime moved. Each is stat'ed again. (A link the
+      step made to a file elsewhere and removed again would move that file's ctime unseen:
+      COPY and ADD link only what they wrote themselves.)
 
     The result is what :func:`take_snapshot` would give, entry for entry. None where that
     cannot be vouched for and a full walk must be taken instead: the root itself touched, a
@@ -706,12 +708,15 @@ def _walk_roots(root_str: str, ignore: IgnoreList, before: dict[str, FileEntry],
     A directory above a touched path that is not the one ``before`` held (created by the
     step, or put in the place of something else) becomes the path walked: all it holds is new.
     """
-    ancestors: dict[str, FileEntry] = {}
-    walk: set[str] = set()
+    named: set[str] = set()
     for raw in touched:
         rel = posixpath.normpath("/" + raw).strip("/")
         if not rel:
             return None  # the whole root: nothing to save
+        named.add(rel)
+    ancestors: dict[str, FileEntry] = {}
+    walk: set[str] = set()
+    for rel in _top_most(named):  # what a step wrote below a path it wrote is in that path
         parts = rel.split("/")
         chosen = rel
         for depth in range(1, len(parts)):
@@ -728,14 +733,19 @@ def _walk_roots(root_str: str, ignore: IgnoreList, before: dict[str, FileEntry],
                 chosen = above
                 break
         walk.add(chosen)
-    ordered = sorted(walk, key=layer_order)
-    top: list[str] = []
-    for rel in ordered:  # a path's descendants follow it in layer order
-        if not top or not rel.startswith(top[-1] + "/"):
-            top.append(rel)
+    top = _top_most(walk)
     kept = set(top)
     return top, {rel: entry for rel, entry in ancestors.items()
                  if rel not in kept and not _is_below_any(rel, kept)}
+
+
+def _top_most(paths: set[str]) -> list[str]:
+    """``paths`` without those below another of them, in layer order."""
+    top: list[str] = []
+    for rel in sorted(paths, key=layer_order):  # a path's descendants follow it
+        if not top or not rel.startswith(top[-1] + "/"):
+            top.append(rel)
+    return top
 
 
 def _is_below_any(rel: str, paths: set[str]) -> bool:

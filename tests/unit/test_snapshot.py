@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 import time
@@ -675,3 +676,71 @@ def test_partial_snapshot_gives_up_below_a_symlink(tree: Path) -> None:
     (tree / "lib").symlink_to("usr/lib")
     partial, _, _ = partial_and_full(tree, lambda: make_tree(tree, ["usr/lib/x"]), ["lib/x"])
     assert partial is None
+
+
+def _real_directories(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*")
+                  if p.is_dir() and not p.is_symlink()
+                  and not any(q.is_symlink() for q in p.relative_to(root).parents
+                              if str(q) != "." and (root / q).is_symlink()))
+
+
+def _random_write(root: Path, rng: random.Random, written: list[str]) -> str:
+    """One thing a COPY or ADD may do, somewhere below real directories; the path it names.
+
+    Hard links go to files the step wrote before (``written``), as COPY and ADD only link
+    what they copied or extracted."""
+    base = rng.choice(["", *_real_directories(root)])
+    rel = f"{base}/{rng.choice('abcde')}".lstrip("/")
+    if rng.random() < 0.3:
+        rel += f"/{rng.choice('xyz')}/{rng.choice('pq')}"  # new parents on the way
+    path = root / rel
+    if not all(not os.path.lexists(root / q) or ((root / q).is_dir()
+                                                  and not (root / q).is_symlink())
+               for q in Path(rel).parents if str(q) != "."):
+        return _random_write(root, rng, written) if rng.random() < 0.9 else ""
+    if os.path.lexists(path):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    kind = rng.choice(["file", "dir", "link", "hardlink"])
+    if kind == "file":
+        path.write_text(rel)
+    elif kind == "dir":
+        make_tree(path, ["f", "g/h"])
+    elif kind == "link":
+        path.symlink_to(rng.choice(["/etc", "../x", "nowhere"]))
+    else:
+        files = [p for w in written for p in [root / w, *(root / w).rglob("*")]
+                 if p.is_file() and not p.is_symlink()]
+        if files:
+            os.link(rng.choice(files), path)
+        else:
+            path.write_text("x")
+    return rel
+
+
+@pytest.mark.parametrize("seed", range(25))
+def test_partial_snapshot_equals_the_full_walk_after_random_copies(tmp_path: Path,
+                                                                   seed: int) -> None:
+    rng = random.Random(seed)
+    root = tmp_path / "root"
+    make_tree(root, ["etc/passwd", "usr/bin/sh", "usr/lib/a/b", "var/log/"])
+    os.link(root / "usr/bin/sh", root / "usr/bin/ash")
+    (root / "lib").symlink_to("usr/lib")
+    ignore = IgnoreList(root=root, paths=NO_IGNORE)
+    before = take_snapshot(root, ignore)
+    for _ in range(4):  # steps in a row, each from the partial snapshot of the one before
+        wait_for_clock_tick(before)
+        written: list[str] = []
+        for _ in range(rng.randint(1, 4)):
+            if rel := _random_write(root, rng, written):
+                written.append(rel)
+        partial = take_partial_snapshot(root, ignore, before, written)
+        full = take_snapshot(root, ignore)
+        assert partial is not None
+        assert partial.entries == full.entries
+        assert diff_snapshots(before, partial) == diff_snapshots(before, full)
+        before = partial
