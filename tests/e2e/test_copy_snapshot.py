@@ -45,6 +45,8 @@ COPY tool /etc/dangling
 COPY app /app
 COPY empty/ /var/
 COPY overlay/ /
+COPY --link tools/ /usr/local/
+ADD bundle.tar /
 """
 
 
@@ -72,7 +74,9 @@ def test_copy_and_add_snapshots_equal_the_full_walk(tricky: Built) -> None:
 def test_copy_and_add_walk_only_what_they_wrote(tricky: Built) -> None:
     lines = tricky.run.stderr.splitlines()
     written = sum("Taking snapshot of files written..." in line for line in lines)
-    assert written == 14  # every COPY and ADD, the one into / too: it names what it copied
+    full = sum("Taking snapshot of full filesystem..." in line for line in lines)
+    assert written == 15  # every COPY and ADD, the COPY into / too: it names what it copied
+    assert full == 2  # the base's, and the archive extracted into / (all of it is touched)
 
 
 def test_a_copy_over_a_hard_link_puts_its_other_name_in_the_layer(tricky: Built) -> None:
