@@ -313,7 +313,25 @@ def place_sources(state: StageState, inst: Instruction, request: CopyRequest,
         except NotADirectory as exc:
             raise inst.error(f"cannot copy to non-directory: {_shown(state, exc.path)}") \
                 from None
-    return written
+    return _under_destination(state, dest, written) if request.parents else written
+
+
+def _under_destination(state: StageState, dest: str, written: list[Path]) -> list[Path]:
+    """``--parents``: each written path as the child of the destination it is under. The
+    kept paths of many sources have many parents but few of those, and the snapshot walks a
+    few wide paths faster than many narrow ones in many places."""
+    try:
+        base = resolve_in_root(state.root, dest.rstrip("/") or "/")
+    except SnapshotError:
+        return written
+    out = []
+    for path in written:
+        try:
+            parts = path.relative_to(base).parts
+        except ValueError:
+            parts = ()
+        out.append(base / parts[0] if parts else path)
+    return out
 
 
 def _copy_kept_directories(state: StageState, placement: Placement, source: Source,
