@@ -346,7 +346,7 @@ class Builder:
             if written is not None and not settled:
                 new = take_partial_snapshot(self.root, self.ignore, before, written)
                 if new is not None:
-                    log.info("Taking snapshot of files written...")
+                    log.info("Taking snapshot of files...")
                     if _check_partial_snapshots():
                         _check_partial_snapshot(before, new,
                                                 take_snapshot(self.root, self.ignore))

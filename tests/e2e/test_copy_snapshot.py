@@ -73,7 +73,7 @@ def test_copy_and_add_snapshots_equal_the_full_walk(tricky: Built) -> None:
 
 def test_copy_and_add_walk_only_what_they_wrote(tricky: Built) -> None:
     lines = tricky.run.stderr.splitlines()
-    written = sum("Taking snapshot of files written..." in line for line in lines)
+    written = sum("Taking snapshot of files..." in line for line in lines)
     full = sum("Taking snapshot of full filesystem..." in line for line in lines)
     assert written == 15  # every COPY and ADD, the COPY into / too: it names what it copied
     assert full == 2  # the base's, and the archive extracted into / (all of it is touched)
