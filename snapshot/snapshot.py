@@ -762,26 +762,39 @@ def _drop_under(entries: dict[str, FileEntry],
                 walk_roots: list[str]) -> dict[str, FileEntry] | None:
     """Remove from ``entries`` every path at or under one of ``walk_roots``; return them.
 
-    The walk roots are grouped by parent: one pass of ``startswith`` (a C loop) over the keys
-    for each parent, and a set lookup of the next name for the keys below it. None when there
-    are too many parents for that to beat a full walk.
+    A snapshot holds a path only with its parent directory, so only walk roots that were
+    directories can have entries below them (a COPY into a new /app needs no search at all).
+    Those are found by one pass of ``startswith`` (a C loop) over the keys: with a tuple of
+    the directories when they are few, else once per parent of theirs with a set lookup of
+    the next name. None when they have too many parents for that to beat a full walk.
     """
-    by_parent: dict[str, set[str]] = {}
-    for rel in walk_roots:
-        parent, _, name = rel.rpartition("/")
-        by_parent.setdefault(parent + "/" if parent else "", set()).add(name)
-    if len(by_parent) > _MAX_PARENTS:
-        return None
-    candidates: list[str] = []
-    for prefix, names in by_parent.items():
-        n = len(prefix)
-        candidates += [rel for rel in entries
-                       if rel.startswith(prefix) and rel[n:].partition("/")[0] in names]
+    dropped = {rel: entries.pop(rel) for rel in walk_roots if rel in entries}
+    directories = [rel for rel, entry in dropped.items() if entry.mode & S_IFMT == S_IFDIR]
+    if not directories:
+        return dropped
+    below: list[str] = []
+    if len(directories) <= _FEW_DIRECTORIES:
+        prefixes = tuple(rel + "/" for rel in directories)
+        below = [rel for rel in entries if rel.startswith(prefixes)]
+    else:
+        by_parent: dict[str, set[str]] = {}
+        for rel in directories:
+            parent, _, name = rel.rpartition("/")
+            by_parent.setdefault(parent + "/" if parent else "", set()).add(name)
+        if len(by_parent) > _MAX_PARENTS:
+            return None
+        for prefix, names in by_parent.items():
+            n = len(prefix)
+            below += [rel for rel in entries
+                      if rel.startswith(prefix) and rel[n:].partition("/")[0] in names]
     # Walk roots never nest, so no key is under two of them.
-    return {rel: entries.pop(rel) for rel in candidates}
+    dropped.update((rel, entries.pop(rel)) for rel in below)
+    return dropped
 
 
-# More distinct parents than this among a step's walk roots: a full walk is as quick.
+# Up to this many directories, one tuple of prefixes: ``startswith`` tries each in turn.
+_FEW_DIRECTORIES = 16
+# More distinct parents than this of the directories a step wrote over: a full walk is as quick.
 _MAX_PARENTS = 32
 
 

@@ -744,3 +744,25 @@ def test_partial_snapshot_equals_the_full_walk_after_random_copies(tmp_path: Pat
         assert partial.entries == full.entries
         assert diff_snapshots(before, partial) == diff_snapshots(before, full)
         before = partial
+
+
+def test_partial_snapshot_of_many_directories_written_over(tree: Path) -> None:
+    make_tree(tree, [f"srv/{group}/d{index}/old" for group in "ab" for index in range(12)])
+
+    def rewrite() -> None:
+        for group in "ab":
+            for index in range(12):
+                (tree / f"srv/{group}/d{index}/old").unlink()
+                (tree / f"srv/{group}/d{index}/new").write_text("new")
+
+    changes = assert_partial_is_full(
+        tree, rewrite, [f"srv/{group}/d{index}" for group in "ab" for index in range(12)])
+    assert len(changes.deletions) == 24
+
+
+def test_partial_snapshot_gives_up_on_directories_written_over_in_many_places(
+        tree: Path) -> None:
+    make_tree(tree, [f"srv/p{index}/d/old" for index in range(40)])
+    partial, _, _ = partial_and_full(tree, lambda: None,
+                                     [f"srv/p{index}/d" for index in range(40)])
+    assert partial is None
