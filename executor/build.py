@@ -78,7 +78,9 @@ from snapshot.snapshot import (
     Changes,
     Snapshot,
     diff_snapshots,
+    layer_order,
     settle_ctimes,
+    take_partial_snapshot,
     take_snapshot,
     wait_for_clock_tick,
 )
@@ -289,7 +291,7 @@ class Builder:
                 state.config.add_empty_history(step.history or inst.original, state.created)
             return snapshot
         committed = self._commit_layer(state, snapshot, step.history or inst.original, layers,
-                                       step.settled)
+                                       step.settled, step.written)
         if keys is not None and inst.kind in ("COPY", "ADD"):
             # Their inputs are files, not text: the key goes on from what they wrote.
             keys.key = chain(keys.key, written_content(self.root, committed.changes))
@@ -335,11 +337,25 @@ class Builder:
         return take_snapshot(self.root, self.ignore)
 
     def _commit_layer(self, state: StageState, before: Snapshot, history: str,
-                      layers: list[Layer], settled: tuple[str, ...] = ()) -> Committed:
-        """Snapshot the root, and write what changed since ``before`` as a new layer."""
-        log.info("Taking snapshot of full filesystem...")
+                      layers: list[Layer], settled: tuple[str, ...] = (),
+                      written: tuple[str, ...] | None = None) -> Committed:
+        """Snapshot the root, and write what changed since ``before`` as a new layer.
+
+        ``written``: the paths a step that ran no process wrote (COPY, ADD); only they are
+        walked again (see :func:`take_partial_snapshot`), unless it cannot vouch for that.
+        """
+        new = None
         with self.recorder.phase("snapshot"):
-            new = take_snapshot(self.root, self.ignore)
+            if written is not None and not settled:
+                new = take_partial_snapshot(self.root, self.ignore, before, written)
+                if new is not None:
+                    log.info("Taking snapshot of files...")
+                    if _check_partial_snapshots():
+                        _check_partial_snapshot(before, new,
+                                                take_snapshot(self.root, self.ignore))
+            if new is None:
+                log.info("Taking snapshot of full filesystem...")
+                new = take_snapshot(self.root, self.ignore)
             changes = diff_snapshots(settle_ctimes(before, new, settled), new)
         if changes.is_empty():
             # BuildKit commits a layer for every RUN, COPY, ADD and WORKDIR, an empty one when
@@ -684,6 +700,25 @@ class Committed(NamedTuple):
     snapshot: Snapshot
     changes: Changes
     layer: Layer | None
+
+
+def _check_partial_snapshots() -> bool:
+    """``KILN_CHECK_PARTIAL_SNAPSHOT=1``: take the full snapshot beside each partial one and
+    fail the build where they differ (a self-check for tests; it costs the time saved)."""
+    return os.environ.get("KILN_CHECK_PARTIAL_SNAPSHOT", "") in ("1", "true")
+
+
+def _check_partial_snapshot(before: Snapshot, partial: Snapshot, full: Snapshot) -> None:
+    """Raise if ``partial`` is not what the full walk ``full`` found, entry for entry."""
+    if partial.entries == full.entries:
+        return
+    differ = sorted((path for path in partial.entries.keys() | full.entries.keys()
+                     if partial.entries.get(path) != full.entries.get(path)), key=layer_order)
+    changes = diff_snapshots(before, partial) == diff_snapshots(before, full)
+    shown = ", ".join("/" + path for path in differ[:5])
+    more = f" and {len(differ) - 5} more" if len(differ) > 5 else ""
+    raise KilnError(f"KILN_CHECK_PARTIAL_SNAPSHOT: the partial snapshot differs from the full "
+                    f"walk at {shown}{more} (layer changes {'equal' if changes else 'differ'})")
 
 
 def _layer_id(layer: Layer | None) -> str:
