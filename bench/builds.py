@@ -39,6 +39,12 @@ _RSS_WRAPPER = (
     "sys.exit(code)\n"
 )
 
+def _apt_install(packages: str) -> str:
+    """One RUN installing ``packages`` from the Debian mirror, leaving no apt lists behind."""
+    return ("RUN set -eux; apt-get update; DEBIAN_FRONTEND=noninteractive apt-get install -y "
+            f"--no-install-recommends {packages}; rm -rf /var/lib/apt/lists/*\n")
+
+
 #: Dockerfiles by scenario: ``{base}`` is busybox, ``{debian}`` Debian bookworm minbase.
 #: ``ENV BENCH=done`` after the last RUN marks where that step ends in every builder's log.
 SCENARIOS: dict[str, str] = {
@@ -75,10 +81,31 @@ SCENARIOS: dict[str, str] = {
         "ENTRYPOINT [\"/usr/local/bin/server\"]\n"
     ),
     "bigfile": "FROM {base}\nRUN head -c 2147483648 /dev/urandom > /big.bin\n",
+    # Three stages chained as Docker Hub's buildpack-deps images are (curl, then scm on it,
+    # then the full development set on that), each one RUN of real apt installs from the
+    # Debian mirror: about 1.2 GB in the end, most of it written by the last stage.
+    "buildpack-deps": (
+        "FROM {debian} AS curl\n"
+        + _apt_install("ca-certificates curl gnupg netbase wget")
+        + "FROM curl AS scm\n"
+        + _apt_install("git mercurial openssh-client subversion procps")
+        + "FROM scm AS full\n"
+        + _apt_install(
+            "autoconf automake bzip2 default-libmysqlclient-dev dpkg-dev file g++ gcc "
+            "imagemagick libbz2-dev libc6-dev libcurl4-openssl-dev libdb-dev libevent-dev "
+            "libffi-dev libgdbm-dev libglib2.0-dev libgmp-dev libjpeg-dev libkrb5-dev "
+            "liblzma-dev libmagickcore-dev libmagickwand-dev libmaxminddb-dev libncurses5-dev "
+            "libncursesw5-dev libpng-dev libpq-dev libreadline-dev libsqlite3-dev libssl-dev "
+            "libtool libwebp-dev libxml2-dev libxslt-dev libyaml-dev make patch unzip "
+            "xz-utils zlib1g-dev")
+    ),
 }
 
 #: The scenarios ``python -m bench.run --kaniko`` compares, in order.
 COMPARED = ("tiny", "files", "seed", "app")
+
+#: What ``--kaniko`` may also be asked for by name: the chain takes minutes per build.
+CHOOSABLE = (*COMPARED, "buildpack-deps")
 
 
 @dataclass(frozen=True)
@@ -300,9 +327,12 @@ def compile_kiln() -> None:
 
 
 def measure_builds(scenarios: list[str], tools: list[str], runs: int,
-                   report: Callable[[Measurement], None], kaniko: Path | None = None) -> None:
+                   report: Callable[[Measurement], None], kaniko: Path | None = None,
+                   logs: Path | None = None) -> None:
     """Build every scenario ``runs`` times with every tool, cold, interleaved (run 1 of each
-    tool, then run 2 of each, the order rotating), and report each measurement."""
+    tool, then run 2 of each, the order rotating), and report each measurement; with
+    ``logs``, each build's output is kept there, every line stamped with when it arrived
+    (``SCENARIO-TOOL-RUN.log``), to see where a builder's own time went."""
     compile_kiln()
     needs_debian = any("{debian}" in SCENARIOS[s] for s in scenarios)
     with busybox_registry(needs_debian) as bases, \
@@ -324,6 +354,10 @@ def measure_builds(scenarios: list[str], tools: list[str], runs: int,
                     except RuntimeError as exc:  # one failed build leaves a gap, not no table
                         print(f"{scenario}: {tool} failed: {exc}", file=sys.stderr, flush=True)
                         continue
+                    if logs is not None:
+                        logs.mkdir(parents=True, exist_ok=True)
+                        (logs / f"{scenario}-{tool}-{run + 1}.log").write_text("".join(
+                            f"{stamp:9.3f} {text}\n" for stamp, text in timed.lines))
                     report(_measurement(scenario, tool, timed))
 
 

@@ -243,7 +243,8 @@ def _load() -> str:
     return f"load average {one:.2f}, {five:.2f}, {fifteen:.2f} ({os.cpu_count()} CPUs)"
 
 
-def compare_builders(kaniko: Path, scenarios: list[str], runs: int, buildah: bool) -> None:
+def compare_builders(kaniko: Path, scenarios: list[str], runs: int, buildah: bool,
+                     logs: Path | None = None) -> None:
     """The kiln / kaniko / buildah table (module docstring); progress goes to stderr."""
     from bench.builds import Measurement, measure_builds
 
@@ -259,7 +260,7 @@ def compare_builders(kaniko: Path, scenarios: list[str], runs: int, buildah: boo
 
     before = _load()
     print(f"{before}; {runs} cold runs each, interleaved", file=sys.stderr, flush=True)
-    measure_builds(scenarios, tools, runs, collect, kaniko)
+    measure_builds(scenarios, tools, runs, collect, kaniko, logs)
     after = _load()
 
     def median(scenario: str, tool: str, what: Callable[[Measurement], float | None]
@@ -306,26 +307,33 @@ def main(argv: list[str] | None = None) -> int:
                         help="timed runs per scenario, for the median (5; 3 with --kaniko)")
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     parser.add_argument("--scenario", action="append",
-                        choices=sorted({*SCENARIOS, "seed", "app"}),
+                        choices=sorted({*SCENARIOS, "seed", "app", "buildpack-deps"}),
                         help="run only this scenario (repeatable)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--kaniko", type=Path, metavar="PATH",
                         help="compare whole builds with this kaniko executor binary (and "
-                        "buildah); --scenario then picks among tiny, files, seed, app")
+                        "buildah); --scenario then picks among tiny, files, seed, app and "
+                        "buildpack-deps (not run unless named: minutes per build)")
     parser.add_argument("--no-buildah", action="store_true",
                         help="with --kaniko: leave buildah out (it is the slowest)")
+    parser.add_argument("--logs", type=Path, metavar="DIR",
+                        help="with --kaniko: keep every build's log in DIR, each line stamped "
+                        "with the second it arrived")
     args = parser.parse_args(argv)
     if args.kaniko:
-        from bench.builds import COMPARED
+        from bench.builds import CHOOSABLE, COMPARED
 
         chosen = args.scenario or list(COMPARED)
-        unknown = [name for name in chosen if name not in COMPARED]
+        unknown = [name for name in chosen if name not in CHOOSABLE]
         if unknown:
-            parser.error(f"with --kaniko, --scenario is one of {', '.join(COMPARED)}")
+            parser.error(f"with --kaniko, --scenario is one of {', '.join(CHOOSABLE)}")
         compare_builders(args.kaniko, chosen, args.runs or 3,
-                         not args.no_buildah)
+                         not args.no_buildah, args.logs)
         return 0
     args.runs = args.runs or 5
+    whole = [name for name in args.scenario or () if name not in SCENARIOS]
+    if whole:
+        parser.error(f"--scenario {whole[0]} compares builders: it needs --kaniko PATH")
     if args.child:
         for result in run_scenario_here(args.child, args.runs):
             print(json.dumps(asdict(result)), flush=True)
