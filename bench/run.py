@@ -16,6 +16,16 @@ binary at PATH, run chrooted in a throwaway root, bench/kaniko.py) and buildah b
 the same local registry, and one table gives the medians, kiln's ratios to both, each builder's
 own time (wall minus its RUN commands) and the no-op ``RUN true`` step of ``files``, with the
 machine's load before and after.
+
+``--scenario buildpack-deps`` (never run unless named: each build takes minutes) builds three
+stages chained as Docker Hub's buildpack-deps images are, curl, then scm FROM it, then the full
+development set FROM that, each one RUN of real apt installs from the Debian mirror, about
+1.2 GB in the end. There apt and dpkg are most of the wall time and vary with the mirror and
+the load, so the column to read is the own time: what is left is each builder's pull and
+extraction, its snapshots, its layers (tar, gzip, two sha256 over 1.2 GB) and its work between
+the stages (kaniko saves each stage, deletes the filesystem and unpacks the stage again; kiln
+goes on in the same root). ``--logs DIR`` keeps each build's log with every line stamped, to
+see where that time went.
 """
 
 from __future__ import annotations
