@@ -121,6 +121,8 @@ class Measurement:
     cpu_seconds: float | None = None
     #: Seconds of the step marked by ``ENV BENCH=done`` (the last RUN), from the log.
     marked_step_seconds: float | None = None
+    #: The builder's own time by part (:func:`own_time_parts`), from the log.
+    own_parts: dict[str, float] | None = None
 
     @property
     def own_seconds(self) -> float | None:
@@ -182,6 +184,43 @@ def run_command_seconds(lines: list[tuple[float, str]]) -> float | None:
     return total if seen else None
 
 
+#: Log messages (kiln's and kaniko's, which say the same) that begin a part of a builder's own
+#: work; a line matching none goes on with the part before it.
+_OWN_PARTS = (
+    ("Retrieving image", "pull"),
+    ("Unpacking rootfs", "unpack"),
+    ("Taking snapshot of full filesystem", "snapshot+layer"),
+    ("Building stage", "between stages"),
+    ("Storing source image", "between stages"),
+    ("Deleting filesystem", "between stages"),
+    ("Skipping push", "exit"),
+)
+
+
+def own_time_parts(lines: list[tuple[float, str]], total: float) -> dict[str, float] | None:
+    """A builder's own time (``total`` minus its RUN commands) split by what its log says it
+    was doing: from each log line to the next, the part the latest line in ``_OWN_PARTS``
+    began (``start-up`` before any; the RUN commands, ``Running: [...]`` to the next log
+    line, left out); after the last line, ``exit``. None for a log with no RUN."""
+    parts: dict[str, float] = {}
+    part, since, seen = "start-up", 0.0, False
+    for stamp, text in lines:
+        if not _LOG_LINE.match(text):
+            continue
+        if part != "run":
+            parts[part] = parts.get(part, 0.0) + stamp - since
+        since = stamp
+        if "] Running: [" in text:
+            part, seen = "run", True
+            continue
+        if part == "run":
+            part = "between steps"  # what follows a RUN is named by the next line, if at all
+        part = next((name for message, name in _OWN_PARTS if message in text), part)
+    if part != "run":
+        parts[part] = parts.get(part, 0.0) + total - since
+    return {name: round(seconds, 3) for name, seconds in parts.items()} if seen else None
+
+
 def marked_step_seconds(lines: list[tuple[float, str]]) -> float | None:
     """Seconds from the log line announcing the last ``RUN true`` to the ``ENV BENCH=done``
     line after it: that step's command, snapshot and layer (any builder's log)."""
@@ -198,7 +237,9 @@ def _measurement(scenario: str, tool: str, timed: Timed) -> Measurement:
     runs = run_command_seconds(timed.lines) if tool in ("kiln", "kaniko") else None
     return Measurement(scenario, tool, timed.seconds, timed.peak_rss_mb, run_seconds=runs,
                        cpu_seconds=timed.cpu_seconds,
-                       marked_step_seconds=marked_step_seconds(timed.lines))
+                       marked_step_seconds=marked_step_seconds(timed.lines),
+                       own_parts=(own_time_parts(timed.lines, timed.seconds)
+                                  if tool in ("kiln", "kaniko") else None))
 
 
 def _context(scenario: str, bases: dict[str, str], directory: Path) -> Path:

@@ -309,6 +309,15 @@ def compare_builders(kaniko: Path, scenarios: list[str], runs: int, buildah: boo
                   f"{_secs(own['kaniko']):>10} {_ratio(own['kiln'], own['kaniko']):>9} "
                   f"{_secs(cpu['kiln']):>8} {_secs(cpu['kaniko']):>10} "
                   f"{_ratio(cpu['kiln'], cpu['kaniko']):>9} {rss if not suffix else '':>27}")
+    print("own time by part (medians, s; from the log lines that begin each part):")
+    for scenario in scenarios:
+        for tool in ("kiln", "kaniko"):
+            parts = [m.own_parts for m in samples.get((scenario, tool), []) if m.own_parts]
+            names = list(dict.fromkeys(name for p in parts for name in p))
+            if names:
+                print(f"  {scenario:<16} {tool:<7} " + ", ".join(
+                    f"{name} {statistics.median(p.get(name, 0.0) for p in parts):.2f}"
+                    for name in names))
 
 
 def main(argv: list[str] | None = None) -> int:
