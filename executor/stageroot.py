@@ -1,4 +1,5 @@
-"""A finished stage's filesystem moved out of the root, whole, for a later ``COPY --from``.
+"""A finished stage's filesystem moved out of the root, whole, for a later ``COPY --from`` or
+a later stage built FROM it (moved back into the root then, by :func:`restore_root`).
 
 When the next stage needs the root and a later instruction copies from the stage the root
 holds, the build used to delete that filesystem and, at the copy, extract the stage's image
