@@ -535,7 +535,7 @@ class Builder:
             return base.snapshot
         if (self.root_holds is not None or base.layers) and not self._keep_root_for_copies():
             clear_root(self.root, self.ignore)
-        if base.layers:
+        if base.layers and not self._restore_kept_stage(stage):
             log.info("Unpacking rootfs as cmd %s requires it.",
                      stage.instructions[0].original.split("\n", 1)[0]
                      if stage.instructions else "FROM")
@@ -601,13 +601,15 @@ class Builder:
         return frozenset(p for p in self.ignore.paths if p)
 
     def _keep_root_for_copies(self) -> bool:
-        """Move the root's filesystem out for a later COPY --from of the stage it holds,
-        rather than delete it (:mod:`executor.stageroot`); False, with nothing moved, where
-        that does not apply: no later copy of it, in place, an ignored glob, kiln's directory
-        on another filesystem, or an image with more than it can make at ignored paths."""
+        """Move the root's filesystem out for a later COPY --from of the stage it holds, or a
+        later stage built FROM it, rather than delete it (:mod:`executor.stageroot`); False,
+        with nothing moved, where that does not apply: no later copy of it or stage on it,
+        in place, an ignored glob, kiln's directory on another filesystem, or an image with
+        more than it can make at ignored paths."""
         held = self.root_holds
         if (held is None or held in self.stage_roots or self.options.in_place
-                or self.ignore.globs or not self._copied_from_later(held)):
+                or self.ignore.globs or not (self._copied_from_later(held)
+                                             or self._built_from_later(held, besides=-1))):
             return False
         image = self.built.get(held)
         if image is None or os.stat(self.root).st_dev != os.stat(self.workspace.roots).st_dev:
@@ -627,6 +629,29 @@ class Builder:
         log.debug("stage %d's filesystem moved to %s for later copies", held, target)
         self.stage_roots[held] = target
         return True
+
+    def _restore_kept_stage(self, stage: Stage) -> bool:
+        """Move the filesystem of the stage ``stage`` is built FROM back into the cleared root,
+        when it was moved out whole (:meth:`_keep_root_for_copies`) and nothing else needs it:
+        no stage still to build copies from it or is built FROM it too. False, with nothing
+        done, where the base has to be extracted instead."""
+        held = stage.base_stage
+        if held is None or held not in self.stage_roots or self._copied_from_later(held) \
+                or self._built_from_later(held, besides=stage.index):
+            return False
+        kept = self.stage_roots.pop(held)
+        for ref in [ref for ref, path in self.source_roots.items() if path == kept]:
+            del self.source_roots[ref]
+        stageroot.restore_root(kept, self.ignore, self.root)
+        shutil.rmtree(kept, ignore_errors=True)  # what it had at ignored paths
+        log.info("Moved the filesystem of stage %d back into the root, not unpacked again",
+                 held)
+        return True
+
+    def _built_from_later(self, index: int, besides: int) -> bool:
+        """Is a stage not built yet, other than ``besides``, built FROM stage ``index``?"""
+        return any(s.base_stage == index for s in self.plan.stages
+                   if s.index != besides and s.index not in self.built)
 
     def _copied_from_later(self, index: int) -> bool:
         """Does a stage not built yet copy from (or mount) stage ``index`` by a name the
