@@ -5,16 +5,20 @@ of the uncompressed bytes (the diff_id) and of the compressed bytes (the digest)
 the bytes pass; the file is then renamed to its digest. Nothing is read twice and memory stays
 at a few buffers whatever the layer's size.
 
-Entries are what Docker and BuildKit write: relative names (``etc/passwd``, directories as
-``etc/``), numeric owners with empty user and group names, the mode with its setuid, setgid and
-sticky bits, mtimes cut to the whole second below them (as containerd's tar writer, which
-BuildKit uses, cuts them: no PAX ``mtime`` record but for a time a USTAR field cannot hold, and
-half the bytes for a small file), xattrs (``security.capability``,
-``user.*``, ``trusted.*``) as ``SCHILY.xattr.*`` records, hard links within the layer as tar
-links to the first name written, device nodes and FIFOs; no entry for the root. Deletions are
-whiteouts (``dir/.wh.name``) and a re-created directory gets ``dir/.wh..wh..opq`` right after
-its own entry; both are empty regular files owned by 0:0 with mode 0 and mtime 0, so that the
-same changes give the same bytes.
+Entries are what BuildKit writes (containerd's tar writer over Go's archive/tar), header for
+header: relative names (``etc/passwd``, directories as ``etc/``), numeric owners with empty user
+and group names, the mode with its setuid, setgid and sticky bits, mtimes cut to the whole
+second (no PAX ``mtime`` record but for a time a USTAR field cannot hold), a name longer than 100
+bytes split into the USTAR prefix when it fits there and nothing else needs a PAX record, xattrs
+(``security.capability``, ``user.*``, ``trusted.*``) as ``SCHILY.xattr.*`` records, hard links
+(of any type but directories) within the layer as tar links to the first name written, device
+nodes and FIFOs; no entry for the root. Every entry's parent directories come before it, each
+once, as they are now, even those that did not change: a layer read alone (or applied over
+another base) still gives them their owner and mode. Deletions are whiteouts
+(``dir/.wh.name``) at the place the deleted name sorts, empty regular files owned by 0:0 with
+mode 0 and mtime 0, so that the same changes give the same bytes; a directory re-created by a
+step gets a ``dir/.wh..wh..opq`` marker right after its own entry. A gzip layer with no entries
+is BuildKit's 29 bytes, so its digest is the one every BuildKit image's empty layer has.
 
 The headers are encoded here rather than by :mod:`tarfile`, which spends ~70 us per PAX entry;
 this writer spends a few, and its output is byte-for-byte what it says above.
@@ -67,16 +71,22 @@ _TYPEFLAGS = {S_IFREG: b"0", S_IFLNK: b"2", _S_IFCHR: b"3", _S_IFBLK: b"4", S_IF
 _HARDLINK = b"1"
 _PAX_HEADER = b"x"
 
+#: BuildKit's gzip blob of an empty layer (1,024 zero bytes), byte for byte: registries and
+#: caches hold it once for every image that has one.
+EMPTY_GZIP_LAYER = bytes.fromhex("1f8b08000000000000ff621805a360148c580018002eafb5ef00040000")
+
 _KEPT_XATTR_PREFIXES = ("user.", "trusted.")
 _KEPT_XATTRS = frozenset({"security.capability"})
 
 # A USTAR header: name 100, mode 8, uid 8, gid 8, size 12, mtime 12, checksum 8, typeflag 1,
 # linkname 100, magic "ustar\0" and version "00", uname 32, gname 32, devmajor 8, devminor 8,
-# prefix 155, padding 12. uname, gname and prefix stay empty.
+# prefix 155, padding 12. uname and gname stay empty; prefix holds the head of a long name.
 _MAGIC = b"ustar\x0000"
 _CHECKSUM_CONSTANT = 8 * ord(" ") + sum(_MAGIC)
 _MAX_OCTAL_7 = 8 ** 7
 _MAX_OCTAL_11 = 8 ** 11
+_NAME_SIZE = 100
+_PREFIX_SIZE = 155
 _OPEN_FLAGS_ATIME = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 _OPEN_FLAGS = _OPEN_FLAGS_ATIME | getattr(os, "O_NOATIME", 0)
 
@@ -119,11 +129,16 @@ def write_layer(root: Path, changes: Changes, snapshot: Snapshot, out_dir: Path,
             # The sink is written from the compressor's thread; its StorageError reaches this
             # thread through the compressor's next write or its close.
             sink = _HashingSink(raw, out_dir, hashing=compression.algorithm != "none")
-            with compressed_writer(cast(BinaryIO, sink), compression) as compressor:
-                for chunk in _tar_chunks(os.fspath(root), changes, snapshot, mtime_ns):
-                    diff_id.update(chunk)
-                    tar_size += len(chunk)
-                    compressor.write(chunk)
+            if changes.is_empty() and compression.algorithm == "gzip":
+                diff_id.update(_END_OF_ARCHIVE)
+                tar_size = len(_END_OF_ARCHIVE)
+                sink.write(EMPTY_GZIP_LAYER)
+            else:
+                with compressed_writer(cast(BinaryIO, sink), compression) as compressor:
+                    for chunk in _tar_chunks(os.fspath(root), changes, snapshot, mtime_ns):
+                        diff_id.update(chunk)
+                        tar_size += len(chunk)
+                        compressor.write(chunk)
         # Uncompressed, the file is the tar: one hash serves as both.
         digest = (sink.sha256 if compression.algorithm != "none" else diff_id).hexdigest()
         final = out_dir / digest
@@ -184,31 +199,78 @@ class _HashingSink:
 
 def _tar_chunks(root: str, changes: Changes, snapshot: Snapshot,
                 mtime_ns: int | None = None) -> Iterator[bytes]:
-    """The tar's bytes in chunks of about CHUNK bytes: entries in :func:`layer_order`, then the
-    end-of-archive marker. Small pieces are gathered in a list and joined once per chunk."""
-    entries = snapshot.entries
-    opaque = set(changes.opaque)
+    """The tar's bytes in chunks of about CHUNK bytes: entries in :func:`layer_order` (a whiteout
+    where the name it deletes sorts, as a walk of the tree meets it), each after its parent
+    directories, then the end-of-archive marker."""
     order: list[tuple[str, str, bool]] = [(layer_order(path), path, False)
                                           for path in changes.upserts]
-    for path in changes.deletions:
-        parent, _, base = path.rpartition("/")
-        whiteout = f"{parent}/{WHITEOUT_PREFIX}{base}" if parent else WHITEOUT_PREFIX + base
-        order.append((layer_order(whiteout), whiteout, True))
+    order.extend((layer_order(path), path, True) for path in changes.deletions)
     order.sort()
-    first_name: dict[tuple[int, int], bytes] = {}
-    pieces: list[bytes] = []
-    gathered = 0
+    tar = _TarStream(root, snapshot, mtime_ns)
+    opaque = set(changes.opaque)
     for _, path, is_whiteout in order:
-        if gathered >= CHUNK:
-            yield b"".join(pieces)
-            pieces.clear()
-            gathered = 0
+        if tar.gathered >= CHUNK:
+            yield tar.take()
+        yield from tar.parents(path)
         if is_whiteout:
-            header = _marker_header(path)
-            pieces.append(header)
-            gathered += len(header)
+            parent, _, base = path.rpartition("/")
+            tar.marker(f"{parent}/{WHITEOUT_PREFIX}{base}" if parent else WHITEOUT_PREFIX + base)
             continue
-        entry = entries.get(path)
+        yield from tar.entry(path)
+        if path in opaque:
+            tar.marker(f"{path}/{OPAQUE_MARKER}")
+    tar.pieces.append(_END_OF_ARCHIVE)
+    yield tar.take()
+
+
+class _TarStream:
+    """Entries as header and data pieces, gathered until a chunk is worth handing on.
+
+    Small pieces are gathered in a list and joined once per chunk; a big file passes through
+    in chunks of its own.
+    """
+
+    def __init__(self, root: str, snapshot: Snapshot, mtime_ns: int | None) -> None:
+        self.root = root
+        self.entries = snapshot.entries
+        self.mtime_ns = mtime_ns
+        self.pieces: list[bytes] = []
+        self.gathered = 0
+        self.first_name: dict[tuple[int, int], bytes] = {}
+        self.directories: set[str] = set()  # directory entries written so far
+
+    def take(self) -> bytes:
+        data = b"".join(self.pieces)
+        self.pieces.clear()
+        self.gathered = 0
+        return data
+
+    def _add(self, piece: bytes) -> None:
+        self.pieces.append(piece)
+        self.gathered += len(piece)
+
+    def parents(self, path: str) -> Iterator[bytes]:
+        """Entries for the directories above ``path`` not written yet, the topmost first.
+
+        As containerd's tar writer, which BuildKit uses, puts them: each as it is now, whether
+        it changed or not, so a layer never holds a name whose parent it does not describe.
+        """
+        missing: list[str] = []
+        parent = path.rpartition("/")[0]
+        while parent and parent not in self.directories:
+            missing.append(parent)
+            parent = parent.rpartition("/")[0]
+        for directory in reversed(missing):
+            if directory in self.entries:  # else under an ignored path: nothing to say
+                yield from self.entry(directory)
+            self.directories.add(directory)
+
+    def marker(self, path: str) -> None:
+        self._add(_marker_header(path))
+
+    def entry(self, path: str) -> Iterator[bytes]:
+        """One entry of the snapshot: its header, and its data for a regular file."""
+        entry = self.entries.get(path)
         if entry is None:
             raise SnapshotError(f"/{path} is in the changes but not in the snapshot")
         if path.rpartition("/")[2].startswith(WHITEOUT_PREFIX):
@@ -216,24 +278,26 @@ def _tar_chunks(root: str, changes: Changes, snapshot: Snapshot,
                                 f"{WHITEOUT_PREFIX!r} mean deletions in image layers")
         kind = entry.mode & S_IFMT
         if kind == S_IFSOCK:
-            continue  # an image cannot hold a socket (and the walk leaves them out)
+            return  # an image cannot hold a socket (and the walk leaves them out)
         typeflag = _TYPEFLAGS.get(kind)
         if typeflag is None:
             raise SnapshotError(f"/{path}: unknown file type {oct(kind)}")
         tar_name = os.fsencode(path)
-        host_path = f"{root}/{path}"
+        host_path = f"{self.root}/{path}"
         linkname = b""
         if kind == S_IFDIR:
             tar_name += b"/"
-        elif kind == S_IFLNK:
-            linkname = os.fsencode(entry.link_target or "")
-        elif entry.nlink > 1:
-            key = (entry.dev, entry.ino)
-            first = first_name.get(key)
-            if first is not None:
-                typeflag, linkname = _HARDLINK, first
-            else:
-                first_name[key] = tar_name
+            self.directories.add(path)
+        else:
+            if kind == S_IFLNK:
+                linkname = os.fsencode(entry.link_target or "")
+            if entry.nlink > 1:  # any name of an inode but a directory's, as Go's writer
+                key = (entry.dev, entry.ino)
+                first = self.first_name.get(key)
+                if first is not None:
+                    typeflag, linkname = _HARDLINK, first
+                else:
+                    self.first_name[key] = tar_name
         fd = _open_unchanged(host_path, entry) if typeflag == b"0" else -1
         try:
             # A hard link shares its inode's xattrs with the first name: written once.
@@ -242,37 +306,24 @@ def _tar_chunks(root: str, changes: Changes, snapshot: Snapshot,
             if kind in (_S_IFCHR, _S_IFBLK):
                 major, minor = os.major(entry.rdev), os.minor(entry.rdev)
             size = entry.size if fd >= 0 else 0
-            header = _header(tar_name, entry.mode & 0o7777, entry.uid, entry.gid, size,
-                             entry.mtime_ns if mtime_ns is None else mtime_ns, typeflag,
-                             linkname, major, minor, pax)
-            pieces.append(header)
-            gathered += len(header)
+            self._add(_header(tar_name, entry.mode & 0o7777, entry.uid, entry.gid, size,
+                              entry.mtime_ns if self.mtime_ns is None else self.mtime_ns,
+                              typeflag, linkname, major, minor, pax))
             if size <= CHUNK:
                 if size:
-                    data = _read_exactly(fd, size, path)
-                    pieces.append(data)
-                    gathered += size
-            else:  # a big file passes through in chunks of its own
-                yield b"".join(pieces)
-                pieces.clear()
-                gathered = 0
+                    self._add(_read_exactly(fd, size, path))
+            else:
+                yield self.take()
                 left = size
                 while left:
                     data = _read_exactly(fd, min(left, CHUNK), path)
                     left -= len(data)
                     yield data
             if size % BLOCK:
-                pieces.append(_ZEROS[size % BLOCK:])
-                gathered += BLOCK - size % BLOCK
+                self._add(_ZEROS[size % BLOCK:])
         finally:
             if fd >= 0:
                 os.close(fd)
-        if path in opaque:
-            header = _marker_header(f"{path}/{OPAQUE_MARKER}")
-            pieces.append(header)
-            gathered += len(header)
-    pieces.append(_END_OF_ARCHIVE)
-    yield b"".join(pieces)
 
 
 def _read_exactly(fd: int, size: int, path: str) -> bytes:
@@ -352,14 +403,16 @@ def _marker_header(path: str) -> bytes:
 def _header(name: bytes, mode: int, uid: int, gid: int, size: int, mtime_ns: int,
             typeflag: bytes, linkname: bytes, devmajor: int, devminor: int,
             pax: dict[str, bytes]) -> bytes:
-    """One entry's header blocks: a PAX extended header when needed, then the USTAR header."""
+    """One entry's header blocks, in the format Go's archive/tar picks for it: plain USTAR
+    (a long name split into prefix and name) when every field fits, else a PAX extended header
+    then the USTAR header."""
     seconds = mtime_ns // 1_000_000_000  # floored, as Go's Time.Truncate(time.Second)
     if not 0 <= seconds < _MAX_OCTAL_11:
         pax["mtime"] = str(seconds).encode()
         seconds = 0
-    if len(name) > 100 or not name.isascii():
+    if len(name) > _NAME_SIZE or not name.isascii():
         pax["path"] = name
-    if len(linkname) > 100 or not linkname.isascii():
+    if len(linkname) > _NAME_SIZE or not linkname.isascii():
         pax["linkpath"] = linkname
     if not 0 <= uid < _MAX_OCTAL_7:
         pax["uid"] = str(uid).encode()
@@ -372,33 +425,76 @@ def _header(name: bytes, mode: int, uid: int, gid: int, size: int, mtime_ns: int
     if devmajor >= _MAX_OCTAL_7 or devminor >= _MAX_OCTAL_7:
         raise SnapshotError(f"/{os.fsdecode(name)}: device number {devmajor}:{devminor} does "
                             "not fit in a tar header")
-    header = _ustar(name[:100], mode, uid, gid, 0 if size >= _MAX_OCTAL_11 else size, seconds,
-                    typeflag, linkname[:100], devmajor, devminor)
+    size_field = 0 if size >= _MAX_OCTAL_11 else size
+    if pax.keys() == {"path"}:
+        split = _split_ustar_name(name)
+        if split is not None:  # USTAR holds it: no PAX header at all
+            prefix, rest = split
+            return _ustar(rest, mode, uid, gid, size_field, seconds, typeflag, linkname,
+                          devmajor, devminor, prefix)
     if not pax:
-        return header
+        return _ustar(name, mode, uid, gid, size_field, seconds, typeflag, linkname,
+                      devmajor, devminor)
+    header = _ustar(_v7_field(name), mode, uid, gid, size_field, seconds, typeflag,
+                    _v7_field(linkname), devmajor, devminor)
     data = _pax_data(pax)
     return b"".join((_pax_header(name, len(data)), data,
                      _ZEROS[: -len(data) % BLOCK] if len(data) % BLOCK else b"", header))
 
 
+def _split_ustar_name(name: bytes) -> tuple[bytes, bytes] | None:
+    """``name`` as USTAR's prefix and name fields, split at a slash as Go splits it, or None."""
+    if len(name) <= _NAME_SIZE or not name.isascii():
+        return None
+    length = min(len(name), _PREFIX_SIZE + 1)
+    if length == len(name) and name.endswith(b"/"):
+        length -= 1
+    cut = name.rfind(b"/", 0, length)
+    if cut <= 0 or len(name) - cut - 1 > _NAME_SIZE or len(name) - cut - 1 == 0:
+        return None
+    return name[:cut], name[cut + 1:]
+
+
+def _ascii(text: bytes) -> bytes:
+    """``text`` without its non-ASCII bytes (and NULs), as Go's toASCII leaves a name field."""
+    return text if text.isascii() and b"\0" not in text else bytes(
+        b for b in text if 0 < b < 0x80)
+
+
+def _v7_field(text: bytes) -> bytes:
+    """A name or link held by a PAX record, as Go fills the 100-byte field beside it: ASCII,
+    cut to the field, a slash the cut leaves at its end dropped with the slashes before it."""
+    text = _ascii(text)
+    if len(text) <= _NAME_SIZE:
+        return text
+    cut = text[:_NAME_SIZE]
+    if cut.endswith(b"/"):  # Go ends the name with a NUL there; the bytes after it stay
+        end = len(cut[:-1].rstrip(b"/"))
+        cut = cut[:end] + b"\0" + cut[end + 1:]
+    return cut
+
+
 def _ustar(name: bytes, mode: int, uid: int, gid: int, size: int, mtime: int,
-           typeflag: bytes, linkname: bytes, devmajor: int, devminor: int) -> bytes:
+           typeflag: bytes, linkname: bytes, devmajor: int, devminor: int,
+           prefix: bytes = b"") -> bytes:
     """One USTAR header block (fields as Go's archive/tar writes them for PAX archives)."""
     numbers = b"%07o\0%07o\0%07o\0%011o\0%011o\0" % (mode, uid, gid, size, mtime)
     devices = b"%07o\0%07o\0" % (devmajor, devminor)
     # The checksum counts the checksum field as eight spaces; NUL padding adds nothing.
     checksum = (sum(name) + sum(numbers) + sum(typeflag) + sum(linkname) + sum(devices)
-                + _CHECKSUM_CONSTANT)
+                + sum(prefix) + _CHECKSUM_CONSTANT)
     return b"".join((name, _ZEROS[len(name):100], numbers, b"%06o\0 " % checksum, typeflag,
                      linkname, _ZEROS[len(linkname):100], _MAGIC, _ZEROS[:64], devices,
-                     _ZEROS[:167]))
+                     prefix, _ZEROS[len(prefix):167]))
 
 
 def _pax_header(name: bytes, size: int) -> bytes:
-    """The ``x`` header before an entry's records, named as Go names it."""
-    directory, _, base = name.rstrip(b"/").rpartition(b"/")
-    pax_name = (directory + b"/PaxHeaders.0/" if directory else b"PaxHeaders.0/") + base
-    return _ustar(pax_name[:100], 0, 0, 0, size, 0, _PAX_HEADER, b"", 0, 0)
+    """The ``x`` header before an entry's records, named as Go names it: ``PaxHeaders.0``
+    joined between the entry's directory and base name (``d/`` gives ``d/PaxHeaders.0``)."""
+    directory, _, base = name.rpartition(b"/")
+    pax_name = b"/".join(part for part in (directory, b"PaxHeaders.0", base) if part)
+    return _ustar(_ascii(pax_name)[:_NAME_SIZE].rstrip(b"/"), 0, 0, 0, size, 0, _PAX_HEADER,
+                  b"", 0, 0)
 
 
 def _pax_data(records: dict[str, bytes]) -> bytes:

@@ -18,6 +18,7 @@ from snapshot.errors import SnapshotError
 from snapshot.ignore import IgnoreList
 from snapshot.layer import BLOCK, LayerBlob, write_layer
 from snapshot.snapshot import Changes, Snapshot, diff_snapshots, take_snapshot
+from tests.support.layers import TarEntry, parse_tar
 
 IS_ROOT = os.geteuid() == 0
 EMPTY = Snapshot({}, 0)
@@ -242,8 +243,8 @@ def test_whiteouts_and_opaque_markers_are_empty_root_owned_files(root: Path,
     assert changes.opaque == ["var/cache"]
     _, members, _ = read_tar(write_layer(root, changes, after, out, Compression()))
     assert [m.name for m in members] == [
-        "etc", "etc/.wh.passwd", "var", "var/.wh.lib", "var/cache", "var/cache/.wh..wh..opq",
-        "var/cache/fresh"]
+        "etc", "etc/.wh.passwd", "var", "var/cache", "var/cache/.wh..wh..opq",
+        "var/cache/fresh", "var/.wh.lib"]
     for marker in ("etc/.wh.passwd", "var/cache/.wh..wh..opq", "var/.wh.lib"):
         member = by_name(members)[marker]
         assert member.isreg()
@@ -340,6 +341,81 @@ def test_no_changes_give_an_empty_tar(root: Path, out: Path) -> None:
     blob = write_layer(root, Changes(), snap(root), out, Compression())
     data, members, _ = read_tar(blob)
     assert members == [] and data == bytes(1024)
+
+
+def test_an_empty_gzip_layer_is_buildkits_blob_byte_for_byte(root: Path, out: Path) -> None:
+    # BuildKit v0.32.2's layer for a RUN that changes nothing, as pushed (29 bytes).
+    blob = write_layer(root, Changes(), snap(root), out, Compression("gzip", level=6))
+    assert blob.digest == ("sha256:9addb4c7f3afa99b03f24f9e05cb87d2"
+                           "74a63ae9ba30c94f02c75e85d133e9de")
+    assert blob.diff_id == "sha256:" + hashlib.sha256(bytes(1024)).hexdigest()
+    assert (blob.size, blob.uncompressed_size) == (29, 1024)
+
+
+def raw_entries(blob: LayerBlob) -> list[TarEntry]:
+    """The layer's entries as its header bytes say (prefix, PAX header names, typeflags)."""
+    with open(blob.path, "rb") as raw:
+        return parse_tar(open_decompressed(raw, blob.compression).read())[0]
+
+
+def test_every_entry_comes_after_its_parent_directories_changed_or_not(root: Path,
+                                                                       out: Path) -> None:
+    (root / "usr/share/doc").mkdir(parents=True)
+    (root / "usr/share/doc/base").write_text("b")
+    os.chmod(root / "usr/share", 0o750)
+    before = snap(root)
+    (root / "usr/share/doc/new").write_text("n")  # usr/share/doc changes, usr and usr/share not
+    os.unlink(root / "usr/bin/tool")
+    after = snap(root)
+    entries = raw_entries(write_layer(root, diff_snapshots(before, after), after, out,
+                                      Compression()))
+    assert [(e.name, f"{e.mode:o}") for e in entries] == [
+        ("usr/", "755"), ("usr/bin/", "755"), ("usr/bin/.wh.tool", "0"),
+        ("usr/share/", "750"), ("usr/share/doc/", "755"), ("usr/share/doc/new", "644")]
+
+
+def test_a_whiteout_sits_where_the_name_it_deletes_sorts(root: Path, out: Path) -> None:
+    (root / "two").write_text("2")
+    before = snap(root)
+    (root / "two").unlink()
+    (root / "four").write_text("4")
+    after = snap(root)
+    entries = raw_entries(write_layer(root, diff_snapshots(before, after), after, out,
+                                      Compression()))
+    assert [e.name for e in entries] == ["four", ".wh.two"]
+
+
+def test_a_long_name_that_fits_the_ustar_prefix_has_no_pax_record(root: Path,
+                                                                   out: Path) -> None:
+    deep = root / "l" / "/".join(f"lvl{i}" for i in range(1, 31))
+    deep.mkdir(parents=True)
+    (deep / "f").write_text("f")
+    (root / ("x" * 120)).write_text("no slash to split at")
+    entries = {e.name: e for e in raw_entries(write_layer(root, *everything(root), out,
+                                                          Compression()))}
+    name = "l/" + "/".join(f"lvl{i}" for i in range(1, 31)) + "/f"
+    assert len(name) > 100 and entries[name].pax == {}
+    assert entries[name].magic == "ustar\x0000"
+    assert entries["x" * 120].pax == {"path": "x" * 120}
+
+
+def test_pax_headers_are_named_as_go_names_them(root: Path, out: Path) -> None:
+    changes, snapshot = everything(root)
+    for path in ("etc", "etc/passwd"):
+        snapshot.entries[path] = snapshot.entries[path]._replace(uid=5_000_000)
+    entries = {e.name: e for e in raw_entries(write_layer(root, changes, snapshot, out,
+                                                          Compression()))}
+    assert entries["etc/"].pax_header_name == "etc/PaxHeaders.0"
+    assert entries["etc/passwd"].pax_header_name == "etc/PaxHeaders.0/passwd"
+
+
+def test_a_hard_linked_symlink_is_a_tar_link_to_its_first_name(root: Path, out: Path) -> None:
+    os.symlink("/etc/passwd", root / "sym")
+    os.link(root / "sym", root / "hard-to-sym", follow_symlinks=False)
+    entries = raw_entries(write_layer(root, *everything(root), out, Compression()))
+    named = {e.name: e for e in entries}
+    assert (named["hard-to-sym"].typeflag, named["hard-to-sym"].linkname) == ("2", "/etc/passwd")
+    assert (named["sym"].typeflag, named["sym"].linkname) == ("1", "hard-to-sym")
 
 
 @pytest.mark.skipif(shutil.which("tar") is None, reason="no tar here")
