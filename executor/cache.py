@@ -55,7 +55,7 @@ from snapshot.snapshot import Changes
 
 log = logging.getLogger("kiln")
 
-_VERSION = f"kiln-layer-cache/2 kiln/{__version__}"
+_VERSION = f"kiln-layer-cache/3 kiln/{__version__}"
 _READ_CHUNK = 1 << 20
 
 
@@ -75,7 +75,7 @@ def stage_seed(base: str, platform: Platform, layer_settings: object = None) -> 
 
 def written_content(root: Path, changes: Changes) -> str:
     """A hash of what a step wrote: every upserted path's type, mode, owner, link target and
-    content, every deletion and opaque directory; mtimes and ctimes left out."""
+    content, every deletion; mtimes and ctimes left out."""
     digest = hashlib.sha256()
     for path in changes.upserts:
         host = os.path.join(root, path)
@@ -97,8 +97,6 @@ def written_content(root: Path, changes: Changes) -> str:
         digest.update(b"\0")
     for path in changes.deletions:
         digest.update(f"-{path}\0".encode("utf-8", "surrogateescape"))
-    for path in changes.opaque:
-        digest.update(f"*{path}\0".encode("utf-8", "surrogateescape"))
     return digest.hexdigest()
 
 

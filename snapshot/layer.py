@@ -16,8 +16,9 @@ nodes and FIFOs; no entry for the root. Every entry's parent directories come be
 once, as they are now, even those that did not change: a layer read alone (or applied over
 another base) still gives them their owner and mode. Deletions are whiteouts
 (``dir/.wh.name``) at the place the deleted name sorts, empty regular files owned by 0:0 with
-mode 0 and mtime 0, so that the same changes give the same bytes; a directory re-created by a
-step gets a ``dir/.wh..wh..opq`` marker right after its own entry. A gzip layer with no entries
+mode 0 and mtime 0, so that the same changes give the same bytes; as in BuildKit's layers
+there are no opaque markers (a re-created directory's lost children each get a whiteout). A
+gzip layer with no entries
 is BuildKit's 29 bytes, so its digest is the one every BuildKit image's empty layer has.
 
 The headers are encoded here rather than by :mod:`tarfile`, which spends ~70 us per PAX entry;
@@ -56,7 +57,6 @@ from snapshot.snapshot import (
 )
 
 WHITEOUT_PREFIX = ".wh."
-OPAQUE_MARKER = ".wh..wh..opq"
 
 BLOCK = 512
 CHUNK = 1 << 20  # bytes gathered before hashing and compressing, and read from a file at once
@@ -207,7 +207,6 @@ def _tar_chunks(root: str, changes: Changes, snapshot: Snapshot,
     order.extend((layer_order(path), path, True) for path in changes.deletions)
     order.sort()
     tar = _TarStream(root, snapshot, mtime_ns)
-    opaque = set(changes.opaque)
     for _, path, is_whiteout in order:
         if tar.gathered >= CHUNK:
             yield tar.take()
@@ -217,8 +216,6 @@ def _tar_chunks(root: str, changes: Changes, snapshot: Snapshot,
             tar.marker(f"{parent}/{WHITEOUT_PREFIX}{base}" if parent else WHITEOUT_PREFIX + base)
             continue
         yield from tar.entry(path)
-        if path in opaque:
-            tar.marker(f"{path}/{OPAQUE_MARKER}")
     tar.pieces.append(_END_OF_ARCHIVE)
     yield tar.take()
 
@@ -396,7 +393,7 @@ def _xattr_records(fd: int, host_path: str, path: str) -> dict[str, bytes]:
 
 
 def _marker_header(path: str) -> bytes:
-    """A whiteout or opaque marker: an empty regular file, 0:0, mode 0, mtime 0."""
+    """A whiteout: an empty regular file, 0:0, mode 0, mtime 0."""
     return _header(os.fsencode(path), 0, 0, 0, 0, 0, b"0", b"", 0, 0, {})
 
 
