@@ -31,7 +31,6 @@ warning naming the registry's answer.
 from __future__ import annotations
 
 import contextlib
-import gzip
 import hashlib
 import json
 import logging
@@ -51,6 +50,7 @@ from executor.image.layout import REF_NAME_ANNOTATION, blob_path, write_oci_layo
 from executor.image.model import Descriptor, Layer, Manifest, Platform, sha256_digest
 from executor.image.reference import ImageRef, validate_digest
 from executor.registry.client import MAX_CONFIG_SIZE, RegistryClient, RegistryHTTPError
+from snapshot.layer import EMPTY_GZIP_LAYER
 from snapshot.snapshot import Changes
 
 log = logging.getLogger("kiln")
@@ -232,7 +232,7 @@ class LayoutStore:
 # without layers), marked by this label so that a hit records no layer, as the run did.
 _NO_CHANGE_LABEL = "dev.kiln.cache.no-change"
 _EMPTY_TAR = bytes(1024)
-_EMPTY_TAR_GZIP = gzip.compress(_EMPTY_TAR, mtime=0)
+_EMPTY_TAR_GZIP = EMPTY_GZIP_LAYER  # the blob an empty layer of the image has too
 
 
 class LayerCache:

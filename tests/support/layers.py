@@ -59,6 +59,7 @@ class LayerTar:
     blob_size: int           # bytes of the compressed blob
     gzip_header: str         # the first 10 bytes of the blob, hex (mtime, xfl, OS byte)
     media_type: str
+    digest: str
 
 
 def _text(raw: bytes) -> str:
@@ -149,17 +150,18 @@ def _image_manifest(registry_host: str, repository: str, reference: str) -> dict
     return manifest
 
 
-def fetch_layers(ref: str) -> Iterator[LayerTar]:
-    """Every layer of ``ref`` (``HOST/REPO:TAG`` on a plain-HTTP registry), in order."""
+def fetch_layers(ref: str, skip: int = 0) -> Iterator[LayerTar]:
+    """The layers of ``ref`` (``HOST/REPO:TAG`` on a plain-HTTP registry) after the first
+    ``skip``, in order."""
     host, _, rest = ref.partition("/")
     repository, _, tag = rest.rpartition(":")
     manifest = _image_manifest(host, repository, tag)
-    for layer in manifest["layers"]:
+    for layer in manifest["layers"][skip:]:
         blob = _get(f"http://{host}/v2/{repository}/blobs/{layer['digest']}")
         tar = gzip.decompress(blob) if blob[:2] == b"\x1f\x8b" else blob
         entries, zeros = parse_tar(tar)
         yield LayerTar(entries, len(tar), zeros, len(blob), blob[:10].hex(),
-                       layer["mediaType"])
+                       layer["mediaType"], layer["digest"])
 
 
 _COMPARED = ("typeflag", "mode", "uid", "gid", "uname", "gname", "size", "linkname",
@@ -213,3 +215,63 @@ def show_layer(index: int, layer: LayerTar) -> list[str]:
             f"{layer.tar_size} B, {layer.trailing_zero_blocks} zero blocks, gzip header "
             f"{layer.gzip_header}")
     return [head, *("  " + _show_entry(e) for e in layer.entries)]
+
+
+def layer_count(ref: str) -> int:
+    """How many layers ``ref`` has (its manifest only)."""
+    host, _, rest = ref.partition("/")
+    repository, _, tag = rest.rpartition(":")
+    return len(_image_manifest(host, repository, tag)["layers"])
+
+
+def _mtime_class(mtime: str) -> str:
+    """What a conformance fixture keeps of an mtime: zero, whole seconds, or a fraction."""
+    if "." in mtime and mtime.rstrip("0").rstrip(".") != mtime.partition(".")[0]:
+        return "frac"
+    return "0" if float(mtime) == 0 else "s"
+
+
+def summarise_entry(entry: TarEntry) -> str:
+    """One entry as a fixture line: name, type, mode, owner, names, mtime class, PAX keys,
+    and a hard link's first name. Sizes, contents and times belong to the file description."""
+    link = f" -> {entry.linkname}" if entry.typeflag == "1" else ""
+    pax = ",".join(sorted(entry.pax))
+    return (f"{entry.name} {entry.typeflag} {entry.mode:04o} {entry.uid}:{entry.gid} "
+            f"{entry.uname!r}:{entry.gname!r} mtime={_mtime_class(entry.mtime)} "
+            f"pax=[{pax}]{link}")
+
+
+def summarise_layers(ref: str, skip: int) -> list[dict[str, Any]]:
+    """The layer-level facts a conformance fixture records for ``ref``'s layers after the
+    first ``skip`` (the base image's): each entry in order (:func:`summarise_entry`), and for
+    a layer with no entries the digest of its blob (BuildKit's empty layer is one blob)."""
+    out: list[dict[str, Any]] = []
+    for layer in fetch_layers(ref, skip):
+        summary: dict[str, Any] = {"entries": [summarise_entry(e) for e in layer.entries]}
+        if not layer.entries:
+            summary["empty_blob"] = layer.digest
+        out.append(summary)
+    return out
+
+
+def diff_layer_summaries(want: list[dict[str, Any]], got: list[dict[str, Any]],
+                         labels: tuple[str, str] = ("expected", "kiln")) -> list[str]:
+    """Lines naming each difference between two :func:`summarise_layers` results."""
+    a, b = labels
+    if len(want) != len(got):
+        return [f"layer entries: {a} {len(want)} layers, {b} {len(got)}"]
+    lines: list[str] = []
+    for index, (w, g) in enumerate(zip(want, got, strict=True)):
+        if w.get("empty_blob") != g.get("empty_blob"):
+            lines.append(f"layer {index}: empty blob {a} {w.get('empty_blob')}, "
+                         f"{b} {g.get('empty_blob')}")
+        if w["entries"] == g["entries"]:
+            continue
+        only_w = [e for e in w["entries"] if e not in g["entries"]]
+        only_g = [e for e in g["entries"] if e not in w["entries"]]
+        lines += [f"layer {index}: only in {a}: {e}" for e in only_w]
+        lines += [f"layer {index}: only in {b}: {e}" for e in only_g]
+        if not only_w and not only_g:
+            lines.append(f"layer {index}: entries in another order: {a} {w['entries']}, "
+                         f"{b} {g['entries']}")
+    return lines
