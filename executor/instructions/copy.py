@@ -640,6 +640,8 @@ def _context_path(context_rel: str, rel: str) -> str:
 
 def _copy_file(state: StageState, src: Path, target: Path, info: os.stat_result,
                placement: Placement) -> None:
+    if _already_there(src, target, info, placement):
+        return
     _clear_for_file(state, target, placement)
     if stat.S_ISLNK(info.st_mode):
         os.symlink(os.readlink(src), target)
@@ -652,6 +654,30 @@ def _copy_file(state: StageState, src: Path, target: Path, info: os.stat_result,
     else:
         raise ContextError(f"{src.name}: cannot copy a socket")
     _apply_metadata(target, src, info, placement)
+
+
+def _already_there(src: Path, target: Path, info: os.stat_result, placement: Placement) -> bool:
+    """Whether ``target`` is already the regular file the copy would make: same content, owner,
+    mode, size and mtime to the nanosecond (a file an earlier COPY brought, copied again by
+    ``COPY . .``). It is then left alone, so the layer does not hold it twice: BuildKit's differ
+    leaves such a file out (it compares metadata and mtimes; kiln compares content too)."""
+    if not stat.S_ISREG(info.st_mode) or placement.xattrs:
+        return False
+    try:
+        there = os.lstat(target)
+    except OSError:
+        return False
+    if not stat.S_ISREG(there.st_mode) or (
+            there.st_size, there.st_mtime_ns, (there.st_uid, there.st_gid),
+            stat.S_IMODE(there.st_mode)) != (
+            info.st_size, info.st_mtime_ns, placement.owner.ids_for(info),
+            placement.owner.mode_for(info)):
+        return False
+    with open(src, "rb") as a, open(target, "rb") as b:
+        while chunk := a.read(1 << 20):
+            if chunk != b.read(len(chunk)):
+                return False
+    return True
 
 
 def _apply_metadata(target: Path, src: Path, info: os.stat_result,
