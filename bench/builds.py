@@ -75,10 +75,18 @@ SCENARIOS: dict[str, str] = {
         "ENTRYPOINT [\"/usr/local/bin/server\"]\n"
     ),
     "bigfile": "FROM {base}\nRUN head -c 2147483648 /dev/urandom > /big.bin\n",
+    # The Debian base from a registry at the far end of a link of about 30 MB/s (every blob
+    # through a proxy that sends 64 KiB, then pauses), as a CI job pulling from a hub sees it:
+    # how much of the pull the builder hides behind extraction.
+    "remote": "FROM {debian_remote}\nRUN true\n",
 }
 
 #: The scenarios ``python -m bench.run --kaniko`` compares, in order.
 COMPARED = ("tiny", "files", "seed", "app")
+#: Those it also takes when asked for them by name (``--scenario``).
+COMPARABLE = (*COMPARED, "remote")
+#: The remote link's pause after each 64 KiB piece of a blob.
+REMOTE_PAUSE_S = 0.002
 
 
 @dataclass(frozen=True)
@@ -271,12 +279,19 @@ def _buildah(context: Path, work: Path) -> Timed:
 @contextmanager
 def busybox_registry(debian: bool = False) -> Iterator[dict[str, str]]:
     """A registry on loopback holding the busybox test base image (and, with ``debian``, the
-    Debian minbase one); yields their references as ``base`` and ``debian``."""
+    Debian minbase one); yields their references as ``base`` and ``debian``, and the Debian
+    one through a slow link (see ``remote``) as ``debian_remote``."""
+    from tests.support.fault_proxy import Fault, FaultProxy
+
     with tempfile.TemporaryDirectory(prefix="kiln-bench-reg-") as scratch:
         registry = Registry(Path(scratch) / "registry").start()
+        proxy = FaultProxy(registry.url).start()
+        proxy.add(Fault("GET", r"/blobs/sha256:", action="slow", stall=REMOTE_PAUSE_S,
+                        times=1 << 30))
         try:
             refs = {"base": f"{registry.host}/bench/busybox:latest",
-                    "debian": f"{registry.host}/bench/debian:bookworm"}
+                    "debian": f"{registry.host}/bench/debian:bookworm",
+                    "debian_remote": f"{proxy.host}/bench/debian:bookworm"}
             write_busybox_layout(Path(scratch) / "layout", "latest")
             push_layout(Path(scratch) / "layout", "latest", refs["base"])
             if debian:
@@ -284,6 +299,7 @@ def busybox_registry(debian: bool = False) -> Iterator[dict[str, str]]:
                 push_layout(Path(scratch) / "debian", "bookworm", refs["debian"])
             yield refs
         finally:
+            proxy.stop()
             registry.stop()
 
 
@@ -304,7 +320,7 @@ def measure_builds(scenarios: list[str], tools: list[str], runs: int,
     """Build every scenario ``runs`` times with every tool, cold, interleaved (run 1 of each
     tool, then run 2 of each, the order rotating), and report each measurement."""
     compile_kiln()
-    needs_debian = any("{debian}" in SCENARIOS[s] for s in scenarios)
+    needs_debian = any("{debian" in SCENARIOS[s] for s in scenarios)
     with busybox_registry(needs_debian) as bases, \
             tempfile.TemporaryDirectory(prefix="kiln-bench-") as tmp:
         destination = bases["base"].split("/", 1)[0] + "/bench/out:latest"

@@ -14,6 +14,11 @@ the cheapest known way to do the same work on the same bytes:
 
 Every tool works on tmpfs (``/dev/shm`` when writable), so file creation is the kernel's
 in-memory cost, not this VM's disk.
+
+:func:`measure_file_floors` does the same for the ``files`` build's own work, a step that wrote
+50,000 small files: the snapshot that finds them, and their layer against GNU tar piped into
+``gzip -1`` and against the system calls alone (open, fstat, read, close per file) plus the
+compression and digests of the same tar.
 """
 
 from __future__ import annotations
@@ -122,3 +127,54 @@ def _compress_and_hash(tar: bytes, level: int) -> None:
     blob = isal.igzip_lib.compress(tar, level=level, flag=isal.igzip_lib.COMP_GZIP)
     hashlib.sha256(blob).digest()
     hashlib.sha256(tar).digest()
+
+
+def write_small_files(root: Path, count: int) -> None:
+    """``count`` files of a few bytes in one directory, as the ``files`` build's RUN makes."""
+    directory = root / "files"
+    directory.mkdir(parents=True)
+    for index in range(count):
+        (directory / f"f{index}").write_bytes(b"%d\n" % index)
+
+
+def read_files_floor(root: Path, tar: bytes, level: int) -> None:
+    """The least a layer of many small files costs from Python: each file opened, checked,
+    read and closed, and the finished tar compressed and hashed."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+    with os.scandir(root / "files") as entries:
+        for entry in entries:
+            fd = os.open(entry.path, flags)
+            os.read(fd, os.fstat(fd).st_size)
+            os.close(fd)
+    _compress_and_hash(tar, level)
+
+
+def measure_file_floors(count: int, runs: int, workdir: Path,
+                        report: Callable[[str, str, float], None]) -> None:
+    """Report ``(phase, tool, cpu seconds)`` for the snapshot and the layer of ``count`` new
+    small files, ``runs`` times."""
+    with tempfile.TemporaryDirectory(prefix="kiln-bench-floors-", dir=workdir) as scratch:
+        tmp = Path(scratch)
+        root, empty_dir = tmp / "root", tmp / "empty"
+        write_small_files(root, count)
+        empty_dir.mkdir()
+        ignore = IgnoreList(root=root, paths=frozenset())
+        empty = take_snapshot(empty_dir, IgnoreList(root=empty_dir, paths=frozenset()))
+        level = Compression("gzip").isal_level
+        for run in range(runs):
+            snapshot = take_snapshot(root, ignore, previous=empty)
+            report("snapshot", "kiln", timed_cpu(functools.partial(
+                take_snapshot, root, ignore, previous=empty)))
+            report("snapshot", "lstat-walk", timed_cpu(functools.partial(lstat_walk, root)))
+            out = tmp / f"layers{run}"
+            changes = diff_snapshots(empty, snapshot)
+            report("layer", "kiln", timed_cpu(functools.partial(
+                write_layer, root, changes, snapshot, out, Compression("gzip"))))
+            tar = subprocess.run(["tar", "--numeric-owner", "-cf", "-", "-C", str(root),
+                                  "files"], check=True, capture_output=True).stdout
+            report("layer", "gnu-tar|gzip-1", timed_cpu(functools.partial(
+                subprocess.run, ["sh", "-c", f"tar --numeric-owner -cf - -C {root} files "
+                                 "| gzip -1 > /dev/null"], check=True)))
+            report("layer", "syscalls+isal+2sha256", timed_cpu(functools.partial(
+                read_files_floor, root, tar, level)))
+            shutil.rmtree(out)

@@ -6,7 +6,8 @@ timed runs. ``tiny``, ``files`` and ``bigfile`` build whole Dockerfiles with kil
 buildah against a local registry (bench/builds.py), and ``files-cache`` builds ``files`` with
 ``--cache`` twice (cold, then warm from the cache); ``extract-*`` compare kiln, umoci and GNU
 tar (bench/extract.py); ``floors-debian`` sets the seed build's own phases (extract, snapshot,
-layer) beside their floors in CPU seconds (bench/floors.py). Push memory has its own script:
+layer) beside their floors in CPU seconds (bench/floors.py), and ``floors-files`` those of the
+``files`` build (the snapshot and layer of 50,000 new small files). Push memory has its own script:
 ``python -m bench.push``. Add a scenario by writing a function
 ``(workdir, runs) -> list[Result]`` and listing it in ``SCENARIOS``.
 
@@ -180,6 +181,19 @@ def floors_debian(_workdir: Path, runs: int) -> list[Result]:
     return _medians("floors-debian", samples)
 
 
+def floors_files(_workdir: Path, runs: int) -> list[Result]:
+    """The ``files`` build's own phases (a 50,000-file step) against their floors, in CPU
+    seconds (bench/floors.py); the tool is ``phase/tool``."""
+    from bench.extract import default_workdir
+    from bench.floors import measure_file_floors
+
+    samples: dict[str, list[tuple[float, float]]] = {}
+    measure_file_floors(50_000, runs, default_workdir(),
+                        lambda phase, tool, cpu: samples.setdefault(f"{phase}/{tool}", []).append(
+                            (cpu, float("nan"))))
+    return _medians("floors-files", samples)
+
+
 def files_cache(_workdir: Path, runs: int) -> list[Result]:
     """The ``files`` build with --cache, cold and warm (bench/builds.py)."""
     from bench.builds import Measurement, measure_cached_rebuild
@@ -204,6 +218,7 @@ SCENARIOS: dict[str, Callable[[Path, int], list[Result]]] = {
     "extract-debian": _extract_scenario("extract-debian"),
     "extract-50k": _extract_scenario("extract-50k"),
     "floors-debian": floors_debian,
+    "floors-files": floors_files,
 }
 
 
@@ -224,9 +239,10 @@ def run_scenario_in_child(name: str, runs: int) -> list[Result]:
 
 
 def print_table(results: list[Result]) -> None:
-    print(f"{'scenario':<24} {'tool':<12} {'median s':>10} {'peak RSS MB':>12}")
+    width = max([12, *(len(result.tool) for result in results)])
+    print(f"{'scenario':<24} {'tool':<{width}} {'median s':>10} {'peak RSS MB':>12}")
     for result in results:
-        print(f"{result.scenario:<24} {result.tool:<12} {result.seconds:>10.4f} "
+        print(f"{result.scenario:<24} {result.tool:<{width}} {result.seconds:>10.4f} "
               f"{result.peak_rss_mb:>12.1f}")
 
 
@@ -306,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="timed runs per scenario, for the median (5; 3 with --kaniko)")
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     parser.add_argument("--scenario", action="append",
-                        choices=sorted({*SCENARIOS, "seed", "app"}),
+                        choices=sorted({*SCENARIOS, "seed", "app", "remote"}),
                         help="run only this scenario (repeatable)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--kaniko", type=Path, metavar="PATH",
@@ -316,12 +332,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="with --kaniko: leave buildah out (it is the slowest)")
     args = parser.parse_args(argv)
     if args.kaniko:
-        from bench.builds import COMPARED
+        from bench.builds import COMPARABLE, COMPARED
 
         chosen = args.scenario or list(COMPARED)
-        unknown = [name for name in chosen if name not in COMPARED]
+        unknown = [name for name in chosen if name not in COMPARABLE]
         if unknown:
-            parser.error(f"with --kaniko, --scenario is one of {', '.join(COMPARED)}")
+            parser.error(f"with --kaniko, --scenario is one of {', '.join(COMPARABLE)}")
         compare_builders(args.kaniko, chosen, args.runs or 3,
                          not args.no_buildah)
         return 0

@@ -63,16 +63,12 @@ from executor.publish import (
     publish,
     transfer_line,
 )
-from executor.registry.client import (
-    PARTIAL_SUFFIX,
-    Cancellation,
-    RegistryClient,
-    remove_stale_partials,
-)
+from executor.registry.client import PARTIAL_SUFFIX, Cancellation, RegistryClient
+from executor.registry.feed import DownloadFailed, DownloadFeed, DownloadRestarted, FollowingReader
 from executor.report import BuildRecorder
 from executor.sandbox import Sandbox
 from executor.tracing import start_tracing
-from executor.workspace import temporary_workspace
+from executor.workspace import remove_stale_partials, temporary_workspace
 from snapshot.compress import Compression, open_decompressed
 from snapshot.errors import CorruptLayerError, UnsafeLayerError
 from snapshot.extract import extract_layer
@@ -411,48 +407,84 @@ class Builder:
         self.pulled[name] = image
         return image
 
-    def _fetch_layers(self, image: BuiltImage) -> Generator[Future[Layer], None, None]:
-        """Start downloading every missing layer; yields them in order as futures."""
+    def _fetch_layers(self, image: BuiltImage
+                      ) -> Generator[tuple[Layer, Future[Layer], DownloadFeed], None, None]:
+        """Start downloading every missing layer; yields each in order with its download's
+        future and the feed an extraction can follow the download through."""
         pool = ThreadPoolExecutor(max_workers=3, thread_name_prefix="kiln-pull")
         cancel = Cancellation()
 
-        def fetch(layer: Layer) -> Layer:
-            if not layer.path.exists():
-                assert image.source is not None
-                started = time.monotonic()
-                self.client.fetch_blob(image.source, layer.descriptor(), layer.path,
-                                       cancel=cancel)
-                self.recorder.add("pull", time.monotonic() - started, {
-                    "kiln.layer.digest": layer.digest, "kiln.layer.compressed_bytes": layer.size,
-                    "kiln.registry": image.source.registry})
-                log.info("%s", transfer_line("Pulled", layer.digest, layer.size,
-                                             time.monotonic() - started, True))
+        def fetch(layer: Layer, feed: DownloadFeed) -> Layer:
+            try:
+                if not layer.path.exists():
+                    assert image.source is not None
+                    started = time.monotonic()
+                    self.client.fetch_blob(image.source, layer.descriptor(), layer.path,
+                                           cancel=cancel, feed=feed)
+                    self.recorder.add("pull", time.monotonic() - started, {
+                        "kiln.layer.digest": layer.digest,
+                        "kiln.layer.compressed_bytes": layer.size,
+                        "kiln.registry": image.source.registry})
+                    log.info("%s", transfer_line("Pulled", layer.digest, layer.size,
+                                                 time.monotonic() - started, True))
+            except BaseException:
+                feed.fail()
+                raise
+            feed.finish(layer.path)
             return layer
 
-        futures = [pool.submit(fetch, layer) for layer in image.layers]
+        feeds = [DownloadFeed() for _ in image.layers]
+        futures = [pool.submit(fetch, layer, feed)
+                   for layer, feed in zip(image.layers, feeds, strict=True)]
         try:
-            yield from futures
+            yield from zip(image.layers, futures, feeds, strict=True)
         except BaseException:
             # A failure or a stop signal: downloads still running are cut, not waited for.
             cancel.cancel()
             pool.shutdown(wait=False, cancel_futures=True)
+            for feed in feeds:  # a reader waiting on a download that will never run
+                feed.fail()
             raise
         pool.shutdown(wait=True)
 
     def _extract(self, image: BuiltImage, root: Path, ignore: IgnoreList) -> None:
-        """Extract ``image``'s layers in order; later downloads overlap earlier extraction."""
+        """Extract ``image``'s layers in order; later downloads overlap earlier extraction,
+        and a layer still downloading is extracted as its bytes arrive."""
         downloads = self._fetch_layers(image)
+        source = str(image.source) if image.source else "the base stage"
         try:
-            for future in downloads:
-                layer = future.result()
+            for layer, future, feed in downloads:
                 started = time.monotonic()
-                self._extract_layer(layer, root, ignore,
-                                    str(image.source) if image.source else "the base stage")
+                if future.done():
+                    self._extract_layer(future.result(), root, ignore, source)
+                else:
+                    self._extract_following(layer, future, feed, root, ignore, source)
                 self.recorder.add("extract", time.monotonic() - started, {
                     "kiln.layer.digest": layer.digest, "kiln.layer.compressed_bytes": layer.size})
                 log.debug("extracted %s in %.2fs", layer.digest, time.monotonic() - started)
         finally:
             downloads.close()  # now, not when the traceback is freed: cuts running downloads
+
+    @staticmethod
+    def _extract_following(layer: Layer, future: Future[Layer], feed: DownloadFeed,
+                           root: Path, ignore: IgnoreList, source: str) -> None:
+        """Extract a layer while it downloads. A failure is the download's when the download
+        failed too (its error says more than a stream cut short); a download that started
+        over raises :class:`DownloadRestarted`, for the base to be extracted again."""
+        following = FollowingReader(feed)
+        try:
+            with following:
+                Builder._extract_stream(cast(BinaryIO, following), layer, root, ignore,
+                                        source)
+        except UnsafeLayerError:
+            raise
+        except (DownloadFailed, DownloadRestarted, CorruptLayerError, ImageError):
+            # The extraction reports a stream error however the stream ended: look at why.
+            future.result()  # raises the download's own error, if it failed
+            if following.restarted:
+                raise DownloadRestarted() from None
+            raise
+        future.result()
 
     @staticmethod
     def _extract_layer(layer: Layer, root: Path, ignore: IgnoreList,
@@ -461,14 +493,18 @@ class Builder:
         what it uncompresses to against the config's ``rootfs.diff_ids`` (containerd refuses
         to unpack an image whose layers and diff_ids disagree, so kiln must not push one)."""
         with open(layer.path, "rb") as raw:
-            verified = VerifyingReader(raw, layer.digest)
-            stream = open_decompressed(cast(BinaryIO, verified),
-                                       compression_of(layer.media_type))
-            uncompressed = VerifyingReader(stream, layer.diff_id)
-            extract_layer(root, cast(BinaryIO, uncompressed), ignore=ignore,
-                          layer_name=layer.digest)
-            verified.verify()
-            diff_id = uncompressed.finish()
+            Builder._extract_stream(raw, layer, root, ignore, image)
+
+    @staticmethod
+    def _extract_stream(raw: BinaryIO, layer: Layer, root: Path, ignore: IgnoreList,
+                        image: str) -> None:
+        """Apply the layer blob read from ``raw`` (see :meth:`_extract_layer`)."""
+        verified = VerifyingReader(raw, layer.digest)
+        stream = open_decompressed(cast(BinaryIO, verified), compression_of(layer.media_type))
+        uncompressed = VerifyingReader(stream, layer.diff_id)
+        extract_layer(root, cast(BinaryIO, uncompressed), ignore=ignore, layer_name=layer.digest)
+        verified.verify()
+        diff_id = uncompressed.finish()
         if diff_id != layer.diff_id:
             raise ImageError(f"{image}: layer {layer.digest} uncompresses to diff_id {diff_id}, "
                              f"but the image config's rootfs.diff_ids says {layer.diff_id}")
@@ -494,14 +530,28 @@ class Builder:
     def _extract_with_retries(self, base: BuiltImage) -> None:
         """Extract the base into the root, starting over on a failure when
         ``--image-fs-extract-retry`` allows it (kaniko's flag). A layer refused as unsafe is
-        never retried; a corrupt cached blob is dropped so the retry downloads it again."""
+        never retried; a corrupt cached blob is dropped so the retry downloads it again.
+
+        A layer whose download started over while it was being extracted (a connection cut
+        and retried) is not a failed attempt: its blob is complete by then, and the base is
+        extracted again from the files, once, whatever the flag says."""
         attempts = 1 + self.options.image_fs_extract_retry
-        for attempt in range(1, attempts + 1):
+        attempt = 1
+        restarted = False
+        while True:
             try:
                 self._extract(base, self.root, self.ignore)
                 return
             except UnsafeLayerError:
                 raise
+            except DownloadRestarted:
+                if restarted:
+                    raise KilnError("a base layer's download started over twice while it was "
+                                    "extracted") from None
+                restarted = True
+                log.info("A base layer's download started over; extracting the base again")
+                clear_root(self.root, self.ignore)
+                continue
             except (CorruptLayerError, OSError) as exc:
                 if attempt == attempts:
                     raise
@@ -511,6 +561,7 @@ class Builder:
                     for layer in base.layers:
                         layer.path.unlink(missing_ok=True)
                 clear_root(self.root, self.ignore)
+                attempt += 1
 
     def _keep_root_for_copies(self) -> bool:
         """Move the root's filesystem out for a later COPY --from of the stage it holds,

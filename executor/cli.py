@@ -185,8 +185,24 @@ def _run_build(flags: dict[str, object]) -> int:
         log.error("build interrupted: nothing was pushed")
         return 130
     except Exception as exc:
-        return report_error(exc, debug)
+        return without_stragglers(report_error(exc, debug))
     return 0
+
+
+def without_stragglers(code: int) -> int:
+    """``code``, for an error exit; but exit at once if a worker thread is still busy.
+
+    A failed build leaves its base-layer downloads cancelled, yet a download thread may still
+    wait for a registry's answer (no response yet, so no socket to cut) or sleep before a
+    retry; a normal exit would join it and hang until the read timeout (two minutes). Nothing
+    it does is wanted any more: its half-written file is removed by the next build.
+    """
+    import threading
+
+    main = threading.main_thread()
+    if any(t is not main and not t.daemon and t.is_alive() for t in threading.enumerate()):
+        exit_without_waiting(code)
+    return code
 
 
 def exit_without_waiting(code: int) -> NoReturn:

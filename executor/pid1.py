@@ -24,6 +24,7 @@ import contextlib
 import logging
 import os
 import signal
+import threading
 from collections.abc import Iterator
 from types import FrameType
 
@@ -34,6 +35,9 @@ log = logging.getLogger("kiln")
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 _paused = 0
+_held = 0
+#: A stop signal that came while :func:`interruption_held` held it.
+_arrived: int | None = None
 
 
 class BuildInterrupted(BaseException):
@@ -73,10 +77,37 @@ def install_handlers() -> None:
 
 
 def _interrupt(signum: int, _frame: FrameType | None) -> None:
+    global _arrived
     # One stop is enough: a second signal must not interrupt the cleanup the first started.
     for other in STOP_SIGNALS:
         signal.signal(other, signal.SIG_IGN)
+    if _held:
+        _arrived = signum
+        return
     raise BuildInterrupted(signum)
+
+
+@contextlib.contextmanager
+def interruption_held() -> Iterator[None]:
+    """Hold a stop signal's :class:`BuildInterrupted` for the block; raise it as the block
+    ends.
+
+    For the start of a process: raised half way through ``subprocess.Popen``, after the
+    fork, it would leave kiln no handle to stop the process with. Signal handlers run in the
+    main thread only, so elsewhere there is nothing to hold.
+    """
+    global _held, _arrived
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _held += 1
+    try:
+        yield
+    finally:
+        _held -= 1
+        if not _held and _arrived is not None:
+            signum, _arrived = _arrived, None
+            raise BuildInterrupted(signum)
 
 
 def _on_child(_signum: int, _frame: FrameType | None) -> None:

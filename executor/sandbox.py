@@ -32,7 +32,6 @@ import logging
 import os
 import platform
 import stat
-import subprocess
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -164,17 +163,10 @@ class Sandbox:
             all_mounts = (*name_service, *mounts)
             # As PID 1, orphans are reaped only once the command itself was waited for.
             with reaping_paused():
-                proc = lifetime.spawn(
-                    list(argv), env=env,
-                    stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-                    keeper_setup=self._namespaces(network),
+                done = lifetime.run(
+                    list(argv), env=env, input=stdin, keeper_setup=self._namespaces(network),
                     command_setup=self._command_setup(cwd, identity, all_mounts))
-                try:
-                    proc.communicate(stdin)
-                except BaseException:
-                    lifetime.stop(proc)
-                    raise
-        code = proc.returncode
+        code = done.returncode
         return 128 - code if code < 0 else code
 
     def settled_paths(self) -> tuple[str, ...]:

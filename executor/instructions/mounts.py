@@ -198,20 +198,20 @@ def prepared_mounts(state: StageState, inst: Instruction, specs: list[MountSpec]
     """
     targets = [s.target for s in specs if s.target is not None]
     prepared = PreparedMounts(nested=_nested(targets), holding=_holding(targets))
-    with prepared.stack:
-        try:
-            for spec in sorted(specs, key=lambda s: (s.target or "").count("/")):
-                _prepare(state, inst, spec, prepared, emulate)
-            if emulate and prepared.placements:
-                assert state.kiln_dir is not None
-                try:
+    try:  # placing, and undoing the placements as the stack closes
+        with prepared.stack:
+            try:
+                for spec in sorted(specs, key=lambda s: (s.target or "").count("/")):
+                    _prepare(state, inst, spec, prepared, emulate)
+                if emulate and prepared.placements:
+                    assert state.kiln_dir is not None
                     prepared.stack.enter_context(placed(state.root, state.kiln_dir,
                                                         prepared.placements, prepared.settled))
-                except PlacementError as exc:
-                    raise inst.error(str(exc)) from None
-            yield prepared
-        finally:
-            _remove_mount_points(prepared)
+                yield prepared
+            finally:
+                _remove_mount_points(prepared)
+    except PlacementError as exc:
+        raise inst.error(str(exc)) from None
 
 
 def _inside(path: str, directory: str) -> bool:

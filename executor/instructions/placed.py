@@ -5,7 +5,9 @@ so no mount namespace and no mount. kiln then does what a mount would look like 
 
 - the target's own content, if the image has something there, is renamed aside (into the kiln
   dir, or beside the target when that is another filesystem) and renamed back afterwards, so it
-  comes back exactly: same inodes, bytes, owners, modes and times;
+  comes back exactly: same inodes, bytes, owners, modes and times. It always comes back, as
+  from under a mount: over whatever is at the target then, and into parent directories made
+  again if the command removed them (under a mount it could not have);
 - a cache directory is renamed into place and back (the kiln dir is on the root filesystem, so a
   rename: no copy, whatever the cache's size); a bind's source is copied into place and the copy
   removed; a secret is written as a file and removed; a tmpfs is an empty directory, removed;
@@ -77,12 +79,18 @@ class Journal:
 
     def undo_all(self) -> list[str]:
         """Undo every step, last first; the journal shrinks as it goes. Returns the paths
-        (relative to ``/``) whose stat the undoing moved without changing them."""
+        (relative to ``/``) whose stat the undoing moved without changing them. A step that
+        fails stays in the journal and raises PlacementError naming its target."""
         touched: list[str] = []
         while self.steps:
-            touched.extend(_undo(self.steps[-1]))
-            self.steps.pop()
-            self._write()
+            step = self.steps[-1]
+            try:
+                touched.extend(_undo(step))
+                self.steps.pop()
+                self._write()
+            except OSError as exc:
+                raise PlacementError(f"RUN --mount: undoing the mount of {_target_of(step)}: "
+                                     f"{exc.strerror or exc}") from None
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
         return touched
@@ -158,15 +166,16 @@ def _place(root: Path, kiln_dir: Path, index: int, placement: Placement, journal
         # Moved aside, the target would take kiln's directory (its journal, caches) with it.
         raise PlacementError(f"RUN --mount target {placement.target} holds kiln's own "
                              f"directory {kiln_dir}")
+    target = placement.target
     holder = _existing_ancestor(point)
     info = os.lstat(holder)
     journal.add({"undo": "times", "path": str(holder), "atime": info.st_atime_ns,
-                 "mtime": info.st_mtime_ns})
+                 "mtime": info.st_mtime_ns, "target": target})
     settled.append(os.path.relpath(holder, root))
     if os.path.lexists(point):
         aside = kiln_dir / "mounts" / f"aside-{index}"
         _remove(aside)
-        journal.add({"undo": "move", "from": str(aside), "to": str(point)})
+        journal.add({"undo": "restore", "from": str(aside), "to": str(point), "target": target})
         try:
             _rename(point, aside)
         except OSError as exc:
@@ -179,11 +188,12 @@ def _place(root: Path, kiln_dir: Path, index: int, placement: Placement, journal
             journal.steps.pop()
             aside = point.parent / f".kiln-aside-{index}-{point.name}"
             _remove(aside)
-            journal.add({"undo": "move", "from": str(aside), "to": str(point)})
+            journal.add({"undo": "restore", "from": str(aside), "to": str(point),
+                         "target": target})
             _rename(point, aside)
         settled.append(os.path.relpath(point, root))
     else:
-        _make_parents(root, point, journal)
+        _make_parents(root, point, journal, target)
     try:
         _put(placement, point, journal)
     except OSError as exc:
@@ -192,12 +202,14 @@ def _place(root: Path, kiln_dir: Path, index: int, placement: Placement, journal
 
 
 def _put(placement: Placement, point: Path, journal: Journal) -> None:
+    target = placement.target
     if placement.how == "cache":
         assert placement.source is not None
-        journal.add({"undo": "move", "from": str(point), "to": str(placement.source)})
+        journal.add({"undo": "move", "from": str(point), "to": str(placement.source),
+                     "target": target})
         _move(placement.source, point)
         return
-    journal.add({"undo": "remove", "path": str(point)})
+    journal.add({"undo": "remove", "path": str(point), "target": target})
     if placement.how == "empty":
         point.mkdir(mode=0o755)
         os.chmod(point, 0o1777)
@@ -216,7 +228,7 @@ def _existing_ancestor(point: Path) -> Path:
     return probe
 
 
-def _make_parents(root: Path, point: Path, journal: Journal) -> None:
+def _make_parents(root: Path, point: Path, journal: Journal, target: str) -> None:
     missing = []
     probe = point.parent
     while not os.path.lexists(probe):
@@ -226,7 +238,7 @@ def _make_parents(root: Path, point: Path, journal: Journal) -> None:
         raise PlacementError(f"RUN --mount target /{point.relative_to(root)}: "
                              f"/{probe.relative_to(root)} is not a directory")
     for path in reversed(missing):
-        journal.add({"undo": "rmdir", "path": str(path)})
+        journal.add({"undo": "rmdir", "path": str(path), "target": target})
         path.mkdir(mode=0o755)
         os.chmod(path, 0o755)
 
@@ -249,13 +261,38 @@ def _undo(step: dict[str, str | int]) -> list[str]:
         if not os.path.lexists(source):
             return []
         if os.path.lexists(dest):
-            # A cache whose store was made again meanwhile, or what a command left at a
-            # target: what was there first wins.
+            # A cache whose store was made again meanwhile: the store wins.
             _remove(source)
             return []
         _move(source, dest)
         return [str(dest)]
+    elif kind == "restore":
+        return _restore(Path(str(step["from"])), Path(str(step["to"])))
     return []
+
+
+def _restore(aside: Path, point: Path) -> list[str]:
+    """Put the image's own content back at ``point``, as it comes out from under a mount:
+    over whatever is there, and into the parent directories if the command removed them."""
+    if not os.path.lexists(aside):
+        return []
+    _remove(point)
+    missing = []
+    probe = point.parent
+    while not os.path.lexists(probe):
+        missing.append(probe)
+        probe = probe.parent
+    if not stat.S_ISDIR(os.lstat(probe).st_mode):
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(probe))
+    for path in reversed(missing):
+        path.mkdir(mode=0o755)
+    _move(aside, point)
+    return [str(point)]
+
+
+def _target_of(step: dict[str, str | int]) -> str:
+    """The mount target a journal step serves (a journal of an older kiln: its host path)."""
+    return str(step.get("target") or step.get("to") or step.get("path"))
 
 
 def _rename(source: Path, dest: Path) -> None:

@@ -14,8 +14,6 @@ what to advise when the registry still says no.
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import fnmatch
 import hashlib
 import json
 import logging
@@ -48,6 +46,7 @@ from executor.image.model import (
 )
 from executor.image.reference import ImageRef, validate_digest
 from executor.log import TransferMeter, heartbeat
+from executor.registry.feed import DownloadFeed
 from executor.registry.transport import (
     RETRY_STATUSES,
     Body,
@@ -66,6 +65,9 @@ log = logging.getLogger("kiln")
 _T = TypeVar("_T")
 
 CHUNK_SIZE = 1 << 20
+#: A blob download's read: small enough that an extraction following the download
+#: (executor.registry.feed) gets bytes as they come, not a megabyte late.
+DOWNLOAD_CHUNK_SIZE = 128 << 10
 #: The suffix of a blob being downloaded (renamed into place once verified).
 PARTIAL_SUFFIX = ".partial"
 #: distribution refuses manifests above 4 MiB; anything bigger is not a manifest.
@@ -205,42 +207,6 @@ def _shut_down_socket(response: requests.Response) -> None:
             sock.shutdown(socket.SHUT_RDWR)
 
 
-def remove_stale_partials(directory: Path,
-                          patterns: tuple[str, ...] = (f"*{PARTIAL_SUFFIX}",)) -> list[Path]:
-    """Delete the unfinished files (``.partial`` downloads, or names matching ``patterns``)
-    that a build killed mid-way left in ``directory``.
-
-    Their writers hold an exclusive ``flock`` on them, which the kernel drops when the process
-    dies; a file whose lock can be taken is nobody's, a locked one is being written by another
-    build sharing the directory, and is left alone.
-    """
-    removed: list[Path] = []
-    try:
-        candidates = [p for p in directory.iterdir()
-                      if any(fnmatch.fnmatchcase(p.name, pattern) for pattern in patterns)]
-    except OSError:
-        return removed
-    for path in candidates:
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-        except OSError:
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            continue
-        try:
-            path.unlink(missing_ok=True)
-            removed.append(path)
-        finally:
-            os.close(fd)
-    if removed:
-        log.info("Removed %d unfinished file(s) a stopped build left in %s", len(removed),
-                 directory)
-    return removed
-
-
 class RegistryClient:
     """Talks to registries on behalf of one build. Use it as a context manager or ``close()`` it."""
 
@@ -368,20 +334,23 @@ class RegistryClient:
         return body
 
     def fetch_blob(self, ref: ImageRef, descriptor: Descriptor, dest: Path, *,
-                   push: bool = False, cancel: Cancellation | None = None) -> None:
-        """Download the blob ``descriptor`` names to ``dest``, verified, in 1 MiB chunks.
+                   push: bool = False, cancel: Cancellation | None = None,
+                   feed: DownloadFeed | None = None) -> None:
+        """Download the blob ``descriptor`` names to ``dest``, verified, in 128 KiB chunks.
 
         The bytes go to a temporary file next to ``dest`` that is renamed into place only when
         digest and size match, so ``dest`` never holds a partial or corrupt blob. A download
         that breaks off is started again, up to the transport's retry count. ``cancel`` stops
         it from another thread (``DownloadCancelled``), even in the middle of a stalled read.
+        ``feed`` hears of every attempt's file and bytes, for a reader following the download
+        (:mod:`executor.registry.feed`); the caller tells it the end.
         """
         ref = ref if push else self._pulled_from.get(ref.name, ref)
         self._retrying_pull(partial(self._fetch_blob, ref, descriptor, dest, push,
-                                    cancel or Cancellation()))
+                                    cancel or Cancellation(), feed))
 
     def _fetch_blob(self, ref: ImageRef, descriptor: Descriptor, dest: Path,
-                    push: bool, cancel: Cancellation) -> None:
+                    push: bool, cancel: Cancellation, feed: DownloadFeed | None = None) -> None:
         operation = f"fetching blob {ref.name}@{descriptor.digest}"
         _check_descriptor(descriptor, operation)
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -389,7 +358,7 @@ class RegistryClient:
         while True:
             cancel.check()
             try:
-                self._download(ref, descriptor, dest, operation, push, cancel)
+                self._download(ref, descriptor, dest, operation, push, cancel, feed)
                 return
             except (requests.ConnectionError, requests.Timeout,
                     requests.exceptions.ChunkedEncodingError) as exc:
@@ -408,7 +377,8 @@ class RegistryClient:
                 attempt += 1
 
     def _download(self, ref: ImageRef, descriptor: Descriptor, dest: Path,
-                  operation: str, push: bool, cancel: Cancellation) -> None:
+                  operation: str, push: bool, cancel: Cancellation,
+                  feed: DownloadFeed | None = None) -> None:
         response = self._request("GET", ref, f"/v2/{ref.repository}/blobs/{descriptor.digest}",
                                  stream=True, push=push)
         with response, cancel.watching(response):
@@ -429,10 +399,12 @@ class RegistryClient:
                 handle.close()
             meter = TransferMeter("downloading", descriptor.digest, ref.registry,
                                   descriptor.size)
+            if feed is not None:
+                feed.begin(handle.name)
 
             try:
                 with handle, heartbeat(meter.describe, self.transport.progress_every):
-                    for chunk in response.iter_content(CHUNK_SIZE):
+                    for chunk in response.iter_content(DOWNLOAD_CHUNK_SIZE):
                         cancel.check()
                         size += len(chunk)
                         meter.done = size
@@ -441,6 +413,10 @@ class RegistryClient:
                         hasher.update(chunk)
                         with disk():
                             handle.write(chunk)
+                            if feed is not None:  # where a reader's own descriptor sees it
+                                handle.flush()
+                        if feed is not None:
+                            feed.wrote(len(chunk))
                     with disk():
                         handle.flush()
                 _verify(descriptor, f"{descriptor.digest.partition(':')[0]}:{hasher.hexdigest()}",

@@ -383,14 +383,8 @@ def _run_helper(argv: list[str], stdin: bytes,
     build is interrupted, every process it started ends with it, so a hanging helper's
     children cannot outlive its timeout. It stays in kiln's process group (kiln as PID 1 does
     not reap it) and so gets a terminal's Ctrl-C with kiln."""
-    proc = lifetime.spawn(argv, env=env, new_session=False, stdin=subprocess.PIPE,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        out, err = proc.communicate(stdin, timeout=_HELPER_TIMEOUT)
-    except BaseException:
-        lifetime.stop(proc)
-        raise
-    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+    return lifetime.run(argv, env=env, input=stdin, timeout=_HELPER_TIMEOUT, new_session=False,
+                        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
 def env_credential(registry: str, environ: Mapping[str, str] | None = None) -> Credential | None:

@@ -30,13 +30,9 @@ import requests
 
 from executor.image.model import OCI_LAYER, OCI_MANIFEST, Descriptor, sha256_digest
 from executor.image.reference import ImageRef
-from executor.registry.client import (
-    Cancellation,
-    DownloadCancelled,
-    RegistryClient,
-    remove_stale_partials,
-)
+from executor.registry.client import Cancellation, DownloadCancelled, RegistryClient
 from executor.registry.transport import Transport, TransportOptions
+from executor.workspace import remove_stale_partials
 from tests.support.fault_proxy import Fault, FaultProxy
 from tests.support.kiln import ExecutorRun, run_spawning, write_context
 from tests.support.registry import Registry
@@ -172,7 +168,7 @@ def test_a_stale_partial_download_is_removed_but_a_live_one_is_kept(tmp_path: Pa
     blob.write_bytes(b"whole")
     with open(live, "rb") as held:
         fcntl.flock(held.fileno(), fcntl.LOCK_EX)
-        assert remove_stale_partials(tmp_path) == [stale]
+        assert remove_stale_partials(tmp_path, ("*.partial",)) == [stale]
     assert sorted(p.name for p in tmp_path.iterdir()) == [".abc.2.partial", "abc"]
 
 
@@ -648,3 +644,41 @@ def test_a_custom_platform_the_base_lacks_warns_as_buildkit_and_labels_the_targe
 
     config = inspect_config(destination)
     assert (config["os"], config["architecture"]) == ("linux", "arm64")
+
+
+# --- an error exit while another request hangs -------------------------------------------------
+
+
+def _two_layer_base(registry: Registry, tmp_path: Path) -> tuple[str, list[str]]:
+    """An image of two layers (busybox and one file), pushed by kiln; its layer digests."""
+    repository = f"faults/base-{uuid.uuid4().hex[:8]}"
+    context = write_context(tmp_path / "base-context",
+                            f"FROM {registry.host}/test/busybox:latest\nRUN echo 2 > /second\n")
+    pushed = run_spawning(
+        [sys.executable, "-m", "executor.cli", "--context", str(context), "--root",
+         str(tmp_path / "base-root"), "--kaniko-dir", str(tmp_path / "base-kiln"),
+         "--destination", f"{registry.host}/{repository}:latest", "--insecure",
+         "--insecure-pull"], capture_output=True, text=True, check=False,
+        stdin=subprocess.DEVNULL)
+    assert pushed.returncode == 0, pushed.stderr
+    manifest = requests.get(f"{registry.url}/v2/{repository}/manifests/latest", timeout=10,
+                            headers={"Accept": OCI_MANIFEST}).json()
+    return repository, [layer["digest"] for layer in manifest["layers"]]
+
+
+def test_a_failing_pull_exits_at_once_while_another_layer_request_hangs(
+        proxy: FaultProxy, registry: Registry, busybox_image: str, tmp_path: Path) -> None:
+    repository, (first, second) = _two_layer_base(registry, tmp_path)
+    proxy.add(Fault("GET", first, 500, times=99))
+    # The registry takes the request for the other layer and never answers, not even headers.
+    proxy.add(Fault("GET", second, action="hang", stall=60))
+    build = Build(tmp_path, proxy, f"FROM {proxy.host}/{repository}:latest\nRUN true\n")
+    started = time.monotonic()
+    result = build.run(env={"KILN_REGISTRY_TIMEOUT": "60"}, timeout=90)
+    elapsed = time.monotonic() - started
+    assert result.exit_code == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.last_line.startswith(f"error building image: fetching blob {proxy.host}/"
+                                       f"{repository}@{first}: 500"), result.stderr
+    assert any(status == "hang" for _, _, status in proxy.seen)
+    assert elapsed < 10, f"exited after {elapsed:.1f}s"

@@ -8,6 +8,7 @@ capabilities, or leave a process behind that changes the root after the build.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from executor.lifetime import process_table
 from tests.support.built import Built, build
 from tests.support.kiln import write_context
 from tests.support.runtime import require_tool
@@ -213,6 +215,61 @@ def test_sigterm_of_the_executor_mid_run_ends_the_run_and_its_daemons(
         executor.send_signal(signal.SIGTERM)
         assert executor.wait(10) == 143
         assert marked_processes(mark) == []  # gone before the executor exited
+    finally:
+        if executor.poll() is None:
+            executor.kill()
+            executor.wait()
+
+
+def processes_naming(root: Path) -> list[int]:
+    """Pids of the processes whose command line names ``root``: kiln's and its forks'."""
+    found = []
+    for pid, *_ in process_table():
+        with contextlib.suppress(OSError):
+            if str(root).encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(pid)
+    return found
+
+
+def started_run(executor: int) -> bool:
+    """True once the executor has forked a RUN's keeper: a child in a process group of its own
+    (kiln's other children, its file-writing helpers, stay in kiln's). Read from the
+    executor's list of children, not a scan of /proc: the start takes milliseconds."""
+    group = os.getpgid(executor)
+    try:
+        children = Path(f"/proc/{executor}/task/{executor}/children").read_text().split()
+    except OSError:
+        return False
+    for child in children:
+        with contextlib.suppress(OSError):
+            if os.getpgid(int(child)) != group:
+                return True
+    return False
+
+
+def test_sigterm_of_the_executor_as_a_run_starts_leaves_no_process(
+        tmp_path: Path, busybox_image: str) -> None:
+    # The signal lands while the RUN is being started (its keeper forked, the command being
+    # set up): the window where kiln had no handle on the command yet.
+    mark = secrets.token_hex(6)
+    context = write_context(tmp_path / "context", f"FROM {busybox_image}\n"
+                            f"ENV KILN_TEST_MARK={mark}\n"
+                            "RUN (setsid sleep 300 &); sleep 300\n")
+    root = tmp_path / "root"
+    executor = subprocess.Popen(
+        [sys.executable, "-m", "executor.cli", "--context", str(context), "--root", str(root),
+         "--no-push", "--insecure-pull"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not started_run(executor.pid):
+            assert executor.poll() is None, "the executor ended before the RUN started"
+            assert time.monotonic() < deadline, "the RUN did not start"
+            time.sleep(0.001)
+        executor.send_signal(signal.SIGTERM)
+        assert executor.wait(10) == 143
+        # Gone before the executor exited: the keeper (a fork of kiln, named by its command
+        # line) and the RUN's processes.
+        assert (processes_naming(root), marked_processes(mark)) == ([], [])
     finally:
         if executor.poll() is None:
             executor.kill()

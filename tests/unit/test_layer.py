@@ -554,7 +554,7 @@ def test_a_layer_survives_another_builds_cleanup_between_its_creation_and_its_lo
     # that cleanup takes it for a killed build's and deletes it.
     import fcntl
 
-    from executor.registry.client import remove_stale_partials
+    from executor.workspace import remove_stale_partials
 
     real_flock = fcntl.flock
     removed: list[Path] = []

@@ -132,3 +132,81 @@ def test_descendants_are_none_where_proc_shows_another_pid_namespace() -> None:
     if os.waitstatus_to_exitcode(status) != 0:
         pytest.skip("no PID namespace here")
     assert found == "0"
+
+
+def marked(mark: str) -> list[int]:
+    """Pids of the live processes whose environment holds ``KILN_TEST_MARK=mark``."""
+    needle = f"KILN_TEST_MARK={mark}".encode()
+    found = []
+    for name in os.listdir("/proc"):
+        try:
+            if name.isdigit() and needle in Path(f"/proc/{name}/environ").read_bytes().split(
+                    b"\0") and alive(int(name)):
+                found.append(int(name))
+        except OSError:
+            continue
+    return found
+
+
+def test_a_stop_signal_the_keeper_gets_before_it_waits_still_ends_the_command(
+        tmp_path: Path) -> None:
+    # The signal comes during the keeper's own set-up: held until the keeper waits for its
+    # command (a keeper ended there would leave a forked command running on its own).
+    mark = tmp_path.name
+    proc = lifetime.spawn(["/bin/sleep", "60"], env={"KILN_TEST_MARK": mark},
+                          keeper_setup=lambda: os.kill(os.getpid(), signal.SIGTERM))
+    assert proc.wait(10) == 128 + signal.SIGTERM
+    assert marked(mark) == []
+
+
+def test_the_command_starts_with_no_signal_blocked() -> None:
+    done = lifetime.run(["/bin/grep", "^SigBlk", "/proc/self/status"],
+                        env={"PATH": "/bin:/usr/bin"}, stdout=subprocess.PIPE)
+    assert done.stdout.split() == [b"SigBlk:", b"0" * 16]
+
+
+def test_a_stop_signal_while_a_command_starts_stops_it_before_the_build_goes_on(
+        tmp_path: Path) -> None:
+    # kiln gets SIGTERM while subprocess is still starting the command (the keeper sends it
+    # from its set-up, before forking the command): BuildInterrupted comes once the command
+    # is started and stopped, not half way through the start with the command left running.
+    script = tmp_path / "kiln.py"
+    script.write_text(
+        "import os, signal, sys\n"
+        "from executor import lifetime, pid1\n"
+        "pid1.install_handlers()\n"
+        "kiln = os.getpid()\n"
+        "try:\n"
+        "    lifetime.run(['/bin/sleep', '60'], env={'KILN_TEST_MARK': sys.argv[1]},\n"
+        "                 keeper_setup=lambda: os.kill(kiln, signal.SIGTERM))\n"
+        "except pid1.BuildInterrupted:\n"
+        "    print(len(lifetime.descendants(kiln)))\n")
+    done = subprocess.run([sys.executable, str(script), tmp_path.name], capture_output=True,
+                          text=True, timeout=30, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "0\n", "processes left when BuildInterrupted was raised"
+    assert marked(tmp_path.name) == []
+
+
+def test_a_process_no_longer_below_the_keeper_is_not_killed() -> None:
+    # What a scanned pid names by the time of the kill when its process was reaped and the
+    # number reused: a process elsewhere in the tree. It must survive.
+    env = {"PATH": "/bin:/usr/bin"}
+    elsewhere = subprocess.Popen(["sleep", "30"], env=env)
+    keeper = subprocess.Popen(["sleep", "30"], env=env)
+    try:
+        lifetime.kill_if_below(elsewhere.pid, keeper.pid)
+        time.sleep(0.2)
+        assert elsewhere.poll() is None
+        lifetime.kill_if_below(elsewhere.pid, os.getpid())
+        assert elsewhere.wait(5) == -signal.SIGKILL
+    finally:
+        for proc in (elsewhere, keeper):
+            proc.kill()
+            proc.wait()
+
+
+def test_a_process_that_is_gone_is_no_error() -> None:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    lifetime.kill_if_below(proc.pid, os.getpid())

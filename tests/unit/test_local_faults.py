@@ -21,7 +21,13 @@ from executor.image.layout import write_oci_layout
 from executor.image.tarball import write_docker_tarball
 from executor.options import BuildOptions, file_kind, not_a_file, read_secrets
 from executor.publish import check_local_outputs
-from executor.workspace import LOCK_NAME, PREFIX, remove_abandoned, temporary_workspace
+from executor.workspace import (
+    LOCK_NAME,
+    PREFIX,
+    remove_abandoned,
+    remove_stale_partials,
+    temporary_workspace,
+)
 from snapshot.errors import (
     SnapshotError,
     StorageError,
@@ -286,6 +292,25 @@ def test_directories_kiln_did_not_make_are_kept(tmp_path: Path) -> None:
     link.symlink_to(abandoned_workspace(tmp_path / "elsewhere"))
     assert remove_abandoned(tmp_path) == []
     assert no_lock.exists() and other.exists() and (link / "blobs").exists()
+
+
+def test_a_workspace_whose_lock_is_a_directory_is_not_kilns_and_is_kept(tmp_path: Path) -> None:
+    # A directory takes a flock as a file does: it must not pass for a free lock.
+    other = tmp_path / f"{PREFIX}other"
+    (other / LOCK_NAME).mkdir(parents=True)
+    assert remove_abandoned(tmp_path) == []
+    assert (other / LOCK_NAME).is_dir()
+
+
+def test_a_directory_named_like_an_unfinished_file_is_kept_and_the_stale_files_go(
+        tmp_path: Path) -> None:
+    (tmp_path / ".abc.1.partial").mkdir()
+    (tmp_path / ".abc.1.partial" / "inside").write_text("not kiln's\n")
+    (tmp_path / ".layer-x.tmp").write_bytes(b"half a layer")
+    (tmp_path / ".abc.2.partial").write_bytes(b"half a blob")
+    removed = remove_stale_partials(tmp_path, ("*.partial", ".layer-*.tmp"))
+    assert sorted(p.name for p in removed) == [".abc.2.partial", ".layer-x.tmp"]
+    assert (tmp_path / ".abc.1.partial" / "inside").exists()
 
 
 def test_an_abandoned_workspace_with_a_mount_inside_is_kept(tmp_path: Path) -> None:

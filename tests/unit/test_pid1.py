@@ -13,7 +13,7 @@ import pytest
 
 from executor.errors import OptionsError
 from executor.inplace import check_in_place_allowed
-from executor.pid1 import BuildInterrupted, install_handlers, reap_orphans
+from executor.pid1 import BuildInterrupted, install_handlers, interruption_held, reap_orphans
 
 
 @pytest.fixture
@@ -49,6 +49,16 @@ def test_a_second_stop_signal_does_not_interrupt_the_cleanup(handlers):
         time.sleep(1)
     os.kill(os.getpid(), signal.SIGTERM)  # ignored now
     time.sleep(0.05)
+
+
+def test_a_stop_signal_during_a_held_block_is_raised_as_the_block_ends(handlers):
+    finished = []
+    with pytest.raises(BuildInterrupted) as raised, interruption_held():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.2)  # the handler has run by now, and held it
+        finished.append(True)
+    assert finished == [True]
+    assert raised.value.exit_code == 128 + signal.SIGTERM
 
 
 def test_an_orphan_in_another_session_is_reaped():

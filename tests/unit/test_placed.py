@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 from pathlib import Path
 from types import SimpleNamespace
@@ -89,6 +90,16 @@ def test_writes_to_a_read_only_copy_are_discarded_and_reported(
     assert (source / "a.txt").read_text() == "orig\n"
     assert not (root / "ctx").exists()
     assert "RUN --mount target /ctx is read-only, but the command changed it" in caplog.text
+
+
+def test_the_images_content_comes_back_when_the_command_removed_the_targets_parent(
+        root: Path, kiln: Path) -> None:
+    # Under a real mount the parent could not have gone (rm stops at the mount point) and
+    # the image's content stays under the mount: it must come back here too, never be lost.
+    with placed(root, kiln, [Placement("/var/cache/apt", "empty")], []):
+        shutil.rmtree(root / "var/cache")
+    assert (root / "var/cache/apt/old.bin").read_text() == "from the image\n"
+    assert not (kiln / JOURNAL).exists()
 
 
 def test_a_failing_command_still_gets_everything_undone(root: Path, kiln: Path) -> None:
@@ -200,3 +211,22 @@ def test_one_cache_at_two_targets_of_a_run_is_a_one_line_error_not_a_hang(
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
     assert not (tmp_path / "root/a").exists() and not (tmp_path / "root/b").exists()
+
+
+def test_a_mount_that_cannot_be_undone_is_named_with_its_line_not_as_a_failed_start(
+        tmp_path: Path) -> None:
+    # The command replaced the target's parent with a file: the image's content cannot be
+    # put back there. Said as what failed and where, and the journal keeps the step.
+    for name in ("root/var/cache/apt", "kiln", "scratch"):
+        (tmp_path / name).mkdir(parents=True)
+    (tmp_path / "root/var/cache/apt/old.bin").write_text("from the image\n")
+    state = cast(StageState, SimpleNamespace(root=tmp_path / "root", kiln_dir=tmp_path / "kiln",
+                                             scratch_dir=tmp_path / "scratch"))
+    specs = [parse_mount("type=tmpfs,target=/var/cache/apt", "/")]
+    with pytest.raises(DockerfileError) as failed, \
+            prepared_mounts(state, _run_instruction(), specs, emulate=True):
+        shutil.rmtree(tmp_path / "root/var/cache")
+        (tmp_path / "root/var/cache").write_text("a file now\n")
+    assert str(failed.value) == ("Dockerfile:2: RUN --mount: undoing the mount of "
+                                 "/var/cache/apt: Not a directory")
+    assert (tmp_path / "kiln" / JOURNAL).exists()
