@@ -569,3 +569,19 @@ def test_a_layer_survives_another_builds_cleanup_between_its_creation_and_its_lo
     blob = write_layer(root, *everything(root), out, Compression("gzip"))
     assert len(removed) == 2  # the race happened: the first temporary file was deleted
     assert blob.path.exists() and [m.name for m in read_tar(blob)[1]][:1] == ["etc"]
+
+
+def test_the_fixture_summary_names_what_a_layer_says_and_its_differences() -> None:
+    from tests.support.layers import diff_layer_summaries, summarise_entry
+
+    whiteout = TarEntry(".wh.two", "0", 0, 0, 0, "", "", 0, "0", "", 0, 0, "ustar\x0000")
+    capped = TarEntry("bin/ping", "0", 0o4755, 0, 0, "", "", 9, "1700000000.5", "", 0, 0,
+                      "ustar\x0000", {"SCHILY.xattr.security.capability": "x", "mtime": "1.5"})
+    assert summarise_entry(whiteout) == ".wh.two 0 0000 0:0 '':'' mtime=0 pax=[]"
+    assert summarise_entry(capped) == ("bin/ping 0 4755 0:0 '':'' mtime=frac "
+                                       "pax=[SCHILY.xattr.security.capability,mtime]")
+    want = [{"entries": ["four 0 0644", ".wh.two 0 0000"]}]
+    got = [{"entries": [".wh.two 0 0000", "four 0 0644"]}]
+    assert diff_layer_summaries(want, got)[0].startswith("layer 0: entries in another order")
+    assert diff_layer_summaries(want, [{"entries": []}]) == [
+        "layer 0: only in expected: four 0 0644", "layer 0: only in expected: .wh.two 0 0000"]
