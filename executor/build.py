@@ -170,6 +170,9 @@ class Builder:
     stage_roots: dict[int, Path] = field(default_factory=dict)
     # Digests of the layers this build wrote from its snapshots: they hold no ignored path.
     made_layers: set[str] = field(default_factory=set)
+    # By stage: what its pulled layers hold at ignored paths (stageroot.ignored_content),
+    # read in the background while the stage runs, for moving its root out at the end.
+    ignored_reads: dict[int, Future[list[stageroot.Made] | None]] = field(default_factory=dict)
     recorder: BuildRecorder = field(default_factory=BuildRecorder)  # the build report's timings
     # --single-snapshot: the paths the stage's steps moved only in ctime (Step.settled).
     stage_settled: list[str] = field(default_factory=list)
@@ -521,6 +524,7 @@ class Builder:
                      stage.instructions[0].original.split("\n", 1)[0]
                      if stage.instructions else "FROM")
             self._extract_with_retries(base)
+            self._read_ignored_content_ahead(stage, base)
         self.root_holds = None
         log.info("Initializing snapshotter ...")
         log.info("Taking snapshot of full filesystem...")
@@ -563,6 +567,23 @@ class Builder:
                 clear_root(self.root, self.ignore)
                 attempt += 1
 
+    def _read_ignored_content_ahead(self, stage: Stage, base: BuiltImage) -> None:
+        """Start reading what the base's pulled layers hold at ignored paths, when a later
+        stage copies from this one: :meth:`_keep_root_for_copies` needs it when the stage
+        ends, and it takes reading the layers through once more (a quarter of a second for
+        a Debian base), which a thread does while the stage's commands run."""
+        if (self.options.in_place or self.ignore.globs
+                or not self._copied_from_later(stage.index)):
+            return
+        pulled = [layer for layer in base.layers if layer.digest not in self.made_layers]
+        reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kiln-ignored")
+        self.ignored_reads[stage.index] = reader.submit(
+            stageroot.ignored_content, pulled, self._ignored_inside_root())
+        reader.shutdown(wait=False)
+
+    def _ignored_inside_root(self) -> frozenset[str]:
+        return frozenset(p for p in self.ignore.paths if p)
+
     def _keep_root_for_copies(self) -> bool:
         """Move the root's filesystem out for a later COPY --from of the stage it holds,
         rather than delete it (:mod:`executor.stageroot`); False, with nothing moved, where
@@ -575,9 +596,10 @@ class Builder:
         image = self.built.get(held)
         if image is None or os.stat(self.root).st_dev != os.stat(self.workspace.roots).st_dev:
             return False
-        inside = frozenset(p for p in self.ignore.paths if p)
-        content = stageroot.ignored_content(
-            [layer for layer in image.layers if layer.digest not in self.made_layers], inside)
+        ahead = self.ignored_reads.pop(held, None)
+        content = ahead.result() if ahead is not None else stageroot.ignored_content(
+            [layer for layer in image.layers if layer.digest not in self.made_layers],
+            self._ignored_inside_root())
         if content is None:
             return False
         target = Path(tempfile.mkdtemp(prefix=f"stage{held}-", dir=self.workspace.roots))

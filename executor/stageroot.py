@@ -20,16 +20,16 @@ from __future__ import annotations
 import os
 import posixpath
 import stat
-import tarfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from decimal import Decimal
 from pathlib import Path
 from typing import BinaryIO, cast
 
 from executor.image.model import Layer, compression_of
 from snapshot.compress import open_decompressed
+from snapshot.errors import CorruptLayerError
 from snapshot.ignore import IgnoreList
+from snapshot.tarstream import DIR, LNK, SYM, TarHeader, TarReader
 
 
 @dataclass(frozen=True)
@@ -48,59 +48,55 @@ class Made:
 def ignored_content(layers: Iterable[Layer], paths: frozenset[str]) -> list[Made] | None:
     """What ``layers`` (bottom first) leave at or under ``paths``; None when it is more than
     directories and symlinks at the paths themselves, or when a layer removes or replaces
-    something above one of them."""
+    something above one of them.
+
+    Headers only, through the extractor's own tar reader: :mod:`tarfile` took 0.6 s to walk
+    a Debian base layer's 6,600 headers, about four times what the inflating costs."""
     final: dict[str, Made | None] = {}
     for layer in layers:
         with open(layer.path, "rb") as raw:
             stream = open_decompressed(cast(BinaryIO, raw), compression_of(layer.media_type))
+            reader = TarReader(stream, layer.digest)
             try:
-                with tarfile.open(fileobj=stream, mode="r|") as tar:
-                    for member in tar:
-                        if not _note(member, paths, final):
-                            return None
-            except tarfile.TarError:
+                while (header := reader.next()) is not None:
+                    if not _note(header, paths, final):
+                        return None
+            except CorruptLayerError:
                 return None
     return [made for made in final.values() if made is not None]
 
 
-def _note(member: tarfile.TarInfo, paths: frozenset[str], final: dict[str, Made | None]
-          ) -> bool:
-    name = member.name.strip("/")
+def _note(header: TarHeader, paths: frozenset[str], final: dict[str, Made | None]) -> bool:
+    name = header.name.strip("/")
     name = name[2:] if name.startswith("./") else name
     parent, _, base = name.rpartition("/")
+    is_dir, is_symlink = header.kind == DIR, header.kind == SYM
+    linkname = header.linkname
     if base.startswith(".wh."):
         gone = parent if base == ".wh..wh..opq" else (f"{parent}/{base[4:]}" if parent
                                                          else base[4:])
         return not any(_under(gone, p) or _under(p, gone) for p in paths)
-    if member.islnk() and any(_under(member.linkname.strip("/"), p) for p in paths):
+    if header.kind == LNK and any(_under(linkname.strip("/"), p) for p in paths):
         return False
-    if member.issym() and name not in paths:
+    if is_symlink and name not in paths:
         # A later entry could reach an ignored path through this link, which the root's
         # extraction would have skipped: too subtle to follow here.
-        pointed = posixpath.normpath(posixpath.join("/", parent, member.linkname)).strip("/")
+        pointed = posixpath.normpath(posixpath.join("/", parent, linkname)).strip("/")
         if not pointed or any(_under(pointed, p) or _under(p, pointed) for p in paths):
             return False
     for p in paths:
         if name == p:
-            if not (member.isdir() or member.issym()) or any(
-                    key.startswith("SCHILY.xattr.") for key in member.pax_headers):
+            if not (is_dir or is_symlink) or header.xattrs:
                 return False
-            final[p] = Made(p, member.isdir(), member.mode, member.uid, member.gid,
-                            _mtime_ns(member), member.linkname if member.issym() else "")
-        elif _under(name, p) or (_under(p, name) and not member.isdir()):
+            final[p] = Made(p, is_dir, header.mode, header.uid, header.gid, header.mtime_ns,
+                            linkname if is_symlink else "")
+        elif _under(name, p) or (_under(p, name) and not is_dir):
             return False
     return True
 
 
 def _under(path: str, top: str) -> bool:
     return path == top or path.startswith(top + "/")
-
-
-def _mtime_ns(member: tarfile.TarInfo) -> int:
-    exact = member.pax_headers.get("mtime")
-    if exact is not None:
-        return int(Decimal(exact) * 1_000_000_000)
-    return int(member.mtime) * 1_000_000_000
 
 
 def root_entries(root: Path, ignore: IgnoreList,

@@ -22,7 +22,10 @@ gzip layer with no entries
 is BuildKit's 29 bytes, so its digest is the one every BuildKit image's empty layer has.
 
 The headers are encoded here rather than by :mod:`tarfile`, which spends ~70 us per PAX entry;
-this writer spends a few, and its output is byte-for-byte what it says above.
+this writer spends a few, and its output is byte-for-byte what it says above. A layer of
+thousands of entries is made in parts by forked helpers on idle CPUs too
+(:mod:`snapshot.tarparts`); the tar goes to the compressor in blocks of one size whoever made
+it, so the blob is the same whatever the number of helpers.
 
 A file that vanished or changed between the snapshot and the tar raises :class:`SnapshotError`
 naming it: the layer must match the snapshot the next step is compared with, and nothing should
@@ -44,6 +47,7 @@ from typing import BinaryIO, cast
 
 from snapshot.compress import Compression, compressed_writer
 from snapshot.errors import SnapshotError, StorageError, os_error_reason, storage_errors
+from snapshot.forking import default_workers
 from snapshot.snapshot import (
     S_IFDIR,
     S_IFLNK,
@@ -55,6 +59,7 @@ from snapshot.snapshot import (
     Snapshot,
     layer_order,
 )
+from snapshot.tarparts import HelperLost, ordered_parts
 
 WHITEOUT_PREFIX = ".wh."
 
@@ -88,6 +93,11 @@ _MAX_OCTAL_11 = 8 ** 11
 _MAX_MTIME_NS = _MAX_OCTAL_11 * 1_000_000_000  # the first mtime a USTAR field cannot hold
 _NAME_SIZE = 100
 _PREFIX_SIZE = 155
+# A layer of fewer entries is made in this process alone: forking costs more than it saves.
+_PARALLEL_ENTRIES = 4000
+# The parts helpers make: a few fit in a helper's pipe, so it can work ahead.
+_PART_BYTES = 256 << 10
+_PART_ENTRIES = 1024
 _OPEN_FLAGS_ATIME = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 _OPEN_FLAGS = _OPEN_FLAGS_ATIME | getattr(os, "O_NOATIME", 0)
 
@@ -105,12 +115,26 @@ class LayerBlob:
 
 
 def write_layer(root: Path, changes: Changes, snapshot: Snapshot, out_dir: Path,
-                compression: Compression, *, mtime_ns: int | None = None) -> LayerBlob:
+                compression: Compression, *, mtime_ns: int | None = None,
+                helpers: int | None = None) -> LayerBlob:
     """Write ``changes`` (paths of ``snapshot``, files read from ``root``) as a layer blob.
 
     The result is ``out_dir/<hex digest>``; a failure leaves nothing behind in ``out_dir``.
-    ``mtime_ns`` replaces every entry's mtime (``--reproducible`` passes 0).
+    ``mtime_ns`` replaces every entry's mtime (``--reproducible`` passes 0). ``helpers`` is
+    how many forked processes may make parts of a layer of many entries
+    (:mod:`snapshot.tarparts`); None picks the idle CPUs but this one, 0 makes it all here.
+    The blob is the same whatever the number.
     """
+    if helpers is None:
+        helpers = default_workers() - 1 if len(changes.upserts) >= _PARALLEL_ENTRIES else 0
+    try:
+        return _write_blob(root, changes, snapshot, out_dir, compression, mtime_ns, helpers)
+    except HelperLost:
+        return _write_blob(root, changes, snapshot, out_dir, compression, mtime_ns, 0)
+
+
+def _write_blob(root: Path, changes: Changes, snapshot: Snapshot, out_dir: Path,
+                compression: Compression, mtime_ns: int | None, helpers: int) -> LayerBlob:
     doing = "write a layer to"  # a full disk names the blobs directory, not a temporary name
     with storage_errors(out_dir, doing):
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -136,7 +160,8 @@ def write_layer(root: Path, changes: Changes, snapshot: Snapshot, out_dir: Path,
                 sink.write(EMPTY_GZIP_LAYER)
             else:
                 with compressed_writer(cast(BinaryIO, sink), compression) as compressor:
-                    for chunk in _tar_chunks(os.fspath(root), changes, snapshot, mtime_ns):
+                    for chunk in _blocks(_tar_chunks(os.fspath(root), changes, snapshot,
+                                                     mtime_ns, helpers)):
                         diff_id.update(chunk)
                         tar_size += len(chunk)
                         compressor.write(chunk)
@@ -198,24 +223,119 @@ class _HashingSink:
         return True
 
 
-def _tar_chunks(root: str, changes: Changes, snapshot: Snapshot,
-                mtime_ns: int | None = None) -> Iterator[bytes]:
-    """The tar's bytes in chunks of about CHUNK bytes: entries in :func:`layer_order` (a whiteout
-    where the name it deletes sorts, as a walk of the tree meets it), each after its parent
-    directories, then the end-of-archive marker. Small pieces are gathered in a list and joined
-    once per chunk.
+def _tar_chunks(root: str, changes: Changes, snapshot: Snapshot, mtime_ns: int | None = None,
+                helpers: int = 0) -> Iterator[bytes]:
+    """The tar's bytes: entries in :func:`layer_order`, each after its parent directories,
+    then the end-of-archive marker; made in parts by ``helpers`` forked processes too when
+    there are many entries."""
+    order = _entry_order(changes, snapshot)
+    if helpers > 0 and len(order) >= _PARALLEL_ENTRIES:
+        first_names = _first_names(order, snapshot)
+        parts = _parts(order, snapshot)
+        yield from ordered_parts(len(parts), lambda index: _entry_chunks(
+            root, order[parts[index]], snapshot, mtime_ns, first_names), helpers)
+    else:
+        yield from _entry_chunks(root, order, snapshot, mtime_ns, {})
+    yield _END_OF_ARCHIVE
+
+
+def _entry_order(changes: Changes, snapshot: Snapshot) -> list[tuple[str, bool]]:
+    """``(path, is a whiteout)`` of every entry, in the order the tar has them.
+
+    A whiteout sits where the name it deletes sorts, as a walk of the tree meets it. Before
+    each entry come its parent directories not written yet, the topmost first, as they are
+    now, changed or not: containerd's tar writer, which BuildKit uses, puts them so, and a
+    layer read alone (or over another base) still gives them their owner and mode.
+    """
+    order: list[tuple[str, str, bool]] = [(layer_order(path), path, False)
+                                          for path in changes.upserts]
+    for path in changes.deletions:
+        parent, _, base = path.rpartition("/")
+        whiteout = f"{parent}/{WHITEOUT_PREFIX}{base}" if parent else WHITEOUT_PREFIX + base
+        order.append((layer_order(path), whiteout, True))
+    order.sort()
+    entries = snapshot.entries
+    written: set[str] = set()  # directories with an entry so far
+    out: list[tuple[str, bool]] = []
+    for _, path, is_whiteout in order:
+        parent = path.rpartition("/")[0]
+        if parent and parent not in written:
+            missing: list[str] = []
+            while parent and parent not in written:
+                missing.append(parent)
+                written.add(parent)
+                parent = parent.rpartition("/")[0]
+            out.extend((directory, False) for directory in reversed(missing)
+                       if directory in entries)  # else under an ignored path: nothing to say
+        out.append((path, is_whiteout))
+        if not is_whiteout:
+            written.add(path)  # a directory's own entry; a file's name is never a parent
+    return out
+
+
+def _first_names(order: list[tuple[str, bool]],
+                 snapshot: Snapshot) -> dict[tuple[int, int], bytes]:
+    """The name each multiply-linked inode is written under first, the others linking to it:
+    known before the parts are made, so that each part links as the whole tar would."""
+    first: dict[tuple[int, int], bytes] = {}
+    entries = snapshot.entries
+    for path, is_whiteout in order:
+        entry = None if is_whiteout else entries.get(path)
+        if entry is not None and entry.nlink > 1 and entry.mode & S_IFMT not in (
+                S_IFDIR, S_IFSOCK):
+            first.setdefault((entry.dev, entry.ino), os.fsencode(path))
+    return first
+
+
+def _parts(order: list[tuple[str, bool]], snapshot: Snapshot) -> list[slice]:
+    """``order`` cut into parts of about ``_PART_BYTES`` of tar (by the sizes the snapshot
+    saw) and at most ``_PART_ENTRIES`` entries."""
+    entries = snapshot.entries
+    parts: list[slice] = []
+    start = size = 0
+    for index, (path, is_whiteout) in enumerate(order):
+        entry = None if is_whiteout else entries.get(path)
+        size += BLOCK + (entry.size if entry is not None and entry.mode & S_IFMT == S_IFREG
+                         else 0)
+        if size >= _PART_BYTES or index + 1 - start >= _PART_ENTRIES:
+            parts.append(slice(start, index + 1))
+            start, size = index + 1, 0
+    if start < len(order):
+        parts.append(slice(start, len(order)))
+    return parts
+
+
+def _blocks(chunks: Iterator[bytes], size: int = CHUNK) -> Iterator[bytes]:
+    """The bytes of ``chunks`` in blocks of exactly ``size`` (the last one shorter).
+
+    The compressor makes one block of its output per write, so the blob's digest follows the
+    writes: blocks of one size make it depend on the tar alone, not on how it was made."""
+    pending = bytearray()
+    for chunk in chunks:
+        if not pending and len(chunk) == size:
+            yield chunk
+            continue
+        pending += chunk
+        while len(pending) >= size:
+            yield bytes(pending[:size])
+            del pending[:size]
+    if pending:
+        yield bytes(pending)
+
+
+def _entry_chunks(root: str, order: list[tuple[str, bool]], snapshot: Snapshot,
+                  mtime_ns: int | None,
+                  first_name: dict[tuple[int, int], bytes]) -> Iterator[bytes]:
+    """The entries ``order`` names, in chunks of about CHUNK bytes: small pieces are gathered
+    in a list and joined once per chunk.
 
     A step that wrote 50,000 small files spends most of its layer here, so the common entry (a
     small regular file, one link, an ASCII name that fits the header, no xattr) takes a path of
     its own with no call but the system calls it needs: :func:`_entry_pieces` does the rest.
+    ``first_name`` holds the name each multiply-linked inode was first written under (filled
+    here as they come, or beforehand by :func:`_first_names`).
     """
     entries_get = snapshot.entries.get
-    order: list[tuple[str, str, bool]] = [(layer_order(path), path, False)
-                                          for path in changes.upserts]
-    order.extend((layer_order(path), path, True) for path in changes.deletions)
-    order.sort()
-    first_name: dict[tuple[int, int], bytes] = {}
-    directories: set[str] = set()  # directory entries written so far
     pieces: list[bytes] = []
     append = pieces.append
     gathered = 0
@@ -228,20 +348,13 @@ def _tar_chunks(root: str, changes: Changes, snapshot: Snapshot,
     open_flags = _OPEN_FLAGS
     os_open, os_read, os_close, fstat, listxattr = (os.open, os.read, os.close, os.fstat,
                                                     os.listxattr)
-    for _, path, is_whiteout in order:
+    for path, is_whiteout in order:
         if gathered >= CHUNK:
             yield b"".join(pieces)
             pieces.clear()
             gathered = 0
-        parent, _, base = path.rpartition("/")
-        if parent and parent not in directories:
-            for piece in _parent_pieces(root, parent, snapshot, directories, first_name,
-                                        mtime_ns):
-                append(piece)
-                gathered += len(piece)
         if is_whiteout:
-            header = _marker_header(f"{parent}/{WHITEOUT_PREFIX}{base}" if parent
-                                    else WHITEOUT_PREFIX + base)
+            header = _marker_header(path)
             append(header)
             gathered += len(header)
             continue
@@ -305,35 +418,8 @@ def _tar_chunks(root: str, changes: Changes, snapshot: Snapshot,
             else:
                 append(piece)
                 gathered += len(piece)
-        if mode & S_IFMT == S_IFDIR:
-            directories.add(path)
-    append(_END_OF_ARCHIVE)
-    yield b"".join(pieces)
-
-
-def _parent_pieces(root: str, parent: str, snapshot: Snapshot, directories: set[str],
-                   first_name: dict[tuple[int, int], bytes],
-                   mtime_ns: int | None) -> Iterator[bytes]:
-    """Entries for ``parent`` and the directories above it not written yet, the topmost first.
-
-    As containerd's tar writer, which BuildKit uses, puts them: each as it is now, whether it
-    changed or not, so a layer never holds a name whose parent it does not describe (and one
-    read alone, or over another base, still gives them their owner and mode).
-    """
-    missing: list[str] = []
-    while parent and parent not in directories:
-        missing.append(parent)
-        parent = parent.rpartition("/")[0]
-    for directory in reversed(missing):
-        directories.add(directory)
-        entry = snapshot.entries.get(directory)
-        if entry is None:  # under an ignored path: nothing to say
-            continue
-        for piece, _ in _entry_pieces(root, directory, entry,
-                                      directory.encode("utf-8", "surrogateescape"),
-                                      entry.mtime_ns if mtime_ns is None else mtime_ns,
-                                      first_name):
-            yield piece
+    if pieces:
+        yield b"".join(pieces)
 
 
 def _entry_pieces(root: str, path: str, entry: FileEntry, tar_name: bytes, mtime: int,
@@ -357,10 +443,10 @@ def _entry_pieces(root: str, path: str, entry: FileEntry, tar_name: bytes, mtime
         if entry.nlink > 1:  # any name of an inode but a directory's, as Go's writer
             key = (entry.dev, entry.ino)
             first = first_name.get(key)
-            if first is not None:
-                typeflag, linkname = _HARDLINK, first
-            else:
+            if first is None:
                 first_name[key] = tar_name
+            elif first != tar_name:
+                typeflag, linkname = _HARDLINK, first
     fd = _open_unchanged(host_path, entry) if typeflag == b"0" else -1
     try:
         # A hard link shares its inode's xattrs with the first name: written once.

@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -196,22 +196,35 @@ def test_sigkill_of_the_executor_mid_run_leaves_no_process(tmp_path: Path,
             executor.wait()
 
 
-def test_sigterm_of_the_executor_mid_run_ends_the_run_and_its_daemons(
-        tmp_path: Path, busybox_image: str) -> None:
+def start_marked_build(tmp_path: Path, busybox_image: str,
+                       run: str) -> tuple[subprocess.Popen[bytes], Path, str]:
+    """The executor building ``RUN run`` with a mark in its environment (to find what it
+    started), and the root and mark."""
     mark = secrets.token_hex(6)
     context = write_context(tmp_path / "context", f"FROM {busybox_image}\n"
-                            f"ENV KILN_TEST_MARK={mark}\n"
-                            "RUN (setsid sleep 300 &); touch /started; sleep 300\n")
+                            f"ENV KILN_TEST_MARK={mark}\nRUN {run}\n")
     root = tmp_path / "root"
     executor = subprocess.Popen(
         [sys.executable, "-m", "executor.cli", "--context", str(context), "--root", str(root),
          "--no-push", "--insecure-pull"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return executor, root, mark
+
+
+def wait_for_run(executor: subprocess.Popen[bytes], started: Callable[[], bool],
+                 poll: float) -> None:
+    deadline = time.monotonic() + 120
+    while not started():
+        assert executor.poll() is None, "the executor ended before the RUN started"
+        assert time.monotonic() < deadline, "the RUN did not start"
+        time.sleep(poll)
+
+
+def test_sigterm_of_the_executor_mid_run_ends_the_run_and_its_daemons(
+        tmp_path: Path, busybox_image: str) -> None:
+    executor, root, mark = start_marked_build(
+        tmp_path, busybox_image, "(setsid sleep 300 &); touch /started; sleep 300")
     try:
-        deadline = time.monotonic() + 120
-        while not (root / "started").exists():
-            assert executor.poll() is None, "the executor ended before the RUN started"
-            assert time.monotonic() < deadline, "the RUN did not start"
-            time.sleep(0.1)
+        wait_for_run(executor, (root / "started").exists, 0.1)
         executor.send_signal(signal.SIGTERM)
         assert executor.wait(10) == 143
         assert marked_processes(mark) == []  # gone before the executor exited
@@ -251,20 +264,10 @@ def test_sigterm_of_the_executor_as_a_run_starts_leaves_no_process(
         tmp_path: Path, busybox_image: str) -> None:
     # The signal lands while the RUN is being started (its keeper forked, the command being
     # set up): the window where kiln had no handle on the command yet.
-    mark = secrets.token_hex(6)
-    context = write_context(tmp_path / "context", f"FROM {busybox_image}\n"
-                            f"ENV KILN_TEST_MARK={mark}\n"
-                            "RUN (setsid sleep 300 &); sleep 300\n")
-    root = tmp_path / "root"
-    executor = subprocess.Popen(
-        [sys.executable, "-m", "executor.cli", "--context", str(context), "--root", str(root),
-         "--no-push", "--insecure-pull"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    executor, root, mark = start_marked_build(tmp_path, busybox_image,
+                                              "(setsid sleep 300 &); sleep 300")
     try:
-        deadline = time.monotonic() + 120
-        while not started_run(executor.pid):
-            assert executor.poll() is None, "the executor ended before the RUN started"
-            assert time.monotonic() < deadline, "the RUN did not start"
-            time.sleep(0.001)
+        wait_for_run(executor, lambda: started_run(executor.pid), 0.001)
         executor.send_signal(signal.SIGTERM)
         assert executor.wait(10) == 143
         # Gone before the executor exited: the keeper (a fork of kiln, named by its command

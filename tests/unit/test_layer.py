@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import xattr
 
-from snapshot.compress import Compression, open_decompressed
+from snapshot.compress import Algorithm, Compression, open_decompressed
 from snapshot.errors import SnapshotError
 from snapshot.ignore import IgnoreList
 from snapshot.layer import BLOCK, LayerBlob, write_layer
@@ -585,3 +585,41 @@ def test_the_fixture_summary_names_what_a_layer_says_and_its_differences() -> No
     assert diff_layer_summaries(want, got)[0].startswith("layer 0: entries in another order")
     assert diff_layer_summaries(want, [{"entries": []}]) == [
         "layer 0: only in expected: four 0 0644", "layer 0: only in expected: .wh.two 0 0000"]
+
+
+def many_files(root: Path, count: int) -> None:
+    """``count`` files of varied sizes in a few directories, a big one, and hard links whose
+    names fall in different parts of the tar."""
+    for index in range(count):
+        directory = root / "many" / f"d{index % 23}"
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / f"f{index}").write_bytes(bytes([index % 251]) * (index % 900))
+    (root / "many/big").write_bytes(os.urandom(3 * (1 << 20) + 5))
+    os.link(root / "many/d3/f3", root / "many/d22/zz")
+    os.link(root / "many/d3/f3", root / "many/d0/aa")
+
+
+@pytest.mark.parametrize("algorithm", ["gzip", "zstd", "none"])
+def test_the_blob_is_the_same_whatever_the_number_of_helpers_making_it(
+        root: Path, tmp_path: Path, algorithm: Algorithm) -> None:
+    many_files(root, 9000)
+    changes, snapshot = everything(root)
+    blobs = {helpers: write_layer(root, changes, snapshot, tmp_path / f"out{helpers}",
+                                  Compression(algorithm), helpers=helpers)
+             for helpers in (0, 1, 3)}
+    assert len({(b.digest, b.diff_id, b.size) for b in blobs.values()}) == 1
+    _, members, _ = read_tar(blobs[3])
+    named = by_name(members)
+    links = [named["many/d0/aa"], named["many/d22/zz"], named["many/d3/f3"]]
+    assert [m.islnk() for m in links] == [False, True, True]  # the first name in tar order
+    assert links[1].linkname == links[2].linkname == "many/d0/aa"
+
+
+def test_a_file_changed_in_a_helpers_part_fails_the_layer_naming_it(
+        root: Path, out: Path) -> None:
+    many_files(root, 9000)
+    changes, snapshot = everything(root)
+    (root / "many/d3/f8996").write_bytes(b"changed after the snapshot")  # in a late part
+    with pytest.raises(SnapshotError, match="/many/d3/f8996 changed after the snapshot"):
+        write_layer(root, changes, snapshot, out, Compression(), helpers=2)
+    assert list(out.iterdir()) == []
