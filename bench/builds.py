@@ -39,6 +39,12 @@ _RSS_WRAPPER = (
     "sys.exit(code)\n"
 )
 
+def _apt_install(packages: str) -> str:
+    """One RUN installing ``packages`` from the Debian mirror, leaving no apt lists behind."""
+    return ("RUN set -eux; apt-get update; DEBIAN_FRONTEND=noninteractive apt-get install -y "
+            f"--no-install-recommends {packages}; rm -rf /var/lib/apt/lists/*\n")
+
+
 #: Dockerfiles by scenario: ``{base}`` is busybox, ``{debian}`` Debian bookworm minbase.
 #: ``ENV BENCH=done`` after the last RUN marks where that step ends in every builder's log.
 SCENARIOS: dict[str, str] = {
@@ -79,14 +85,33 @@ SCENARIOS: dict[str, str] = {
     # through a proxy that sends 64 KiB, then pauses), as a CI job pulling from a hub sees it:
     # how much of the pull the builder hides behind extraction.
     "remote": "FROM {debian_remote}\nRUN true\n",
+    # Three stages chained as Docker Hub's buildpack-deps images are (curl, then scm on it,
+    # then the full development set on that), each one RUN of real apt installs from the
+    # Debian mirror: about 1.2 GB in the end, most of it written by the last stage.
+    "buildpack-deps": (
+        "FROM {debian} AS curl\n"
+        + _apt_install("ca-certificates curl gnupg netbase wget")
+        + "FROM curl AS scm\n"
+        + _apt_install("git mercurial openssh-client subversion procps")
+        + "FROM scm AS full\n"
+        + _apt_install(
+            "autoconf automake bzip2 default-libmysqlclient-dev dpkg-dev file g++ gcc "
+            "imagemagick libbz2-dev libc6-dev libcurl4-openssl-dev libdb-dev libevent-dev "
+            "libffi-dev libgdbm-dev libglib2.0-dev libgmp-dev libjpeg-dev libkrb5-dev "
+            "liblzma-dev libmagickcore-dev libmagickwand-dev libmaxminddb-dev libncurses5-dev "
+            "libncursesw5-dev libpng-dev libpq-dev libreadline-dev libsqlite3-dev libssl-dev "
+            "libtool libwebp-dev libxml2-dev libxslt-dev libyaml-dev make patch unzip "
+            "xz-utils zlib1g-dev")
+    ),
 }
 
 #: The scenarios ``python -m bench.run --kaniko`` compares, in order.
 COMPARED = ("tiny", "files", "seed", "app")
-#: Those it also takes when asked for them by name (``--scenario``).
-COMPARABLE = (*COMPARED, "remote")
 #: The remote link's pause after each 64 KiB piece of a blob.
 REMOTE_PAUSE_S = 0.002
+
+#: What ``--kaniko`` may also be asked for by name (the chain takes minutes per build).
+CHOOSABLE = (*COMPARED, "remote", "buildpack-deps")
 
 
 @dataclass(frozen=True)
@@ -102,6 +127,8 @@ class Measurement:
     cpu_seconds: float | None = None
     #: Seconds of the step marked by ``ENV BENCH=done`` (the last RUN), from the log.
     marked_step_seconds: float | None = None
+    #: The builder's own time by part (:func:`own_time_parts`), from the log.
+    own_parts: dict[str, float] | None = None
 
     @property
     def own_seconds(self) -> float | None:
@@ -163,6 +190,43 @@ def run_command_seconds(lines: list[tuple[float, str]]) -> float | None:
     return total if seen else None
 
 
+#: Log messages (kiln's and kaniko's, which say the same) that begin a part of a builder's own
+#: work; a line matching none goes on with the part before it.
+_OWN_PARTS = (
+    ("Retrieving image", "pull"),
+    ("Unpacking rootfs", "unpack"),
+    ("Taking snapshot of full filesystem", "snapshot+layer"),
+    ("Building stage", "between stages"),
+    ("Storing source image", "between stages"),
+    ("Deleting filesystem", "between stages"),
+    ("Skipping push", "exit"),
+)
+
+
+def own_time_parts(lines: list[tuple[float, str]], total: float) -> dict[str, float] | None:
+    """A builder's own time (``total`` minus its RUN commands) split by what its log says it
+    was doing: from each log line to the next, the part the latest line in ``_OWN_PARTS``
+    began (``start-up`` before any; the RUN commands, ``Running: [...]`` to the next log
+    line, left out); after the last line, ``exit``. None for a log with no RUN."""
+    parts: dict[str, float] = {}
+    part, since, seen = "start-up", 0.0, False
+    for stamp, text in lines:
+        if not _LOG_LINE.match(text):
+            continue
+        if part != "run":
+            parts[part] = parts.get(part, 0.0) + stamp - since
+        since = stamp
+        if "] Running: [" in text:
+            part, seen = "run", True
+            continue
+        if part == "run":
+            part = "between steps"  # what follows a RUN is named by the next line, if at all
+        part = next((name for message, name in _OWN_PARTS if message in text), part)
+    if part != "run":
+        parts[part] = parts.get(part, 0.0) + total - since
+    return {name: round(seconds, 3) for name, seconds in parts.items()} if seen else None
+
+
 def marked_step_seconds(lines: list[tuple[float, str]]) -> float | None:
     """Seconds from the log line announcing the last ``RUN true`` to the ``ENV BENCH=done``
     line after it: that step's command, snapshot and layer (any builder's log)."""
@@ -179,7 +243,9 @@ def _measurement(scenario: str, tool: str, timed: Timed) -> Measurement:
     runs = run_command_seconds(timed.lines) if tool in ("kiln", "kaniko") else None
     return Measurement(scenario, tool, timed.seconds, timed.peak_rss_mb, run_seconds=runs,
                        cpu_seconds=timed.cpu_seconds,
-                       marked_step_seconds=marked_step_seconds(timed.lines))
+                       marked_step_seconds=marked_step_seconds(timed.lines),
+                       own_parts=(own_time_parts(timed.lines, timed.seconds)
+                                  if tool in ("kiln", "kaniko") else None))
 
 
 def _context(scenario: str, bases: dict[str, str], directory: Path) -> Path:
@@ -316,9 +382,12 @@ def compile_kiln() -> None:
 
 
 def measure_builds(scenarios: list[str], tools: list[str], runs: int,
-                   report: Callable[[Measurement], None], kaniko: Path | None = None) -> None:
+                   report: Callable[[Measurement], None], kaniko: Path | None = None,
+                   logs: Path | None = None) -> None:
     """Build every scenario ``runs`` times with every tool, cold, interleaved (run 1 of each
-    tool, then run 2 of each, the order rotating), and report each measurement."""
+    tool, then run 2 of each, the order rotating), and report each measurement; with
+    ``logs``, each build's output is kept there, every line stamped with when it arrived
+    (``SCENARIO-TOOL-RUN.log``), to see where a builder's own time went."""
     compile_kiln()
     needs_debian = any("{debian" in SCENARIOS[s] for s in scenarios)
     with busybox_registry(needs_debian) as bases, \
@@ -340,6 +409,10 @@ def measure_builds(scenarios: list[str], tools: list[str], runs: int,
                     except RuntimeError as exc:  # one failed build leaves a gap, not no table
                         print(f"{scenario}: {tool} failed: {exc}", file=sys.stderr, flush=True)
                         continue
+                    if logs is not None:
+                        logs.mkdir(parents=True, exist_ok=True)
+                        (logs / f"{scenario}-{tool}-{run + 1}.log").write_text("".join(
+                            f"{stamp:9.3f} {text}\n" for stamp, text in timed.lines))
                     report(_measurement(scenario, tool, timed))
 
 

@@ -17,6 +17,16 @@ binary at PATH, run chrooted in a throwaway root, bench/kaniko.py) and buildah b
 the same local registry, and one table gives the medians, kiln's ratios to both, each builder's
 own time (wall minus its RUN commands) and the no-op ``RUN true`` step of ``files``, with the
 machine's load before and after.
+
+``--scenario buildpack-deps`` (never run unless named: each build takes minutes) builds three
+stages chained as Docker Hub's buildpack-deps images are, curl, then scm FROM it, then the full
+development set FROM that, each one RUN of real apt installs from the Debian mirror, about
+1.2 GB in the end. There apt and dpkg are most of the wall time and vary with the mirror and
+the load, so the column to read is the own time: what is left is each builder's pull and
+extraction, its snapshots, its layers (tar, gzip, two sha256 over 1.2 GB) and its work between
+the stages (kaniko saves each stage, deletes the filesystem and unpacks the stage again; kiln
+goes on in the same root). ``--logs DIR`` keeps each build's log with every line stamped, to
+see where that time went.
 """
 
 from __future__ import annotations
@@ -259,7 +269,8 @@ def _load() -> str:
     return f"load average {one:.2f}, {five:.2f}, {fifteen:.2f} ({os.cpu_count()} CPUs)"
 
 
-def compare_builders(kaniko: Path, scenarios: list[str], runs: int, buildah: bool) -> None:
+def compare_builders(kaniko: Path, scenarios: list[str], runs: int, buildah: bool,
+                     logs: Path | None = None) -> None:
     """The kiln / kaniko / buildah table (module docstring); progress goes to stderr."""
     from bench.builds import Measurement, measure_builds
 
@@ -275,7 +286,7 @@ def compare_builders(kaniko: Path, scenarios: list[str], runs: int, buildah: boo
 
     before = _load()
     print(f"{before}; {runs} cold runs each, interleaved", file=sys.stderr, flush=True)
-    measure_builds(scenarios, tools, runs, collect, kaniko)
+    measure_builds(scenarios, tools, runs, collect, kaniko, logs)
     after = _load()
 
     def median(scenario: str, tool: str, what: Callable[[Measurement], float | None]
@@ -314,6 +325,15 @@ def compare_builders(kaniko: Path, scenarios: list[str], runs: int, buildah: boo
                   f"{_secs(own['kaniko']):>10} {_ratio(own['kiln'], own['kaniko']):>9} "
                   f"{_secs(cpu['kiln']):>8} {_secs(cpu['kaniko']):>10} "
                   f"{_ratio(cpu['kiln'], cpu['kaniko']):>9} {rss if not suffix else '':>27}")
+    print("own time by part (medians, s; from the log lines that begin each part):")
+    for scenario in scenarios:
+        for tool in ("kiln", "kaniko"):
+            parts = [m.own_parts for m in samples.get((scenario, tool), []) if m.own_parts]
+            names = list(dict.fromkeys(name for p in parts for name in p))
+            if names:
+                print(f"  {scenario:<16} {tool:<7} " + ", ".join(
+                    f"{name} {statistics.median(p.get(name, 0.0) for p in parts):.2f}"
+                    for name in names))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -322,26 +342,33 @@ def main(argv: list[str] | None = None) -> int:
                         help="timed runs per scenario, for the median (5; 3 with --kaniko)")
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     parser.add_argument("--scenario", action="append",
-                        choices=sorted({*SCENARIOS, "seed", "app", "remote"}),
+                        choices=sorted({*SCENARIOS, "seed", "app", "buildpack-deps", "remote"}),
                         help="run only this scenario (repeatable)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--kaniko", type=Path, metavar="PATH",
                         help="compare whole builds with this kaniko executor binary (and "
-                        "buildah); --scenario then picks among tiny, files, seed, app")
+                        "buildah); --scenario then picks among tiny, files, seed, app and "
+                        "buildpack-deps (not run unless named: minutes per build)")
     parser.add_argument("--no-buildah", action="store_true",
                         help="with --kaniko: leave buildah out (it is the slowest)")
+    parser.add_argument("--logs", type=Path, metavar="DIR",
+                        help="with --kaniko: keep every build's log in DIR, each line stamped "
+                        "with the second it arrived")
     args = parser.parse_args(argv)
     if args.kaniko:
-        from bench.builds import COMPARABLE, COMPARED
+        from bench.builds import CHOOSABLE, COMPARED
 
         chosen = args.scenario or list(COMPARED)
-        unknown = [name for name in chosen if name not in COMPARABLE]
+        unknown = [name for name in chosen if name not in CHOOSABLE]
         if unknown:
-            parser.error(f"with --kaniko, --scenario is one of {', '.join(COMPARABLE)}")
+            parser.error(f"with --kaniko, --scenario is one of {', '.join(CHOOSABLE)}")
         compare_builders(args.kaniko, chosen, args.runs or 3,
-                         not args.no_buildah)
+                         not args.no_buildah, args.logs)
         return 0
     args.runs = args.runs or 5
+    whole = [name for name in args.scenario or () if name not in SCENARIOS]
+    if whole:
+        parser.error(f"--scenario {whole[0]} compares builders: it needs --kaniko PATH")
     if args.child:
         for result in run_scenario_here(args.child, args.runs):
             print(json.dumps(asdict(result)), flush=True)

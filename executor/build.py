@@ -78,7 +78,9 @@ from snapshot.snapshot import (
     Changes,
     Snapshot,
     diff_snapshots,
+    layer_order,
     settle_ctimes,
+    take_partial_snapshot,
     take_snapshot,
     wait_for_clock_tick,
 )
@@ -289,7 +291,7 @@ class Builder:
                 state.config.add_empty_history(step.history or inst.original, state.created)
             return snapshot
         committed = self._commit_layer(state, snapshot, step.history or inst.original, layers,
-                                       step.settled)
+                                       step.settled, step.written)
         if keys is not None and inst.kind in ("COPY", "ADD"):
             # Their inputs are files, not text: the key goes on from what they wrote.
             keys.key = chain(keys.key, written_content(self.root, committed.changes))
@@ -335,11 +337,25 @@ class Builder:
         return take_snapshot(self.root, self.ignore)
 
     def _commit_layer(self, state: StageState, before: Snapshot, history: str,
-                      layers: list[Layer], settled: tuple[str, ...] = ()) -> Committed:
-        """Snapshot the root, and write what changed since ``before`` as a new layer."""
-        log.info("Taking snapshot of full filesystem...")
+                      layers: list[Layer], settled: tuple[str, ...] = (),
+                      written: tuple[str, ...] | None = None) -> Committed:
+        """Snapshot the root, and write what changed since ``before`` as a new layer.
+
+        ``written``: the paths a step that ran no process wrote (COPY, ADD); only they are
+        walked again (see :func:`take_partial_snapshot`), unless it cannot vouch for that.
+        """
+        new = None
         with self.recorder.phase("snapshot"):
-            new = take_snapshot(self.root, self.ignore)
+            if written is not None and not settled:
+                new = take_partial_snapshot(self.root, self.ignore, before, written)
+                if new is not None:
+                    log.info("Taking snapshot of files...")
+                    if _check_partial_snapshots():
+                        _check_partial_snapshot(before, new,
+                                                take_snapshot(self.root, self.ignore))
+            if new is None:
+                log.info("Taking snapshot of full filesystem...")
+                new = take_snapshot(self.root, self.ignore)
             changes = diff_snapshots(settle_ctimes(before, new, settled), new)
         if changes.is_empty():
             # BuildKit commits a layer for every RUN, COPY, ADD and WORKDIR, an empty one when
@@ -519,7 +535,7 @@ class Builder:
             return base.snapshot
         if (self.root_holds is not None or base.layers) and not self._keep_root_for_copies():
             clear_root(self.root, self.ignore)
-        if base.layers:
+        if base.layers and not self._restore_kept_stage(stage):
             log.info("Unpacking rootfs as cmd %s requires it.",
                      stage.instructions[0].original.split("\n", 1)[0]
                      if stage.instructions else "FROM")
@@ -585,13 +601,15 @@ class Builder:
         return frozenset(p for p in self.ignore.paths if p)
 
     def _keep_root_for_copies(self) -> bool:
-        """Move the root's filesystem out for a later COPY --from of the stage it holds,
-        rather than delete it (:mod:`executor.stageroot`); False, with nothing moved, where
-        that does not apply: no later copy of it, in place, an ignored glob, kiln's directory
-        on another filesystem, or an image with more than it can make at ignored paths."""
+        """Move the root's filesystem out for a later COPY --from of the stage it holds, or a
+        later stage built FROM it, rather than delete it (:mod:`executor.stageroot`); False,
+        with nothing moved, where that does not apply: no later copy of it or stage on it,
+        in place, an ignored glob, kiln's directory on another filesystem, or an image with
+        more than it can make at ignored paths."""
         held = self.root_holds
         if (held is None or held in self.stage_roots or self.options.in_place
-                or self.ignore.globs or not self._copied_from_later(held)):
+                or self.ignore.globs or not (self._copied_from_later(held)
+                                             or self._built_from_later(held, besides=-1))):
             return False
         image = self.built.get(held)
         if image is None or os.stat(self.root).st_dev != os.stat(self.workspace.roots).st_dev:
@@ -611,6 +629,29 @@ class Builder:
         log.debug("stage %d's filesystem moved to %s for later copies", held, target)
         self.stage_roots[held] = target
         return True
+
+    def _restore_kept_stage(self, stage: Stage) -> bool:
+        """Move the filesystem of the stage ``stage`` is built FROM back into the cleared root,
+        when it was moved out whole (:meth:`_keep_root_for_copies`) and nothing else needs it:
+        no stage still to build copies from it or is built FROM it too. False, with nothing
+        done, where the base has to be extracted instead."""
+        held = stage.base_stage
+        if held is None or held not in self.stage_roots or self._copied_from_later(held) \
+                or self._built_from_later(held, besides=stage.index):
+            return False
+        kept = self.stage_roots.pop(held)
+        for ref in [ref for ref, path in self.source_roots.items() if path == kept]:
+            del self.source_roots[ref]
+        stageroot.restore_root(kept, self.ignore, self.root)
+        shutil.rmtree(kept, ignore_errors=True)  # what it had at ignored paths
+        log.info("Moved the filesystem of stage %d back into the root, not unpacked again",
+                 held)
+        return True
+
+    def _built_from_later(self, index: int, besides: int) -> bool:
+        """Is a stage not built yet, other than ``besides``, built FROM stage ``index``?"""
+        return any(s.base_stage == index for s in self.plan.stages
+                   if s.index != besides and s.index not in self.built)
 
     def _copied_from_later(self, index: int) -> bool:
         """Does a stage not built yet copy from (or mount) stage ``index`` by a name the
@@ -684,6 +725,25 @@ class Committed(NamedTuple):
     snapshot: Snapshot
     changes: Changes
     layer: Layer | None
+
+
+def _check_partial_snapshots() -> bool:
+    """``KILN_CHECK_PARTIAL_SNAPSHOT=1``: take the full snapshot beside each partial one and
+    fail the build where they differ (a self-check for tests; it costs the time saved)."""
+    return os.environ.get("KILN_CHECK_PARTIAL_SNAPSHOT", "") in ("1", "true")
+
+
+def _check_partial_snapshot(before: Snapshot, partial: Snapshot, full: Snapshot) -> None:
+    """Raise if ``partial`` is not what the full walk ``full`` found, entry for entry."""
+    if partial.entries == full.entries:
+        return
+    differ = sorted((path for path in partial.entries.keys() | full.entries.keys()
+                     if partial.entries.get(path) != full.entries.get(path)), key=layer_order)
+    changes = diff_snapshots(before, partial) == diff_snapshots(before, full)
+    shown = ", ".join("/" + path for path in differ[:5])
+    more = f" and {len(differ) - 5} more" if len(differ) > 5 else ""
+    raise KilnError(f"KILN_CHECK_PARTIAL_SNAPSHOT: the partial snapshot differs from the full "
+                    f"walk at {shown}{more} (layer changes {'equal' if changes else 'differ'})")
 
 
 def _layer_id(layer: Layer | None) -> str:

@@ -1,4 +1,5 @@
-"""A finished stage's filesystem moved out of the root, whole, for a later ``COPY --from``.
+"""A finished stage's filesystem moved out of the root, whole, for a later ``COPY --from`` or
+a later stage built FROM it (moved back into the root then, by :func:`restore_root`).
 
 When the next stage needs the root and a later instruction copies from the stage the root
 holds, the build used to delete that filesystem and, at the copy, extract the stage's image
@@ -152,3 +153,23 @@ def make_ignored(target: Path, content: list[Made]) -> bool:
         # Making the entry moved its parent's mtime: put back what the move gave it.
         os.utime(where.parent, ns=(parent.st_atime_ns, parent.st_mtime_ns))
     return True
+
+
+def restore_root(kept: Path, ignore: IgnoreList, root: Path, rel: str = "") -> None:
+    """Move a filesystem :func:`move_root` kept back into ``root``, which
+    :func:`executor.build.clear_root` has cleared: what a later stage built FROM that stage
+    starts from, as extracting its image would give it. What ``kept`` holds at ignored paths
+    (made by :func:`make_ignored` for copies) stays there: an extraction never writes ignored
+    paths, so the root keeps its own. A directory holding an ignored path is filled child by
+    child, then given ``kept``'s owner, mode and times."""
+    for entry, child, holds_ignored in root_entries(kept, ignore, rel):
+        if holds_ignored:
+            info = entry.stat(follow_symlinks=False)
+            made = root / child
+            made.mkdir(exist_ok=True)  # clear_root kept it, if the root's image had it
+            restore_root(kept, ignore, root, child)
+            os.chown(made, info.st_uid, info.st_gid)
+            os.chmod(made, stat.S_IMODE(info.st_mode))
+            os.utime(made, ns=(info.st_atime_ns, info.st_mtime_ns))
+            continue
+        os.rename(entry.path, root / child)

@@ -21,10 +21,12 @@ import functools
 import gc
 import marshal
 import os
+import posixpath
 import signal
 import tempfile
 import time
 import weakref
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from operator import attrgetter
 from pathlib import Path
@@ -616,3 +618,201 @@ def _measure_granularity(place: str) -> int:
     # A few distinct values that are not all round: nanosecond timestamps. With fewer than two
     # values in five seconds the clock is coarser than anything above: play safe.
     return 1 if len(seen) > 1 else 2_000_000_000
+
+
+# -- partial snapshots ---------------------------------------------------------------------
+
+def take_partial_snapshot(root: Path, ignore: IgnoreList, previous: Snapshot,
+                          touched: Iterable[str]) -> Snapshot | None:
+    """``previous`` brought up to date where a step wrote, without walking the rest of the root.
+
+    For a step that ran no process (COPY, ADD): only what it wrote can differ from
+    ``previous``. ``touched`` names, relative to ``root``, every path at or under which the
+    step wrote (it may name more; it must not name less), each reached through real
+    directories only (the step resolved symlinks itself). Then the root differs from
+    ``previous`` only
+
+    - at and under each touched path: walked again, and what was there before is dropped;
+    - in the directories above one: entries added or replaced move their mtime, ctime and
+      link count. Each is stat'ed again; one that is no longer the directory ``previous``
+      knew (just created, or replaced) is walked as a whole, as if it had been named;
+    - in the other names of a file with several hard links that the step replaced, removed
+      or linked again: their link count and ctime moved. Each is stat'ed again. (A link the
+      step made to a file elsewhere and removed again would move that file's ctime unseen:
+      COPY and ADD link only what they wrote themselves.)
+
+    The result is what :func:`take_snapshot` would give, entry for entry. None where that
+    cannot be vouched for and a full walk must be taken instead: the root itself touched, a
+    touched path below something that is not a directory, a path gone that must be there.
+    """
+    taken_ns = time.clock_gettime_ns(CLOCK_REALTIME_COARSE)
+    root_str = os.fspath(root)
+    try:
+        entries = _brought_up_to_date(root_str, ignore, previous.entries, touched)
+    except (OSError, SnapshotError):
+        return None  # the full walk will say what is wrong, if anything is
+    if entries is None:
+        return None
+    snapshot = Snapshot(entries, taken_ns, Path(root_str))
+    _last_snapshot[root_str] = weakref.ref(snapshot)
+    return snapshot
+
+
+def _brought_up_to_date(root_str: str, ignore: IgnoreList, before: dict[str, FileEntry],
+                        touched: Iterable[str]) -> dict[str, FileEntry] | None:
+    """The entries of :func:`take_partial_snapshot`, or None."""
+    roots = _walk_roots(root_str, ignore, before, touched)
+    if roots is None:
+        return None
+    walk_roots, ancestors = roots
+    entries = dict(before)
+    dropped = _drop_under(entries, walk_roots)
+    if dropped is None:
+        return None
+    entries.update(ancestors)
+    fresh: dict[str, FileEntry] = {}
+    pending: list[str] = []
+    for rel in walk_roots:
+        if ignore.is_ignored(rel):
+            continue
+        entry = _lstat_entry(root_str, rel)
+        if entry is None:
+            continue  # the step removed it, or named a path it did not write
+        fresh[rel] = entry
+        if entry.mode & S_IFMT == S_IFDIR:
+            pending.append(rel)
+    _walk(root_str, ignore, fresh, pending)
+    if not _restat_hard_links(root_str, entries, dropped, fresh):
+        return None
+    entries.update(fresh)
+    return entries
+
+
+def _walk_roots(root_str: str, ignore: IgnoreList, before: dict[str, FileEntry],
+                touched: Iterable[str]) -> tuple[list[str], dict[str, FileEntry]] | None:
+    """The top-most paths to walk again, and the fresh entries of the directories above them.
+
+    A directory above a touched path that is not the one ``before`` held (created by the
+    step, or put in the place of something else) becomes the path walked: all it holds is new.
+    """
+    named: set[str] = set()
+    for raw in touched:
+        rel = posixpath.normpath("/" + raw).strip("/")
+        if not rel:
+            return None  # the whole root: nothing to save
+        named.add(rel)
+    ancestors: dict[str, FileEntry] = {}
+    walk: set[str] = set()
+    for rel in _top_most(named):  # what a step wrote below a path it wrote is in that path
+        parts = rel.split("/")
+        chosen = rel
+        for depth in range(1, len(parts)):
+            above = "/".join(parts[:depth])
+            if ignore.is_ignored(above):
+                break  # the walk never sees it, nor anything below it
+            entry = ancestors.get(above) or _lstat_entry(root_str, above)
+            if entry is None or entry.mode & S_IFMT != S_IFDIR:
+                return None  # written below a path that is not a directory: a mistake
+            ancestors[above] = entry
+            old = before.get(above)
+            if (old is None or old.mode & S_IFMT != S_IFDIR or old.ino != entry.ino
+                    or old.dev != entry.dev):
+                chosen = above
+                break
+        walk.add(chosen)
+    top = _top_most(walk)
+    kept = set(top)
+    return top, {rel: entry for rel, entry in ancestors.items()
+                 if rel not in kept and not _is_below_any(rel, kept)}
+
+
+def _top_most(paths: set[str]) -> list[str]:
+    """``paths`` without those below another of them, in layer order."""
+    top: list[str] = []
+    for rel in sorted(paths, key=layer_order):  # a path's descendants follow it
+        if not top or not rel.startswith(top[-1] + "/"):
+            top.append(rel)
+    return top
+
+
+def _is_below_any(rel: str, paths: set[str]) -> bool:
+    cut = rel.rfind("/")
+    while cut > 0:
+        rel = rel[:cut]
+        if rel in paths:
+            return True
+        cut = rel.rfind("/")
+    return False
+
+
+def _drop_under(entries: dict[str, FileEntry],
+                walk_roots: list[str]) -> dict[str, FileEntry] | None:
+    """Remove from ``entries`` every path at or under one of ``walk_roots``; return them.
+
+    A snapshot holds a path only with its parent directory, so only walk roots that were
+    directories can have entries below them (a COPY into a new /app needs no search at all).
+    Those are found by one pass of ``startswith`` (a C loop) over the keys: with a tuple of
+    the directories when they are few, else once per parent of theirs with a set lookup of
+    the next name. None when they have too many parents for that to beat a full walk.
+    """
+    dropped = {rel: entries.pop(rel) for rel in walk_roots if rel in entries}
+    directories = [rel for rel, entry in dropped.items() if entry.mode & S_IFMT == S_IFDIR]
+    if not directories:
+        return dropped
+    below: list[str] = []
+    if len(directories) <= _FEW_DIRECTORIES:
+        prefixes = tuple(rel + "/" for rel in directories)
+        below = [rel for rel in entries if rel.startswith(prefixes)]
+    else:
+        by_parent: dict[str, set[str]] = {}
+        for rel in directories:
+            parent, _, name = rel.rpartition("/")
+            by_parent.setdefault(parent + "/" if parent else "", set()).add(name)
+        if len(by_parent) > _MAX_PARENTS:
+            return None
+        for prefix, names in by_parent.items():
+            n = len(prefix)
+            below += [rel for rel in entries
+                      if rel.startswith(prefix) and rel[n:].partition("/")[0] in names]
+    # Walk roots never nest, so no key is under two of them.
+    dropped.update((rel, entries.pop(rel)) for rel in below)
+    return dropped
+
+
+# Up to this many directories, one tuple of prefixes: ``startswith`` tries each in turn.
+_FEW_DIRECTORIES = 16
+# More distinct parents than this of the directories a step wrote over: a full walk is as quick.
+_MAX_PARENTS = 32
+
+
+def _lstat_entry(root_str: str, rel: str) -> FileEntry | None:
+    """The entry the walk would record for ``rel``; None if it is missing or a socket."""
+    path = os.path.join(root_str, rel)
+    try:
+        stat = _stat_fields(os.lstat(path))
+        target = os.readlink(path) if stat[0] & S_IFMT == S_IFLNK else None
+    except FileNotFoundError:
+        return None
+    if stat[0] & S_IFMT == S_IFSOCK:
+        return None
+    return FileEntry._make((rel, *stat, target))
+
+
+def _restat_hard_links(root_str: str, entries: dict[str, FileEntry],
+                       dropped: dict[str, FileEntry], fresh: dict[str, FileEntry]) -> bool:
+    """Stat again the names, outside the walked paths, of files with several links that the
+    step replaced, removed or linked (their link count and ctime moved); False if one of
+    them is gone, which only a step that wrote elsewhere could have done."""
+    inodes = {(e.dev, e.ino) for e in (*dropped.values(), *fresh.values())
+              if e.nlink > 1 and e.mode & S_IFMT != S_IFDIR}
+    if not inodes:
+        return True
+    numbers = {ino for _, ino in inodes}
+    others = [rel for rel, e in entries.items()
+              if e[7] in numbers and (e.dev, e.ino) in inodes and e.mode & S_IFMT != S_IFDIR]
+    for rel in others:
+        entry = _lstat_entry(root_str, rel)
+        if entry is None:
+            return False
+        entries[rel] = entry
+    return True

@@ -35,6 +35,7 @@ from executor.instructions.copy import (
     history_line,
     place_sources,
     read_request,
+    written_paths,
 )
 from executor.instructions.metadata import Step
 from executor.instructions.state import StageState
@@ -76,8 +77,8 @@ def apply_add(state: StageState, inst: Instruction) -> Step:
             unpack = unpack_flag is None or unpack_flag.lower() == "true"
             found.extend(_mark_archives(local) if unpack and not source.startswith("<<")
                          else local)
-        place_sources(state, inst, request, found)
-    return Step(history_line(inst), touches_fs=True)
+        written = place_sources(state, inst, request, found)
+    return Step(history_line(inst), touches_fs=True, written=written_paths(state, written))
 
 
 def _mark_archives(sources: list[Source]) -> list[Source]:

@@ -252,8 +252,20 @@ def apply_copy(state: StageState, inst: Instruction) -> Step:
         found: list[Source] = []
         for source in request.sources:
             found.extend(collect_sources(state, inst, request, source, Path(scratch)))
-        place_sources(state, inst, request, found)
-    return Step(history_line(inst), touches_fs=True)
+        written = place_sources(state, inst, request, found)
+    return Step(history_line(inst), touches_fs=True, written=written_paths(state, written))
+
+
+def written_paths(state: StageState, written: list[Path]) -> tuple[str, ...] | None:
+    """``Step.written`` for the host paths a COPY or ADD wrote: relative to the root (None
+    if one is not under it, which would be a mistake, and the full snapshot then covers)."""
+    out = []
+    for path in written:
+        try:
+            out.append(path.relative_to(state.root).as_posix())
+        except ValueError:
+            return None
+    return tuple(out)
 
 
 def history_line(inst: Instruction) -> str:
@@ -261,8 +273,10 @@ def history_line(inst: Instruction) -> str:
 
 
 def place_sources(state: StageState, inst: Instruction, request: CopyRequest,
-                  found: list[Source]) -> None:
-    """Copy (or extract) every source to the destination, by Docker's rules."""
+                  found: list[Source]) -> list[Path]:
+    """Copy (or extract) every source to the destination, by Docker's rules; return the host
+    paths at or under which it wrote (:attr:`Step.written`): besides them it changed only the
+    directories above them (created, or entries added) and other names of hard links."""
     dest = request.dest
     if (len(found) > 1 or request.parents) and not dest.endswith("/"):
         if len(found) > 1:
@@ -273,6 +287,7 @@ def place_sources(state: StageState, inst: Instruction, request: CopyRequest,
                           fresh=request.link and request.owner.chmod is None)
     if placement.fresh:
         _check_link_destination(state, inst, dest)
+    written: list[Path] = []
     for source in found:
         target = dest
         if request.parents and source.keep_rel:
@@ -285,9 +300,10 @@ def place_sources(state: StageState, inst: Instruction, request: CopyRequest,
         try:
             if source.unpack:
                 directory = _ensure_dir(state, target.rstrip("/") or "/", placement)
+                written.append(directory)
                 _extract(state, inst, source.host, directory)
             else:
-                _copy_source(state, request, placement, source, target)
+                written += _copy_source(state, request, placement, source, target)
                 if request.parents and source.keep_rel and source.origin is not None:
                     _copy_kept_directories(state, placement, source, dest)
         except ContextError as exc:
@@ -297,6 +313,25 @@ def place_sources(state: StageState, inst: Instruction, request: CopyRequest,
         except NotADirectory as exc:
             raise inst.error(f"cannot copy to non-directory: {_shown(state, exc.path)}") \
                 from None
+    return _under_destination(state, dest, written) if request.parents else written
+
+
+def _under_destination(state: StageState, dest: str, written: list[Path]) -> list[Path]:
+    """``--parents``: each written path as the child of the destination it is under. The
+    kept paths of many sources have many parents but few of those, and the snapshot walks a
+    few wide paths faster than many narrow ones in many places."""
+    try:
+        base = resolve_in_root(state.root, dest.rstrip("/") or "/")
+    except SnapshotError:
+        return written
+    out = []
+    for path in written:
+        try:
+            parts = path.relative_to(base).parts
+        except ValueError:
+            parts = ()
+        out.append(base / parts[0] if parts else path)
+    return out
 
 
 def _copy_kept_directories(state: StageState, placement: Placement, source: Source,
@@ -485,13 +520,18 @@ def _glob_in_root(root: Path, pattern: str) -> list[str]:
 
 
 def _copy_source(state: StageState, request: CopyRequest, placement: Placement,
-                 source: Source, dest: str) -> None:
+                 source: Source, dest: str) -> list[Path]:
+    """Copy one source; return the host paths at or under which it wrote (resolved)."""
     host = source.host
     info = os.stat(host)  # the named source itself is followed, as BuildKit follows it
     if stat.S_ISDIR(info.st_mode):
+        existed = _is_dir_in_root(state, dest.rstrip("/") or "/")
         target = _ensure_dir(state, dest.rstrip("/") or "/", placement)
         _copy_tree(state, request, placement, source, target)
-        return
+        names = os.listdir(host)
+        # Into a directory that was there (the root, /usr/bin): only the names copied; it
+        # is one of the directories above them. One just made, or nothing copied: itself.
+        return [target / name for name in names] if existed and names else [target]
     # On an empty tree (--link) a path without a trailing slash is the file's own name.
     into_dir = dest.endswith("/") or (not placement.fresh and _is_dir_in_root(state, dest))
     name = posixpath.basename(source.rel.rstrip("/")) or host.name  # the name as given
@@ -509,6 +549,7 @@ def _copy_source(state: StageState, request: CopyRequest, placement: Placement,
                     "place, as Docker does (end the destination with / to copy into it)",
                     _shown(state, target))
     _copy_file(state, host, target, info, placement)
+    return [target]
 
 
 def _is_dir_in_root(state: StageState, path: str) -> bool:

@@ -32,6 +32,10 @@ class Step:
     # --mount's target and parents, renamed aside and back. A ctime-only difference there is
     # not a change for the layer.
     settled: tuple[str, ...] = ()
+    # Paths (relative to the root, reached through real directories) at or under which the
+    # step wrote everything it wrote, for a step that ran no process (COPY, ADD): the snapshot
+    # then walks only these (snapshot.take_partial_snapshot). None: not known, walk it all.
+    written: tuple[str, ...] | None = None
 
 
 def apply_env(state: StageState, inst: Instruction) -> Step:

@@ -4,19 +4,28 @@ In place, kiln is PID 1 of a pod's container: Docker's default capabilities, no 
 so no mount namespace and no mount. kiln then does what a mount would look like from inside:
 
 - the target's own content, if the image has something there, is renamed aside (into the kiln
-  dir, or beside the target when that is another filesystem) and renamed back afterwards, so it
+  dir, or, when that is another filesystem, to the top of the target's own filesystem, out of
+  reach of a command that removes the target's parents) and renamed back afterwards, so it
   comes back exactly: same inodes, bytes, owners, modes and times. It always comes back, as
   from under a mount: over whatever is at the target then, and into parent directories made
   again if the command removed them (under a mount it could not have);
-- a cache directory is renamed into place and back (the kiln dir is on the root filesystem, so a
-  rename: no copy, whatever the cache's size); a bind's source is copied into place and the copy
+- a cache directory is renamed into place and back (when the kiln dir is on the root's
+  filesystem: no copy, whatever the cache's size; copied when it is a volume); a bind's source
+  is copied into place and the copy
   removed; a secret is written as a file and removed; a tmpfs is an empty directory, removed;
 - mount points it had to create are removed again, and their parent's times restored.
 
 Every step is written to a journal in the kiln dir *before* it is taken, and the journal shrinks
 as steps are undone, so a build killed during a RUN and run again in the same container undoes
 what is left first (:func:`recover`): the cache goes back to its store, a secret never stays, and
-the image's own files return. Nothing of the mounts is ever in a snapshot, which is taken after.
+the image's own files return. Each step records the inode it placed or moved aside, and a
+later build undoes a step only where that very inode still is: a kiln dir on a kept volume
+outlives the container's root, and its journal must take nothing from the fresh root of a
+restarted container (a rename only ever moves within one filesystem, so an aside found with its
+recorded inode proves the filesystem is the one the journal was written for). What kiln makes
+at a target is made under a name of its own and renamed there once journaled with its inode,
+so a build killed at any point leaves nothing the journal cannot account for. Nothing of the
+mounts is ever in a snapshot, which is taken after.
 
 Weaker than a mount (the README says so): the content is really at the target while the command
 runs (another process of the same container sees it), and a read-only bind is a copy that root
@@ -30,9 +39,10 @@ import errno
 import json
 import logging
 import os
+import secrets
 import shutil
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,24 +78,37 @@ class Placement:
 
 @dataclass
 class Journal:
-    """The undo steps of the placements in force, kept on disk in the kiln dir."""
+    """The undo steps of the placements in force, kept on disk in the kiln dir.
+
+    Each step names the inode it acts on (``ino``): what kiln moved aside, made or put in
+    place. A build that replays the journal of a killed one acts only on those very inodes,
+    so a journal that outlived its root (a kiln dir on a kept volume, a container restarted
+    with a fresh ``/``) takes nothing away from the root it finds instead.
+    """
 
     path: Path
     steps: list[dict[str, str | int]] = field(default_factory=list)
+    left_alone: list[str] = field(default_factory=list)
 
     def add(self, step: dict[str, str | int]) -> None:
         self.steps.append(step)
         self._write()
 
-    def undo_all(self) -> list[str]:
+    def undo_all(self, *, verify: bool = False) -> list[str]:
         """Undo every step, last first; the journal shrinks as it goes. Returns the paths
         (relative to ``/``) whose stat the undoing moved without changing them. A step that
-        fails stays in the journal and raises PlacementError naming its target."""
+        fails stays in the journal and raises PlacementError naming its target.
+
+        ``verify`` (a journal another process wrote): a step whose path holds another inode
+        than the one it recorded is not undone; its target is added to ``left_alone``."""
         touched: list[str] = []
         while self.steps:
             step = self.steps[-1]
             try:
-                touched.extend(_undo(step))
+                if verify and not _still_placed(step):
+                    self.left_alone.append(_target_of(step))
+                else:
+                    touched.extend(_undo(step))
                 self.steps.pop()
                 self._write()
             except OSError as exc:
@@ -108,7 +131,9 @@ class Journal:
 def recover(kiln_dir: Path) -> bool:
     """Undo what a killed build left in place (secrets, caches, moved-aside files).
 
-    Returns True when there was something to undo.
+    Only what is still exactly what that build placed is undone (:meth:`Journal.undo_all`);
+    the rest of the journal is discarded with a warning that names it. Returns True when
+    there was a journal.
     """
     path = kiln_dir / JOURNAL
     try:
@@ -117,9 +142,49 @@ def recover(kiln_dir: Path) -> bool:
         return False
     except (OSError, ValueError) as exc:
         raise PlacementError(f"cannot read {path}: {exc}") from None
-    log.warning("Undoing the RUN --mount placements of an interrupted build (%s)", path)
-    Journal(path, list(steps)).undo_all()
+    journal = Journal(path, _checked_steps(path, steps))
+    if any(os.path.lexists(_path_of(step)) and _still_placed(step) for step in journal.steps):
+        log.warning("Undoing the RUN --mount placements of an interrupted build (%s)", path)
+    journal.undo_all(verify=True)
+    if journal.left_alone:
+        shown = ", ".join(dict.fromkeys(journal.left_alone))
+        log.warning("Discarding RUN --mount journal %s for %s: what is there is not what the "
+                    "interrupted build placed (the journal was written for another root "
+                    "filesystem, as after a container restart with a kept kiln dir, or the "
+                    "command replaced it); left alone", path, shown)
     return True
+
+
+_KEYS = {"remove": ("path",), "rmdir": ("path",), "times": ("path", "atime", "mtime"),
+         "move": ("from", "to"), "restore": ("from", "to")}
+
+
+def _checked_steps(path: Path, steps: object) -> list[dict[str, str | int]]:
+    """The steps of a journal read from disk, each with what its undoing needs."""
+    if not isinstance(steps, list) or not all(
+            isinstance(step, dict) and step.get("undo") in _KEYS
+            and all(key in step for key in _KEYS[step["undo"]]) for step in steps):
+        raise PlacementError(f"cannot read {path}: not a journal of RUN --mount steps")
+    return steps
+
+
+def _path_of(step: dict[str, str | int]) -> str:
+    """The path a step's undoing acts on first: the one whose inode it recorded."""
+    return str(step["from"] if step["undo"] in ("move", "restore") else step["path"])
+
+
+def _still_placed(step: dict[str, str | int]) -> bool:
+    """Whether undoing ``step`` can only touch what kiln placed: its path is empty (undoing
+    is then a no-op), holds the very inode the step recorded, or has a name of that build's
+    own (:func:`_made_in_place`). A step without an inode (a journal of an older kiln)
+    cannot tell, and so acts on nothing that is there."""
+    if step.get("unique"):
+        return True
+    try:
+        info = os.lstat(_path_of(step))
+    except FileNotFoundError:
+        return True
+    return "ino" in step and info.st_ino == step["ino"]
 
 
 @contextlib.contextmanager
@@ -170,27 +235,11 @@ def _place(root: Path, kiln_dir: Path, index: int, placement: Placement, journal
     holder = _existing_ancestor(point)
     info = os.lstat(holder)
     journal.add({"undo": "times", "path": str(holder), "atime": info.st_atime_ns,
-                 "mtime": info.st_mtime_ns, "target": target})
+                 "mtime": info.st_mtime_ns, "target": target, "ino": info.st_ino})
     settled.append(os.path.relpath(holder, root))
     if os.path.lexists(point):
-        aside = kiln_dir / "mounts" / f"aside-{index}"
-        _remove(aside)
-        journal.add({"undo": "restore", "from": str(aside), "to": str(point), "target": target})
-        try:
-            _rename(point, aside)
-        except OSError as exc:
-            if exc.errno not in (errno.EXDEV, errno.EBUSY):
-                raise _error(placement, exc) from None
-            if exc.errno == errno.EBUSY:
-                raise PlacementError(f"RUN --mount target {placement.target} is a mount point "
-                                     "of the container; kiln cannot move it aside") from None
-            # The target is on another filesystem than the kiln dir: hold it beside itself.
-            journal.steps.pop()
-            aside = point.parent / f".kiln-aside-{index}-{point.name}"
-            _remove(aside)
-            journal.add({"undo": "restore", "from": str(aside), "to": str(point),
-                         "target": target})
-            _rename(point, aside)
+        _move_aside(root, kiln_dir / "mounts" / f"aside-{index}", index, point, journal,
+                    placement, settled)
         settled.append(os.path.relpath(point, root))
     else:
         _make_parents(root, point, journal, target)
@@ -201,24 +250,90 @@ def _place(root: Path, kiln_dir: Path, index: int, placement: Placement, journal
     return point
 
 
+def _move_aside(root: Path, held: Path, index: int, point: Path, journal: Journal,
+                placement: Placement, settled: list[str]) -> None:
+    """Rename the image's own content at ``point`` out of the command's way, to ``held`` in
+    the kiln dir, or, when that is another filesystem (a pod's volume), to the highest
+    directory of ``point``'s own filesystem: the root's top, as a rule. Not beside the
+    target: a command that removes the target's parent (``rm -rf /var/cache``, which a real
+    mount would have stopped) would take the image's content with it."""
+    ino = os.lstat(point).st_ino
+    candidates = [held, *(directory / f".kiln-aside-{index}-{point.name}"
+                          for directory in reversed(point.parents)
+                          if directory.is_relative_to(root))]
+    for aside in candidates:
+        outside = aside.parent not in (held.parent, point.parent)
+        if outside:  # the holder's times are journaled already
+            info = os.lstat(aside.parent)
+            journal.add({"undo": "times", "path": str(aside.parent), "atime": info.st_atime_ns,
+                         "mtime": info.st_mtime_ns, "target": placement.target,
+                         "ino": info.st_ino})
+        _remove(aside)
+        journal.add({"undo": "restore", "from": str(aside), "to": str(point),
+                     "target": placement.target, "ino": ino})
+        try:
+            _rename(point, aside)
+        except OSError as exc:
+            if exc.errno == errno.EBUSY:
+                raise PlacementError(f"RUN --mount target {placement.target} is a mount point "
+                                     "of the container; kiln cannot move it aside") from None
+            if exc.errno != errno.EXDEV or aside.parent == point.parent:
+                raise _error(placement, exc) from None
+            del journal.steps[-2 if outside else -1:]  # another filesystem: one level down
+            continue
+        if outside:
+            settled.append(os.path.relpath(aside.parent, root))
+        return
+
+
 def _put(placement: Placement, point: Path, journal: Journal) -> None:
     target = placement.target
-    if placement.how == "cache":
-        assert placement.source is not None
-        journal.add({"undo": "move", "from": str(point), "to": str(placement.source),
-                     "target": target})
-        _move(placement.source, point)
-        return
-    journal.add({"undo": "remove", "path": str(point), "target": target})
     if placement.how == "empty":
-        point.mkdir(mode=0o755)
-        os.chmod(point, 0o1777)
-    elif placement.how == "owned":
-        assert placement.source is not None
-        _move(placement.source, point)
-    else:
-        assert placement.source is not None
-        copy_exact(placement.source, point)
+        _made_in_place(point, journal, {"undo": "remove", "path": str(point), "target": target},
+                       _make_tmpfs)
+        return
+    assert placement.source is not None
+    source = placement.source
+    if placement.how == "copy":
+        _made_in_place(point, journal, {"undo": "remove", "path": str(point), "target": target},
+                       lambda made: copy_exact(source, made))
+        return
+    step: dict[str, str | int] = (
+        {"undo": "move", "from": str(point), "to": str(source), "target": target}
+        if placement.how == "cache" else {"undo": "remove", "path": str(point), "target": target})
+    journal.add({**step, "ino": os.lstat(source).st_ino})  # a rename keeps the inode
+    try:
+        os.rename(source, point)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        journal.steps.pop()  # the kiln dir is another filesystem: a copy, a new inode
+        _made_in_place(point, journal, step, lambda made: copy_exact(source, made))
+        _remove(source)
+
+
+def _made_in_place(point: Path, journal: Journal, step: dict[str, str | int],
+                   make: Callable[[Path], None]) -> None:
+    """Make ``point`` by ``make`` under a name of this build's own beside it, and rename it
+    into place once ``step`` (its undoing) is journaled with its inode: so nothing is ever at
+    ``point`` that the journal cannot prove kiln put there. The name's own step removes a
+    half-made copy of a killed build; no other build or image can have that name."""
+    made = point.parent / f".kiln-placing-{secrets.token_hex(8)}"
+    journal.add({"undo": "remove", "path": str(made), "target": str(step["target"]),
+                 "unique": 1})
+    make(made)
+    journal.add({**step, "ino": os.lstat(made).st_ino})
+    os.rename(made, point)
+
+
+def _make_tmpfs(path: Path) -> None:
+    path.mkdir(mode=0o755)
+    os.chmod(path, 0o1777)
+
+
+def _make_dir(path: Path) -> None:
+    path.mkdir(mode=0o755)
+    os.chmod(path, 0o755)
 
 
 def _existing_ancestor(point: Path) -> Path:
@@ -238,9 +353,8 @@ def _make_parents(root: Path, point: Path, journal: Journal, target: str) -> Non
         raise PlacementError(f"RUN --mount target /{point.relative_to(root)}: "
                              f"/{probe.relative_to(root)} is not a directory")
     for path in reversed(missing):
-        journal.add({"undo": "rmdir", "path": str(path), "target": target})
-        path.mkdir(mode=0o755)
-        os.chmod(path, 0o755)
+        _made_in_place(path, journal, {"undo": "rmdir", "path": str(path), "target": target},
+                       _make_dir)
 
 
 def _undo(step: dict[str, str | int]) -> list[str]:
@@ -300,13 +414,22 @@ def _rename(source: Path, dest: Path) -> None:
 
 
 def _move(source: Path, dest: Path) -> None:
-    """Rename; across filesystems, copy exactly and remove the source."""
+    """Rename; across filesystems, copy exactly under a name of its own beside ``dest``,
+    rename that to ``dest`` and remove the source: ``dest`` is never half a copy (a cache
+    going back to its store on a volume, when the build is killed during the copy)."""
     try:
         os.rename(source, dest)
     except OSError as exc:
         if exc.errno != errno.EXDEV:
             raise
-        copy_exact(source, dest)
+        partial = dest.parent / f".kiln-partial-{dest.name}"  # a killed build's goes now
+        _remove(partial)
+        try:
+            copy_exact(source, partial)
+        except BaseException:
+            _remove(partial)
+            raise
+        os.rename(partial, dest)
         _remove(source)
 
 

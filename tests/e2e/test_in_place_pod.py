@@ -254,3 +254,82 @@ def test_a_build_killed_during_a_run_mount_is_undone_by_the_next_build(
     assert files["own.txt"] == "own.txt\n"
     for layer in layers:
         assert all(SECRET.encode() not in data for data in layer.values())
+
+
+AFTER_RESTART = """\
+FROM {base}
+RUN mkdir -p /var/cache/app && echo "the image's own" > /var/cache/app/own.txt
+RUN --mount=type=cache,id=k,target=/var/cache/app ls /var/cache/app > /cache.txt
+RUN --mount=type=tmpfs,target=/var/cache/app rm -rf /var/cache
+RUN ls /var/cache/app > /own.txt 2>/dev/null; true
+"""
+
+
+@dataclass(frozen=True)
+class Restarted:
+    """The second container's build, its stderr and its layers."""
+
+    result: RunResult
+    files: dict[str, str]
+    names: set[str]
+
+
+@pytest.fixture(scope="module")
+def restarted(executor_rootfs: Path, registry: Registry, busybox_image: str,
+              tmp_path_factory: pytest.TempPathFactory) -> Restarted:
+    """The kiln dir is a kept volume (the executor image's /kaniko, copied once onto it).
+    A first container's build is SIGKILLed during a RUN --mount; the container is gone and
+    a second one starts with a fresh / from the executor image, the same volume, and files
+    of its own at the dead build's mount targets, then builds AFTER_RESTART."""
+    tmp = tmp_path_factory.mktemp("pod-restart")
+    contexts = tmp / "contexts"
+    write_dockerfile(contexts / "killed", KILLED.format(base=busybox_image))
+    write_dockerfile(contexts / "again", AFTER_RESTART.format(base=busybox_image))
+    volume = tmp / "kiln-volume"
+    subprocess.run(["cp", "-a", str(executor_rootfs / "kaniko"), str(volume)], check=True)
+    kept = (Bind(volume, "/kaniko"),)
+    repo = f"{registry.host}/pod/restarted"
+    first = " ".join(executor_args(f"{repo}:1", "--context", "/workspace/killed",
+                                   "--secret", "id=token,env=TOKEN"))
+    killer = gitlab_job_script(
+        registry, f"export TOKEN={SECRET}",
+        f"{{ {first} & pid=$!; }}; i=0; while [ ! -e /kaniko-run-started ] && [ $i -lt 600 ]; "
+        "do sleep 0.2; i=$((i+1)); done",
+        "kill -9 $pid; sleep 1; test -e /kaniko/mounts/journal.json")
+    pod = pod_bundle(tmp / "c1", executor_rootfs, registry, contexts, killer,
+                     extra_binds=kept, gitlab=True)
+    result = run_container(pod.bundle, timeout=600)
+    assert result.exit_code == 0, result.stderr[-6000:]
+    second = " ".join(executor_args(f"{repo}:2", "--context", "/workspace/again"))
+    job = gitlab_job_script(
+        registry, "mkdir -p /var/cache/app /run/secrets",
+        "echo \"the new container's\" > /var/cache/app/job.txt",
+        "echo \"the new container's\" > /run/secrets/token", second)
+    pod = pod_bundle(tmp / "c2", executor_rootfs, registry, contexts, job,
+                     extra_binds=kept, gitlab=True)
+    result = run_container(pod.bundle, timeout=600)
+    assert result.exit_code == 0, result.stderr[-6000:]
+    layers = layer_listings(f"{repo}:2", tmp / "layers")
+    files = {name: data.decode(errors="replace") for layer in layers[1:]
+             for name, data in layer.items()}
+    return Restarted(result, files, {name for layer in layers for name in layer})
+
+
+def test_a_journal_kept_across_a_container_restart_takes_nothing_from_the_fresh_root(
+        restarted: Restarted) -> None:
+    # Replayed, the dead build's cache step would have taken the new container's
+    # /var/cache/app into the cache store, and its secret step removed /run/secrets/token.
+    assert ("Discarding RUN --mount journal /kaniko/mounts/journal.json for "
+            "/run/secrets/token, /var/cache/app: what is there is not what the interrupted "
+            "build placed (the journal was written for another root filesystem"
+            ) in restarted.result.stderr
+    assert "Undoing the RUN --mount placements" not in restarted.result.stderr
+    assert restarted.files["cache.txt"] == ""  # a fresh cache: nothing of the job's files
+
+
+def test_with_the_kiln_dir_on_a_volume_the_images_content_outlives_removing_the_targets_parent(
+        restarted: Restarted) -> None:
+    # Under a real mount, rm -rf /var/cache stops at the mount point and the image's content
+    # stays under it; placed, it is held at the top of the root, out of the command's way.
+    assert restarted.files["own.txt"] == "own.txt\n"
+    assert not any(".kiln-" in name for name in restarted.names)  # nothing held or half-made

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
 import signal
+import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import cast
@@ -34,6 +38,24 @@ def kiln(tmp_path: Path) -> Path:
     (kiln / "cache/c1").mkdir(parents=True)
     (kiln / "cache/c1/pkg.deb").write_text("cached\n")
     return kiln
+
+
+@pytest.fixture
+def kiln_elsewhere(tmp_path: Path) -> Iterator[Path]:
+    """A kiln dir on another filesystem than the root (a pod's volume): nothing renames
+    between the two, so caches and secrets are copied and the image's content is held in
+    the root itself."""
+    volume = Path(tempfile.mkdtemp(prefix="kiln-volume-", dir="/dev/shm"))
+    if os.stat(volume).st_dev == os.stat(tmp_path).st_dev:
+        shutil.rmtree(volume)
+        pytest.skip("/dev/shm is on the test's own filesystem")
+    (volume / "cache/c1").mkdir(parents=True)
+    (volume / "cache/c1/pkg.deb").write_text("cached\n")
+    yield volume
+    shutil.rmtree(volume)
+
+
+KILN_DIRS = ["kiln", "kiln_elsewhere"]
 
 
 def stat_of(path: Path) -> tuple[int, int, int, int]:
@@ -92,10 +114,13 @@ def test_writes_to_a_read_only_copy_are_discarded_and_reported(
     assert "RUN --mount target /ctx is read-only, but the command changed it" in caplog.text
 
 
+@pytest.mark.parametrize("kiln_dir", KILN_DIRS)
 def test_the_images_content_comes_back_when_the_command_removed_the_targets_parent(
-        root: Path, kiln: Path) -> None:
+        root: Path, kiln_dir: str, request: pytest.FixtureRequest) -> None:
     # Under a real mount the parent could not have gone (rm stops at the mount point) and
-    # the image's content stays under the mount: it must come back here too, never be lost.
+    # the image's content stays under the mount: it must come back here too, never be lost,
+    # also when it could not be held in the kiln dir (another filesystem).
+    kiln = request.getfixturevalue(kiln_dir)
     with placed(root, kiln, [Placement("/var/cache/apt", "empty")], []):
         shutil.rmtree(root / "var/cache")
     assert (root / "var/cache/apt/old.bin").read_text() == "from the image\n"
@@ -110,8 +135,10 @@ def test_a_failing_command_still_gets_everything_undone(root: Path, kiln: Path) 
     assert (kiln / "cache/c1/pkg.deb").exists()
 
 
+@pytest.mark.parametrize("kiln_dir", KILN_DIRS)
 def test_a_build_killed_during_the_command_is_undone_by_the_next_one(
-        root: Path, kiln: Path) -> None:
+        root: Path, kiln_dir: str, request: pytest.FixtureRequest) -> None:
+    kiln = request.getfixturevalue(kiln_dir)
     secret = kiln / "tmp/s"
     secret.parent.mkdir()
     secret.write_text("s3cr3t")
@@ -131,14 +158,125 @@ def test_a_build_killed_during_the_command_is_undone_by_the_next_one(
     assert not recover(kiln)
 
 
+def test_a_journal_kept_across_a_container_restart_leaves_the_fresh_root_alone(
+        root: Path, kiln_elsewhere: Path, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    # The kiln dir is a kept volume; the build is killed during a RUN, the container
+    # restarts with a fresh / from the executor image, which has its own files at the
+    # targets. The journal speaks of the old root: it must take nothing from the new one.
+    kiln = kiln_elsewhere
+    secret = kiln / "tmp/s"
+    secret.parent.mkdir()
+    secret.write_text("s3cr3t")
+    pid = os.fork()
+    if pid == 0:  # the killed build: no finally of placed() runs after os._exit
+        try:
+            with placed(root, kiln, [Placement("/var/cache/apt", "cache", kiln / "cache/c1"),
+                                     Placement("/run/secrets/tok", "owned", secret)], []):
+                os._exit(0)
+        finally:
+            os._exit(1)
+    os.waitpid(pid, 0)
+    root.rename(tmp_path / "old-root")  # the dead container's /, not yet collected
+    (root / "var/cache/apt").mkdir(parents=True)
+    (root / "var/cache/apt/fresh.bin").write_text("the new container's\n")
+    (root / "run/secrets").mkdir(parents=True)
+    (root / "run/secrets/tok").write_text("the new container's\n")
+    with caplog.at_level(logging.WARNING, logger="kiln"):
+        assert recover(kiln)
+    assert (root / "var/cache/apt/fresh.bin").read_text() == "the new container's\n"
+    assert (root / "run/secrets/tok").read_text() == "the new container's\n"
+    assert not (kiln / "cache/c1").exists()  # nothing of the new root taken as the cache
+    assert not (kiln / JOURNAL).exists()
+    assert (f"Discarding RUN --mount journal {kiln / JOURNAL} for /run/secrets/tok, "
+            "/var/cache/apt: what is there is not what the interrupted build placed (the "
+            "journal was written for another root filesystem") in caplog.text
+    assert "Undoing" not in caplog.text
+
+
+def test_a_build_killed_while_copying_a_bind_into_place_leaves_nothing_of_it(
+        root: Path, kiln: Path, tmp_path: Path) -> None:
+    # The copy is made under a name of the build's own and renamed to the target once its
+    # inode is journaled: a half-made copy is found and removed, never left at the target.
+    source = tmp_path / "context"
+    source.mkdir()
+    for number in range(3000):
+        (source / f"f{number}").write_text("x")
+    pid = os.fork()
+    if pid == 0:
+        try:
+            with placed(root, kiln, [Placement("/ctx", "copy", source)], []):
+                os._exit(0)
+        finally:
+            os._exit(1)
+    deadline = time.monotonic() + 30
+    while not any(name == "ctx" or name.startswith(".kiln-placing-")
+                  for name in os.listdir(root)) and time.monotonic() < deadline:
+        time.sleep(0.001)
+    os.kill(pid, signal.SIGKILL)  # as an OOM kill would, mid-copy
+    os.waitpid(pid, 0)
+    assert recover(kiln)
+    assert sorted(os.listdir(root)) == ["var"]
+
+
+def test_a_build_killed_while_returning_a_cache_to_a_volume_leaves_the_cache_whole(
+        root: Path, kiln_elsewhere: Path) -> None:
+    # From another filesystem the cache is copied back: into a name of its own, renamed to
+    # the store when complete, so a store that exists is never half a copy (the next build
+    # would keep it and drop the placed cache as the one a newer build had made again).
+    kiln = kiln_elsewhere
+    pid = os.fork()
+    if pid == 0:
+        try:
+            with placed(root, kiln, [Placement("/var/cache/apt", "cache", kiln / "cache/c1")],
+                        []):
+                for number in range(3000):
+                    (root / f"var/cache/apt/f{number}").write_text("x")
+        finally:
+            os._exit(0)
+    deadline = time.monotonic() + 30
+    while os.listdir(kiln / "cache") and time.monotonic() < deadline:
+        time.sleep(0.001)  # until the cache is in place
+    while not os.listdir(kiln / "cache") and time.monotonic() < deadline:
+        time.sleep(0.001)  # until it starts to come back
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    recover(kiln)
+    assert len(os.listdir(kiln / "cache/c1")) == 3001
+    assert os.listdir(kiln / "cache") == ["c1"]  # no half copy left beside it
+    assert sorted(os.listdir(root / "var/cache/apt")) == ["old.bin"]
+
+
+def test_a_journal_step_without_the_placed_inode_takes_nothing_away(
+        root: Path, kiln: Path) -> None:
+    # A journal of an older kiln (or a build killed between writing a step and taking it)
+    # cannot say that what is at a path is what it placed: it is left there.
+    (kiln / JOURNAL).parent.mkdir(parents=True)
+    (kiln / JOURNAL).write_text(json.dumps([
+        {"undo": "remove", "path": str(root / "var/cache/apt"), "target": "/var/cache/apt"}]))
+    assert recover(kiln)
+    assert (root / "var/cache/apt/old.bin").read_text() == "from the image\n"
+    assert not (kiln / JOURNAL).exists()
+
+
+@pytest.mark.parametrize("text", ['{"undo": "remove"}', '[{"undo": "remove"}]', '["x"]',
+                                  '[{"undo": "unlink", "path": "/x"}]'])
+def test_a_journal_of_the_wrong_shape_is_a_one_line_error(kiln: Path, text: str) -> None:
+    (kiln / JOURNAL).parent.mkdir(parents=True)
+    (kiln / JOURNAL).write_text(text)
+    with pytest.raises(PlacementError, match=f"cannot read {kiln / JOURNAL}: not a journal"):
+        recover(kiln)
+
+
 def test_a_target_inside_the_kiln_dir_is_refused(tmp_path: Path, kiln: Path) -> None:
     with pytest.raises(PlacementError, match="is inside kiln's own directory"), \
             placed(tmp_path, kiln, [Placement("/kaniko/cache", "empty")], []):
         pass
 
 
-def test_a_directory_moved_aside_and_back_is_no_change_for_the_layer(root: Path,
-                                                                     kiln: Path) -> None:
+@pytest.mark.parametrize("kiln_dir", KILN_DIRS)
+def test_a_directory_moved_aside_and_back_is_no_change_for_the_layer(
+        root: Path, kiln_dir: str, request: pytest.FixtureRequest) -> None:
     from snapshot.ignore import IgnoreList
     from snapshot.snapshot import diff_snapshots, settle_ctimes, take_snapshot, wait_for_clock_tick
 
@@ -146,6 +284,7 @@ def test_a_directory_moved_aside_and_back_is_no_change_for_the_layer(root: Path,
     before = take_snapshot(root, ignore, workers=1)
     wait_for_clock_tick(before)
     settled: list[str] = []
+    kiln = request.getfixturevalue(kiln_dir)
     with placed(root, kiln, [Placement("/var/cache/apt", "cache", kiln / "cache/c1")], settled):
         pass
     after = take_snapshot(root, ignore, workers=1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 import time
@@ -21,6 +22,7 @@ from snapshot.snapshot import (
     Snapshot,
     diff_snapshots,
     layer_order,
+    take_partial_snapshot,
     take_snapshot,
     timestamp_granularity,
     wait_for_clock_tick,
@@ -543,3 +545,231 @@ def test_a_shared_walk_given_the_previous_snapshot_sees_the_same_tree(wide: Path
     changes = diff_snapshots(before, take_snapshot(wide, ignore, previous=before, workers=2))
     assert changes.deletions == ["top0/mid3/f0"]
     assert "top2/mid39/f1" in changes.upserts and "top1/fresh/x" in changes.upserts
+
+
+# -- partial snapshots: the paths a COPY wrote, walked again; the rest kept ----------------
+
+def partial_and_full(root: Path, change: Callable[[], object],
+                     touched: Iterable[str]) -> tuple[Snapshot | None, Snapshot, Snapshot]:
+    """Snapshot, change, then both the partial snapshot of ``touched`` and the full walk."""
+    ignore = IgnoreList(root=root, paths=NO_IGNORE)
+    before = take_snapshot(root, ignore)
+    wait_for_clock_tick(before)
+    change()
+    return take_partial_snapshot(root, ignore, before, touched), take_snapshot(root, ignore), \
+        before
+
+
+def assert_partial_is_full(root: Path, change: Callable[[], object],
+                           touched: Iterable[str]) -> Changes:
+    partial, full, before = partial_and_full(root, change, touched)
+    assert partial is not None
+    assert partial.entries == full.entries
+    changes = diff_snapshots(before, partial)
+    assert changes == diff_snapshots(before, full)
+    return changes
+
+
+def test_partial_snapshot_sees_a_new_file(tree: Path) -> None:
+    changes = assert_partial_is_full(tree, lambda: (tree / "etc/new").write_text("x"),
+                                     ["etc/new"])
+    assert changes.upserts == ["etc", "etc/new"]
+
+
+def test_partial_snapshot_sees_a_replaced_file(tree: Path) -> None:
+    def replace() -> None:
+        (tree / "etc/passwd").unlink()
+        (tree / "etc/passwd").write_text("root:x:0:0")
+
+    assert assert_partial_is_full(tree, replace, ["etc/passwd"]).upserts == [
+        "etc", "etc/passwd"]
+
+
+def test_partial_snapshot_sees_a_file_over_a_directory(tree: Path) -> None:
+    def replace() -> None:
+        shutil.rmtree(tree / "usr/lib")
+        (tree / "usr/lib").write_text("file")
+
+    changes = assert_partial_is_full(tree, replace, ["usr/lib"])
+    assert changes.upserts == ["usr", "usr/lib"]
+    assert changes.deletions == []  # hidden by the file now at usr/lib
+
+
+def test_partial_snapshot_sees_a_directory_over_a_file(tree: Path) -> None:
+    def replace() -> None:
+        (tree / "etc/group").unlink()
+        make_tree(tree, ["etc/group/a", "etc/group/b/c"])
+
+    changes = assert_partial_is_full(tree, replace, ["etc/group"])
+    assert changes.opaque == ["etc/group"]
+
+
+def test_partial_snapshot_walks_new_parents_a_step_named_only_the_file_of(tree: Path) -> None:
+    # COPY f /opt/app/bin/f reports the file; /opt, /opt/app, /opt/app/bin are new.
+    changes = assert_partial_is_full(tree, lambda: make_tree(tree, ["opt/app/bin/f"]),
+                                     ["opt/app/bin/f"])
+    assert changes.upserts == ["opt", "opt/app", "opt/app/bin", "opt/app/bin/f"]
+
+
+def test_partial_snapshot_of_a_copy_into_an_existing_directory(tree: Path) -> None:
+    changes = assert_partial_is_full(tree, lambda: make_tree(tree, ["usr/lib/a", "usr/lib/b/c"]),
+                                     ["usr/lib/a", "usr/lib/b"])
+    assert changes.upserts == ["usr/lib", "usr/lib/a", "usr/lib/b", "usr/lib/b/c"]
+
+
+def test_partial_snapshot_of_a_copy_that_changes_nothing(tree: Path) -> None:
+    # COPY of an empty directory into /var/log: the path is named, nothing moved.
+    partial, full, before = partial_and_full(tree, lambda: None, ["etc/passwd", "var/log"])
+    assert partial is not None and partial.entries == before.entries == full.entries
+    assert diff_snapshots(before, partial).is_empty()
+
+
+def test_partial_snapshot_whites_out_what_a_replaced_directory_held(tree: Path) -> None:
+    def replace() -> None:
+        shutil.rmtree(tree / "usr/lib")
+        make_tree(tree, ["usr/lib/new"])
+
+    changes = assert_partial_is_full(tree, replace, ["usr/lib"])
+    # Opaque, or (re-created on its old inode number) a whiteout for each lost entry.
+    assert changes.opaque == ["usr/lib"] or {"usr/lib/libc.so", "usr/lib/deep"} <= set(
+        changes.deletions)
+    assert "usr/lib/libc.so" not in changes.upserts
+
+
+def test_partial_snapshot_whites_out_files_removed_under_a_kept_directory(tree: Path) -> None:
+    def remove() -> None:
+        (tree / "usr/lib/deep/er/file").unlink()
+        (tree / "usr/lib/libc.so").unlink()
+
+    changes = assert_partial_is_full(tree, remove, ["usr/lib"])
+    assert changes.deletions == ["usr/lib/deep/er/file", "usr/lib/libc.so"]
+
+
+def test_partial_snapshot_restats_other_names_of_a_replaced_hard_link(tree: Path) -> None:
+    os.link(tree / "usr/bin/sh", tree / "usr/bin/bash")
+
+    def replace() -> None:
+        (tree / "usr/bin/sh").unlink()  # bash's link count drops to 1
+        (tree / "usr/bin/sh").write_text("new")
+
+    changes = assert_partial_is_full(tree, replace, ["usr/bin/sh"])
+    assert "usr/bin/bash" in changes.upserts
+
+
+def test_partial_snapshot_restats_a_file_a_step_linked_to(tree: Path) -> None:
+    changes = assert_partial_is_full(
+        tree, lambda: os.link(tree / "etc/group", tree / "var/log/group"), ["var/log/group"])
+    assert "etc/group" in changes.upserts
+
+
+def test_partial_snapshot_leaves_out_ignored_paths(tree: Path) -> None:
+    ignore = IgnoreList(root=tree, paths=frozenset({"var/log"}))
+    before = take_snapshot(tree, ignore)
+    wait_for_clock_tick(before)
+    make_tree(tree, ["var/log/x", "var/new"])
+    partial = take_partial_snapshot(tree, ignore, before, ["var/log/x", "var/new"])
+    assert partial is not None
+    assert partial.entries == take_snapshot(tree, ignore).entries
+
+
+@pytest.mark.parametrize("touched", [[""], ["/"], ["etc/passwd/x"]])
+def test_partial_snapshot_gives_up_where_it_cannot_vouch(tree: Path, touched: list[str]) -> None:
+    # The whole root; a path below a file: a full walk is needed.
+    partial, _, _ = partial_and_full(tree, lambda: None, touched)
+    assert partial is None
+
+
+def test_partial_snapshot_gives_up_below_a_symlink(tree: Path) -> None:
+    (tree / "lib").symlink_to("usr/lib")
+    partial, _, _ = partial_and_full(tree, lambda: make_tree(tree, ["usr/lib/x"]), ["lib/x"])
+    assert partial is None
+
+
+def _real_directories(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*")
+                  if p.is_dir() and not p.is_symlink()
+                  and not any(q.is_symlink() for q in p.relative_to(root).parents
+                              if str(q) != "." and (root / q).is_symlink()))
+
+
+def _random_write(root: Path, rng: random.Random, written: list[str]) -> str:
+    """One thing a COPY or ADD may do, somewhere below real directories; the path it names.
+
+    Hard links go to files the step wrote before (``written``), as COPY and ADD only link
+    what they copied or extracted."""
+    base = rng.choice(["", *_real_directories(root)])
+    rel = f"{base}/{rng.choice('abcde')}".lstrip("/")
+    if rng.random() < 0.3:
+        rel += f"/{rng.choice('xyz')}/{rng.choice('pq')}"  # new parents on the way
+    path = root / rel
+    if not all(not os.path.lexists(root / q) or ((root / q).is_dir()
+                                                  and not (root / q).is_symlink())
+               for q in Path(rel).parents if str(q) != "."):
+        return _random_write(root, rng, written) if rng.random() < 0.9 else ""
+    if os.path.lexists(path):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    kind = rng.choice(["file", "dir", "link", "hardlink"])
+    if kind == "file":
+        path.write_text(rel)
+    elif kind == "dir":
+        make_tree(path, ["f", "g/h"])
+    elif kind == "link":
+        path.symlink_to(rng.choice(["/etc", "../x", "nowhere"]))
+    else:
+        files = [p for w in written for p in [root / w, *(root / w).rglob("*")]
+                 if p.is_file() and not p.is_symlink()]
+        if files:
+            os.link(rng.choice(files), path)
+        else:
+            path.write_text("x")
+    return rel
+
+
+@pytest.mark.parametrize("seed", range(25))
+def test_partial_snapshot_equals_the_full_walk_after_random_copies(tmp_path: Path,
+                                                                   seed: int) -> None:
+    rng = random.Random(seed)
+    root = tmp_path / "root"
+    make_tree(root, ["etc/passwd", "usr/bin/sh", "usr/lib/a/b", "var/log/"])
+    os.link(root / "usr/bin/sh", root / "usr/bin/ash")
+    (root / "lib").symlink_to("usr/lib")
+    ignore = IgnoreList(root=root, paths=NO_IGNORE)
+    before = take_snapshot(root, ignore)
+    for _ in range(4):  # steps in a row, each from the partial snapshot of the one before
+        wait_for_clock_tick(before)
+        written: list[str] = []
+        for _ in range(rng.randint(1, 4)):
+            if rel := _random_write(root, rng, written):
+                written.append(rel)
+        partial = take_partial_snapshot(root, ignore, before, written)
+        full = take_snapshot(root, ignore)
+        assert partial is not None
+        assert partial.entries == full.entries
+        assert diff_snapshots(before, partial) == diff_snapshots(before, full)
+        before = partial
+
+
+def test_partial_snapshot_of_many_directories_written_over(tree: Path) -> None:
+    make_tree(tree, [f"srv/{group}/d{index}/old" for group in "ab" for index in range(12)])
+
+    def rewrite() -> None:
+        for group in "ab":
+            for index in range(12):
+                (tree / f"srv/{group}/d{index}/old").unlink()
+                (tree / f"srv/{group}/d{index}/new").write_text("new")
+
+    changes = assert_partial_is_full(
+        tree, rewrite, [f"srv/{group}/d{index}" for group in "ab" for index in range(12)])
+    assert len(changes.deletions) == 24
+
+
+def test_partial_snapshot_gives_up_on_directories_written_over_in_many_places(
+        tree: Path) -> None:
+    make_tree(tree, [f"srv/p{index}/d/old" for index in range(40)])
+    partial, _, _ = partial_and_full(tree, lambda: None,
+                                     [f"srv/p{index}/d" for index in range(40)])
+    assert partial is None
