@@ -31,7 +31,6 @@ warning naming the registry's answer.
 from __future__ import annotations
 
 import contextlib
-import gzip
 import hashlib
 import json
 import logging
@@ -51,11 +50,12 @@ from executor.image.layout import REF_NAME_ANNOTATION, blob_path, write_oci_layo
 from executor.image.model import Descriptor, Layer, Manifest, Platform, sha256_digest
 from executor.image.reference import ImageRef, validate_digest
 from executor.registry.client import MAX_CONFIG_SIZE, RegistryClient, RegistryHTTPError
+from snapshot.layer import EMPTY_GZIP_LAYER
 from snapshot.snapshot import Changes
 
 log = logging.getLogger("kiln")
 
-_VERSION = f"kiln-layer-cache/2 kiln/{__version__}"
+_VERSION = f"kiln-layer-cache/3 kiln/{__version__}"
 _READ_CHUNK = 1 << 20
 
 
@@ -75,7 +75,7 @@ def stage_seed(base: str, platform: Platform, layer_settings: object = None) -> 
 
 def written_content(root: Path, changes: Changes) -> str:
     """A hash of what a step wrote: every upserted path's type, mode, owner, link target and
-    content, every deletion and opaque directory; mtimes and ctimes left out."""
+    content, every deletion; mtimes and ctimes left out."""
     digest = hashlib.sha256()
     for path in changes.upserts:
         host = os.path.join(root, path)
@@ -97,8 +97,6 @@ def written_content(root: Path, changes: Changes) -> str:
         digest.update(b"\0")
     for path in changes.deletions:
         digest.update(f"-{path}\0".encode("utf-8", "surrogateescape"))
-    for path in changes.opaque:
-        digest.update(f"*{path}\0".encode("utf-8", "surrogateescape"))
     return digest.hexdigest()
 
 
@@ -234,7 +232,7 @@ class LayoutStore:
 # without layers), marked by this label so that a hit records no layer, as the run did.
 _NO_CHANGE_LABEL = "dev.kiln.cache.no-change"
 _EMPTY_TAR = bytes(1024)
-_EMPTY_TAR_GZIP = gzip.compress(_EMPTY_TAR, mtime=0)
+_EMPTY_TAR_GZIP = EMPTY_GZIP_LAYER  # the blob an empty layer of the image has too
 
 
 class LayerCache:

@@ -5,16 +5,21 @@ of the uncompressed bytes (the diff_id) and of the compressed bytes (the digest)
 the bytes pass; the file is then renamed to its digest. Nothing is read twice and memory stays
 at a few buffers whatever the layer's size.
 
-Entries are what Docker and BuildKit write: relative names (``etc/passwd``, directories as
-``etc/``), numeric owners with empty user and group names, the mode with its setuid, setgid and
-sticky bits, mtimes cut to the whole second below them (as containerd's tar writer, which
-BuildKit uses, cuts them: no PAX ``mtime`` record but for a time a USTAR field cannot hold, and
-half the bytes for a small file), xattrs (``security.capability``,
-``user.*``, ``trusted.*``) as ``SCHILY.xattr.*`` records, hard links within the layer as tar
-links to the first name written, device nodes and FIFOs; no entry for the root. Deletions are
-whiteouts (``dir/.wh.name``) and a re-created directory gets ``dir/.wh..wh..opq`` right after
-its own entry; both are empty regular files owned by 0:0 with mode 0 and mtime 0, so that the
-same changes give the same bytes.
+Entries are what BuildKit writes (containerd's tar writer over Go's archive/tar), header for
+header: relative names (``etc/passwd``, directories as ``etc/``), numeric owners with empty user
+and group names, the mode with its setuid, setgid and sticky bits, mtimes cut to the whole
+second (no PAX ``mtime`` record but for a time a USTAR field cannot hold), a name longer than 100
+bytes split into the USTAR prefix when it fits there and nothing else needs a PAX record, xattrs
+(``security.capability``, ``user.*``, ``trusted.*``) as ``SCHILY.xattr.*`` records, hard links
+(of any type but directories) within the layer as tar links to the first name written, device
+nodes and FIFOs; no entry for the root. Every entry's parent directories come before it, each
+once, as they are now, even those that did not change: a layer read alone (or applied over
+another base) still gives them their owner and mode. Deletions are whiteouts
+(``dir/.wh.name``) at the place the deleted name sorts, empty regular files owned by 0:0 with
+mode 0 and mtime 0, so that the same changes give the same bytes; as in BuildKit's layers
+there are no opaque markers (a re-created directory's lost children each get a whiteout). A
+gzip layer with no entries
+is BuildKit's 29 bytes, so its digest is the one every BuildKit image's empty layer has.
 
 The headers are encoded here rather than by :mod:`tarfile`, which spends ~70 us per PAX entry;
 this writer spends a few, and its output is byte-for-byte what it says above. A layer of
@@ -57,7 +62,6 @@ from snapshot.snapshot import (
 from snapshot.tarparts import HelperLost, ordered_parts
 
 WHITEOUT_PREFIX = ".wh."
-OPAQUE_MARKER = ".wh..wh..opq"
 
 BLOCK = 512
 CHUNK = 1 << 20  # bytes gathered before hashing and compressing, and read from a file at once
@@ -72,17 +76,23 @@ _TYPEFLAGS = {S_IFREG: b"0", S_IFLNK: b"2", _S_IFCHR: b"3", _S_IFBLK: b"4", S_IF
 _HARDLINK = b"1"
 _PAX_HEADER = b"x"
 
+#: BuildKit's gzip blob of an empty layer (1,024 zero bytes), byte for byte: registries and
+#: caches hold it once for every image that has one.
+EMPTY_GZIP_LAYER = bytes.fromhex("1f8b08000000000000ff621805a360148c580018002eafb5ef00040000")
+
 _KEPT_XATTR_PREFIXES = ("user.", "trusted.")
 _KEPT_XATTRS = frozenset({"security.capability"})
 
 # A USTAR header: name 100, mode 8, uid 8, gid 8, size 12, mtime 12, checksum 8, typeflag 1,
 # linkname 100, magic "ustar\0" and version "00", uname 32, gname 32, devmajor 8, devminor 8,
-# prefix 155, padding 12. uname, gname and prefix stay empty.
+# prefix 155, padding 12. uname and gname stay empty; prefix holds the head of a long name.
 _MAGIC = b"ustar\x0000"
 _CHECKSUM_CONSTANT = 8 * ord(" ") + sum(_MAGIC)
 _MAX_OCTAL_7 = 8 ** 7
 _MAX_OCTAL_11 = 8 ** 11
 _MAX_MTIME_NS = _MAX_OCTAL_11 * 1_000_000_000  # the first mtime a USTAR field cannot hold
+_NAME_SIZE = 100
+_PREFIX_SIZE = 155
 # A layer of fewer entries is made in this process alone: forking costs more than it saves.
 _PARALLEL_ENTRIES = 4000
 # The parts helpers make: a few fit in a helper's pipe, so it can work ahead.
@@ -144,12 +154,17 @@ def _write_blob(root: Path, changes: Changes, snapshot: Snapshot, out_dir: Path,
             # The sink is written from the compressor's thread; its StorageError reaches this
             # thread through the compressor's next write or its close.
             sink = _HashingSink(raw, out_dir, hashing=compression.algorithm != "none")
-            with compressed_writer(cast(BinaryIO, sink), compression) as compressor:
-                for chunk in _blocks(_tar_chunks(os.fspath(root), changes, snapshot, mtime_ns,
-                                                 helpers)):
-                    diff_id.update(chunk)
-                    tar_size += len(chunk)
-                    compressor.write(chunk)
+            if changes.is_empty() and compression.algorithm == "gzip":
+                diff_id.update(_END_OF_ARCHIVE)
+                tar_size = len(_END_OF_ARCHIVE)
+                sink.write(EMPTY_GZIP_LAYER)
+            else:
+                with compressed_writer(cast(BinaryIO, sink), compression) as compressor:
+                    for chunk in _blocks(_tar_chunks(os.fspath(root), changes, snapshot,
+                                                     mtime_ns, helpers)):
+                        diff_id.update(chunk)
+                        tar_size += len(chunk)
+                        compressor.write(chunk)
         # Uncompressed, the file is the tar: one hash serves as both.
         digest = (sink.sha256 if compression.algorithm != "none" else diff_id).hexdigest()
         final = out_dir / digest
@@ -210,29 +225,52 @@ class _HashingSink:
 
 def _tar_chunks(root: str, changes: Changes, snapshot: Snapshot, mtime_ns: int | None = None,
                 helpers: int = 0) -> Iterator[bytes]:
-    """The tar's bytes: entries in :func:`layer_order`, then the end-of-archive marker; made
-    in parts by ``helpers`` forked processes too when there are many entries."""
-    order = _entry_order(changes)
+    """The tar's bytes: entries in :func:`layer_order`, each after its parent directories,
+    then the end-of-archive marker; made in parts by ``helpers`` forked processes too when
+    there are many entries."""
+    order = _entry_order(changes, snapshot)
     if helpers > 0 and len(order) >= _PARALLEL_ENTRIES:
         first_names = _first_names(order, snapshot)
         parts = _parts(order, snapshot)
         yield from ordered_parts(len(parts), lambda index: _entry_chunks(
-            root, order[parts[index]], snapshot, changes, mtime_ns, first_names), helpers)
+            root, order[parts[index]], snapshot, mtime_ns, first_names), helpers)
     else:
-        yield from _entry_chunks(root, order, snapshot, changes, mtime_ns, {})
+        yield from _entry_chunks(root, order, snapshot, mtime_ns, {})
     yield _END_OF_ARCHIVE
 
 
-def _entry_order(changes: Changes) -> list[tuple[str, bool]]:
-    """``(path, is a whiteout)`` of every entry, in the order the tar has them."""
+def _entry_order(changes: Changes, snapshot: Snapshot) -> list[tuple[str, bool]]:
+    """``(path, is a whiteout)`` of every entry, in the order the tar has them.
+
+    A whiteout sits where the name it deletes sorts, as a walk of the tree meets it. Before
+    each entry come its parent directories not written yet, the topmost first, as they are
+    now, changed or not: containerd's tar writer, which BuildKit uses, puts them so, and a
+    layer read alone (or over another base) still gives them their owner and mode.
+    """
     order: list[tuple[str, str, bool]] = [(layer_order(path), path, False)
                                           for path in changes.upserts]
     for path in changes.deletions:
         parent, _, base = path.rpartition("/")
         whiteout = f"{parent}/{WHITEOUT_PREFIX}{base}" if parent else WHITEOUT_PREFIX + base
-        order.append((layer_order(whiteout), whiteout, True))
+        order.append((layer_order(path), whiteout, True))
     order.sort()
-    return [(path, is_whiteout) for _, path, is_whiteout in order]
+    entries = snapshot.entries
+    written: set[str] = set()  # directories with an entry so far
+    out: list[tuple[str, bool]] = []
+    for _, path, is_whiteout in order:
+        parent = path.rpartition("/")[0]
+        if parent and parent not in written:
+            missing: list[str] = []
+            while parent and parent not in written:
+                missing.append(parent)
+                written.add(parent)
+                parent = parent.rpartition("/")[0]
+            out.extend((directory, False) for directory in reversed(missing)
+                       if directory in entries)  # else under an ignored path: nothing to say
+        out.append((path, is_whiteout))
+        if not is_whiteout:
+            written.add(path)  # a directory's own entry; a file's name is never a parent
+    return out
 
 
 def _first_names(order: list[tuple[str, bool]],
@@ -244,7 +282,7 @@ def _first_names(order: list[tuple[str, bool]],
     for path, is_whiteout in order:
         entry = None if is_whiteout else entries.get(path)
         if entry is not None and entry.nlink > 1 and entry.mode & S_IFMT not in (
-                S_IFDIR, S_IFLNK, S_IFSOCK):
+                S_IFDIR, S_IFSOCK):
             first.setdefault((entry.dev, entry.ino), os.fsencode(path))
     return first
 
@@ -286,7 +324,7 @@ def _blocks(chunks: Iterator[bytes], size: int = CHUNK) -> Iterator[bytes]:
 
 
 def _entry_chunks(root: str, order: list[tuple[str, bool]], snapshot: Snapshot,
-                  changes: Changes, mtime_ns: int | None,
+                  mtime_ns: int | None,
                   first_name: dict[tuple[int, int], bytes]) -> Iterator[bytes]:
     """The entries ``order`` names, in chunks of about CHUNK bytes: small pieces are gathered
     in a list and joined once per chunk.
@@ -298,7 +336,6 @@ def _entry_chunks(root: str, order: list[tuple[str, bool]], snapshot: Snapshot,
     here as they come, or beforehand by :func:`_first_names`).
     """
     entries_get = snapshot.entries.get
-    opaque = set(changes.opaque)
     pieces: list[bytes] = []
     append = pieces.append
     gathered = 0
@@ -381,10 +418,6 @@ def _entry_chunks(root: str, order: list[tuple[str, bool]], snapshot: Snapshot,
             else:
                 append(piece)
                 gathered += len(piece)
-        if path in opaque:
-            header = _marker_header(f"{path}/{OPAQUE_MARKER}")
-            append(header)
-            gathered += len(header)
     if pieces:
         yield b"".join(pieces)
 
@@ -404,15 +437,16 @@ def _entry_pieces(root: str, path: str, entry: FileEntry, tar_name: bytes, mtime
     linkname = b""
     if kind == S_IFDIR:
         tar_name += b"/"
-    elif kind == S_IFLNK:
-        linkname = os.fsencode(entry.link_target or "")
-    elif entry.nlink > 1:
-        key = (entry.dev, entry.ino)
-        first = first_name.get(key)
-        if first is None:
-            first_name[key] = tar_name
-        elif first != tar_name:
-            typeflag, linkname = _HARDLINK, first
+    else:
+        if kind == S_IFLNK:
+            linkname = os.fsencode(entry.link_target or "")
+        if entry.nlink > 1:  # any name of an inode but a directory's, as Go's writer
+            key = (entry.dev, entry.ino)
+            first = first_name.get(key)
+            if first is None:
+                first_name[key] = tar_name
+            elif first != tar_name:
+                typeflag, linkname = _HARDLINK, first
     fd = _open_unchanged(host_path, entry) if typeflag == b"0" else -1
     try:
         # A hard link shares its inode's xattrs with the first name: written once.
@@ -506,21 +540,23 @@ def _xattr_records(fd: int, host_path: str, path: str) -> dict[str, bytes]:
 
 
 def _marker_header(path: str) -> bytes:
-    """A whiteout or opaque marker: an empty regular file, 0:0, mode 0, mtime 0."""
+    """A whiteout: an empty regular file, 0:0, mode 0, mtime 0."""
     return _header(os.fsencode(path), 0, 0, 0, 0, 0, b"0", b"", 0, 0, {})
 
 
 def _header(name: bytes, mode: int, uid: int, gid: int, size: int, mtime_ns: int,
             typeflag: bytes, linkname: bytes, devmajor: int, devminor: int,
             pax: dict[str, bytes]) -> bytes:
-    """One entry's header blocks: a PAX extended header when needed, then the USTAR header."""
+    """One entry's header blocks, in the format Go's archive/tar picks for it: plain USTAR
+    (a long name split into prefix and name) when every field fits, else a PAX extended header
+    then the USTAR header."""
     seconds = mtime_ns // 1_000_000_000  # floored, as Go's Time.Truncate(time.Second)
     if not 0 <= seconds < _MAX_OCTAL_11:
         pax["mtime"] = str(seconds).encode()
         seconds = 0
-    if len(name) > 100 or not name.isascii():
+    if len(name) > _NAME_SIZE or not name.isascii():
         pax["path"] = name
-    if len(linkname) > 100 or not linkname.isascii():
+    if len(linkname) > _NAME_SIZE or not linkname.isascii():
         pax["linkpath"] = linkname
     if not 0 <= uid < _MAX_OCTAL_7:
         pax["uid"] = str(uid).encode()
@@ -533,33 +569,76 @@ def _header(name: bytes, mode: int, uid: int, gid: int, size: int, mtime_ns: int
     if devmajor >= _MAX_OCTAL_7 or devminor >= _MAX_OCTAL_7:
         raise SnapshotError(f"/{os.fsdecode(name)}: device number {devmajor}:{devminor} does "
                             "not fit in a tar header")
-    header = _ustar(name[:100], mode, uid, gid, 0 if size >= _MAX_OCTAL_11 else size, seconds,
-                    typeflag, linkname[:100], devmajor, devminor)
+    size_field = 0 if size >= _MAX_OCTAL_11 else size
+    if pax.keys() == {"path"}:
+        split = _split_ustar_name(name)
+        if split is not None:  # USTAR holds it: no PAX header at all
+            prefix, rest = split
+            return _ustar(rest, mode, uid, gid, size_field, seconds, typeflag, linkname,
+                          devmajor, devminor, prefix)
     if not pax:
-        return header
+        return _ustar(name, mode, uid, gid, size_field, seconds, typeflag, linkname,
+                      devmajor, devminor)
+    header = _ustar(_v7_field(name), mode, uid, gid, size_field, seconds, typeflag,
+                    _v7_field(linkname), devmajor, devminor)
     data = _pax_data(pax)
     return b"".join((_pax_header(name, len(data)), data,
                      _ZEROS[: -len(data) % BLOCK] if len(data) % BLOCK else b"", header))
 
 
+def _split_ustar_name(name: bytes) -> tuple[bytes, bytes] | None:
+    """``name`` as USTAR's prefix and name fields, split at a slash as Go splits it, or None."""
+    if len(name) <= _NAME_SIZE or not name.isascii():
+        return None
+    length = min(len(name), _PREFIX_SIZE + 1)
+    if length == len(name) and name.endswith(b"/"):
+        length -= 1
+    cut = name.rfind(b"/", 0, length)
+    if cut <= 0 or len(name) - cut - 1 > _NAME_SIZE or len(name) - cut - 1 == 0:
+        return None
+    return name[:cut], name[cut + 1:]
+
+
+def _ascii(text: bytes) -> bytes:
+    """``text`` without its non-ASCII bytes (and NULs), as Go's toASCII leaves a name field."""
+    return text if text.isascii() and b"\0" not in text else bytes(
+        b for b in text if 0 < b < 0x80)
+
+
+def _v7_field(text: bytes) -> bytes:
+    """A name or link held by a PAX record, as Go fills the 100-byte field beside it: ASCII,
+    cut to the field, a slash the cut leaves at its end dropped with the slashes before it."""
+    text = _ascii(text)
+    if len(text) <= _NAME_SIZE:
+        return text
+    cut = text[:_NAME_SIZE]
+    if cut.endswith(b"/"):  # Go ends the name with a NUL there; the bytes after it stay
+        end = len(cut[:-1].rstrip(b"/"))
+        cut = cut[:end] + b"\0" + cut[end + 1:]
+    return cut
+
+
 def _ustar(name: bytes, mode: int, uid: int, gid: int, size: int, mtime: int,
-           typeflag: bytes, linkname: bytes, devmajor: int, devminor: int) -> bytes:
+           typeflag: bytes, linkname: bytes, devmajor: int, devminor: int,
+           prefix: bytes = b"") -> bytes:
     """One USTAR header block (fields as Go's archive/tar writes them for PAX archives)."""
     numbers = b"%07o\0%07o\0%07o\0%011o\0%011o\0" % (mode, uid, gid, size, mtime)
     devices = b"%07o\0%07o\0" % (devmajor, devminor)
     # The checksum counts the checksum field as eight spaces; NUL padding adds nothing.
     checksum = (sum(name) + sum(numbers) + sum(typeflag) + sum(linkname) + sum(devices)
-                + _CHECKSUM_CONSTANT)
+                + sum(prefix) + _CHECKSUM_CONSTANT)
     return b"".join((name, _ZEROS[len(name):100], numbers, b"%06o\0 " % checksum, typeflag,
                      linkname, _ZEROS[len(linkname):100], _MAGIC, _ZEROS[:64], devices,
-                     _ZEROS[:167]))
+                     prefix, _ZEROS[len(prefix):167]))
 
 
 def _pax_header(name: bytes, size: int) -> bytes:
-    """The ``x`` header before an entry's records, named as Go names it."""
-    directory, _, base = name.rstrip(b"/").rpartition(b"/")
-    pax_name = (directory + b"/PaxHeaders.0/" if directory else b"PaxHeaders.0/") + base
-    return _ustar(pax_name[:100], 0, 0, 0, size, 0, _PAX_HEADER, b"", 0, 0)
+    """The ``x`` header before an entry's records, named as Go names it: ``PaxHeaders.0``
+    joined between the entry's directory and base name (``d/`` gives ``d/PaxHeaders.0``)."""
+    directory, _, base = name.rpartition(b"/")
+    pax_name = b"/".join(part for part in (directory, b"PaxHeaders.0", base) if part)
+    return _ustar(_ascii(pax_name)[:_NAME_SIZE].rstrip(b"/"), 0, 0, 0, size, 0, _PAX_HEADER,
+                  b"", 0, 0)
 
 
 def _pax_data(records: dict[str, bytes]) -> bytes:

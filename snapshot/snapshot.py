@@ -92,18 +92,16 @@ class Snapshot:
 class Changes:
     """What a step changed, in the order a layer writes it.
 
-    ``upserts``: paths to write (new or changed, directories included when their own stat
-    changed, every entry below an opaque directory); ``deletions``: paths that need a whiteout;
-    ``opaque``: directories that were deleted and created again (``.wh..wh..opq``). All three
-    are sorted with :func:`layer_order`.
+    ``upserts``: paths to write (new or changed; a directory only when it is new or its type,
+    mode, owner or device changed); ``deletions``: paths that need a whiteout. Both are sorted
+    with :func:`layer_order`.
     """
 
     upserts: list[str] = field(default_factory=list)
     deletions: list[str] = field(default_factory=list)
-    opaque: list[str] = field(default_factory=list)
 
     def is_empty(self) -> bool:
-        return not (self.upserts or self.deletions or self.opaque)
+        return not (self.upserts or self.deletions)
 
 
 def layer_order(path: str) -> str:
@@ -477,52 +475,42 @@ def _walk_error(rel: str, exc: OSError) -> SnapshotError:
 
 
 def diff_snapshots(old: Snapshot, new: Snapshot) -> Changes:
-    """What changed from ``old`` to ``new``, as a layer has to say it.
+    """What changed from ``old`` to ``new``, as BuildKit's layers say it.
 
-    - A path is an upsert when it is new or any stat field differs. Parent directories come in
-      only through their own stat (adding or removing a child moves its mtime and ctime), never
-      as a whole ancestor chain.
-    - A directory whose inode changed, or that replaced a non-directory, was deleted and made
-      again: it is opaque and everything below it is an upsert (nothing of the old one shows).
-      One re-created on its old inode number cannot be told from a changed one; then each lost
-      child gets its own whiteout, which means the same.
+    - A file, link or node is an upsert when it is new or any stat field differs.
+    - A directory is an upsert when it is new, or its type, mode, owner or device number
+      changed: not for times, size or link count alone, which move whenever a child comes or
+      goes (a temporary file made and removed leaves no trace). BuildKit's overlayfs differ
+      compares directories so; the layer writes a changed entry's parent directories anyway.
+    - A directory deleted and made again is compared like any other, and each child of the old
+      one that is gone gets its own whiteout: BuildKit's layers have no opaque markers.
     - A deleted path gets a whiteout unless something above it already hides it: a deleted
-      ancestor, an opaque ancestor, or an ancestor that is no longer a directory (a whiteout
-      under a path that is now a symlink would be followed into the symlink's target when the
-      layer is applied; kaniko #2308).
+      ancestor, or an ancestor that is no longer a directory (a whiteout under a path that is
+      now a symlink would be followed into the symlink's target when the layer is applied;
+      kaniko #2308).
     """
     before, after = old.entries, new.entries
     if before == after:
         return Changes()
     upserts: list[str] = []
-    opaque: list[str] = []
     before_get = before.get
     for path, entry in after.items():
         previous = before_get(path)
-        if previous is None:
+        if previous is None or (previous != entry and (
+                entry.mode & S_IFMT != S_IFDIR or _directory_changed(previous, entry))):
             upserts.append(path)
-            continue
-        if previous == entry:
-            continue
-        upserts.append(path)
-        if entry.mode & S_IFMT == S_IFDIR and (
-                previous.mode & S_IFMT != S_IFDIR or previous.ino != entry.ino
-                or previous.dev != entry.dev):
-            opaque.append(path)
-    if opaque:
-        # Everything below a re-created directory goes in, changed or not (a subtree moved in
-        # keeps its stat but is not in any lower layer under this directory).
-        below = tuple(directory + "/" for directory in opaque)
-        listed = set(upserts)
-        upserts.extend(path for path in after if path.startswith(below) and path not in listed)
     deleted = before.keys() - after.keys()
-    opaque_set = set(opaque)
-    deletions = [path for path in deleted
-                 if not _hidden_by_ancestor(path, deleted, after, opaque_set)]
+    deletions = [path for path in deleted if not _hidden_by_ancestor(path, deleted, after)]
     upserts.sort(key=layer_order)
     deletions.sort(key=layer_order)
-    opaque.sort(key=layer_order)
-    return Changes(upserts, deletions, opaque)
+    return Changes(upserts, deletions)
+
+
+def _directory_changed(previous: FileEntry, entry: FileEntry) -> bool:
+    """Whether a directory's own metadata changed: what BuildKit compares (mode with the type
+    bits, owner, device), not its times, size or link count."""
+    return (previous.mode, previous.uid, previous.gid, previous.rdev) != (
+        entry.mode, entry.uid, entry.gid, entry.rdev)
 
 
 def settle_ctimes(old: Snapshot, new: Snapshot, paths: tuple[str, ...]) -> Snapshot:
@@ -550,15 +538,14 @@ def settle_ctimes(old: Snapshot, new: Snapshot, paths: tuple[str, ...]) -> Snaps
     return Snapshot(entries, old.taken_ns, old.root) if copied else old
 
 
-def _hidden_by_ancestor(path: str, deleted: set[str], after: dict[str, FileEntry],
-                        opaque: set[str]) -> bool:
+def _hidden_by_ancestor(path: str, deleted: set[str], after: dict[str, FileEntry]) -> bool:
     parent = path
     while True:
         cut = parent.rfind("/")
         if cut < 0:
             return False
         parent = parent[:cut]
-        if parent in deleted or parent in opaque:
+        if parent in deleted:
             return True
         entry = after.get(parent)
         if entry is not None and entry.mode & S_IFMT != S_IFDIR:

@@ -337,7 +337,9 @@ def _under_destination(state: StageState, dest: str, written: list[Path]) -> lis
 def _copy_kept_directories(state: StageState, placement: Placement, source: Source,
                            dest: str) -> None:
     """``--parents``: the directories of the kept path are copies of the source's own
-    directories (owner, mode, mtime), as BuildKit copies them, not directories it creates."""
+    directories (owner, mode), as BuildKit copies them, not directories it creates. Those above
+    the source keep the time their new entries gave them: BuildKit copies their metadata
+    before their contents; a directory source itself takes its times too, set after."""
     assert source.origin is not None and source.keep_rel is not None
     rel = posixpath.normpath(source.rel.lstrip("/"))
     keep = source.keep_rel
@@ -349,7 +351,8 @@ def _copy_kept_directories(state: StageState, placement: Placement, source: Sour
         origin_dir = resolve_in_root(source.origin, prefix + sub)
         target = resolve_in_root(state.root, dest.rstrip("/") + "/" + sub)
         if origin_dir.is_dir() and target.is_dir() and not target.is_symlink():
-            _apply_metadata(target, origin_dir, os.stat(origin_dir), placement)
+            _apply_metadata(target, origin_dir, os.stat(origin_dir), placement,
+                            times=index == len(parts))
 
 
 def _shown(state: StageState, host: Path) -> str:
@@ -627,6 +630,10 @@ def _copy_tree(state: StageState, request: CopyRequest, placement: Placement, so
                 linked[key] = target
     for target, info in reversed(directories):
         _apply_metadata(target, src / target.relative_to(dst), info, placement)
+    # The destination keeps its owner and mode, but takes the source directory's times, new
+    # or not, as BuildKit's copy gives them (COPY dir /tmp/ gives /tmp the mtime of dir).
+    top = os.stat(src)
+    os.utime(dst, ns=(top.st_atime_ns, top.st_mtime_ns), follow_symlinks=False)
 
 
 def _make_reincluded_parents(state: StageState, dst: Path, rel_dir: Path,
@@ -674,6 +681,8 @@ def _context_path(context_rel: str, rel: str) -> str:
 
 def _copy_file(state: StageState, src: Path, target: Path, info: os.stat_result,
                placement: Placement) -> None:
+    if _already_there(src, target, info, placement):
+        return
     _clear_for_file(state, target, placement)
     if stat.S_ISLNK(info.st_mode):
         os.symlink(os.readlink(src), target)
@@ -688,8 +697,32 @@ def _copy_file(state: StageState, src: Path, target: Path, info: os.stat_result,
     _apply_metadata(target, src, info, placement)
 
 
+def _already_there(src: Path, target: Path, info: os.stat_result, placement: Placement) -> bool:
+    """Whether ``target`` is already the regular file the copy would make: same content, owner,
+    mode, size and mtime to the nanosecond (a file an earlier COPY brought, copied again by
+    ``COPY . .``). It is then left alone, so the layer does not hold it twice: BuildKit's differ
+    leaves such a file out (it compares metadata and mtimes; kiln compares content too)."""
+    if not stat.S_ISREG(info.st_mode) or placement.xattrs:
+        return False
+    try:
+        there = os.lstat(target)
+    except OSError:
+        return False
+    if not stat.S_ISREG(there.st_mode) or (
+            there.st_size, there.st_mtime_ns, (there.st_uid, there.st_gid),
+            stat.S_IMODE(there.st_mode)) != (
+            info.st_size, info.st_mtime_ns, placement.owner.ids_for(info),
+            placement.owner.mode_for(info)):
+        return False
+    with open(src, "rb") as a, open(target, "rb") as b:
+        while chunk := a.read(1 << 20):
+            if chunk != b.read(len(chunk)):
+                return False
+    return True
+
+
 def _apply_metadata(target: Path, src: Path, info: os.stat_result,
-                    placement: Placement) -> None:
+                    placement: Placement, *, times: bool = True) -> None:
     owner = placement.owner
     os.lchown(target, *owner.ids_for(info))
     if not stat.S_ISLNK(info.st_mode):
@@ -697,7 +730,8 @@ def _apply_metadata(target: Path, src: Path, info: os.stat_result,
         os.chmod(target, owner.mode_for(info))
     if placement.xattrs:
         _copy_xattrs(src, target)  # after chown, which drops security.capability
-    os.utime(target, ns=(info.st_atime_ns, info.st_mtime_ns), follow_symlinks=False)
+    if times:
+        os.utime(target, ns=(info.st_atime_ns, info.st_mtime_ns), follow_symlinks=False)
 
 
 def _copy_xattrs(src: Path, target: Path) -> None:

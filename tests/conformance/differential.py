@@ -12,6 +12,7 @@ fixed case in ``cases/``.
     scripts/differential [--count N] [--seed S] [--keep DIR]
     scripts/differential --case DIR [DIR...]     # compare given case directories instead
     scripts/differential --cold ...              # BuildKit without its cache, for timing
+    scripts/differential --layers [--dump DIR] [--all-fields] ...  # the layer tars too
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from tests.conformance.harness import (
 from tests.support.buildkit import BuildKit, BuildKitMissing
 from tests.support.compare import diff_descriptions
 from tests.support.images import push_layout, write_busybox_layout
+from tests.support.layers import diff_layer, fetch_layers, layer_count, show_layer
 from tests.support.registry import Registry
 
 OWNERS = ("0:0", "1000:1000", "10001", "65534:65534", "1:2", "root", "nobody:nogroup")
@@ -202,6 +204,25 @@ def _timed(builder: Builder, spent: list[float]) -> Builder:
     return build
 
 
+def _layer_report(env: Environment, name: str, dump: Path | None, all_fields: bool) -> str:
+    """Differences between BuildKit's and kiln's layer tars of case ``name`` (the base image's
+    layer left out), one line each."""
+    base_layers = layer_count(env.base)
+    images = {tag: list(fetch_layers(f"{env.registry_host}/conformance/{name}:{tag}",
+                                     base_layers)) for tag in ("buildkit", "kiln")}
+    if dump is not None:
+        dump.mkdir(parents=True, exist_ok=True)
+        for tag, layers in images.items():
+            lines = [line for i, layer in enumerate(layers) for line in show_layer(i, layer)]
+            (dump / f"{name}.{tag}.txt").write_text("\n".join(lines) + "\n")
+    reference, ours = images["buildkit"], images["kiln"]
+    if len(reference) != len(ours):
+        return f"layers: buildkit {len(reference)}, kiln {len(ours)}"
+    return "\n".join(line for i, (want, got) in enumerate(zip(reference, ours, strict=True))
+                     for line in diff_layer(i, want, got, mtimes=all_fields,
+                                            compression=all_fields))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=50)
@@ -211,6 +232,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="empty BuildKit's cache before each of its builds (for timing)")
     parser.add_argument("--case", type=Path, nargs="+", default=[],
                         help="case directories (as in cases/) to compare instead of random ones")
+    parser.add_argument("--layers", action="store_true",
+                        help="also compare the layer tars entry by entry (names, order, "
+                             "headers, PAX records, whiteouts, empty layers)")
+    parser.add_argument("--dump", type=Path,
+                        help="with --layers: write both listings of each case here")
+    parser.add_argument("--all-fields", action="store_true",
+                        help="with --layers: also mtime values and the compressed bytes' size "
+                             "and gzip header, which differ by nature (README)")
     args = parser.parse_args(argv)
     if args.case:
         args.count = len(args.case)
@@ -251,6 +280,9 @@ def main(argv: list[str] | None = None) -> int:
                     else:
                         assert reference.description and ours.description
                         report = diff_descriptions(reference.description, ours.description)
+                        if args.layers:
+                            report = "\n".join(filter(None, [report, _layer_report(
+                                env, case.name, args.dump, args.all_fields)]))
                     if report:
                         differing.append(seed)
                         print(f"--- {case.name} differs:\n"

@@ -26,9 +26,16 @@ registry), ``@BASE@`` (the busybox base image), ``@HTTP@`` (this case's HTTP dir
     mkdirs = ["empty/dir"]             # empty directories git cannot hold
     archives = { "a.tar.gz" = "_archives/a", "b.tar" = "_archives/b.toml" }  # dir or listing
     mtime_paths = ["/file"]            # paths whose mtime is compared too
+    layer_entries = true               # compare each new layer's tar entries too (see below)
     expect_error = "error building image: Dockerfile:N: ..."
     xfail = "why kiln cannot pass yet"
     departures = ["user-xattrs"]       # deliberate departures from Docker (README), by name
+
+``layer_entries`` adds what unpacking hides to the description: for each layer above the base
+image, every tar entry in order with its name as written (directories with their slash),
+typeflag, mode, uid:gid, user and group names, whether its mtime is zero, whole seconds or has a
+fraction, its PAX record keys, a hard link's first name; and the blob digest of a layer with
+no entries (``tests/support/layers.py``). Opt-in: it fetches every layer again.
 
 The fixture is BuildKit's image as it is. A case whose kiln image differs from Docker's on purpose
 names the departure; ``DEPARTURES`` says how each one changes the comparison, and the README's
@@ -59,6 +66,7 @@ from typing import Any
 from tests.support.buildkit import BuildKit, strip_syntax_directive
 from tests.support.compare import Description, describe_image
 from tests.support.kiln import run_executor
+from tests.support.layers import layer_count, summarise_layers
 from tests.support.runtime import unpack_image
 
 HERE = Path(__file__).parent
@@ -90,6 +98,7 @@ class Case:
     mkdirs: tuple[str, ...] = ()
     archives: Mapping[str, str] = field(default_factory=dict)
     mtime_paths: tuple[str, ...] = ()
+    layer_entries: bool = False
     expect_error: str | None = None
     xfail: str | None = None
     departures: tuple[str, ...] = ()
@@ -444,6 +453,8 @@ def run_case(case: Case, env: Environment, work: Path, builder: Builder, tag: st
         return Outcome(code, output, _substitute(last, back))
     description = observe(dest, work / "observe", base=env.base_description,
                           registry_host=env.registry_host, mtime_paths=case.mtime_paths)
+    if case.layer_entries:
+        description["layer_entries"] = summarise_layers(dest, layer_count(env.base))
     return Outcome(code, output, last, description)
 
 

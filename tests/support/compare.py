@@ -23,6 +23,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from tests.support.layers import diff_layer_summaries
+
 #: The image config fields compared, in the order the description lists them.
 CONFIG_FIELDS = ("Env", "Cmd", "Entrypoint", "WorkingDir", "User", "Labels", "ExposedPorts",
                  "Volumes", "StopSignal", "Healthcheck", "Shell", "OnBuild")
@@ -202,6 +204,9 @@ def diff_descriptions(expected: Description, actual: Description,
     exp_removed, act_removed = set(expected.get("removed", [])), set(actual.get("removed", []))
     lines += [f"{p}: removed in {want} only" for p in sorted(exp_removed - act_removed)]
     lines += [f"{p}: removed in {got} only" for p in sorted(act_removed - exp_removed)]
+    if "layer_entries" in expected or "layer_entries" in actual:
+        lines += diff_layer_summaries(expected.get("layer_entries", []),
+                                      actual.get("layer_entries", []), labels)
     return "\n".join(lines)
 
 

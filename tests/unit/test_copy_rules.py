@@ -135,3 +135,37 @@ def test_the_directory_a_wildcard_searches(pattern: str, directory: str) -> None
     from executor.context import wildcard_directory
 
     assert wildcard_directory(pattern) == directory
+
+
+def _pair(tmp_path: Path, there: bytes) -> tuple[Path, Path, os.stat_result]:
+    """A source file and a file already at the target, same size and mtime."""
+    src, target = tmp_path / "src", tmp_path / "target"
+    src.write_bytes(b"same")
+    target.write_bytes(there)
+    os.utime(src, ns=(0, 1_650_000_000_123_456_789))
+    os.utime(target, ns=(0, 1_650_000_000_123_456_789))
+    return src, target, os.lstat(src)
+
+
+def test_a_copy_over_the_same_file_leaves_it_alone(tmp_path: Path) -> None:
+    """``COPY package.json ./`` then ``COPY . .``: BuildKit's layer does not hold it twice."""
+    from executor.instructions.copy import Ownership, Placement, _already_there
+
+    src, target, info = _pair(tmp_path, b"same")
+    assert _already_there(src, target, info, Placement(Ownership(os.getuid(), os.getgid())))
+
+
+@pytest.mark.parametrize("change", ["content", "owner", "mode", "mtime"])
+def test_a_copy_over_a_file_that_differs_in_anything_writes_it(tmp_path: Path,
+                                                                change: str) -> None:
+    from executor.instructions.copy import Chmod, Ownership, Placement, _already_there
+
+    src, target, info = _pair(tmp_path, b"diff" if change == "content" else b"same")
+    owner = Ownership(os.getuid(), os.getgid())
+    if change == "owner":
+        owner = Ownership(os.getuid() + 1, os.getgid())
+    elif change == "mode":
+        owner = Ownership(os.getuid(), os.getgid(), chmod=Chmod.parse("0600"))
+    elif change == "mtime":
+        os.utime(target, ns=(0, 1_650_000_000_000_000_000))
+    assert not _already_there(src, target, info, Placement(owner))

@@ -18,6 +18,7 @@ from snapshot.errors import SnapshotError
 from snapshot.ignore import IgnoreList
 from snapshot.layer import BLOCK, LayerBlob, write_layer
 from snapshot.snapshot import Changes, Snapshot, diff_snapshots, take_snapshot
+from tests.support.layers import TarEntry, parse_tar
 
 IS_ROOT = os.geteuid() == 0
 EMPTY = Snapshot({}, 0)
@@ -155,7 +156,7 @@ def test_a_hard_link_whose_first_name_is_not_in_the_layer_is_a_file(root: Path,
     os.link(root / "usr/bin/tool", root / "etc/tool-link")
     after = snap(root)
     changes = diff_snapshots(before, after)
-    assert changes.upserts == ["etc", "etc/tool-link", "usr/bin/tool"]
+    assert changes.upserts == ["etc/tool-link", "usr/bin/tool"]
     changes.upserts.remove("usr/bin/tool")
     _, members, _ = read_tar(write_layer(root, changes, after, out, Compression()))
     assert by_name(members)["etc/tool-link"].isreg()
@@ -225,8 +226,8 @@ def test_xattrs_are_schily_pax_records(root: Path, out: Path) -> None:
     assert by_name(members)["etc"].pax_headers["SCHILY.xattr.user.on-dir"] == "d"
 
 
-def test_whiteouts_and_opaque_markers_are_empty_root_owned_files(root: Path,
-                                                                   out: Path) -> None:
+def test_whiteouts_are_empty_root_owned_files_and_there_are_no_opaque_markers(
+        root: Path, out: Path) -> None:
     (root / "var/lib/old").mkdir(parents=True)
     (root / "var/lib/old/x").write_text("x")
     (root / "var/cache").mkdir(parents=True)
@@ -239,12 +240,10 @@ def test_whiteouts_and_opaque_markers_are_empty_root_owned_files(root: Path,
     shutil.rmtree(root / "var/cache.old")
     after = snap(root)
     changes = diff_snapshots(before, after)
-    assert changes.opaque == ["var/cache"]
     _, members, _ = read_tar(write_layer(root, changes, after, out, Compression()))
     assert [m.name for m in members] == [
-        "etc", "etc/.wh.passwd", "var", "var/.wh.lib", "var/cache", "var/cache/.wh..wh..opq",
-        "var/cache/fresh"]
-    for marker in ("etc/.wh.passwd", "var/cache/.wh..wh..opq", "var/.wh.lib"):
+        "etc", "etc/.wh.passwd", "var", "var/cache", "var/cache/fresh", "var/.wh.lib"]
+    for marker in ("etc/.wh.passwd", "var/.wh.lib"):
         member = by_name(members)[marker]
         assert member.isreg()
         assert (member.size, member.mode, member.uid, member.gid, member.mtime) == (0, 0, 0, 0, 0)
@@ -342,6 +341,81 @@ def test_no_changes_give_an_empty_tar(root: Path, out: Path) -> None:
     assert members == [] and data == bytes(1024)
 
 
+def test_an_empty_gzip_layer_is_buildkits_blob_byte_for_byte(root: Path, out: Path) -> None:
+    # BuildKit v0.32.2's layer for a RUN that changes nothing, as pushed (29 bytes).
+    blob = write_layer(root, Changes(), snap(root), out, Compression("gzip", level=6))
+    assert blob.digest == ("sha256:9addb4c7f3afa99b03f24f9e05cb87d2"
+                           "74a63ae9ba30c94f02c75e85d133e9de")
+    assert blob.diff_id == "sha256:" + hashlib.sha256(bytes(1024)).hexdigest()
+    assert (blob.size, blob.uncompressed_size) == (29, 1024)
+
+
+def raw_entries(blob: LayerBlob) -> list[TarEntry]:
+    """The layer's entries as its header bytes say (prefix, PAX header names, typeflags)."""
+    with open(blob.path, "rb") as raw:
+        return parse_tar(open_decompressed(raw, blob.compression).read())[0]
+
+
+def test_every_entry_comes_after_its_parent_directories_changed_or_not(root: Path,
+                                                                       out: Path) -> None:
+    (root / "usr/share/doc").mkdir(parents=True)
+    (root / "usr/share/doc/base").write_text("b")
+    os.chmod(root / "usr/share", 0o750)
+    before = snap(root)
+    (root / "usr/share/doc/new").write_text("n")  # usr/share/doc changes, usr and usr/share not
+    os.unlink(root / "usr/bin/tool")
+    after = snap(root)
+    entries = raw_entries(write_layer(root, diff_snapshots(before, after), after, out,
+                                      Compression()))
+    assert [(e.name, f"{e.mode:o}") for e in entries] == [
+        ("usr/", "755"), ("usr/bin/", "755"), ("usr/bin/.wh.tool", "0"),
+        ("usr/share/", "750"), ("usr/share/doc/", "755"), ("usr/share/doc/new", "644")]
+
+
+def test_a_whiteout_sits_where_the_name_it_deletes_sorts(root: Path, out: Path) -> None:
+    (root / "two").write_text("2")
+    before = snap(root)
+    (root / "two").unlink()
+    (root / "four").write_text("4")
+    after = snap(root)
+    entries = raw_entries(write_layer(root, diff_snapshots(before, after), after, out,
+                                      Compression()))
+    assert [e.name for e in entries] == ["four", ".wh.two"]
+
+
+def test_a_long_name_that_fits_the_ustar_prefix_has_no_pax_record(root: Path,
+                                                                   out: Path) -> None:
+    deep = root / "l" / "/".join(f"lvl{i}" for i in range(1, 31))
+    deep.mkdir(parents=True)
+    (deep / "f").write_text("f")
+    (root / ("x" * 120)).write_text("no slash to split at")
+    entries = {e.name: e for e in raw_entries(write_layer(root, *everything(root), out,
+                                                          Compression()))}
+    name = "l/" + "/".join(f"lvl{i}" for i in range(1, 31)) + "/f"
+    assert len(name) > 100 and entries[name].pax == {}
+    assert entries[name].magic == "ustar\x0000"
+    assert entries["x" * 120].pax == {"path": "x" * 120}
+
+
+def test_pax_headers_are_named_as_go_names_them(root: Path, out: Path) -> None:
+    changes, snapshot = everything(root)
+    for path in ("etc", "etc/passwd"):
+        snapshot.entries[path] = snapshot.entries[path]._replace(uid=5_000_000)
+    entries = {e.name: e for e in raw_entries(write_layer(root, changes, snapshot, out,
+                                                          Compression()))}
+    assert entries["etc/"].pax_header_name == "etc/PaxHeaders.0"
+    assert entries["etc/passwd"].pax_header_name == "etc/PaxHeaders.0/passwd"
+
+
+def test_a_hard_linked_symlink_is_a_tar_link_to_its_first_name(root: Path, out: Path) -> None:
+    os.symlink("/etc/passwd", root / "sym")
+    os.link(root / "sym", root / "hard-to-sym", follow_symlinks=False)
+    entries = raw_entries(write_layer(root, *everything(root), out, Compression()))
+    named = {e.name: e for e in entries}
+    assert (named["hard-to-sym"].typeflag, named["hard-to-sym"].linkname) == ("2", "/etc/passwd")
+    assert (named["sym"].typeflag, named["sym"].linkname) == ("1", "hard-to-sym")
+
+
 @pytest.mark.skipif(shutil.which("tar") is None, reason="no tar here")
 def test_gnu_tar_reads_the_layer(root: Path, out: Path) -> None:
     os.symlink("tool", root / "usr/bin/link")
@@ -415,7 +489,7 @@ def test_umoci_applies_our_layers_to_the_same_tree(root: Path, tmp_path: Path) -
 
     (root / "etc/passwd").unlink()                       # a deleted file
     shutil.rmtree(root / "usr/lib/deep")                 # a deleted directory
-    os.rename(root / "var/cache", root / "cache.old")    # a re-created directory: opaque
+    os.rename(root / "var/cache", root / "cache.old")    # a re-created directory
     (root / "var/cache").mkdir()
     (root / "var/cache/new").write_text("new")
     shutil.rmtree(root / "cache.old")
@@ -433,7 +507,7 @@ def test_umoci_applies_our_layers_to_the_same_tree(root: Path, tmp_path: Path) -
     step = snap(root)
     changes = diff_snapshots(base, step)
     second = write_layer(root, changes, step, tmp_path / "blobs", Compression())
-    assert changes.opaque == ["opt/file", "var/cache"]
+    assert changes.deletions == ["etc/passwd", "usr/lib/deep", "var/cache/old"]
 
     layout = tmp_path / "layout"
     _oci_layout(layout, [first, second])
@@ -495,6 +569,22 @@ def test_a_layer_survives_another_builds_cleanup_between_its_creation_and_its_lo
     blob = write_layer(root, *everything(root), out, Compression("gzip"))
     assert len(removed) == 2  # the race happened: the first temporary file was deleted
     assert blob.path.exists() and [m.name for m in read_tar(blob)[1]][:1] == ["etc"]
+
+
+def test_the_fixture_summary_names_what_a_layer_says_and_its_differences() -> None:
+    from tests.support.layers import diff_layer_summaries, summarise_entry
+
+    whiteout = TarEntry(".wh.two", "0", 0, 0, 0, "", "", 0, "0", "", 0, 0, "ustar\x0000")
+    capped = TarEntry("bin/ping", "0", 0o4755, 0, 0, "", "", 9, "1700000000.5", "", 0, 0,
+                      "ustar\x0000", {"SCHILY.xattr.security.capability": "x", "mtime": "1.5"})
+    assert summarise_entry(whiteout) == ".wh.two 0 0000 0:0 '':'' mtime=0 pax=[]"
+    assert summarise_entry(capped) == ("bin/ping 0 4755 0:0 '':'' mtime=frac "
+                                       "pax=[SCHILY.xattr.security.capability,mtime]")
+    want = [{"entries": ["four 0 0644", ".wh.two 0 0000"]}]
+    got = [{"entries": [".wh.two 0 0000", "four 0 0644"]}]
+    assert diff_layer_summaries(want, got)[0].startswith("layer 0: entries in another order")
+    assert diff_layer_summaries(want, [{"entries": []}]) == [
+        "layer 0: only in expected: four 0 0644", "layer 0: only in expected: .wh.two 0 0000"]
 
 
 def many_files(root: Path, count: int) -> None:

@@ -288,7 +288,7 @@ def test_a_directory_moved_aside_and_back_is_no_change_for_the_layer(
     with placed(root, kiln, [Placement("/var/cache/apt", "cache", kiln / "cache/c1")], settled):
         pass
     after = take_snapshot(root, ignore, workers=1)
-    assert diff_snapshots(before, after).upserts  # ctime moved on the target and its parent
+    assert before.entries != after.entries  # ctime moved on the target and its parent
     assert diff_snapshots(settle_ctimes(before, after, tuple(settled)), after).is_empty()
 
 

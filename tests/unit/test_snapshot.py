@@ -140,10 +140,24 @@ def test_an_untouched_tree_has_no_changes(tree: Path) -> None:
     assert changes.is_empty() and changes == Changes()
 
 
-def test_a_new_file_brings_its_parent_but_not_the_ancestor_chain(tree: Path) -> None:
+def test_a_new_file_is_the_change_not_its_parent_whose_times_moved(tree: Path) -> None:
+    # The layer writes the parent directories anyway; as changes they would say nothing.
     changes = changes_after(tree, lambda: (tree / "usr/lib/deep/er/new").write_text("x"))
-    assert changes.upserts == ["usr/lib/deep/er", "usr/lib/deep/er/new"]
-    assert changes.deletions == [] and changes.opaque == []
+    assert changes.upserts == ["usr/lib/deep/er/new"]
+    assert changes.deletions == []
+
+
+def test_a_temporary_file_made_and_removed_leaves_no_change(tree: Path) -> None:
+    def scratch() -> None:
+        (tree / "usr/lib/tmpfile").write_text("x")
+        (tree / "usr/lib/tmpfile").unlink()
+
+    assert changes_after(tree, scratch).is_empty()
+
+
+def test_a_directory_chmod_is_a_change(tree: Path) -> None:
+    changes = changes_after(tree, lambda: os.chmod(tree / "usr/lib", 0o700))
+    assert changes.upserts == ["usr/lib"]
 
 
 def test_a_same_size_rewrite_with_restored_mtime_is_seen(tree: Path) -> None:
@@ -187,7 +201,7 @@ def test_a_link_count_change_alone_is_a_change(tree: Path) -> None:
     (tree / "elsewhere").mkdir()
     changes = changes_after(tree, lambda: os.link(tree / "usr/bin/sh", tree / "elsewhere/sh"))
     assert "usr/bin/sh" in changes.upserts
-    assert changes.upserts == ["elsewhere", "elsewhere/sh", "usr/bin/sh"]
+    assert changes.upserts == ["elsewhere/sh", "usr/bin/sh"]
 
 
 def test_a_retargeted_symlink_is_a_change(tree: Path) -> None:
@@ -198,7 +212,7 @@ def test_a_retargeted_symlink_is_a_change(tree: Path) -> None:
         os.symlink("group", tree / "etc/link")
 
     changes = changes_after(tree, retarget)
-    assert changes.upserts == ["etc", "etc/link"]
+    assert changes.upserts == ["etc/link"]
 
 
 def test_reading_a_file_is_not_a_change(tree: Path) -> None:
@@ -206,18 +220,18 @@ def test_reading_a_file_is_not_a_change(tree: Path) -> None:
     assert changes.is_empty()
 
 
-# -- deletions, whiteouts and opaque directories -------------------------------------------
+# -- deletions, whiteouts and re-created directories ---------------------------------------
 
 def test_a_deleted_file_is_a_whiteout_target(tree: Path) -> None:
     changes = changes_after(tree, lambda: (tree / "etc/group").unlink())
     assert changes.deletions == ["etc/group"]
-    assert changes.upserts == ["etc"]
+    assert changes.upserts == []
 
 
 def test_nothing_below_a_deleted_directory_gets_a_whiteout(tree: Path) -> None:
     changes = changes_after(tree, lambda: shutil.rmtree(tree / "usr/lib"))
     assert changes.deletions == ["usr/lib"]
-    assert changes.upserts == ["usr"]
+    assert changes.upserts == []
 
 
 def test_a_directory_replaced_by_a_file_hides_its_old_children(tree: Path) -> None:
@@ -227,8 +241,7 @@ def test_a_directory_replaced_by_a_file_hides_its_old_children(tree: Path) -> No
 
     changes = changes_after(tree, replace)
     assert changes.deletions == []
-    assert changes.upserts == ["usr", "usr/lib"]
-    assert changes.opaque == []
+    assert changes.upserts == ["usr/lib"]
 
 
 def test_a_directory_replaced_by_a_symlink_gets_no_whiteouts_below_it(tree: Path) -> None:
@@ -239,22 +252,21 @@ def test_a_directory_replaced_by_a_symlink_gets_no_whiteouts_below_it(tree: Path
 
     changes = changes_after(tree, replace)
     assert changes.deletions == []
-    assert changes.upserts == ["usr", "usr/lib"]
+    assert changes.upserts == ["usr/lib"]
 
 
-def test_a_file_replaced_by_a_directory_is_opaque_with_its_children(tree: Path) -> None:
+def test_a_file_replaced_by_a_directory_is_written_with_its_children(tree: Path) -> None:
     def replace() -> None:
         (tree / "etc/passwd").unlink()
         make_tree(tree, ["etc/passwd/a", "etc/passwd/sub/b"])
 
     changes = changes_after(tree, replace)
-    assert changes.opaque == ["etc/passwd"]
-    assert changes.upserts == ["etc", "etc/passwd", "etc/passwd/a", "etc/passwd/sub",
+    assert changes.upserts == ["etc/passwd", "etc/passwd/a", "etc/passwd/sub",
                                "etc/passwd/sub/b"]
     assert changes.deletions == []
 
 
-def test_a_symlink_replaced_by_a_directory_is_opaque(tree: Path) -> None:
+def test_a_symlink_replaced_by_a_directory_is_written(tree: Path) -> None:
     os.symlink("usr/lib", tree / "lib")
 
     def replace() -> None:
@@ -262,28 +274,25 @@ def test_a_symlink_replaced_by_a_directory_is_opaque(tree: Path) -> None:
         make_tree(tree, ["lib/x"])
 
     changes = changes_after(tree, replace)
-    assert changes.opaque == ["lib"]
     assert changes.upserts == ["lib", "lib/x"]
+    assert changes.deletions == []
 
 
-def test_a_recreated_directory_is_opaque_and_all_its_children_are_written(tree: Path) -> None:
+def test_a_recreated_directory_whites_out_each_child_it_lost(tree: Path) -> None:
+    """BuildKit's layers have no opaque markers: what the old directory held and the new one
+    does not is deleted name by name."""
     def recreate() -> None:
         os.rename(tree / "usr/lib", tree / "old")  # so the new directory gets a new inode
         make_tree(tree, ["usr/lib/libc.so", "usr/lib/new/x"])
         shutil.rmtree(tree / "old")
 
     changes = changes_after(tree, recreate)
-    assert changes.opaque == ["usr/lib"]
-    assert changes.upserts == ["usr", "usr/lib", "usr/lib/libc.so", "usr/lib/new",
-                               "usr/lib/new/x"]
-    assert changes.deletions == []  # not usr/lib/deep: the opaque marker hides it
+    assert changes.upserts == ["usr/lib/libc.so", "usr/lib/new", "usr/lib/new/x"]
+    assert changes.deletions == ["usr/lib/deep"]  # nothing below it: that whiteout hides it
 
 
 def test_a_directory_recreated_on_its_old_inode_number_says_each_deletion() -> None:
-    """Same inode, new ctime: not known to be re-created, so lost children get whiteouts.
-
-    The layer means the same either way: every old child is either written again or whited out.
-    """
+    """Same inode, new ctime: re-created or not, lost children get whiteouts."""
     directory = FileEntry("d", 0o040755, 0, 0, 0, 1, 1, 7, 1, 3, 0, None)
     kept = FileEntry("d/kept", 0o100644, 0, 0, 1, 1, 1, 8, 1, 1, 0, None)
     lost = FileEntry("d/lost", 0o040755, 0, 0, 0, 1, 1, 9, 1, 2, 0, None)
@@ -292,12 +301,11 @@ def test_a_directory_recreated_on_its_old_inode_number_says_each_deletion() -> N
     again = directory._replace(mtime_ns=5, ctime_ns=5, nlink=2)
     new_kept = kept._replace(ino=11, ctime_ns=5, mtime_ns=5)
     changes = diff_snapshots(old, Snapshot({"d": again, "d/kept": new_kept}, 6))
-    assert changes.opaque == []
-    assert changes.upserts == ["d", "d/kept"]
+    assert changes.upserts == ["d/kept"]
     assert changes.deletions == ["d/lost"]
 
 
-def test_a_subtree_moved_into_a_recreated_directory_is_written_whole(tree: Path) -> None:
+def test_a_subtree_moved_into_a_recreated_directory_says_only_what_it_lost(tree: Path) -> None:
     def recreate() -> None:
         os.rename(tree / "usr/lib", tree / "usr/lib.old")
         (tree / "usr/lib").mkdir()
@@ -306,9 +314,8 @@ def test_a_subtree_moved_into_a_recreated_directory_is_written_whole(tree: Path)
         shutil.rmtree(tree / "usr/lib.old")
 
     changes = changes_after(tree, recreate)
-    assert changes.opaque == ["usr/lib"]
-    assert changes.upserts == ["usr", "usr/lib", "usr/lib/deep", "usr/lib/deep/er"]
-    assert changes.deletions == []
+    assert changes.upserts == []  # the moved directories' own metadata is as it was
+    assert changes.deletions == ["usr/lib/deep/er/file", "usr/lib/libc.so"]
 
 
 def test_deletions_next_to_surviving_siblings_each_get_a_whiteout(tree: Path) -> None:
@@ -319,7 +326,7 @@ def test_deletions_next_to_surviving_siblings_each_get_a_whiteout(tree: Path) ->
 
     changes = changes_after(tree, delete)
     assert changes.deletions == ["home", "usr/bin/sh", "usr/lib/libc.so"]
-    assert changes.upserts == ["usr/bin", "usr/lib"]
+    assert changes.upserts == []
 
 
 def test_upserts_are_in_depth_first_layer_order(tree: Path) -> None:
@@ -335,7 +342,7 @@ def test_the_diff_of_an_empty_snapshot_lists_everything() -> None:
     entry = FileEntry("a", 0o040755, 0, 0, 0, 0, 0, 1, 1, 2, 0, None)
     child = entry._replace(path="a/b", mode=0o100644, ino=2, nlink=1)
     changes = diff_snapshots(Snapshot({}, 0), Snapshot({"a": entry, "a/b": child}, 1))
-    assert changes.upserts == ["a", "a/b"] and not changes.deletions and not changes.opaque
+    assert changes.upserts == ["a", "a/b"] and not changes.deletions
 
 
 # -- the racy rule ------------------------------------------------------------------------
@@ -566,7 +573,7 @@ def assert_partial_is_full(root: Path, change: Callable[[], object],
 def test_partial_snapshot_sees_a_new_file(tree: Path) -> None:
     changes = assert_partial_is_full(tree, lambda: (tree / "etc/new").write_text("x"),
                                      ["etc/new"])
-    assert changes.upserts == ["etc", "etc/new"]
+    assert changes.upserts == ["etc/new"]  # /etc's times moved: no change of its own
 
 
 def test_partial_snapshot_sees_a_replaced_file(tree: Path) -> None:
@@ -574,8 +581,7 @@ def test_partial_snapshot_sees_a_replaced_file(tree: Path) -> None:
         (tree / "etc/passwd").unlink()
         (tree / "etc/passwd").write_text("root:x:0:0")
 
-    assert assert_partial_is_full(tree, replace, ["etc/passwd"]).upserts == [
-        "etc", "etc/passwd"]
+    assert assert_partial_is_full(tree, replace, ["etc/passwd"]).upserts == ["etc/passwd"]
 
 
 def test_partial_snapshot_sees_a_file_over_a_directory(tree: Path) -> None:
@@ -584,7 +590,7 @@ def test_partial_snapshot_sees_a_file_over_a_directory(tree: Path) -> None:
         (tree / "usr/lib").write_text("file")
 
     changes = assert_partial_is_full(tree, replace, ["usr/lib"])
-    assert changes.upserts == ["usr", "usr/lib"]
+    assert changes.upserts == ["usr/lib"]
     assert changes.deletions == []  # hidden by the file now at usr/lib
 
 
@@ -594,7 +600,7 @@ def test_partial_snapshot_sees_a_directory_over_a_file(tree: Path) -> None:
         make_tree(tree, ["etc/group/a", "etc/group/b/c"])
 
     changes = assert_partial_is_full(tree, replace, ["etc/group"])
-    assert changes.opaque == ["etc/group"]
+    assert changes.upserts == ["etc/group", "etc/group/a", "etc/group/b", "etc/group/b/c"]
 
 
 def test_partial_snapshot_walks_new_parents_a_step_named_only_the_file_of(tree: Path) -> None:
@@ -607,7 +613,7 @@ def test_partial_snapshot_walks_new_parents_a_step_named_only_the_file_of(tree: 
 def test_partial_snapshot_of_a_copy_into_an_existing_directory(tree: Path) -> None:
     changes = assert_partial_is_full(tree, lambda: make_tree(tree, ["usr/lib/a", "usr/lib/b/c"]),
                                      ["usr/lib/a", "usr/lib/b"])
-    assert changes.upserts == ["usr/lib", "usr/lib/a", "usr/lib/b", "usr/lib/b/c"]
+    assert changes.upserts == ["usr/lib/a", "usr/lib/b", "usr/lib/b/c"]
 
 
 def test_partial_snapshot_of_a_copy_that_changes_nothing(tree: Path) -> None:
@@ -623,9 +629,8 @@ def test_partial_snapshot_whites_out_what_a_replaced_directory_held(tree: Path) 
         make_tree(tree, ["usr/lib/new"])
 
     changes = assert_partial_is_full(tree, replace, ["usr/lib"])
-    # Opaque, or (re-created on its old inode number) a whiteout for each lost entry.
-    assert changes.opaque == ["usr/lib"] or {"usr/lib/libc.so", "usr/lib/deep"} <= set(
-        changes.deletions)
+    # No opaque marker: a whiteout for each lost entry, as BuildKit's layers say it.
+    assert {"usr/lib/libc.so", "usr/lib/deep"} <= set(changes.deletions)
     assert "usr/lib/libc.so" not in changes.upserts
 
 
