@@ -24,8 +24,8 @@ is BuildKit's 29 bytes, so its digest is the one every BuildKit image's empty la
 The headers are encoded here rather than by :mod:`tarfile`, which spends ~70 us per PAX entry;
 this writer spends a few, and its output is byte-for-byte what it says above. A layer of
 thousands of entries is made in parts by forked helpers on idle CPUs too
-(:mod:`snapshot.tarparts`); the tar goes to the compressor in blocks of one size whoever made
-it, so the blob is the same whatever the number of helpers.
+(:mod:`snapshot.tarparts`); the tar reaches the compressor in the same writes whoever made
+each part, so the blob is the same whatever the number of helpers.
 
 A file that vanished or changed between the snapshot and the tar raises :class:`SnapshotError`
 naming it: the layer must match the snapshot the next step is compared with, and nothing should
@@ -160,8 +160,8 @@ def _write_blob(root: Path, changes: Changes, snapshot: Snapshot, out_dir: Path,
                 sink.write(EMPTY_GZIP_LAYER)
             else:
                 with compressed_writer(cast(BinaryIO, sink), compression) as compressor:
-                    for chunk in _blocks(_tar_chunks(os.fspath(root), changes, snapshot,
-                                                     mtime_ns, helpers)):
+                    for chunk in _tar_chunks(os.fspath(root), changes, snapshot, mtime_ns,
+                                             helpers):
                         diff_id.update(chunk)
                         tar_size += len(chunk)
                         compressor.write(chunk)
@@ -229,13 +229,19 @@ def _tar_chunks(root: str, changes: Changes, snapshot: Snapshot, mtime_ns: int |
     then the end-of-archive marker; made in parts by ``helpers`` forked processes too when
     there are many entries."""
     order = _entry_order(changes, snapshot)
+    # The compressor makes one block of its output per write, so the blob's digest follows
+    # the chunks: each part's chunks end with the part, whoever makes it, so that the blob
+    # depends on the tar alone, not on the number of helpers (nor is anything copied again
+    # to cut the stream into blocks of one size).
+    parts = _parts(order, snapshot)
     if helpers > 0 and len(order) >= _PARALLEL_ENTRIES:
         first_names = _first_names(order, snapshot)
-        parts = _parts(order, snapshot)
         yield from ordered_parts(len(parts), lambda index: _entry_chunks(
             root, order[parts[index]], snapshot, mtime_ns, first_names), helpers)
     else:
-        yield from _entry_chunks(root, order, snapshot, mtime_ns, {})
+        seen: dict[tuple[int, int], bytes] = {}
+        for part in parts:
+            yield from _entry_chunks(root, order[part], snapshot, mtime_ns, seen)
     yield _END_OF_ARCHIVE
 
 
@@ -303,24 +309,6 @@ def _parts(order: list[tuple[str, bool]], snapshot: Snapshot) -> list[slice]:
     if start < len(order):
         parts.append(slice(start, len(order)))
     return parts
-
-
-def _blocks(chunks: Iterator[bytes], size: int = CHUNK) -> Iterator[bytes]:
-    """The bytes of ``chunks`` in blocks of exactly ``size`` (the last one shorter).
-
-    The compressor makes one block of its output per write, so the blob's digest follows the
-    writes: blocks of one size make it depend on the tar alone, not on how it was made."""
-    pending = bytearray()
-    for chunk in chunks:
-        if not pending and len(chunk) == size:
-            yield chunk
-            continue
-        pending += chunk
-        while len(pending) >= size:
-            yield bytes(pending[:size])
-            del pending[:size]
-    if pending:
-        yield bytes(pending)
 
 
 def _entry_chunks(root: str, order: list[tuple[str, bool]], snapshot: Snapshot,
