@@ -117,17 +117,25 @@ def root_entries(root: Path, ignore: IgnoreList,
         yield entry, child, holds_ignored
 
 
-def move_root(root: Path, ignore: IgnoreList, target: Path, rel: str = "") -> None:
+def move_root(root: Path, ignore: IgnoreList, target: Path) -> None:
     """Move everything :func:`executor.build.clear_root` would delete from ``root`` into
     ``target`` (on the same filesystem): renamed whole, except directories holding an ignored
     path, which are made anew in ``target`` with their owner, mode and times, and filled child
     by child."""
-    for entry, child, holds_ignored in root_entries(root, ignore, rel):
+    _move_tree(root, ignore, target, exist_ok=False)
+
+
+def _move_tree(source: Path, ignore: IgnoreList, target: Path, *, exist_ok: bool,
+               rel: str = "") -> None:
+    """Rename what ``source`` holds outside ignored paths into ``target``; a directory holding
+    an ignored path is made in ``target`` (or found there, with ``exist_ok``), filled child by
+    child, then given the source directory's owner, mode and times."""
+    for entry, child, holds_ignored in root_entries(source, ignore, rel):
         if holds_ignored:
             info = entry.stat(follow_symlinks=False)
             made = target / child
-            made.mkdir()
-            move_root(root, ignore, target, child)
+            made.mkdir(exist_ok=exist_ok)
+            _move_tree(source, ignore, target, exist_ok=exist_ok, rel=child)
             os.chown(made, info.st_uid, info.st_gid)
             os.chmod(made, stat.S_IMODE(info.st_mode))
             os.utime(made, ns=(info.st_atime_ns, info.st_mtime_ns))
@@ -155,21 +163,12 @@ def make_ignored(target: Path, content: list[Made]) -> bool:
     return True
 
 
-def restore_root(kept: Path, ignore: IgnoreList, root: Path, rel: str = "") -> None:
+def restore_root(kept: Path, ignore: IgnoreList, root: Path) -> None:
     """Move a filesystem :func:`move_root` kept back into ``root``, which
     :func:`executor.build.clear_root` has cleared: what a later stage built FROM that stage
     starts from, as extracting its image would give it. What ``kept`` holds at ignored paths
     (made by :func:`make_ignored` for copies) stays there: an extraction never writes ignored
     paths, so the root keeps its own. A directory holding an ignored path is filled child by
-    child, then given ``kept``'s owner, mode and times."""
-    for entry, child, holds_ignored in root_entries(kept, ignore, rel):
-        if holds_ignored:
-            info = entry.stat(follow_symlinks=False)
-            made = root / child
-            made.mkdir(exist_ok=True)  # clear_root kept it, if the root's image had it
-            restore_root(kept, ignore, root, child)
-            os.chown(made, info.st_uid, info.st_gid)
-            os.chmod(made, stat.S_IMODE(info.st_mode))
-            os.utime(made, ns=(info.st_atime_ns, info.st_mtime_ns))
-            continue
-        os.rename(entry.path, root / child)
+    child (clear_root kept it, if the root's image had it), then given ``kept``'s owner, mode
+    and times."""
+    _move_tree(kept, ignore, root, exist_ok=True)

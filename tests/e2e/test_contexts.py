@@ -7,8 +7,6 @@ by skopeo and run by crun.
 
 from __future__ import annotations
 
-import io
-import tarfile
 from pathlib import Path
 
 import pytest
@@ -25,6 +23,7 @@ from tests.support.context_servers import (
 from tests.support.kiln import ExecutorRun, run_executor_on
 from tests.support.registry import Registry, TLSFiles
 from tests.support.runtime import inspect_image, run_image
+from tests.support.trees import tar_of
 
 pytestmark = pytest.mark.e2e
 
@@ -69,19 +68,14 @@ def context_tarball(compress: str = "gzip", extra: dict[str, bytes] | None = Non
     """A context as a tarball: the app Dockerfile, version.txt, and an ignored secret."""
     files = {"Dockerfile": APP_DOCKERFILE.encode(), "version.txt": b"tarball\n",
              ".dockerignore": b"secret.txt\n", "secret.txt": b"secret\n", **(extra or {})}
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size, info.mode = len(data), 0o644
-            tar.addfile(info, io.BytesIO(data))
+    raw = tar_of(files)
     if compress == "gzip":
         import gzip
 
-        return gzip.compress(raw.getvalue())
+        return gzip.compress(raw)
     if compress == "zstd":
-        return zstandard.ZstdCompressor().compress(raw.getvalue())
-    return raw.getvalue()
+        return zstandard.ZstdCompressor().compress(raw)
+    return raw
 
 
 # --- git ------------------------------------------------------------------------------------

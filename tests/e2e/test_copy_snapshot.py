@@ -8,25 +8,14 @@ holds what makes that hard: a usr-merged root (``/bin -> usr/bin``), hard links
 
 from __future__ import annotations
 
-import io
-import tarfile
 from pathlib import Path
 
 import pytest
 
 from tests.support.built import Built, build
+from tests.support.trees import tar_of
 
 pytestmark = pytest.mark.e2e
-
-
-def tar_of(files: dict[str, bytes]) -> bytes:
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size, info.mode = len(data), 0o644
-            tar.addfile(info, io.BytesIO(data))
-    return out.getvalue()
 
 
 TRICKY = """\

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import os
 import stat
+import tarfile
 from pathlib import Path
 
 
@@ -26,3 +28,14 @@ def metadata_tree(top: Path, *, dir_mtimes: bool = True) -> dict[str, tuple[obje
             found[os.path.relpath(path, top)] = (
                 st.st_mode, st.st_uid, st.st_gid, st.st_nlink, st.st_rdev, mtime, content, xattrs)
     return found
+
+
+def tar_of(files: dict[str, bytes]) -> bytes:
+    """An uncompressed tar of regular files (name -> content), mode 0644, in the given order."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), 0o644
+            tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
