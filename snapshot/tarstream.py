@@ -11,9 +11,11 @@ the entry after which the stream went wrong.
 from __future__ import annotations
 
 import base64
+import functools
 import os
 import urllib.parse
 import zlib
+from collections.abc import Callable
 from typing import BinaryIO
 
 from snapshot.errors import CorruptLayerError
@@ -117,11 +119,19 @@ class TarReader:
         self._buf, self._pos = data, size
         return data[:size]
 
-    def _skip(self, size: int) -> None:
-        avail = len(self._buf) - self._pos
+    def _skip(self, size: int, write: Callable[[memoryview | bytes], None] | None = None
+              ) -> None:
+        """Step over the next ``size`` bytes, handing each piece of them to ``write`` if
+        given."""
+        pos = self._pos
+        avail = len(self._buf) - pos
         if avail >= size:
-            self._pos += size
+            if write is not None:
+                write(memoryview(self._buf)[pos:pos + size])
+            self._pos = pos + size
             return
+        if avail and write is not None:
+            write(memoryview(self._buf)[pos:])
         size -= avail
         self._buf, self._pos = b"", 0
         while size > 0:
@@ -129,8 +139,12 @@ class TarReader:
             if not chunk:
                 raise self._truncated()
             if len(chunk) > size:
+                if write is not None:
+                    write(memoryview(chunk)[:size])
                 self._buf, self._pos = chunk, size
                 return
+            if write is not None:
+                write(chunk)
             size -= len(chunk)
 
     def copy_to(self, fd: int, size: int) -> None:
@@ -138,32 +152,14 @@ class TarReader:
         self._pending = 0
         pad = -size % _BLOCK
         pos = self._pos
-        avail = len(self._buf) - pos
-        if avail >= size + pad:  # the common case: a small file, already in the buffer
+        if len(self._buf) - pos >= size + pad:  # the common case: a small file, in the buffer
             data = memoryview(self._buf)[pos:pos + size]
             written = os.write(fd, data)
             if written != size:
                 _write_all(fd, data[written:])
             self._pos = pos + size + pad
             return
-        if avail >= size:
-            _write_all(fd, memoryview(self._buf)[pos:pos + size])
-            self._pos = pos + size
-        else:
-            if avail:
-                _write_all(fd, memoryview(self._buf)[pos:])
-            size -= avail
-            self._buf, self._pos = b"", 0
-            while size > 0:
-                chunk = self._read(_CHUNK)
-                if not chunk:
-                    raise self._truncated()
-                if len(chunk) > size:
-                    _write_all(fd, memoryview(chunk)[:size])
-                    self._buf, self._pos = chunk, size
-                    break
-                _write_all(fd, chunk)
-                size -= len(chunk)
+        self._skip(size, functools.partial(_write_all, fd))
         if pad:
             self._skip(pad)
 
